@@ -1,0 +1,5 @@
+"""`prefkit relabel` (placeholder until its stage lands)."""
+
+from prefkit.commands import placeholder
+
+register = placeholder("relabel")

@@ -1,0 +1,5 @@
+"""`prefkit score` (placeholder until its stage lands)."""
+
+from prefkit.commands import placeholder
+
+register = placeholder("score")

@@ -1,0 +1,5 @@
+"""`prefkit synth` (placeholder until its stage lands)."""
+
+from prefkit.commands import placeholder
+
+register = placeholder("synth")
