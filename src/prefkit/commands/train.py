@@ -1,5 +1,107 @@
-"""`prefkit train` (placeholder until its stage lands)."""
+"""`prefkit train dpo|rm`: thin front-end over prefkit.train.train_dpo / train_rm.
 
-from prefkit.commands import placeholder
+Options come from, in increasing priority: the YAML `--config`, explicit `--<option>` flags
+(one for every config field, e.g. `--beta 0.05 --loss-type ipo`), and `--set key=value`.
+"""
 
-register = placeholder("train")
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+_POSITIONAL = {"train_file", "output_dir"}
+_SHORT_HELP = {
+    "beta": "DPO beta (eps-DPO: the initial base beta)",
+    "loss_type": "sigmoid, robust, hinge, ipo, simpo, eps-dpo, or a registered loss name",
+    "resume_from_checkpoint": "a checkpoint directory, or 'auto' (the latest in the output dir)",
+}
+
+
+def register(sub, name, help_text):
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    tsub = p.add_subparsers(dest="train_kind", metavar="KIND")
+    from prefkit.train.config import DPOConfig, RMConfig
+
+    for kind, cls, help_kind in (
+        ("dpo", DPOConfig, "train a policy with a DPO-family loss (sigmoid, robust, hinge, ipo, simpo, eps-dpo)"),
+        ("rm", RMConfig, "train a Bradley-Terry reward model (sequence classification, one output)"),
+    ):
+        kp = tsub.add_parser(kind, help=help_kind, description=help_kind,
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        kp.add_argument("input", nargs="?", default=None,
+                        help="training pairs (file, saved dataset dir, or hub id); or train_file in --config")
+        kp.add_argument("-o", "--output", default=None, help="output directory (config: output_dir)")
+        kp.add_argument("--model", default=None, help="model to train: HF id or local dir (config: model_name_or_path)")
+        kp.add_argument("--config", default=None, help="YAML recipe (see examples/*.yaml)")
+        kp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config option (repeatable), e.g. --set beta=0.05")
+        kp.add_argument("--split", default=None, help="split of the input to train on (config: train_split)")
+        group = kp.add_argument_group("config options (each also settable in the YAML file)")
+        for f in dataclasses.fields(cls):
+            if f.name in _POSITIONAL or f.name == "train_split":
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            extra = {}
+            if f.name == "resume_from_checkpoint":
+                extra = dict(nargs="?", const="auto")
+            elif "bool" in str(f.type):
+                extra = dict(nargs="?", const="true")
+            group.add_argument(flag, dest=f"opt_{f.name}", default=None, metavar=f.name.upper(),
+                               help=_SHORT_HELP.get(f.name, f"(default: {_default(f)})"), **extra)
+        kp.set_defaults(func=_run_dpo if kind == "dpo" else _run_rm, _parser=kp, _config_cls=cls)
+    p.set_defaults(func=None, _parser=p)
+
+
+def _default(f):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def config_from_args(args):
+    """The config the command line describes (YAML, then flags, then --set)."""
+    from prefkit.train.config import _parse_overrides, load_config
+
+    values = {}
+    for k, v in vars(args).items():
+        if k.startswith("opt_") and v is not None:
+            values[k[4:]] = v
+    if args.input is not None:
+        values["train_file"] = args.input
+    if args.output is not None:
+        values["output_dir"] = args.output
+    if args.model is not None:
+        values["model_name_or_path"] = args.model
+    if args.split is not None:
+        values["train_split"] = args.split
+    values.update(_parse_overrides(args.overrides))
+    return load_config(args._config_cls, args.config, overrides=values)
+
+
+def _run_dpo(args) -> int:
+    from prefkit.train import train_dpo
+
+    cfg = config_from_args(args)
+    out = train_dpo(cfg)
+    _print_summary(out)
+    return 0
+
+
+def _run_rm(args) -> int:
+    from prefkit.train import train_rm
+
+    cfg = config_from_args(args)
+    out = train_rm(cfg)
+    _print_summary(out)
+    return 0
+
+
+def _print_summary(output_dir) -> None:
+    import json
+    from pathlib import Path
+
+    report = json.loads((Path(output_dir) / "prefkit_train_report.json").read_text())
+    print(report.get("summary", ""))
+    print(f"model, tokenizer and report written to {output_dir}")

@@ -1,0 +1,31 @@
+"""Trainers: DPO family and eps-DPO (`train_dpo`), Bradley-Terry reward models (`train_rm`),
+and the on-disk reference log-prob cache. Built on `transformers.Trainer`.
+
+    from prefkit.train import DPOConfig, train_dpo
+    out_dir = train_dpo(DPOConfig(model_name_or_path="my/model", train_file="pairs.jsonl",
+                                  loss_type="sigmoid", beta=0.1, output_dir="runs/dpo"))
+
+Heavy libraries load only when a trainer runs, so `import prefkit.train` stays cheap.
+"""
+
+from __future__ import annotations
+
+from prefkit.train.config import BaseTrainConfig, DPOConfig, RMConfig, load_config
+
+__all__ = ["BaseTrainConfig", "DPOConfig", "RMConfig", "load_config", "train_dpo", "train_rm"]
+
+
+def train_dpo(config, *, callbacks=None, model=None, tokenizer=None, train_dataset=None, eval_dataset=None):
+    """Train a policy with a DPO-family loss; returns the output directory. See preference_trainer.train_dpo."""
+    from prefkit.train.preference_trainer import train_dpo as _train
+
+    return _train(config, callbacks=callbacks, model=model, tokenizer=tokenizer,
+                  train_dataset=train_dataset, eval_dataset=eval_dataset)
+
+
+def train_rm(config, *, callbacks=None, model=None, tokenizer=None, train_dataset=None, eval_dataset=None):
+    """Train a Bradley-Terry reward model; returns the output directory. See reward_trainer.train_rm."""
+    from prefkit.train.reward_trainer import train_rm as _train
+
+    return _train(config, callbacks=callbacks, model=model, tokenizer=tokenizer,
+                  train_dataset=train_dataset, eval_dataset=eval_dataset)

@@ -1,0 +1,362 @@
+"""Training configuration: dataclasses with TRL's DPOConfig/RewardConfig field names, read
+from YAML and overridden from the command line (`--set key=value`).
+
+    cfg = load_config(DPOConfig, "examples/dpo_qwen2_ra.yaml", overrides=["beta=0.05"])
+
+Every value is checked against its field's type, and an unknown key is an error that names
+the key, where it came from, and the closest known names (a typo never silently does nothing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from prefkit.errors import ConfigError
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass
+class BaseTrainConfig:
+    """Options shared by the preference (DPO-family) and reward-model trainers."""
+
+    # --- model and data --------------------------------------------------------------
+    model_name_or_path: str | None = None     # HF id or local dir of the model to train
+    tokenizer_name_or_path: str | None = None  # defaults to model_name_or_path
+    train_file: str | None = None             # anything prefkit.data.read accepts
+    train_split: str | None = None
+    eval_file: str | None = None              # separate eval data (pairs)
+    eval_split: str | None = None
+    eval_split_ratio: float = 0.0             # hold out this fraction of train_file when no eval_file
+    output_dir: str = "prefkit_out"
+    # --- tokenisation and bad input ----------------------------------------------------
+    max_length: int | None = 1024             # prompt + response tokens
+    max_prompt_length: int | None = 512
+    truncation_mode: str = "keep_end"         # which end of an over-long prompt to keep
+    on_long: str = "truncate"                 # pairs over the limits: 'truncate' or 'drop' (always counted)
+    weight_column: str = "weight"             # per-pair loss weight, used when the column exists
+    conditioning: str = "auto"                # 'auto' (find prefkit_conditioning.json beside the data), 'none', or a path
+    # --- optimisation (transformers.TrainingArguments names) ----------------------------
+    learning_rate: float = 1e-6
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = 0.0                 # fraction of the steps spent warming up
+    warmup_steps: int = 0                     # exact warmup steps (wins over warmup_ratio when > 0)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    optim: str = "adamw_torch"
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 8
+    per_device_eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    precision: str = "auto"                   # auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU
+    bf16: bool | None = None                  # TRL-style switches; set either these or `precision`
+    fp16: bool | None = None
+    seed: int = 42
+    data_seed: int | None = None
+    # --- logging and checkpoints ----------------------------------------------------------
+    logging_steps: float = 10
+    save_steps: float = 500
+    save_strategy: str = "steps"
+    save_total_limit: int | None = None
+    eval_strategy: str = "no"
+    eval_steps: float | None = None
+    report_to: list[str] = field(default_factory=lambda: ["none"])
+    run_name: str | None = None
+    resume_from_checkpoint: str | None = None  # a checkpoint dir, or 'auto'/'true' for the latest in output_dir
+    dataloader_num_workers: int = 0
+    disable_tqdm: bool | None = None
+    # --- PEFT LoRA -----------------------------------------------------------------------------
+    use_peft: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = None  # None: all linear layers
+    # --- model loading ---------------------------------------------------------------------
+    torch_dtype: str = "auto"                # dtype the weights are loaded in: auto, float32, bfloat16, float16
+    trust_remote_code: bool = False
+
+    # Names of fields that are prefkit's own (not TrainingArguments); subclasses extend.
+    def check(self) -> None:
+        """Validate values that do not depend on the hardware; raises ConfigError."""
+        if not self.model_name_or_path:
+            raise ConfigError("model_name_or_path is required (a Hugging Face id or a local model directory)")
+        if not self.train_file:
+            raise ConfigError("train_file is required (a .jsonl/.json/.parquet/.csv file, saved dataset dir or hub id)")
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("on_long", self.on_long, ("truncate", "drop"))
+        _choice("truncation_mode", self.truncation_mode, ("keep_end", "keep_start"))
+        if self.bf16 and self.fp16:
+            raise ConfigError("bf16 and fp16 are both set; choose one (or set precision)")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0.0 <= self.eval_split_ratio < 1.0:
+            raise ConfigError(f"eval_split_ratio must be in [0, 1), got {self.eval_split_ratio}")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_length is not None and self.max_prompt_length is not None \
+                and self.max_prompt_length >= self.max_length:
+            raise ConfigError(f"max_prompt_length ({self.max_prompt_length}) must be smaller than "
+                              f"max_length ({self.max_length}) so that responses keep at least one token")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the config as YAML (readable back with load_config)."""
+        import yaml
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+
+@dataclass
+class DPOConfig(BaseTrainConfig):
+    """DPO-family and eps-DPO training (field names as in TRL's DPOConfig where they exist)."""
+
+    loss_type: str = "sigmoid"              # sigmoid, robust, hinge, ipo, simpo, eps-dpo, or a registered loss
+    beta: float = 0.1
+    label_smoothing: float = 0.0            # conservative DPO / robust DPO
+    simpo_gamma: float = 0.5                # SimPO's target margin (its gamma; TRL: gamma/beta ratio differs)
+    eps: float = 0.01                       # eps-DPO check and step size
+    beta_update: str = "paper"              # eps-DPO base-beta update: 'paper' (mean of per-pair beta) or 'code'
+    reference_model_name_or_path: str | None = None  # default: the initial policy itself
+    precompute_ref_log_probs: bool = True   # one pass, cached on disk; a live reference when a loss needs logits
+    precompute_ref_batch_size: int | None = None
+    ref_cache_dir: str | None = None        # default: $PREFKIT_CACHE or ~/.cache/prefkit/ref_logps
+    learning_rate: float = 1e-6
+
+    def check(self) -> None:
+        super().check()
+        if self.beta <= 0:
+            raise ConfigError(f"beta must be > 0, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if not 0.0 < self.eps < 1.0:
+            raise ConfigError(f"eps must be in (0, 1), got {self.eps}")
+        _choice("beta_update", self.beta_update, ("paper", "code"))
+
+
+@dataclass
+class RMConfig(BaseTrainConfig):
+    """Bradley-Terry reward-model training (AutoModelForSequenceClassification, num_labels=1)."""
+
+    margin_column: str = "margin"           # per-pair margin m in -log sigma(r_w - r_l - m), used when present
+    center_rewards_coefficient: float | None = None  # c in c * mean((r_w + r_l)^2)
+    learning_rate: float = 1e-5
+    eval_split_ratio: float = 0.1
+    max_prompt_length: int | None = None    # a reward model reads the whole conversation
+
+    def check(self) -> None:
+        super().check()
+        if self.center_rewards_coefficient is not None and self.center_rewards_coefficient < 0:
+            raise ConfigError("center_rewards_coefficient must be >= 0")
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: YAML file, then overrides, each value coerced to its field's type.
+
+def load_config(cls=DPOConfig, path: str | Path | None = None, overrides=None, **kwargs):
+    """Build `cls` from a YAML file, then `overrides` ('key=value' strings or a dict), then kwargs.
+
+    Later sources win. Values in 'key=value' strings are parsed as YAML scalars/lists
+    ('beta=0.05', 'report_to=[wandb]', 'use_peft=true'); a key not in `cls` raises ConfigError.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(_read_yaml(path))
+    for source, items in (("override", _parse_overrides(overrides)), ("argument", kwargs)):
+        for k, v in items.items():
+            values[k] = v
+            _check_key(cls, k, source)
+    known = {f.name: f for f in fields(cls)}
+    hints = typing.get_type_hints(cls)
+    coerced = {}
+    for k, v in values.items():
+        _check_key(cls, k, f"config file {path}" if path else "config")
+        coerced[k] = _coerce(k, v, hints[known[k].name])
+    cfg = cls(**coerced)
+    return cfg
+
+
+def _read_yaml(path) -> dict:
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of option: value at the top level")
+    return data
+
+
+def _parse_overrides(overrides) -> dict:
+    import yaml
+
+    if overrides is None:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    out = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        k, v = item.split("=", 1)
+        k = k.strip().replace("-", "_")
+        try:
+            out[k] = yaml.safe_load(v) if v.strip() != "" else None
+        except yaml.YAMLError:
+            out[k] = v
+    return out
+
+
+def _check_key(cls, key: str, source: str) -> None:
+    names = [f.name for f in fields(cls)]
+    if key not in names:
+        close = difflib.get_close_matches(key, names, n=3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise ConfigError(f"{source}: unknown option {key!r} for {cls.__name__}{hint}")
+
+
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+
+
+def _coerce(name: str, value, tp):
+    """Coerce `value` to the annotated type `tp` (handles Optional, bool, int, float, str, list[str])."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        last_err = None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(name, value, a)
+            except ConfigError as exc:
+                last_err = exc
+        raise last_err or ConfigError(f"{name}: cannot use {value!r}")
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce(name, v, args[0] if args else str) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+        if f != int(f):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return int(f)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{name}: expected a string, got {json.dumps(value)}")
+        return str(value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Hardware-dependent settings.
+
+def resolve_precision(cfg: BaseTrainConfig) -> str:
+    """'bf16', 'fp16' or 'fp32' for this machine; an explicit request the hardware cannot do is an error."""
+    import torch
+
+    want = cfg.precision
+    if cfg.bf16:
+        want = "bf16"
+    elif cfg.fp16:
+        want = "fp16"
+    elif cfg.bf16 is False and cfg.fp16 is False and want == "auto":
+        want = "fp32"
+    cuda = torch.cuda.is_available()
+    bf16_ok = cuda and torch.cuda.is_bf16_supported()
+    if want == "auto":
+        return "bf16" if bf16_ok else ("fp16" if cuda else "fp32")
+    if want == "bf16" and not bf16_ok:
+        raise ConfigError("bf16 mixed precision needs a GPU that supports bfloat16 (none found); "
+                          "set precision: auto or fp32")
+    if want == "fp16" and not cuda:
+        raise ConfigError("fp16 mixed precision needs a CUDA GPU (none found); set precision: auto or fp32")
+    return want
+
+
+def training_arguments(cfg: BaseTrainConfig, **extra):
+    """The transformers.TrainingArguments for `cfg` (prefkit's own options stay in cfg)."""
+    from transformers import TrainingArguments
+
+    precision = resolve_precision(cfg)
+    report_to = [r for r in (cfg.report_to or []) if r] or ["none"]
+    kw = dict(
+        output_dir=cfg.output_dir,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps if cfg.warmup_steps > 0 else cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        optim=cfg.optim,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        seed=cfg.seed,
+        data_seed=cfg.data_seed,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_strategy=cfg.save_strategy,
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy=cfg.eval_strategy,
+        eval_steps=cfg.eval_steps,
+        report_to=report_to if report_to != ["none"] else "none",
+        run_name=cfg.run_name,
+        dataloader_num_workers=cfg.dataloader_num_workers,
+        remove_unused_columns=False,   # the collator needs prefkit's columns
+        disable_tqdm=cfg.disable_tqdm,
+    )
+    kw.update(extra)
+    return TrainingArguments(**kw)
