@@ -1,0 +1,11 @@
+"""The data layer: read any supported preference dataset into canonical columns
+(`prefkit.data.records`), write it back, binarize multi-response data into pairs, and describe it.
+
+    from prefkit.data import read, write
+    ds = read("ultrafeedback_raw.jsonl")            # MULTI (format detected from the columns)
+    write(ds, "canonical.parquet")
+"""
+
+from prefkit.data.io import read, write
+
+__all__ = ["read", "write"]

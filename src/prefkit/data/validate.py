@@ -1,0 +1,115 @@
+"""Field checks shared by the adapters. Each raises `DataError` naming the field and saying what
+was expected; the adapter adds the file and row. `reason` is the short key under which a skipped
+row is counted (``--on-invalid skip``)."""
+
+from __future__ import annotations
+
+import math
+
+from prefkit.data.records import ROLES
+from prefkit.errors import DataError
+
+# Reasons under which invalid rows are counted when skipped.
+MISSING = "missing field"
+WRONG_TYPE = "wrong type"
+EMPTY = "empty text"
+BAD_SCORE = "invalid score"
+BAD_MESSAGES = "invalid message list"
+UNDECODABLE = "undecodable text"
+BAD_JSON = "invalid JSON line"
+DUPLICATE = "duplicate pair_id"
+
+
+def _type_name(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return "an empty string" if not value else "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def fail(field: str, message: str, reason: str) -> DataError:
+    return DataError(message, field=field, reason=reason)
+
+
+def require(row: dict, key: str, what: str, *, field: str | None = None):
+    """The value of a required key (present and not null); `field` names it in the message."""
+    if key not in row or row[key] is None:
+        raise fail(field or key, f"missing; expected {what}", MISSING)
+    return row[key]
+
+
+def text(value, field: str, *, allow_empty: bool = False) -> str:
+    """A decodable string (non-empty unless allowed)."""
+    if not isinstance(value, str):
+        raise fail(field, f"expected a string, got {_type_name(value)}", WRONG_TYPE)
+    if not allow_empty and not value.strip():
+        raise fail(field, "is empty; expected non-empty text", EMPTY)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise fail(field, "contains undecodable text (a lone surrogate); expected valid Unicode",
+                   UNDECODABLE) from None
+    return value
+
+
+def messages(value, field: str, *, need_user: bool, assistant_only: bool = False) -> list[dict]:
+    """A list of {role, content} messages with known roles, returned as clean dicts."""
+    if not isinstance(value, list) or not value:
+        raise fail(field, f"expected a non-empty list of {{role, content}} messages, got {_type_name(value)}",
+                   BAD_MESSAGES if isinstance(value, list) else WRONG_TYPE)
+    out = []
+    for i, msg in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(msg, dict):
+            raise fail(where, f"expected a {{role, content}} message, got {_type_name(msg)}", BAD_MESSAGES)
+        role = msg.get("role")
+        if role not in ROLES:
+            raise fail(f"{where}.role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}",
+                       BAD_MESSAGES)
+        if assistant_only and role != "assistant":
+            raise fail(f"{where}.role", f"role {role!r} in a response; expected 'assistant' turns only",
+                       BAD_MESSAGES)
+        content = msg.get("content")
+        if content is None:
+            raise fail(f"{where}.content", "missing; expected the message text", MISSING)
+        out.append({"role": role, "content": text(content, f"{where}.content", allow_empty=role != "user")})
+    if need_user and not any(m["role"] == "user" for m in out):
+        raise fail(field, "has no user turn; expected at least one message with role 'user'", BAD_MESSAGES)
+    if assistant_only and not any(m["content"].strip() for m in out):
+        raise fail(field, "is empty; expected non-empty assistant text", EMPTY)
+    return out
+
+
+def score(value, field: str, *, lo: float | None = None, hi: float | None = None,
+          required: bool = False) -> float | None:
+    """A finite number (optionally within [lo, hi]), or None when allowed."""
+    if value is None:
+        if required:
+            raise fail(field, "missing; expected a number", MISSING)
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise fail(field, f"expected a number, got {_type_name(value)}", WRONG_TYPE)
+    value = float(value)
+    if not math.isfinite(value):
+        raise fail(field, f"is {value}; expected a finite number", BAD_SCORE)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise fail(field, f"is {value:g}; expected a number from {lo:g} to {hi:g}", BAD_SCORE)
+    return value
+
+
+def aspects(value, field: str, *, lo: float | None = None, hi: float | None = None) -> dict | None:
+    """{aspect: rating or None}; None means 'N/A' (not rated)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise fail(field, f"expected an object of aspect ratings, got {_type_name(value)}", WRONG_TYPE)
+    return {str(k): score(v, f"{field}.{k}", lo=lo, hi=hi) for k, v in value.items()}
