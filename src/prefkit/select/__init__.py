@@ -1,0 +1,16 @@
+"""Alignment-potential data selection (Huang et al., ICML 2025; shared/methods.md section 3).
+
+    from prefkit.select import select, score, selection_ablation
+    kept = select(pairs, "alignment-potential", fraction=0.4, model=model, tokenizer=tok)
+
+Modules: `metrics` (pure metric functions, z-scores, budgets), `pairing` (MULTI rows to max-vs-min
+pairs), `cache` (row-level log-prob cache), `scoring` (the two streaming passes), `selection`
+(top fraction / top-k, the ablation), `plot`, `evolve` (the self-play evolve-then-select extension).
+"""
+
+from prefkit.select.metrics import METRICS, RunningMoments, budget
+from prefkit.select.scoring import Scored, score
+from prefkit.select.selection import select, selection_ablation, selection_scores
+
+__all__ = ["METRICS", "RunningMoments", "Scored", "budget", "score", "select", "selection_ablation",
+           "selection_scores"]

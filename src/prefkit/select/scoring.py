@@ -1,0 +1,398 @@
+"""Scoring a preference set for selection, in two streaming passes.
+
+Pass 1 walks the pairs in chunks (`chunk_size` rows): it reads the explicit scores, takes the
+policy's (and reference's) sequence log-probs from the row cache or computes the missing ones
+through CORE's scoring API (`prefkit.logprobs.score_logps`), writes the raw margin columns to an
+on-disk Arrow file, and accumulates streaming mean / variance of the margins.
+
+Pass 2 reads that file back chunk by chunk, standardises the margins with the dataset-wide
+statistics and writes every metric column. Only these float columns are ever materialised;
+prompts and responses stay in the (memory-mapped) input dataset.
+
+Columns written (one row per pair, aligned with the input):
+  explicit_margin           score_chosen - score_rejected
+  policy_logps_chosen / policy_logps_rejected, len_chosen / len_rejected   (with a model)
+  implicit_margin           mean_t log pi(y_w) - mean_t log pi(y_l)  (signed)
+  abs_implicit_margin       |implicit_margin|
+  z_explicit_margin, z_abs_implicit_margin
+  alignment_potential       z(m_e) - w z(|m_i|)                (authors' code form)
+  alignment_potential_paper |m_e| - |m_i|                      (paper's raw form)
+  reference_logps_chosen / reference_logps_rejected, dpo_implicit_margin,
+  z_abs_dpo_implicit_margin, dpo_alignment_potential            (with a reference model)
+  random_score              seeded uniform(0, 1)
+  scorable                  False for rows skipped with on_invalid="skip" (metrics are NaN)
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from prefkit.data import records as R
+from prefkit.errors import ConfigError, DataError
+from prefkit.report import StageReport
+from prefkit.select import metrics as M
+from prefkit.select.cache import LogpCache, model_identity, row_key, tokenizer_identity
+
+POLICY_COLUMNS = ("policy_logps_chosen", "policy_logps_rejected", "len_chosen", "len_rejected")
+REFERENCE_COLUMNS = ("reference_logps_chosen", "reference_logps_rejected")
+METRIC_COLUMNS = (
+    "explicit_margin", *POLICY_COLUMNS, "implicit_margin", "abs_implicit_margin", *REFERENCE_COLUMNS,
+    "dpo_implicit_margin", "z_explicit_margin", "z_abs_implicit_margin", "z_abs_dpo_implicit_margin",
+    "alignment_potential", "alignment_potential_paper", "dpo_alignment_potential", "random_score", "scorable",
+)
+
+
+@dataclass
+class Scored:
+    """A scored preference set: `dataset` = the pairs plus every metric column.
+
+    `stats` holds the streaming moments of each standardised margin (n, mean, std, min, max);
+    `report` counts what was skipped; `has_policy` / `has_reference` say which columns exist.
+    """
+
+    dataset: object
+    stats: dict
+    report: StageReport
+    has_policy: bool
+    has_reference: bool
+    weight: float
+    beta: float | None
+    work_dir: str | None = None
+    notes: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def n_scorable(self) -> int:
+        return self.stats["explicit_margin"]["n"]
+
+
+def _score_logps_fn():
+    try:
+        from prefkit.logprobs import score_logps
+    except ImportError as exc:  # pragma: no cover - only before CORE's module lands
+        raise ConfigError("implicit margins need prefkit.logprobs.score_logps, which is not available") from exc
+    return score_logps
+
+
+def _call_score_logps(model, tokenizer, pairs: list[dict], reference, batch_size: int, score_kwargs: dict):
+    """Score one chunk through CORE's API; returns {column: array} aligned with `pairs`, NaN where
+    the scorer dropped a row (e.g. a prompt that fills the whole max_length)."""
+    from datasets import Dataset
+
+    score_logps = _score_logps_fn()
+    rows = [{R.PROMPT: p[R.PROMPT], R.CHOSEN: p[R.CHOSEN], R.REJECTED: p[R.REJECTED], "_select_row": i}
+            for i, p in enumerate(pairs)]
+    ds = Dataset.from_list(rows)
+    kwargs = dict(score_kwargs)
+    params = inspect.signature(score_logps).parameters
+    if "progress" in params and "progress" not in kwargs:
+        kwargs["progress"] = False
+    if reference is not None:
+        kwargs["reference"] = reference
+    out = score_logps(model, tokenizer, ds, batch_size=batch_size, **kwargs)
+    n = len(pairs)
+    result = {c: np.full(n, np.nan) for c in POLICY_COLUMNS + (REFERENCE_COLUMNS if reference is not None else ())}
+    idx = np.asarray(out["_select_row"], dtype=np.int64)
+    result["policy_logps_chosen"][idx] = np.asarray(out["logps_chosen"], dtype=np.float64)
+    result["policy_logps_rejected"][idx] = np.asarray(out["logps_rejected"], dtype=np.float64)
+    result["len_chosen"][idx] = np.asarray(out["len_chosen"], dtype=np.float64)
+    result["len_rejected"][idx] = np.asarray(out["len_rejected"], dtype=np.float64)
+    if reference is not None:
+        ref_c, ref_r = _reference_column_names(out.column_names)
+        result["reference_logps_chosen"][idx] = np.asarray(out[ref_c], dtype=np.float64)
+        result["reference_logps_rejected"][idx] = np.asarray(out[ref_r], dtype=np.float64)
+    return result
+
+
+def _reference_column_names(columns) -> tuple[str, str]:
+    for pair in (("ref_logps_chosen", "ref_logps_rejected"), ("reference_logps_chosen", "reference_logps_rejected"),
+                 ("ref_chosen_logps", "ref_rejected_logps")):
+        if set(pair) <= set(columns):
+            return pair
+    raise ConfigError(f"score_logps returned no reference log-prob columns (got {list(columns)})")
+
+
+def _check_float(value, row: int, fld: str, file, on_invalid: str, report: StageReport) -> float | None:
+    """A finite float, or None after counting the skip (on_invalid='skip'); raises otherwise."""
+    problem = None
+    if value is None:
+        problem = "is missing"
+    else:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            problem = f"is not a number ({value!r})"
+        else:
+            if math.isnan(value):
+                problem = "is NaN"
+            elif math.isinf(value):
+                problem = "is infinite"
+    if problem is None:
+        return value
+    if on_invalid == "skip":
+        report.drop(f"{fld} {problem}", 1, example=f"row {row}")
+        return None
+    raise DataError(f"{problem}; selection needs a finite {fld} for every pair", file=file, row=row, field=fld)
+
+
+def score(dataset, *, model=None, tokenizer=None, reference=None, beta: float = 0.1, weight: float = 1.0,
+          need_policy: bool = True, batch_size: int = 8, chunk_size: int = 512, cache_dir=None,
+          score_kwargs: dict | None = None, seed: int = 42, work_dir=None, on_invalid: str = "error",
+          report: StageReport | None = None, progress: bool = True, file: str | None = None,
+          model_id: dict | str | None = None, reference_id: dict | str | None = None) -> Scored:
+    """Compute every selection metric for a PAIRS (or MULTI) dataset; see the module docstring.
+
+    MULTI rows are first paired max score against min score (`pairing.pair_best_worst`).
+    `model`/`tokenizer` are needed unless `need_policy=False` (explicit and random metrics);
+    `reference` adds the DPO-form implicit margin with `beta`. `cache_dir` turns on the row
+    cache (resumable scoring). `work_dir` keeps the metric table on disk memory-mapped there
+    (datasets larger than memory); without it the float columns are loaded into memory and
+    the temporary files removed. `score_kwargs` pass through to `score_logps` (max_length...).
+    """
+    from datasets import Dataset, concatenate_datasets
+    from tqdm.auto import tqdm
+
+    from prefkit.select.pairing import pair_best_worst
+
+    report = report if report is not None else StageReport("select")
+    if on_invalid not in ("error", "skip"):
+        raise ConfigError(f"on_invalid must be 'error' or 'skip', not {on_invalid!r}")
+    kind = R.kind_of(dataset.column_names)
+    if kind == "multi":
+        dataset = pair_best_worst(dataset, report=report, file=file)
+    elif kind != "pairs":
+        raise DataError(f"expected preference pairs (prompt, chosen, rejected) or multi-response rows "
+                        f"(prompt, responses); got columns {dataset.column_names}", file=file)
+    for col in (R.PROMPT, R.SCORE_CHOSEN, R.SCORE_REJECTED):
+        if col not in dataset.column_names:
+            raise DataError(f"selection needs column '{col}' (explicit scores from a judge or reward model; "
+                            "see `prefkit score`)", file=file, field=col)
+    if need_policy and (model is None or tokenizer is None):
+        raise ConfigError("this metric needs a model and its tokenizer (the policy about to be trained)")
+    score_kwargs = dict(score_kwargs or {})
+
+    cache = ref_cache = None
+    if need_policy and cache_dir is not None:
+        settings = {"score_kwargs": score_kwargs, "tokenizer": tokenizer_identity(tokenizer)}
+        mid = model_id if model_id is not None else model_identity(model)
+        cache = LogpCache(cache_dir, {"model": mid, **settings}, POLICY_COLUMNS)
+        if reference is not None:
+            rid = reference_id if reference_id is not None else model_identity(reference)
+            ref_cache = LogpCache(cache_dir, {"model": rid, **settings, "role": "reference"},
+                                  ("len_chosen", "len_rejected") + REFERENCE_COLUMNS)
+
+    own_work = work_dir is None
+    work = Path(tempfile.mkdtemp(prefix="prefkit-select-")) if own_work else Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        raw_path = work / "pass1.arrow"
+        moments = {"explicit_margin": M.RunningMoments(), "abs_implicit_margin": M.RunningMoments(),
+                   "abs_dpo_implicit_margin": M.RunningMoments()}
+        counts = {"cached": 0, "scored": 0}
+        n = len(dataset)
+        bar = tqdm(total=n, desc="select: scoring pairs", unit="pair", disable=not progress, dynamic_ncols=True)
+        import pyarrow as pa
+
+        writer = None
+        row0 = 0
+        for batch in dataset.iter(batch_size=chunk_size):
+            rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+            cols = _pass1_chunk(rows, row0, model, tokenizer, reference, beta, need_policy, batch_size,
+                                score_kwargs, cache, ref_cache, counts, on_invalid, report, file)
+            for name, mom in moments.items():
+                if name in cols:
+                    mom.update(cols[name][cols["scorable"]])
+            table = pa.table({k: pa.array(v) for k, v in cols.items()})
+            if writer is None:
+                sink = pa.OSFile(str(raw_path), "wb")
+                writer = pa.ipc.new_stream(sink, table.schema)
+            writer.write_table(table)
+            row0 += len(rows)
+            bar.update(len(rows))
+            bar.set_postfix(cached=counts["cached"], scored=counts["scored"], refresh=False)
+        bar.close()
+        if writer is not None:
+            writer.close()
+            sink.close()
+
+        stats = {"explicit_margin": moments["explicit_margin"].to_dict()}
+        if need_policy:
+            stats["abs_implicit_margin"] = moments["abs_implicit_margin"].to_dict()
+        if reference is not None:
+            stats["abs_dpo_implicit_margin"] = moments["abs_dpo_implicit_margin"].to_dict()
+        for name, st in stats.items():
+            if st["n"] > 0 and st["std"] == 0.0:
+                report.notes[f"{name} constant"] = (f"{name} is {st['min']:g} for every pair: its z-score is 0, "
+                                                    "so it does not affect the ranking")
+
+        metrics_path = work / "metrics.arrow"
+        _pass2(raw_path, metrics_path, stats, weight, seed, need_policy, reference is not None, progress, n)
+        metrics_ds = Dataset.from_file(str(metrics_path)) if n else None
+        if metrics_ds is not None and own_work:
+            metrics_ds = Dataset.from_dict(metrics_ds.to_dict(), features=metrics_ds.features)
+        base = dataset.remove_columns([c for c in dataset.column_names if c in METRIC_COLUMNS or c == "selection_score"])
+        full = concatenate_datasets([base, metrics_ds], axis=1) if metrics_ds is not None else base
+    finally:
+        if own_work:
+            shutil.rmtree(work, ignore_errors=True)
+    report.rows_in = report.rows_in or n
+    report.notes["pairs scored from cache"] = counts["cached"]
+    report.notes["pairs scored by the model"] = counts["scored"]
+    return Scored(dataset=full, stats=stats, report=report, has_policy=need_policy,
+                  has_reference=reference is not None, weight=weight, beta=beta if reference is not None else None,
+                  work_dir=None if own_work else str(work))
+
+
+def _pass1_chunk(rows, row0, model, tokenizer, reference, beta, need_policy, batch_size, score_kwargs,
+                 cache, ref_cache, counts, on_invalid, report, file) -> dict:
+    n = len(rows)
+    scorable = np.ones(n, dtype=bool)
+    explicit = np.full(n, np.nan)
+    for i, row in enumerate(rows):
+        sc = _check_float(row.get(R.SCORE_CHOSEN), row0 + i, R.SCORE_CHOSEN, file, on_invalid, report)
+        sr = None if sc is None else _check_float(row.get(R.SCORE_REJECTED), row0 + i, R.SCORE_REJECTED, file,
+                                                   on_invalid, report)
+        if sc is None or sr is None:
+            scorable[i] = False
+        else:
+            explicit[i] = sc - sr
+    cols: dict = {"explicit_margin": explicit}
+    if need_policy:
+        pol = _logps_for_chunk(rows, scorable, model, tokenizer, reference, batch_size, score_kwargs, cache,
+                               ref_cache, counts)
+        for i in range(n):
+            if not scorable[i]:
+                continue
+            for c in pol:
+                if math.isnan(pol[c][i]):
+                    if on_invalid == "skip":
+                        report.drop("not scorable by the model (dropped by tokenization/truncation or NaN "
+                                    "log-prob)", 1, example=f"row {row0 + i}")
+                        scorable[i] = False
+                        break
+                    raise DataError(f"{c} is NaN (the model gave no finite log-probability, or the scorer "
+                                    "dropped the pair, e.g. a prompt longer than max_length)",
+                                    file=file, row=row0 + i, field=c)
+            else:
+                for side in ("len_chosen", "len_rejected"):
+                    if pol[side][i] <= 0:
+                        if on_invalid == "skip":
+                            report.drop("response has no tokens after truncation", 1, example=f"row {row0 + i}")
+                            scorable[i] = False
+                            break
+                        raise DataError("response has no tokens after truncation (no per-token mean log-prob)",
+                                        file=file, row=row0 + i, field=side.replace("len_", ""))
+        cols.update(pol)
+        im = M.length_normalised_margin(pol["policy_logps_chosen"], pol["policy_logps_rejected"],
+                                        np.where(scorable, pol["len_chosen"], 1.0),
+                                        np.where(scorable, pol["len_rejected"], 1.0))
+        im[~scorable] = np.nan
+        cols["implicit_margin"] = im
+        cols["abs_implicit_margin"] = np.abs(im)
+        if reference is not None:
+            dm = M.dpo_implicit_margin(pol["policy_logps_chosen"], pol["policy_logps_rejected"],
+                                       pol["reference_logps_chosen"], pol["reference_logps_rejected"], beta)
+            dm[~scorable] = np.nan
+            cols["dpo_implicit_margin"] = dm
+            cols["abs_dpo_implicit_margin"] = np.abs(dm)
+    explicit[~scorable] = np.nan
+    cols["scorable"] = scorable
+    return cols
+
+
+def _logps_for_chunk(rows, scorable, model, tokenizer, reference, batch_size, score_kwargs, cache, ref_cache,
+                     counts) -> dict:
+    """Policy (and reference) log-probs for a chunk: cached rows from the cache, the rest scored in
+    one call and written to the cache as one shard before anything else happens."""
+    n = len(rows)
+    names = POLICY_COLUMNS + (REFERENCE_COLUMNS if reference is not None else ())
+    out = {c: np.full(n, np.nan) for c in names}
+    keys = [row_key(r[R.PROMPT], r[R.CHOSEN], r[R.REJECTED]) for r in rows]
+    todo = []
+    for i, k in enumerate(keys):
+        if not scorable[i]:
+            continue
+        hit = cache.get(k) if cache is not None else None
+        ref_hit = ref_cache.get(k) if (ref_cache is not None) else None
+        if hit is not None and (reference is None or ref_hit is not None):
+            for c, v in zip(POLICY_COLUMNS, hit):
+                out[c][i] = v
+            if reference is not None:
+                out["reference_logps_chosen"][i], out["reference_logps_rejected"][i] = ref_hit[2], ref_hit[3]
+            counts["cached"] += 1
+        else:
+            todo.append(i)
+    if todo:
+        res = _call_score_logps(model, tokenizer, [rows[i] for i in todo], reference, batch_size, score_kwargs)
+        for c in names:
+            out[c][todo] = res[c]
+        counts["scored"] += len(todo)
+        done_keys = [keys[i] for i in todo]
+        if cache is not None:
+            cache.put_many(done_keys, {c: res[c] for c in POLICY_COLUMNS})
+        if ref_cache is not None:
+            ref_cache.put_many(done_keys, {c: res[c] for c in ("len_chosen", "len_rejected") + REFERENCE_COLUMNS})
+    return out
+
+
+def _pass2(raw_path, metrics_path, stats, weight, seed, has_policy, has_reference, progress, n):
+    import pyarrow as pa
+    from tqdm.auto import tqdm
+
+    if n == 0:
+        return
+    rng = np.random.default_rng(seed)
+    st_e = stats["explicit_margin"]
+    bar = tqdm(total=n, desc="select: ranking", unit="pair", disable=not progress, dynamic_ncols=True)
+    with pa.memory_map(str(raw_path), "r") as src, pa.OSFile(str(metrics_path), "wb") as sink:
+        reader = pa.ipc.open_stream(src)
+        writer = None
+        for rb in reader:
+            cols = {name: rb.column(name).to_numpy(zero_copy_only=False) for name in rb.schema.names}
+            ok = cols["scorable"].astype(bool)
+            out = {"explicit_margin": cols["explicit_margin"]}
+            z_e = M.zscore(cols["explicit_margin"], st_e["mean"], st_e["std"])
+            if has_policy:
+                st_i = stats["abs_implicit_margin"]
+                for c in POLICY_COLUMNS + ("implicit_margin", "abs_implicit_margin"):
+                    out[c] = cols[c]
+                z_i = M.zscore(cols["abs_implicit_margin"], st_i["mean"], st_i["std"])
+                out["z_explicit_margin"] = z_e
+                out["z_abs_implicit_margin"] = z_i
+                out["alignment_potential"] = M.alignment_potential(z_e, z_i, weight)
+                out["alignment_potential_paper"] = M.alignment_potential_paper(cols["explicit_margin"],
+                                                                               cols["implicit_margin"])
+                if has_reference:
+                    st_d = stats["abs_dpo_implicit_margin"]
+                    for c in REFERENCE_COLUMNS + ("dpo_implicit_margin",):
+                        out[c] = cols[c]
+                    z_d = M.zscore(cols["abs_dpo_implicit_margin"], st_d["mean"], st_d["std"])
+                    out["z_abs_dpo_implicit_margin"] = z_d
+                    out["dpo_alignment_potential"] = M.alignment_potential(z_e, z_d, weight)
+            else:
+                out["z_explicit_margin"] = z_e
+            out["random_score"] = rng.random(len(ok))
+            for k, v in out.items():
+                if v.dtype.kind == "f":
+                    v = v.copy()
+                    v[~ok] = np.nan
+                    out[k] = v
+            out["scorable"] = ok
+            table = pa.table({k: pa.array(v) for k, v in out.items()})
+            if writer is None:
+                writer = pa.ipc.new_stream(sink, table.schema)
+            writer.write_table(table)
+            bar.update(len(ok))
+        if writer is not None:
+            writer.close()
+    bar.close()

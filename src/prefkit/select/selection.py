@@ -1,0 +1,186 @@
+"""Keep the top fraction (or top k) of a preference set by a selection metric.
+
+`select` scores (or reuses a `Scored` table), ranks by the metric and returns the kept rows with
+every metric column plus `selection_score`. Every metric keeps the same number of rows for the
+same data and fraction (floor(fraction * scorable pairs), as the authors' code does), so
+comparisons between metrics are at an equal budget.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from prefkit.errors import ConfigError
+from prefkit.report import StageReport
+from prefkit.select import metrics as M
+from prefkit.select.scoring import Scored, score
+
+#: metric -> (column ranked, what larger means), for the docs and the report
+RANKED_BY = {
+    M.ALIGNMENT_POTENTIAL: "z(explicit margin) - weight * z(|implicit margin|), largest first",
+    M.AP_PAPER: "|explicit margin| - |implicit margin| (raw), largest first",
+    M.DPO_IMPLICIT: "z(explicit margin) - weight * z(|beta * DPO implicit margin|), largest first",
+    M.EXPLICIT: "explicit margin, largest first",
+    M.IMPLICIT: "|implicit margin|, smallest first",
+    M.RANDOM: "uniform random (seeded)",
+}
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in M.METRICS:
+        raise ConfigError(f"unknown metric {metric!r}; choose from {', '.join(M.METRICS)}")
+
+
+def _check_budget(fraction, top_k) -> None:
+    if top_k is not None:
+        if int(top_k) != top_k or top_k < 0:
+            raise ConfigError(f"top_k must be a non-negative integer, not {top_k!r}")
+    elif fraction is None or not (0.0 < float(fraction) <= 1.0):
+        raise ConfigError(f"fraction must be in (0, 1], not {fraction!r}")
+
+
+def selection_scores(scored: Scored, metric: str, weight: float | None = None) -> np.ndarray:
+    """The per-row score `metric` ranks by (larger is kept first); -inf for unscorable rows."""
+    _check_metric(metric)
+    weight = scored.weight if weight is None else weight
+    ds = scored.dataset
+
+    def col(name):
+        if name not in ds.column_names:
+            raise ConfigError(f"metric {metric!r} needs column '{name}', which this scoring did not compute "
+                              "(a model is needed for implicit margins, a reference model for dpo-implicit)")
+        return np.asarray(ds.data.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+    if metric == M.ALIGNMENT_POTENTIAL:
+        s = M.alignment_potential(col("z_explicit_margin"), col("z_abs_implicit_margin"), weight)
+    elif metric == M.DPO_IMPLICIT:
+        s = M.alignment_potential(col("z_explicit_margin"), col("z_abs_dpo_implicit_margin"), weight)
+    elif metric == M.AP_PAPER:
+        s = col("alignment_potential_paper")
+    elif metric == M.EXPLICIT:
+        s = col("explicit_margin")
+    elif metric == M.IMPLICIT:
+        s = -col("abs_implicit_margin")
+    else:
+        s = col("random_score")
+    return np.where(np.isnan(s), -np.inf, s)
+
+
+def _load(model, tokenizer):
+    """Model directories are loaded with transformers; objects pass through."""
+    if isinstance(model, (str, Path)):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = str(model)
+        if not Path(path).exists():
+            raise ConfigError(f"model directory not found: {path}")
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+    elif isinstance(tokenizer, (str, Path)):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+    return model, tokenizer
+
+
+def score_for(dataset, metrics, *, model=None, tokenizer=None, reference=None, **options) -> Scored:
+    """Score once for every metric in `metrics` (loads model directories given as paths)."""
+    for m in metrics:
+        _check_metric(m)
+    need_policy = any(m in M.NEEDS_MODEL for m in metrics)
+    if any(m in M.NEEDS_REFERENCE for m in metrics) and reference is None:
+        raise ConfigError("metric 'dpo-implicit' needs a reference model (--reference DIR)")
+    if need_policy:
+        model, tokenizer = _load(model, tokenizer)
+        if reference is not None:
+            reference, _ = _load(reference, tokenizer)
+    else:
+        reference = None
+    return score(dataset, model=model, tokenizer=tokenizer, reference=reference, need_policy=need_policy,
+                 **options)
+
+
+def select(dataset, metric: str = M.ALIGNMENT_POTENTIAL, *, fraction: float = 0.4, top_k: int | None = None,
+           weight: float = 1.0, model=None, tokenizer=None, reference=None, beta: float = 0.1,
+           plot: str | Path | None = None, scored_path: str | Path | None = None,
+           report: StageReport | None = None, **score_options):
+    """Select the most promising preference pairs; returns the kept rows with every metric column.
+
+    dataset   PAIRS (with score_chosen / score_rejected) or MULTI rows (paired max vs min score),
+              or a `Scored` from `score()` / an earlier call (then nothing is rescored).
+    metric    'alignment-potential' (default; z(m_e) - weight z(|m_i|)), 'ap-paper',
+              'dpo-implicit' (needs `reference`, uses `beta`), 'explicit', 'implicit', 'random'.
+    fraction  keep floor(fraction * n) rows (default 0.4); `top_k` keeps k rows instead.
+    model, tokenizer   the policy about to be trained (objects or a model directory).
+    plot      write a PNG of explicit against implicit margin with the selection boundary.
+    scored_path   also write the full scored table (every row, with a `selected` column).
+    score_options pass to `prefkit.select.score` (batch_size, chunk_size, cache_dir, seed, work_dir,
+              on_invalid, score_kwargs, progress, file).
+    """
+    _check_metric(metric)
+    _check_budget(fraction, top_k)
+    if isinstance(dataset, Scored):
+        scored = dataset
+        if report is not None:
+            report.merge(scored.report)
+    else:
+        scored = score_for(dataset, [metric], model=model, tokenizer=tokenizer, reference=reference, beta=beta,
+                           weight=weight, report=report, **score_options)
+    return _keep(scored, metric, fraction, top_k, weight, plot, scored_path, report or scored.report)
+
+
+def _keep(scored: Scored, metric, fraction, top_k, weight, plot, scored_path, report: StageReport):
+    s = selection_scores(scored, metric, weight)
+    n_ok = int(np.isfinite(s).sum())
+    k = M.budget(n_ok, fraction, top_k)
+    idx = M.top_indices(s, k)
+    threshold = M.threshold_of(s[np.isfinite(s)], k)
+    report.rows_in = report.rows_in or len(scored)
+    report.rows_out = len(idx)
+    report.drop(f"not selected ({metric} below the top {len(idx)})", n_ok - len(idx))
+    report.notes.update({
+        "metric": metric,
+        "ranked by": RANKED_BY[metric],
+        "budget": len(idx) if top_k is not None else f"{len(idx)} = floor({fraction} x {n_ok})",
+        "threshold (lowest kept score)": threshold,
+        "weight": weight if metric in (M.ALIGNMENT_POTENTIAL, M.DPO_IMPLICIT) else None,
+        "margin stats": scored.stats,
+    })
+    report.notes = {k2: v for k2, v in report.notes.items() if v is not None}
+    ds = scored.dataset
+    if "selection_score" in ds.column_names:
+        ds = ds.remove_columns("selection_score")
+    # unscorable rows (skipped with on_invalid="skip") rank at -inf and show as NaN
+    ds = ds.add_column("selection_score", np.where(np.isfinite(s), s, np.nan).tolist())
+    if scored_path is not None:
+        from prefkit.data import write
+
+        selected = np.zeros(len(ds), dtype=bool)
+        selected[idx] = True
+        write(ds.add_column("selected", selected.tolist()), scored_path)
+    out = ds.select(idx)
+    if plot is not None:
+        from prefkit.select.plot import plot_margins
+
+        plot_margins(scored, plot, metric=metric, scores=s, selected=idx, threshold=threshold, weight=weight)
+    return out
+
+
+def selection_ablation(dataset, model=None, tokenizer=None, fraction: float = 0.4, *,
+                       metrics=(M.ALIGNMENT_POTENTIAL, M.EXPLICIT, M.IMPLICIT, M.RANDOM), top_k: int | None = None,
+                       weight: float = 1.0, reference=None, beta: float = 0.1, **score_options) -> dict:
+    """One scoring pass, then each metric's selection at the same budget: {metric: Dataset}.
+
+    For the toy-world ablation: alignment potential against explicit margin, implicit margin
+    and random, each keeping exactly the same number of rows.
+    """
+    _check_budget(fraction, top_k)
+    scored = score_for(dataset, list(metrics), model=model, tokenizer=tokenizer, reference=reference, beta=beta,
+                       weight=weight, **score_options)
+    out = {}
+    for m in metrics:
+        out[m] = _keep(scored, m, fraction, top_k, weight, None, None, StageReport(f"select:{m}"))
+    return out
