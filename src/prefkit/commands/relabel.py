@@ -1,5 +1,57 @@
-"""`prefkit relabel` (placeholder until its stage lands)."""
+"""`prefkit relabel INPUT -o OUTPUT`: reward-augmented relabeling (calls prefkit.relabel.relabel_file)."""
 
-from prefkit.commands import placeholder
+from __future__ import annotations
 
-register = placeholder("relabel")
+from prefkit.commands import add_io_arguments
+
+
+def register(sub, name, help_text):
+    p = sub.add_parser(
+        name, help=help_text, description=help_text + ". Each scored pair becomes two pairs: the prompt "
+        "conditioned on the chosen response's score (chosen, rejected as given) and on the rejected "
+        "response's score (chosen and rejected swapped). Writes OUTPUT, OUTPUT.conditioning.json "
+        "(the conditioning spec the trainer copies into the model) and OUTPUT.report.json.")
+    add_io_arguments(p)
+    p.add_argument("--placement", choices=["system", "user", "auto"], default="system",
+                   help="where S(g) goes: a system message (default), a prefix of the first user turn, "
+                        "or auto (system if --tokenizer's chat template accepts a system role)")
+    p.add_argument("--tokenizer", default=None, help="local tokenizer directory (for --placement auto)")
+    p.add_argument("--ties", choices=["drop", "keep"], default="drop",
+                   help="pairs whose chosen and rejected goals are equal: drop (default, counted) or keep")
+    p.add_argument("--half", action="store_true",
+                   help="size-matched ablation: each pair contributes only its D^w or its D^l row (seeded coin)")
+    p.add_argument("--seed", type=int, default=42, help="seed for --half and binarization (default 42)")
+    p.add_argument("--template", default=None, metavar="FILE",
+                   help="conditioning template file with {goal} / {goal_lines} / {<attribute>} placeholders")
+    p.add_argument("--attributes", default=None, metavar="A,B,C",
+                   help="goal attributes, one line each: 'overall' (score_chosen/rejected) or fields of "
+                        "aspects_chosen/rejected or columns <name>_chosen/<name>_rejected (default: overall)")
+    p.add_argument("--fine-grained-filter", action="store_true",
+                   help="keep only pairs with fine_grained_chosen >= fine_grained_rejected (published pre-filter)")
+    p.add_argument("--round", dest="round_scores", type=int, default=None, metavar="N",
+                   help="round goals to N decimals before tie detection and rendering")
+    p.add_argument("--scale", default="1,10", metavar="MIN,MAX",
+                   help="goal scale stated in S(g); MAX is the goal used at inference (default 1,10)")
+    p.add_argument("--goal-from", choices=["scores", "implicit"], default="scores",
+                   help="goals from judge scores (default) or a model's implicit rewards (not available yet)")
+    p.set_defaults(func=run, _parser=p)
+
+
+def run(args) -> int:
+    from prefkit.errors import ConfigError
+    from prefkit.relabel import relabel_file
+
+    try:
+        lo, hi = (float(v) for v in args.scale.split(","))
+    except ValueError as exc:
+        raise ConfigError(f"--scale must be MIN,MAX (e.g. 1,10), got {args.scale!r}") from exc
+    report = relabel_file(
+        args.input, args.output, split=args.split, subset=args.subset, revision=args.revision,
+        input_format=args.input_format, on_invalid=args.on_invalid,
+        placement=args.placement, tokenizer=args.tokenizer, ties=args.ties, half=args.half, seed=args.seed,
+        template=args.template, attributes=args.attributes, fine_grained_filter=args.fine_grained_filter,
+        round_scores=args.round_scores, scale=(lo, hi), goal_from=args.goal_from,
+    )
+    print(report.summary())
+    print(f"wrote {args.output} (+ conditioning spec {report.notes.get('conditioning_spec')})")
+    return 0

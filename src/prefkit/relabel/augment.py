@@ -1,0 +1,354 @@
+"""Reward-augmented relabeling (Zhang et al., arXiv 2410.08067; methods.md section 1).
+
+Each pair (x, y_w, y_l, r_w, r_l) becomes two training pairs:
+  D^w: prompt S(r_w) + x, chosen y_w, rejected y_l
+  D^l: prompt S(r_l) + x, chosen y_l, rejected y_w    (measured against goal r_l, y_l is the match)
+The output is D^w followed by D^l. In D^l every chosen/rejected column pair swaps with the
+responses (score_chosen, aspects_chosen, fine_grained_chosen, ...), so a row's `*_chosen`
+columns always describe its chosen response and `goal_score == score_chosen` in both halves.
+
+Everything is columnar: goals are rendered once per distinct goal value and the prompt column
+is rewritten with Arrow kernels and numpy index arithmetic (see `columns.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from prefkit.errors import ConfigError, DataError
+from prefkit.relabel.columns import condition_column, prompt_format
+from prefkit.relabel.conditioning import OVERALL, ConditioningSpec, make_spec
+from prefkit.report import StageReport
+
+GOAL_SCORE = "goal_score"
+GOAL_SCORES = "goal_scores"
+SOURCE_PAIR_ID = "source_pair_id"
+RELABEL_HALF = "relabel_half"
+
+
+def relabel(dataset, *, placement: str = "system", tokenizer=None, ties: str = "drop",
+            fine_grained_filter: bool = False, half: bool = False, seed: int = 42,
+            round_scores: int | None = None, template=None, attributes=None, goal_from: str = "scores",
+            scale: tuple[float, float] = (1, 10), report: StageReport | None = None):
+    """Relabel a PAIRS dataset into reward-augmented pairs (D^w then D^l); returns a `datasets.Dataset`.
+
+    placement: 'system' (a system message before the first user turn; for string prompts S(g)
+        then a blank line before the prompt text), 'user' (S(g), a blank line, then the first user
+        turn's text) or 'auto' (system if `tokenizer`'s chat template accepts a system role).
+        A prompt that already opens with a system message gets S(g) + blank line prefixed to that
+        message's content in system placement, and is left as is in user placement.
+    ties: 'drop' (default; counted) or 'keep' pairs whose goals are equal (after rounding).
+    fine_grained_filter: keep only pairs with fine_grained_chosen >= fine_grained_rejected (the
+        authors' pre-filter); needs those columns.
+    half: the paper's size-matched ablation: each pair contributes exactly one of its two rows, its
+        D^w or its D^l row, by a fair coin seeded with `seed`; output size == pairs kept.
+    round_scores: round goals to this many decimals before tie detection and rendering.
+    template: template text or a template file (see `prefkit.relabel.conditioning`).
+    attributes: goal attributes (list or 'a,b,c'): 'overall' reads score_chosen/score_rejected;
+        another name reads that field of aspects_chosen/aspects_rejected or the columns
+        `<name>_chosen`/`<name>_rejected`. Default ['overall'] (the single `Overall score` line).
+    goal_from: 'scores' (judge scores in the columns above) or 'implicit' (not available yet).
+    scale: (min, max) of the goal scale stated in S(g); max is the goal used at inference.
+
+    Output columns: the input's columns (prompt conditioned; chosen/rejected pairs swapped in D^l;
+    pair_id made unique as '<pair_id>:w' / '<pair_id>:l'), plus `goal_score` (when 'overall' is an
+    attribute), `goal_scores` (a struct, for several attributes), `source_pair_id` and
+    `relabel_half` ('w' or 'l'). Multi-response (MULTI) input is binarized first with
+    `prefkit.data.binarize(..., seed=seed, ties=ties, fine_grained_filter=fine_grained_filter)`.
+    """
+    out, _ = relabel_with_spec(dataset, placement=placement, tokenizer=tokenizer, ties=ties,
+                               fine_grained_filter=fine_grained_filter, half=half, seed=seed,
+                               round_scores=round_scores, template=template, attributes=attributes,
+                               goal_from=goal_from, scale=scale, report=report)
+    return out
+
+
+def relabel_with_spec(dataset, *, placement="system", tokenizer=None, ties="drop", fine_grained_filter=False,
+                      half=False, seed=42, round_scores=None, template=None, attributes=None,
+                      goal_from="scores", scale=(1, 10), report: StageReport | None = None):
+    """`relabel`, also returning the resolved `ConditioningSpec` (to save beside the output)."""
+    import datasets
+    from datasets.table import InMemoryTable
+
+    from prefkit.data.records import CHOSEN, PAIR_ID, PROMPT, REJECTED, RESPONSES
+
+    report = report if report is not None else StageReport("relabel")
+    if ties not in ("drop", "keep"):
+        raise ConfigError(f"ties must be 'drop' or 'keep', got {ties!r}")
+    if goal_from == "implicit":
+        raise ConfigError("goal_from='implicit' is not available yet: it needs the scoring API "
+                          "prefkit.logprobs.score_logps; relabel with judge scores (goal_from='scores')")
+    if goal_from != "scores":
+        raise ConfigError(f"goal_from must be 'scores' or 'implicit', got {goal_from!r}")
+    if not isinstance(dataset, datasets.Dataset):
+        raise ConfigError(f"relabel expects a datasets.Dataset, got {type(dataset).__name__}")
+
+    cols = set(dataset.column_names)
+    if RESPONSES in cols and not {CHOSEN, REJECTED} <= cols:
+        dataset = _binarize(dataset, seed=seed, ties=ties, fine_grained_filter=fine_grained_filter, report=report)
+        fine_grained_filter = False  # applied by binarize
+        cols = set(dataset.column_names)
+    missing = [c for c in (PROMPT, CHOSEN, REJECTED) if c not in cols]
+    if missing:
+        raise DataError(f"relabel needs columns prompt, chosen, rejected; missing {missing} "
+                        f"(columns: {sorted(cols)})", field=missing[0])
+    if RELABEL_HALF in cols:
+        raise DataError("input is already relabeled (it has a 'relabel_half' column)", field=RELABEL_HALF)
+
+    table: pa.Table = dataset.with_format("arrow")[:]
+    n = table.num_rows
+    report.rows_in = n
+    fmt = prompt_format(table.schema.field(PROMPT).type)
+    spec = make_spec(placement=placement, tokenizer=tokenizer, template=template, attributes=attributes,
+                     scale=scale, round_scores=round_scores, prompt_format=fmt)
+    _check_prompts(table[PROMPT], fmt)
+
+    # Source ids (for examples in the report and the output's source_pair_id).
+    if PAIR_ID in cols:
+        src_ids = pc.cast(table[PAIR_ID], pa.string())
+        if src_ids.null_count:
+            src_ids = pc.coalesce(src_ids, pc.cast(pa.array(np.arange(n)), pa.string()))
+    else:
+        src_ids = pc.cast(pa.array(np.arange(n)), pa.string())
+
+    # Goals per attribute for the chosen (r_w) and rejected (r_l) responses: (n, k) float arrays.
+    goals_w = np.empty((n, len(spec.attributes)))
+    goals_l = np.empty((n, len(spec.attributes)))
+    for j, attr in enumerate(spec.attributes):
+        goals_w[:, j], goals_l[:, j] = _attribute_scores(table, attr)
+    if spec.round_scores is not None:
+        goals_w = np.round(goals_w, spec.round_scores)
+        goals_l = np.round(goals_l, spec.round_scores)
+
+    keep = np.ones(n, dtype=bool)
+
+    def drop(mask: np.ndarray, reason: str) -> None:
+        mask = mask & keep
+        if mask.any():
+            rows = np.flatnonzero(mask)
+            report.drop(reason, int(len(rows)))
+            examples = report.examples.setdefault(reason, [])
+            for r in rows[: max(0, 5 - len(examples))]:
+                examples.append(f"pair_id={src_ids[int(r)].as_py()}")
+            keep[mask] = False
+
+    drop(np.isnan(goals_w).any(axis=1) | np.isnan(goals_l).any(axis=1),
+         "missing score (" + ", ".join(spec.attributes) + ")")
+    if fine_grained_filter:
+        fg_w, fg_l = _fine_grained(table)
+        drop(np.isnan(fg_w) | np.isnan(fg_l), "fine-grained rating missing (pre-filter)")
+        with np.errstate(invalid="ignore"):
+            drop(fg_w < fg_l, "fine-grained chosen < rejected (pre-filter)")
+    tie = (goals_w == goals_l).all(axis=1)
+    if ties == "drop":
+        drop(tie, "tie: goal of chosen == goal of rejected")
+    else:
+        report.notes["ties_kept"] = int((tie & keep).sum())
+
+    kept = np.flatnonzero(keep)
+    if half:
+        take_w = np.random.default_rng(seed).random(len(kept)) < 0.5
+        w_idx, l_idx = kept[take_w], kept[~take_w]
+    else:
+        w_idx = l_idx = kept
+    idx = pa.array(np.concatenate([w_idx, l_idx]))
+
+    # S(g) rendered once per distinct goal vector, then gathered per output row.
+    goals = np.concatenate([goals_w[w_idx], goals_l[l_idx]])
+    texts, n_goals = _goal_texts(spec, goals)
+
+    columns: dict[str, pa.ChunkedArray | pa.Array] = {}
+    swap = _swap_partners(table.column_names)
+    w_sel, l_sel = pa.array(w_idx), pa.array(l_idx)
+    for name in table.column_names:
+        if name == PROMPT:
+            columns[name] = condition_column(table[PROMPT].take(idx), texts, spec.placement)
+        elif name == PAIR_ID:
+            continue  # rebuilt below
+        else:
+            w_part = table[name].take(w_sel)
+            l_part = table[swap.get(name, name)].take(l_sel)
+            if l_part.type != w_part.type:  # e.g. int scores for chosen, float for rejected
+                try:
+                    common = pa.unify_schemas([pa.schema([("c", w_part.type)]), pa.schema([("c", l_part.type)])],
+                                              promote_options="permissive").field("c").type
+                    w_part, l_part = w_part.cast(common), l_part.cast(common)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                    raise DataError(f"cannot swap '{name}' with '{swap[name]}': types {w_part.type} and "
+                                    f"{l_part.type} differ", field=name) from exc
+            columns[name] = pa.chunked_array(list(w_part.chunks) + list(l_part.chunks), type=w_part.type)
+    src = src_ids.take(idx)
+    half_col = pa.concat_arrays([pa.repeat(pa.scalar("w"), len(w_idx)), pa.repeat(pa.scalar("l"), len(l_idx))])
+    columns[PAIR_ID] = pc.binary_join_element_wise(src, pc.binary_join_element_wise(":", half_col, ""), "")
+    if OVERALL in spec.attributes:
+        columns[GOAL_SCORE] = pa.array(goals[:, spec.attributes.index(OVERALL)], type=pa.float64())
+    if spec.multi_attribute:
+        columns[GOAL_SCORES] = pa.StructArray.from_arrays(
+            [pa.array(goals[:, j], type=pa.float64()) for j in range(len(spec.attributes))], names=spec.attributes)
+    columns[SOURCE_PAIR_ID] = src
+    columns[RELABEL_HALF] = half_col
+
+    order = [c for c in table.column_names] + [c for c in columns if c not in table.column_names]
+    out_table = pa.table({c: columns[c] for c in order})
+    # A fingerprint from the input's and the options' (hashing a large output table costs seconds).
+    options = (spec.to_dict(), ties, bool(fine_grained_filter), bool(half), seed)
+    fingerprint = hashlib.sha256(f"relabel|{dataset._fingerprint}|{options!r}".encode()).hexdigest()[:16]
+    out = datasets.Dataset(InMemoryTable(out_table), fingerprint=fingerprint)
+
+    report.rows_out = out.num_rows
+    report.notes.update({
+        "pairs_relabeled": int(len(kept)),
+        "rows_D_w": int(len(w_idx)),
+        "rows_D_l": int(len(l_idx)),
+        "placement": spec.placement,
+        "prompt_format": fmt,
+        "attributes": ",".join(spec.attributes),
+        "half": bool(half),
+        "distinct_goals": n_goals,
+    })
+    return out, spec
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+def _binarize(dataset, *, seed, ties, fine_grained_filter, report):
+    try:
+        from prefkit.data import binarize
+    except ImportError as exc:
+        raise ConfigError("multi-response input must be binarized first, and prefkit.data.binarize is not "
+                          "available in this build; run `prefkit data binarize` first") from exc
+    return binarize(dataset, seed=seed, ties=ties, fine_grained_filter=fine_grained_filter, report=report)
+
+
+def _check_prompts(prompts: pa.ChunkedArray, fmt: str) -> None:
+    if prompts.null_count:
+        row = int(np.flatnonzero(np.asarray(prompts.is_null()))[0])
+        raise DataError("prompt is missing", row=row, field="prompt")
+    if fmt == "conversational":
+        empty = np.asarray(pc.equal(pc.list_value_length(prompts), 0))
+        if empty.any():
+            raise DataError("prompt has no messages", row=int(np.flatnonzero(empty)[0]), field="prompt")
+
+
+def _to_float(col, name: str) -> np.ndarray:
+    try:
+        col = pc.cast(col, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataError(f"score column must be numeric, got {col.type}", field=name) from exc
+    arr = col.to_numpy() if isinstance(col, pa.ChunkedArray) else col.to_numpy(zero_copy_only=False)
+    return np.asarray(arr, dtype=np.float64)
+
+
+def _attribute_scores(table: pa.Table, attr: str) -> tuple[np.ndarray, np.ndarray]:
+    """(chosen, rejected) scores for one goal attribute as float arrays (NaN for missing)."""
+    from prefkit.data.records import ASPECTS_CHOSEN, ASPECTS_REJECTED, SCORE_CHOSEN, SCORE_REJECTED
+
+    names = table.column_names
+    if attr == OVERALL:
+        if SCORE_CHOSEN not in names or SCORE_REJECTED not in names:
+            raise DataError("relabeling needs goal scores: columns score_chosen and score_rejected "
+                            f"(columns: {names}); score the pairs first (`prefkit score`)", field=SCORE_CHOSEN)
+        return _to_float(table[SCORE_CHOSEN], SCORE_CHOSEN), _to_float(table[SCORE_REJECTED], SCORE_REJECTED)
+    if ASPECTS_CHOSEN in names and ASPECTS_REJECTED in names:
+        typ = table.schema.field(ASPECTS_CHOSEN).type
+        if pa.types.is_struct(typ) and typ.get_field_index(attr) >= 0:
+            return (_to_float(pc.struct_field(table[ASPECTS_CHOSEN], attr), ASPECTS_CHOSEN),
+                    _to_float(pc.struct_field(table[ASPECTS_REJECTED], attr), ASPECTS_REJECTED))
+        if pa.types.is_map(typ):
+            w = pc.map_lookup(table[ASPECTS_CHOSEN], pa.scalar(attr, typ.key_type), "first")
+            if w.null_count < len(w):
+                r = pc.map_lookup(table[ASPECTS_REJECTED], pa.scalar(attr, typ.key_type), "first")
+                return _to_float(w, ASPECTS_CHOSEN), _to_float(r, ASPECTS_REJECTED)
+    cw, cr = f"{attr}_chosen", f"{attr}_rejected"
+    if cw in names and cr in names:
+        return _to_float(table[cw], cw), _to_float(table[cr], cr)
+    available = []
+    if ASPECTS_CHOSEN in names and pa.types.is_struct(table.schema.field(ASPECTS_CHOSEN).type):
+        available += [f.name for f in table.schema.field(ASPECTS_CHOSEN).type]
+    available += [c[: -len("_chosen")] for c in names if c.endswith("_chosen") and
+                  c[: -len("_chosen")] + "_rejected" in names and c != ASPECTS_CHOSEN]
+    raise ConfigError(f"attribute {attr!r}: no field in aspects_chosen/aspects_rejected and no columns "
+                      f"{cw}/{cr}; available: {sorted(set(available)) + [OVERALL]}")
+
+
+def _fine_grained(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    from prefkit.data.records import FINE_GRAINED_CHOSEN, FINE_GRAINED_REJECTED
+
+    if FINE_GRAINED_CHOSEN not in table.column_names or FINE_GRAINED_REJECTED not in table.column_names:
+        raise ConfigError("fine_grained_filter needs columns fine_grained_chosen and fine_grained_rejected "
+                          "(the mean aspect rating of each response); this dataset has none")
+    return (_to_float(table[FINE_GRAINED_CHOSEN], FINE_GRAINED_CHOSEN),
+            _to_float(table[FINE_GRAINED_REJECTED], FINE_GRAINED_REJECTED))
+
+
+def _swap_partners(names: Sequence[str]) -> dict[str, str]:
+    """Column pairs that describe the chosen/rejected response and swap in D^l."""
+    present = set(names)
+    swap = {}
+    for c in names:
+        for a, b in (("chosen", "rejected"), ("rejected", "chosen")):
+            if c == a:
+                partner = b
+            elif c.endswith("_" + a):
+                partner = c[: -len(a)] + b
+            elif c.startswith(a + "_"):
+                partner = b + c[len(a):]
+            else:
+                continue
+            if partner in present:
+                swap[c] = partner
+    return swap
+
+
+def _distinct_rows(goals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct goal vectors, index of each row's vector): hash-based per column, O(n)."""
+    codes = np.zeros(len(goals), dtype=np.int64)
+    radix = 1
+    for j in range(goals.shape[1]):
+        enc = pa.array(goals[:, j]).dictionary_encode()
+        size = len(enc.dictionary)
+        if radix * max(size, 1) >= 2 ** 62:  # too many combinations for one int64 key
+            uniq, inverse = np.unique(goals, axis=0, return_inverse=True)
+            return uniq, np.asarray(inverse).reshape(-1)
+        codes += np.asarray(enc.indices, dtype=np.int64) * radix
+        radix *= max(size, 1)
+    enc = pa.array(codes).dictionary_encode()
+    inverse = np.asarray(enc.indices, dtype=np.int64)
+    first = np.full(len(enc.dictionary), len(goals), dtype=np.int64)
+    np.minimum.at(first, inverse, np.arange(len(goals), dtype=np.int64))
+    return goals[first], inverse
+
+
+def _goal_texts(spec: ConditioningSpec, goals: np.ndarray) -> tuple[pa.Array, int]:
+    """(S(g) for every row of `goals` (n, k), number of distinct goals); rendered once per distinct goal."""
+    if len(goals) == 0:
+        return pa.array([], type=pa.string()), 0
+    uniq, inverse = _distinct_rows(goals)
+    rendered = pa.array([spec._render_vector(u) for u in uniq], type=pa.string())
+    return rendered.take(pa.array(inverse)), len(uniq)
+
+
+def relabel_file(input: str | os.PathLike, output: str | os.PathLike, *, split=None, subset=None, revision=None,
+                 input_format: str = "auto", on_invalid: str = "error", **options) -> StageReport:
+    """Read INPUT, relabel it, write OUTPUT, and beside it the conditioning spec and the report.
+
+    `options` are `relabel`'s keyword options. Returns the StageReport (also written beside OUTPUT)."""
+    from prefkit import data as pdata
+
+    if not hasattr(pdata, "read") or not hasattr(pdata, "write"):
+        raise ConfigError("prefkit.data.read/write are not available in this build")
+    report = StageReport("relabel")
+    ds = pdata.read(str(input), split=split, subset=subset, revision=revision, format=input_format,
+                    on_invalid=on_invalid, report=report)
+    out, spec = relabel_with_spec(ds, report=report, **options)
+    pdata.write(out, str(output))
+    spec_path = spec.write_beside(output)
+    report.notes["conditioning_spec"] = str(spec_path)
+    report.write_beside(output)
+    return report
