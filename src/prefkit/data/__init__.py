@@ -6,6 +6,8 @@
     write(ds, "canonical.parquet")
 """
 
+from prefkit.data.binarize import binarize
 from prefkit.data.io import read, write
+from prefkit.data.stats import format_stats, plot_stats, stats
 
-__all__ = ["read", "write"]
+__all__ = ["read", "write", "binarize", "stats", "format_stats", "plot_stats"]

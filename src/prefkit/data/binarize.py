@@ -1,0 +1,182 @@
+"""Multi-response rows (MULTI) to preference pairs (PAIRS).
+
+Methods
+  published      the UltraFeedback recipe used by Zhang et al. (methods.md section 1): per prompt,
+                 responses with an 'N/A' aspect rating or no overall score are skipped; chosen = the
+                 highest overall score (the first one in file order when several share it);
+                 rejected = a uniformly random other remaining response, drawn with
+                 `random.Random(seed).choice` over the prompts in file order (one draw per prompt
+                 that has at least two eligible responses, after the TruthfulQA drop).
+  best-vs-worst  chosen = highest score, rejected = lowest score among the others.
+  all-pairs      every pair of eligible responses, the higher score as chosen.
+
+Ties (equal overall scores in a pair) are always counted (`report.notes["ties"]`); by default
+they are dropped, with ties="keep" the earlier response in file order is `chosen`.
+Options: drop_truthfulqa removes prompts whose source is TruthfulQA; fine_grained_filter keeps
+only pairs whose mean fine-grained rating of chosen >= that of rejected (pairs where either is
+missing are dropped and counted).
+
+The work is done on Arrow columns (scores, flags and index arrays); response texts are gathered
+with `take`, never converted to Python objects, so ~60k prompts binarize in about a second.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+from prefkit.data import records as R
+from prefkit.data.adapters import make_pair_id
+from prefkit.errors import ConfigError
+from prefkit.report import StageReport
+
+METHODS = ("published", "best-vs-worst", "all-pairs")
+
+DROP_TRUTHFULQA = "prompt: TruthfulQA source (drop_truthfulqa)"
+DROP_FEW = "prompt: fewer than 2 eligible responses"
+SKIP_NA = "response: an 'N/A' aspect rating (skipped)"
+SKIP_UNSCORED = "response: no overall score (skipped)"
+DROP_TIE = "pair: tie (equal overall scores)"
+DROP_FG_MISSING = "pair: fine-grained rating missing (fine_grained_filter)"
+DROP_FG_LOWER = "pair: chosen's fine-grained rating below rejected's (fine_grained_filter)"
+
+
+def is_truthfulqa(source) -> bool:
+    return source is not None and "truthful" in source.lower().replace("_", "").replace("-", "")
+
+
+def binarize(dataset, *, method: str = "published", seed: int = 42, ties: str = "drop",
+             drop_truthfulqa: bool = False, fine_grained_filter: bool = False,
+             report: StageReport | None = None):
+    """Turn a MULTI dataset (`prefkit.data.read` of UltraFeedback raw or multi-response data) into
+    a PAIRS dataset with score, aspect and fine-grained columns for chosen and rejected,
+    `model_chosen`/`model_rejected`, and provenance (prompt_id, source_row, source and a pair_id
+    naming the two responses, e.g. `<prompt_id[:16]>-r12-0v3`). Every dropped prompt, skipped
+    response and dropped pair is counted in `report` by reason."""
+    import datasets
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if method not in METHODS:
+        raise ConfigError(f"unknown binarize method {method!r}; expected one of {', '.join(METHODS)}")
+    if ties not in ("drop", "keep"):
+        raise ConfigError(f"ties must be 'drop' or 'keep', not {ties!r}")
+    if R.RESPONSES not in dataset.column_names:
+        kind = R.kind_of(dataset.column_names)
+        what = "already holds pairs" if kind == "pairs" else f"has columns {', '.join(dataset.column_names)}"
+        raise ConfigError(f"binarize takes multi-response rows (prompt, responses); this dataset {what}")
+    rep = report if report is not None else StageReport("binarize")
+
+    table = dataset.with_format("arrow")[:]
+    resp = table.column(R.RESPONSES).combine_chunks()
+    n_rows = len(resp)
+    lengths = pc.fill_null(pc.list_value_length(resp), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if n_rows else np.zeros(0, np.int64)
+    flat = pc.list_flatten(resp)  # one entry per response, rows concatenated
+    score_arr = flat.field("score")
+    scores = score_arr.to_numpy(zero_copy_only=False).astype(np.float64)  # null -> nan
+    fg_arr = flat.field("fine_grained")
+    fg = fg_arr.to_numpy(zero_copy_only=False).astype(np.float64)
+    asp_arr = flat.field("aspects")
+    na = np.zeros(len(flat), dtype=bool)
+    if pa.types.is_struct(asp_arr.type) and asp_arr.type.num_fields:
+        present = asp_arr.is_valid().to_numpy(zero_copy_only=False)
+        for k in range(asp_arr.type.num_fields):
+            na |= present & asp_arr.field(k).is_null().to_numpy(zero_copy_only=False)
+    unscored = np.isnan(scores)
+    eligible = ~na & ~unscored
+    rep.drop(SKIP_NA, int(na.sum()))
+    rep.drop(SKIP_UNSCORED, int((unscored & ~na).sum()))
+
+    sources = table.column(R.SOURCE).to_pylist() if R.SOURCE in table.column_names else [None] * n_rows
+    prompt_ids = table.column(R.PROMPT_ID).to_pylist()
+    src_rows = table.column(R.SOURCE_ROW).to_pylist()
+
+    rng = random.Random(seed)
+    elig_l, score_l, fg_l = eligible.tolist(), scores.tolist(), fg.tolist()
+    rows_out, chosen_out, rejected_out, pair_ids = [], [], [], []
+    n_ties = 0
+    for r in range(n_rows):
+        if drop_truthfulqa and is_truthfulqa(sources[r]):
+            rep.drop(DROP_TRUTHFULQA, 1, example=prompt_ids[r])
+            continue
+        s0 = int(starts[r])
+        idx = [s0 + j for j in range(int(lengths[r])) if elig_l[s0 + j]]
+        if len(idx) < 2:
+            rep.drop(DROP_FEW, 1, example=f"source_row {src_rows[r]}")
+            continue
+        best = max(idx, key=lambda i: score_l[i])  # first of the maxima
+        if method == "published":
+            candidates = [(best, rng.choice([i for i in idx if i != best]))]
+        elif method == "best-vs-worst":
+            others = [i for i in idx if i != best]
+            candidates = [(best, min(others, key=lambda i: score_l[i]))]
+        else:
+            candidates = []
+            for a_pos, a in enumerate(idx):
+                for b in idx[a_pos + 1:]:
+                    candidates.append((b, a) if score_l[b] > score_l[a] else (a, b))
+        for c, rj in candidates:
+            if score_l[c] == score_l[rj]:
+                n_ties += 1
+                if ties == "drop":
+                    rep.drop(DROP_TIE, 1, example=f"source_row {src_rows[r]}")
+                    continue
+            if fine_grained_filter:
+                fc, fr = fg_l[c], fg_l[rj]
+                if math.isnan(fc) or math.isnan(fr):
+                    rep.drop(DROP_FG_MISSING, 1, example=f"source_row {src_rows[r]}")
+                    continue
+                if fc < fr:
+                    rep.drop(DROP_FG_LOWER, 1, example=f"source_row {src_rows[r]}")
+                    continue
+            rows_out.append(r)
+            chosen_out.append(c)
+            rejected_out.append(rj)
+            pair_ids.append(make_pair_id(prompt_ids[r], src_rows[r], f"{c - s0}v{rj - s0}"))
+
+    rep.rows_in += n_rows
+    rep.rows_out += len(rows_out)
+    rep.notes["ties"] = rep.notes.get("ties", 0) + n_ties
+    rep.notes.setdefault("method", method)
+    rep.notes.setdefault("seed", seed)
+
+    rows_idx = pa.array(rows_out, type=pa.int64())
+    c_idx, r_idx = pa.array(chosen_out, type=pa.int64()), pa.array(rejected_out, type=pa.int64())
+    prompt_col = table.column(R.PROMPT).combine_chunks()
+    conversational = not pa.types.is_string(prompt_col.type) and not pa.types.is_large_string(prompt_col.type)
+    texts = flat.field("text")
+
+    def response_col(idx):
+        t = texts.take(idx)
+        if not conversational:
+            return t
+        msgs = pa.StructArray.from_arrays([pa.array(["assistant"] * len(t), pa.string()), t.cast(pa.string())],
+                                          names=["role", "content"])
+        return pa.ListArray.from_arrays(pa.array(np.arange(len(t) + 1, dtype=np.int32)), msgs)
+
+    cols = {
+        R.PROMPT: prompt_col.take(rows_idx),
+        R.CHOSEN: response_col(c_idx),
+        R.REJECTED: response_col(r_idx),
+        R.SCORE_CHOSEN: score_arr.take(c_idx),
+        R.SCORE_REJECTED: score_arr.take(r_idx),
+    }
+    if pa.types.is_struct(asp_arr.type):
+        cols[R.ASPECTS_CHOSEN] = asp_arr.take(c_idx)
+        cols[R.ASPECTS_REJECTED] = asp_arr.take(r_idx)
+    cols[R.FINE_GRAINED_CHOSEN] = fg_arr.take(c_idx)
+    cols[R.FINE_GRAINED_REJECTED] = fg_arr.take(r_idx)
+    cols[R.PROMPT_ID] = table.column(R.PROMPT_ID).combine_chunks().take(rows_idx)
+    cols[R.PAIR_ID] = pa.array(pair_ids, pa.string())
+    cols[R.SOURCE_ROW] = table.column(R.SOURCE_ROW).combine_chunks().take(rows_idx)
+    if R.SOURCE in table.column_names:
+        cols[R.SOURCE] = table.column(R.SOURCE).combine_chunks().take(rows_idx)
+    models = flat.field("model")
+    cols["model_chosen"] = models.take(c_idx)
+    cols["model_rejected"] = models.take(r_idx)
+    for name in table.column_names:  # per-prompt columns another stage added travel along
+        if name not in cols and name != R.RESPONSES:
+            cols[name] = table.column(name).combine_chunks().take(rows_idx)
+    return datasets.Dataset(pa.Table.from_arrays(list(cols.values()), names=list(cols)))
