@@ -73,6 +73,9 @@ def plot_margins(scored, path, *, metric: str, scores, selected, threshold, weig
                 ax.axhline(v, color="#d62728", lw=1.5, label="selection boundary")
             else:
                 ax.plot(xs, v, color="#d62728", lw=1.5, label="selection boundary")
+                # kept pairs lie below the line (small |implicit|, large explicit margin)
+                ax.fill_between(xs, v, np.minimum(v, y[idx].min()) - 1e9, color="#1f77b4", alpha=0.06,
+                                label="kept side")
             ylo, yhi = y[idx].min(), y[idx].max()
             pad = 0.05 * (yhi - ylo or 1.0)
             ax.set_ylim(ylo - pad, yhi + pad)

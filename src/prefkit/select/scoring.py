@@ -99,7 +99,16 @@ def _call_score_logps(model, tokenizer, pairs: list[dict], reference, batch_size
         kwargs["progress"] = False
     if reference is not None:
         kwargs["reference"] = reference
-    out = score_logps(model, tokenizer, ds, batch_size=batch_size, **kwargs)
+    import datasets
+
+    # our own bar covers the whole pass; silence the per-chunk tokenizing bars of `datasets`
+    bars_were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        out = score_logps(model, tokenizer, ds, batch_size=batch_size, **kwargs)
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
     n = len(pairs)
     result = {c: np.full(n, np.nan) for c in POLICY_COLUMNS + (REFERENCE_COLUMNS if reference is not None else ())}
     idx = np.asarray(out["_select_row"], dtype=np.int64)
@@ -203,27 +212,30 @@ def score(dataset, *, model=None, tokenizer=None, reference=None, beta: float = 
         bar = tqdm(total=n, desc="select: scoring pairs", unit="pair", disable=not progress, dynamic_ncols=True)
         import pyarrow as pa
 
-        writer = None
+        writer = sink = None
         row0 = 0
-        for batch in dataset.iter(batch_size=chunk_size):
-            rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-            cols = _pass1_chunk(rows, row0, model, tokenizer, reference, beta, need_policy, batch_size,
-                                score_kwargs, cache, ref_cache, counts, on_invalid, report, file)
-            for name, mom in moments.items():
-                if name in cols:
-                    mom.update(cols[name][cols["scorable"]])
-            table = pa.table({k: pa.array(v) for k, v in cols.items()})
-            if writer is None:
-                sink = pa.OSFile(str(raw_path), "wb")
-                writer = pa.ipc.new_stream(sink, table.schema)
-            writer.write_table(table)
-            row0 += len(rows)
-            bar.update(len(rows))
-            bar.set_postfix(cached=counts["cached"], scored=counts["scored"], refresh=False)
-        bar.close()
-        if writer is not None:
-            writer.close()
-            sink.close()
+        try:
+            for batch in dataset.iter(batch_size=chunk_size):
+                rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+                cols = _pass1_chunk(rows, row0, model, tokenizer, reference, beta, need_policy, batch_size,
+                                    score_kwargs, cache, ref_cache, counts, on_invalid, report, file)
+                for name, mom in moments.items():
+                    if name in cols:
+                        mom.update(cols[name][cols["scorable"]])
+                table = pa.table({k: pa.array(v) for k, v in cols.items()})
+                if writer is None:
+                    sink = pa.OSFile(str(raw_path), "wb")
+                    writer = pa.ipc.new_stream(sink, table.schema)
+                writer.write_table(table)
+                row0 += len(rows)
+                bar.update(len(rows))
+                bar.set_postfix(cached=counts["cached"], scored=counts["scored"], refresh=False)
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+            if sink is not None:
+                sink.close()
 
         stats = {"explicit_margin": moments["explicit_margin"].to_dict()}
         if need_policy:
