@@ -1,5 +1,180 @@
-"""`prefkit synth` (placeholder until its stage lands)."""
+"""`prefkit synth METHOD INPUT -o OUTPUT`: RMBoost and its baselines (RLAIF, West-of-N, RLCD).
 
-from prefkit.commands import placeholder
+Also home of the backend options shared with `prefkit score` (`add_backend_arguments`,
+`backend_from_args`)."""
 
-register = placeholder("synth")
+from __future__ import annotations
+
+import argparse
+import sys
+
+from prefkit.commands import add_io_arguments
+
+METHOD_HELP = {
+    "rmboost": "RMBoost: fix the label, then rewrite y1 into a better/worse y2 (Shen et al. 2024)",
+    "rlaif": "two samples, a pairwise LLM judge picks the better",
+    "west-of-n": "N samples scored by a reward model or judge; best vs worst",
+    "rlcd": "positive- vs negative-principle prompts, labelled by construction",
+}
+
+
+def add_backend_arguments(p: argparse.ArgumentParser, prefix: str = "", what: str = "generator") -> None:
+    """--base-url/--model/--local and sampling options (with `prefix`, e.g. 'judge-', for a second backend)."""
+    dash = f"--{prefix}"
+    g = p.add_argument_group(f"{what} backend" if not prefix else f"{what} backend (default: the generator's)")
+    g.add_argument(f"{dash}base-url", action="append", default=None, metavar="URL",
+                   help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1; repeat to spread requests "
+                        "over several servers (least-loaded first)")
+    g.add_argument(f"{dash}model", default=None, help="model name the server knows")
+    g.add_argument(f"{dash}local", default=None, metavar="DIR",
+                   help="run a local transformers model directory instead of a server")
+    if not prefix:
+        g.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                       help="environment variable holding the API key (default OPENAI_API_KEY; never logged)")
+        g.add_argument("--api-key", default=None,
+                       help="API key (prefer --api-key-env: command lines are visible to other users)")
+        g.add_argument("--concurrency", type=int, default=64, help="requests in flight at once (default 64)")
+        g.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+        g.add_argument("--max-retries", type=int, default=6,
+                       help="retries per request on 429/5xx/timeouts/connection errors (default 6)")
+        g.add_argument("--batch-size", type=int, default=16, help="local backend: generation batch size")
+    g.add_argument(f"{dash}temperature", type=float, default=None, help="sampling temperature")
+    g.add_argument(f"{dash}top-p", type=float, default=None, help="nucleus sampling top-p")
+    g.add_argument(f"{dash}max-tokens", type=int, default=None, help="maximum new tokens per request")
+
+
+def backend_from_args(args, prefix: str = ""):
+    """The backend the options describe; with a prefix, None when none of its options was given."""
+    from prefkit.errors import ConfigError
+    from prefkit.synth.backends import LocalBackend, OpenAIBackend
+
+    attr = prefix.replace("-", "_")
+    urls, model, local = (getattr(args, f"{attr}base_url"), getattr(args, f"{attr}model"),
+                          getattr(args, f"{attr}local"))
+    if prefix and not (urls or model or local):
+        return None
+    if local and (urls or model):
+        raise ConfigError(f"give either --{prefix}local or --{prefix}base-url/--{prefix}model, not both")
+    if local:
+        return LocalBackend(local, batch_size=args.batch_size)
+    if not model:
+        raise ConfigError(f"--{prefix}model is required with an HTTP backend (or use --{prefix}local DIR)")
+    return OpenAIBackend(model=model, base_urls=urls or ["http://127.0.0.1:8000/v1"], api_key=args.api_key,
+                         api_key_env=args.api_key_env, concurrency=args.concurrency, timeout=args.timeout,
+                         max_retries=args.max_retries)
+
+
+def sampling_from_args(args, prefix: str = "", **defaults):
+    from prefkit.synth.backends import SamplingParams
+
+    attr = prefix.replace("-", "_")
+    kw = dict(defaults)
+    for name in ("temperature", "top_p", "max_tokens"):
+        v = getattr(args, f"{attr}{name}", None)
+        if v is not None:
+            kw[name] = v
+    return SamplingParams(**kw)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run directory")
+    g.add_argument("--run-dir", default=None,
+                   help="where finished requests are kept (default: OUTPUT.run); re-running the same command "
+                        "resumes from it")
+    g.add_argument("--retry-failed", action="store_true",
+                   help="retry the requests recorded as failed (finished ones are never redone)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def register(sub, name, help_text):
+    p = sub.add_parser(name, help=help_text, description=help_text,
+                       epilog="Every method writes canonical pairs plus method columns; see docs/synth.md.")
+    methods = p.add_subparsers(dest="method", metavar="METHOD")
+    for method, mhelp in METHOD_HELP.items():
+        m = methods.add_parser(method, help=mhelp, description=mhelp)
+        add_io_arguments(m)
+        add_backend_arguments(m)
+        if method in ("rlaif", "west-of-n"):
+            add_backend_arguments(m, prefix="judge-", what="judge")
+        add_run_arguments(m)
+        g = m.add_argument_group(method)
+        if method in ("rmboost", "rlaif", "rlcd"):
+            g.add_argument("--guideline", default="ultrafeedback",
+                           help="aspect guideline: ultrafeedback, qa, summarization, or a YAML/JSON file")
+        g.add_argument("--seed", type=int, default=42, help="seed for labels, aspect draws and answer order")
+        if method == "rmboost":
+            g.add_argument("--aspects", choices=["llm", "sample"], default="llm",
+                           help="who picks the aspects to change: the LLM (default) or us, at random")
+            g.add_argument("--num-aspects", type=int, default=2, help="aspects drawn per row with --aspects sample")
+            g.add_argument("--max-aspects", type=int, default=3, help="most aspects the LLM may pick")
+            g.add_argument("--near-copy-threshold", type=float, default=0.95,
+                           help="a rewrite this similar to y1 (0-1) counts as failed (default 0.95)")
+        if method == "rlaif":
+            g.add_argument("--both-orders", action="store_true",
+                           help="judge each pair in both orders and keep only consistent verdicts")
+        if method == "west-of-n":
+            g.add_argument("-n", "--num-samples", type=int, default=4, help="samples per prompt (default 4)")
+            g.add_argument("--reward-model", default=None, metavar="DIR",
+                           help="score samples with this reward model (else the judge backend)")
+        if method == "rlcd":
+            g.add_argument("--principle-role", choices=["user", "system"], default="user",
+                           help="put the principle before the user turn (default, any template) or in a "
+                                "system message")
+        m.set_defaults(func=run, _parser=m)
+    p.set_defaults(func=None, _parser=p)
+
+
+def run(args) -> int:
+    from prefkit import synth
+    from prefkit.errors import ConfigError
+    from prefkit.report import StageReport
+    from prefkit.synth.inputs import read_prompts
+
+    method = args.method
+    report = StageReport(f"synth {method}")
+    prompts = read_prompts(args.input, split=args.split, subset=args.subset, revision=args.revision,
+                           format=args.input_format, on_invalid=args.on_invalid, report=report)
+    backend = backend_from_args(args)
+    run_dir = args.run_dir or (str(args.output).rstrip("/") + ".run")
+    common = dict(run_dir=run_dir, retry_failed=args.retry_failed, progress=not args.no_progress, report=report)
+    if method == "rmboost":
+        ds = synth.rmboost(prompts, backend, guideline=args.guideline, aspects=args.aspects,
+                           num_aspects=args.num_aspects, max_aspects=args.max_aspects, seed=args.seed,
+                           generation=sampling_from_args(args, temperature=0.7),
+                           rewrite=sampling_from_args(args, temperature=0.7, max_tokens=1024),
+                           near_copy_threshold=args.near_copy_threshold, **common)
+    elif method == "rlaif":
+        ds = synth.rlaif(prompts, backend, judge=backend_from_args(args, "judge-"), guideline=args.guideline,
+                         generation=sampling_from_args(args, temperature=1.0),
+                         judge_params=sampling_from_args(args, "judge-", temperature=0.0, max_tokens=1024),
+                         both_orders=args.both_orders, seed=args.seed, **common)
+    elif method == "west-of-n":
+        judge = backend_from_args(args, "judge-")
+        if args.reward_model is None and judge is None:
+            raise ConfigError("west-of-n needs --reward-model DIR or a judge (--judge-model / --judge-local)")
+        ds = synth.west_of_n(prompts, backend, n=args.num_samples, reward_model=args.reward_model,
+                             judge=judge if args.reward_model is None else None,
+                             generation=sampling_from_args(args, temperature=1.0),
+                             judge_params=sampling_from_args(args, "judge-", temperature=0.0, max_tokens=1024),
+                             **common)
+    else:
+        ds = synth.rlcd(prompts, backend, guideline=args.guideline,
+                        generation=sampling_from_args(args, temperature=0.7), **common)
+    return finish(ds, args.output, report)
+
+
+def finish(ds, output, report) -> int:
+    """Write the output and its report; print the report and the run's request summary."""
+    from prefkit.data import write
+    from prefkit.synth.runs import RunStats
+
+    write(ds, output)
+    path = report.write_beside(output)
+    print(report.summary(), file=sys.stderr)
+    run_notes = report.notes.get("run")
+    if isinstance(run_notes, dict):
+        st = RunStats(**{k: v for k, v in run_notes.items() if k != "failure_reasons"})
+        st.failure_reasons.update(run_notes.get("failure_reasons", {}))
+        print(st.summary(), file=sys.stderr)
+    print(f"wrote {len(ds)} rows to {output} (report: {path})", file=sys.stderr)
+    return 0

@@ -1,0 +1,21 @@
+"""Synthetic preference data and AI feedback.
+
+    from prefkit.synth import OpenAIBackend, rmboost
+    backend = OpenAIBackend(model="Qwen/Qwen2.5-7B-Instruct", base_urls=["http://localhost:8000/v1"])
+    pairs = rmboost("prompts.jsonl", backend, run_dir="runs/rmboost", guideline="ultrafeedback")
+
+Backends (`backends`), durable resumable request runs (`runs`), RMBoost (`rmboost`), the
+RLAIF / West-of-N / RLCD baselines (`baselines`), the UltraFeedback-style judge and reward-model
+scoring (`judge.score`, `reward_model`). See docs/synth.md.
+"""
+
+from prefkit.synth.backends import Backend, Completion, LocalBackend, OpenAIBackend, RequestFailed, SamplingParams
+from prefkit.synth.baselines import rlaif, rlcd, west_of_n
+from prefkit.synth.judge import score
+from prefkit.synth.rmboost import rmboost
+from prefkit.synth.runs import Request, Run, RunStore
+
+METHODS = {"rmboost": rmboost, "rlaif": rlaif, "west-of-n": west_of_n, "rlcd": rlcd}
+
+__all__ = ["Backend", "Completion", "LocalBackend", "OpenAIBackend", "RequestFailed", "SamplingParams",
+           "rmboost", "rlaif", "west_of_n", "rlcd", "score", "Request", "Run", "RunStore", "METHODS"]

@@ -1,0 +1,208 @@
+"""The synthetic-preference baselines RMBoost is compared against (Shen et al., section 2 of
+shared/methods.md), each producing canonical PAIRS with a `method` column:
+
+- rlaif: two samples per prompt, then a pairwise LLM judge picks the better one. The two answers
+  are shown in a seeded random order (position bias); `both_orders=True` asks twice, swapped, and
+  keeps only consistent verdicts.
+- west_of_n: N samples per prompt, scored by a reward model or an UltraFeedback-style judge; the
+  best is chosen and the worst rejected (ties at the top and bottom are dropped).
+- rlcd: one response under a positive-principle prompt and one under a negative-principle prompt;
+  labelled by construction (positive chosen).
+
+Rows that cannot become a pair are counted in the report by reason.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+
+from prefkit.errors import ConfigError
+from prefkit.report import StageReport
+from prefkit.synth import prompts as P
+from prefkit.synth.backends import Backend, SamplingParams
+from prefkit.synth.inputs import pair_row, pairs_dataset
+from prefkit.synth.parsing import parse_verdict
+from prefkit.synth.rmboost import _prompt_rows
+from prefkit.synth.runs import Request, Run
+
+
+def _setup(prompts, report, name, run_dir):
+    rep = report if report is not None else StageReport(f"synth {name}")
+    rows = _prompt_rows(prompts, rep)
+    rep.rows_in += len(rows)
+    if run_dir is None:
+        run_dir = tempfile.mkdtemp(prefix=f"prefkit-{name}-")
+        rep.notes["run_dir"] = str(run_dir)
+    return rep, rows, run_dir
+
+
+def _samples(run: Run, backend: Backend, rows, n: int, params: SamplingParams, desc: str) -> list[list[dict]]:
+    """n samples per row (sample index 0..n-1 keeps them distinct requests)."""
+    reqs = [Request(r.messages, params, k, "sample") for r in rows for k in range(n)]
+    recs = run.generate(backend, reqs, desc=desc)
+    return [recs[i * n:(i + 1) * n] for i in range(len(rows))]
+
+
+def rlaif(prompts, backend: Backend, *, judge: Backend | None = None, run_dir=None, guideline="ultrafeedback",
+          generation: SamplingParams | None = None, judge_params: SamplingParams | None = None,
+          both_orders: bool = False, seed: int = 42, retry_failed: bool = False, progress: bool = True,
+          report: StageReport | None = None):
+    """Two samples per prompt; `judge` (default: the generator) picks the better one."""
+    rep, rows, run_dir = _setup(prompts, report, "rlaif", run_dir)
+    guide = P.load_guideline(guideline)
+    judge = judge or backend
+    generation = generation or SamplingParams(temperature=1.0)
+    judge_params = judge_params or SamplingParams(temperature=0.0, max_tokens=1024)
+    out = []
+    with Run(run_dir, retry_failed=retry_failed, progress=progress) as run:
+        samples = _samples(run, backend, rows, 2, generation, "rlaif samples")
+        todo = []
+        for r, (a, b) in zip(rows, samples):
+            bad = [s for s in (a, b) if not s["ok"]]
+            if bad:
+                rep.drop(f"sample request failed: {bad[0]['reason']}", 1, example=f"row {r.source_row}")
+                continue
+            if a["text"].strip() == b["text"].strip():
+                rep.drop("the two samples are identical", 1, example=f"row {r.source_row}")
+                continue
+            swap = random.Random(f"{seed}:{r.source_row}").random() < 0.5
+            first, second = (b, a) if swap else (a, b)  # first is shown as A
+            orders = [(first, second)] + ([(second, first)] if both_orders else [])
+            reqs = [Request(P.pairwise_judge(r.messages, x["text"], y["text"], guide), judge_params, 0, "judge")
+                    for x, y in orders]
+            todo.append((r, orders, reqs))
+        flat = [q for t in todo for q in t[2]]
+        verdicts = run.generate(judge, flat, desc="rlaif judge")
+        pos = 0
+        for r, orders, reqs in todo:
+            recs = verdicts[pos:pos + len(reqs)]
+            pos += len(reqs)
+            winners, raws, problem = [], [], None
+            for (x, y), rec in zip(orders, recs):
+                if not rec["ok"]:
+                    problem = f"judge request failed: {rec['reason']}"
+                    break
+                v, issue = parse_verdict(rec["text"])
+                raws.append(rec["text"])
+                if v is None:
+                    problem = f"judge verdict unreadable: {issue}"
+                    break
+                if v == "tie":
+                    problem = "judge declared a tie"
+                    break
+                winners.append((x, y) if v == "A" else (y, x))
+            if problem is None and len(winners) == 2 and winners[0][0] is not winners[1][0]:
+                problem = "judge verdict changed when the order was swapped"
+            if problem is not None:
+                rep.drop(problem, 1, example=f"row {r.source_row}: {(raws[-1] if raws else '')[:200]!r}")
+                continue
+            chosen, rejected = winners[0]
+            out.append(pair_row(r, "rlaif", chosen["text"], rejected["text"], rlaif_judge_raw=raws,
+                                rlaif_chosen_sample=int(chosen["sample"]), generator=backend.model,
+                                judge_model=judge.model))
+        stats = run.stats
+    rep.rows_out += len(out)
+    rep.notes["run"] = stats.to_dict()
+    return pairs_dataset(out)
+
+
+def west_of_n(prompts, backend: Backend, *, n: int = 4, reward_model=None, judge: Backend | None = None,
+              run_dir=None, generation: SamplingParams | None = None, judge_params: SamplingParams | None = None,
+              batch_size: int = 16, max_length: int = 1024, retry_failed: bool = False, progress: bool = True,
+              report: StageReport | None = None):
+    """N samples per prompt; best vs worst by a reward model (directory or RewardModelScorer)
+    or by an UltraFeedback-style judge's overall score."""
+    from prefkit.synth import judge as J
+
+    if n < 2:
+        raise ConfigError("west-of-n needs n >= 2 samples per prompt")
+    if (reward_model is None) == (judge is None):
+        raise ConfigError("west-of-n needs exactly one scorer: a reward model or a judge backend")
+    rep, rows, run_dir = _setup(prompts, report, "west-of-n", run_dir)
+    generation = generation or SamplingParams(temperature=1.0)
+    out = []
+    with Run(run_dir, retry_failed=retry_failed, progress=progress) as run:
+        samples = _samples(run, backend, rows, n, generation, f"west-of-{n} samples")
+        items = []  # (row index, sample record)
+        for i, (r, recs) in enumerate(zip(rows, samples)):
+            for rec in recs:
+                if rec["ok"]:
+                    items.append((i, rec))
+                else:
+                    rep.drop(f"sample request failed (sample skipped): {rec['reason']}", 1,
+                             example=f"row {r.source_row}")
+        if reward_model is not None:
+            from prefkit.synth.reward_model import RewardModelScorer
+
+            scorer = reward_model if isinstance(reward_model, RewardModelScorer) else \
+                RewardModelScorer(reward_model, batch_size=batch_size, max_length=max_length)
+            scores = scorer.score([rows[i].prompt for i, _ in items], [rec["text"] for _, rec in items],
+                                  progress=progress)
+            scorer_name = f"reward model {scorer.name}"
+        else:
+            judge_params = judge_params or SamplingParams(temperature=0.0, max_tokens=1024)
+            jds = J.judge_items(run, judge, [(rows[i].messages, rec["text"]) for i, rec in items], judge_params,
+                                desc="west-of-n judge")
+            for (i, _), jd in zip(items, jds):
+                if jd.failure:
+                    rep.drop(f"sample not scored (sample skipped): {jd.failure.split(':')[0]}", 1,
+                             example=f"row {rows[i].source_row}")
+            scores = [jd.score for jd in jds]
+            scorer_name = f"judge {judge.model}"
+        stats = run.stats
+    scored: dict[int, list[tuple[float, dict]]] = {}
+    for (i, rec), s in zip(items, scores):
+        if s is not None:
+            scored.setdefault(i, []).append((s, rec))
+    for i, r in enumerate(rows):
+        cand = scored.get(i, [])
+        if len(cand) < 2:
+            rep.drop("fewer than two scored samples", 1, example=f"row {r.source_row}")
+            continue
+        cand.sort(key=lambda t: t[0])
+        (lo, worst), (hi, best) = cand[0], cand[-1]
+        if hi == lo:
+            rep.drop("best and worst samples score the same", 1, example=f"row {r.source_row}")
+            continue
+        out.append(pair_row(r, "west-of-n", best["text"], worst["text"], score_chosen=float(hi),
+                            score_rejected=float(lo), won_n=n, won_scored=len(cand),
+                            won_scores=[float(s) for s, _ in cand], generator=backend.model, scorer=scorer_name))
+    rep.rows_out += len(out)
+    rep.notes["run"] = stats.to_dict()
+    rep.notes["scorer"] = scorer_name
+    return pairs_dataset(out)
+
+
+def rlcd(prompts, backend: Backend, *, run_dir=None, guideline="ultrafeedback", principle_role: str = "user",
+         generation: SamplingParams | None = None, retry_failed: bool = False, progress: bool = True,
+         report: StageReport | None = None):
+    """Positive- and negative-principle responses; chosen = positive, by construction."""
+    if principle_role not in ("user", "system"):
+        raise ConfigError(f"principle_role must be 'user' or 'system', not {principle_role!r}")
+    rep, rows, run_dir = _setup(prompts, report, "rlcd", run_dir)
+    guide = P.load_guideline(guideline)
+    generation = generation or SamplingParams(temperature=0.7)
+    pos_p, neg_p = P.rlcd_principle(guide, True), P.rlcd_principle(guide, False)
+    out = []
+    with Run(run_dir, retry_failed=retry_failed, progress=progress) as run:
+        reqs = []
+        for r in rows:
+            reqs.append(Request(P.with_principle(r.messages, pos_p, principle_role), generation, 0, "positive"))
+            reqs.append(Request(P.with_principle(r.messages, neg_p, principle_role), generation, 0, "negative"))
+        recs = run.generate(backend, reqs, desc="rlcd")
+        stats = run.stats
+    for k, r in enumerate(rows):
+        pos, neg = recs[2 * k], recs[2 * k + 1]
+        bad = [x for x in (pos, neg) if not x["ok"]]
+        if bad:
+            rep.drop(f"request failed: {bad[0]['reason']}", 1, example=f"row {r.source_row}")
+            continue
+        if pos["text"].strip() == neg["text"].strip():
+            rep.drop("positive and negative responses are identical", 1, example=f"row {r.source_row}")
+            continue
+        out.append(pair_row(r, "rlcd", pos["text"], neg["text"], generator=backend.model,
+                            rlcd_principle_role=principle_role))
+    rep.rows_out += len(out)
+    rep.notes["run"] = stats.to_dict()
+    return pairs_dataset(out)
