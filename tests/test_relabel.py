@@ -399,3 +399,56 @@ def test_spec_save_load_round_trip_and_find_beside_data(tmp_path):
         load_conditioning(tmp_path / "model")
     with pytest.raises(ConfigError, match="placement"):
         ConditioningSpec(placement="middle")
+
+
+# -- property: the columnar code agrees with a plain per-row reference ---------------------------
+
+def _reference(rows, placement, text_of):
+    """The method written row by row, as in methods.md section 1 (ties dropped)."""
+    import copy
+
+    def cond(prompt, goal):
+        s = text_of(goal)
+        if isinstance(prompt, str):
+            return s + "\n\n" + prompt
+        p = copy.deepcopy(prompt)
+        if placement == "system":
+            if p[0]["role"] == "system":
+                p[0]["content"] = s + "\n\n" + p[0]["content"]
+            else:
+                p.insert(0, {"role": "system", "content": s})
+        else:
+            first = next(m for m in p if m["role"] == "user")
+            first["content"] = s + "\n\n" + first["content"]
+        return p
+
+    kept = [r for r in rows if r["score_chosen"] != r["score_rejected"]]
+    w = [(cond(r["prompt"], r["score_chosen"]), r["chosen"], r["rejected"]) for r in kept]
+    l_ = [(cond(r["prompt"], r["score_rejected"]), r["rejected"], r["chosen"]) for r in kept]
+    return w + l_
+
+
+@pytest.mark.parametrize("placement", ["system", "user"])
+def test_matches_per_row_reference(placement):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    role = st.sampled_from(["system", "user", "assistant"])
+    text = st.text(alphabet="ab \n{}", max_size=6)
+    msgs = st.lists(st.fixed_dictionaries({"role": role, "content": text}), min_size=1, max_size=4).map(
+        lambda ms: ms if any(m["role"] == "user" for m in ms) else ms + [{"role": "user", "content": "u"}])
+    score = st.integers(2, 20).map(lambda k: k / 2)
+    row = st.fixed_dictionaries({"prompt": msgs, "chosen": text, "rejected": text, "score_chosen": score,
+                                 "score_rejected": score})
+
+    spec = make_spec(template=T)
+
+    @settings(max_examples=25, deadline=None, database=None)
+    @given(st.lists(row, min_size=1, max_size=6))
+    def check(rows):
+        ds = Dataset.from_list(rows)
+        out = relabel(ds, placement=placement, template=T)
+        got = list(zip(out["prompt"], out["chosen"], out["rejected"]))
+        assert got == _reference(rows, placement, spec.render)
+
+    check()

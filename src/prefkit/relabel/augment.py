@@ -90,6 +90,7 @@ def relabel_with_spec(dataset, *, placement="system", tokenizer=None, ties="drop
         raise ConfigError(f"relabel expects a datasets.Dataset, got {type(dataset).__name__}")
 
     cols = set(dataset.column_names)
+    report.rows_in = len(dataset)
     if RESPONSES in cols and not {CHOSEN, REJECTED} <= cols:
         dataset = _binarize(dataset, seed=seed, ties=ties, fine_grained_filter=fine_grained_filter, report=report)
         fine_grained_filter = False  # applied by binarize
@@ -103,7 +104,7 @@ def relabel_with_spec(dataset, *, placement="system", tokenizer=None, ties="drop
 
     table: pa.Table = dataset.with_format("arrow")[:]
     n = table.num_rows
-    report.rows_in = n
+    report.notes["pairs_in"] = n
     fmt = prompt_format(table.schema.field(PROMPT).type)
     spec = make_spec(placement=placement, tokenizer=tokenizer, template=template, attributes=attributes,
                      scale=scale, round_scores=round_scores, prompt_format=fmt)
@@ -138,8 +139,12 @@ def relabel_with_spec(dataset, *, placement="system", tokenizer=None, ties="drop
                 examples.append(f"pair_id={src_ids[int(r)].as_py()}")
             keep[mask] = False
 
-    drop(np.isnan(goals_w).any(axis=1) | np.isnan(goals_l).any(axis=1),
-         "missing score (" + ", ".join(spec.attributes) + ")")
+    missing_goal = np.isnan(goals_w).any(axis=1) | np.isnan(goals_l).any(axis=1)
+    if n and missing_goal.all():
+        raise DataError(f"no pair has goal scores for attributes {spec.attributes} (all missing); "
+                        "score the pairs first (`prefkit score`)",
+                        field="score_chosen" if spec.attributes[0] == OVERALL else spec.attributes[0])
+    drop(missing_goal, "missing score (" + ", ".join(spec.attributes) + ")")
     if fine_grained_filter:
         fg_w, fg_l = _fine_grained(table)
         drop(np.isnan(fg_w) | np.isnan(fg_l), "fine-grained rating missing (pre-filter)")
@@ -223,7 +228,10 @@ def _binarize(dataset, *, seed, ties, fine_grained_filter, report):
     except ImportError as exc:
         raise ConfigError("multi-response input must be binarized first, and prefkit.data.binarize is not "
                           "available in this build; run `prefkit data binarize` first") from exc
-    return binarize(dataset, seed=seed, ties=ties, fine_grained_filter=fine_grained_filter, report=report)
+    sub = StageReport("binarize")
+    pairs = binarize(dataset, seed=seed, ties=ties, fine_grained_filter=fine_grained_filter, report=sub)
+    report.merge(sub)  # its drops and notes, under relabel's rows_in (the multi-response rows)
+    return pairs
 
 
 def _check_prompts(prompts: pa.ChunkedArray, fmt: str) -> None:
