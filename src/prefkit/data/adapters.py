@@ -276,6 +276,9 @@ PASSTHROUGH = {"trl", "multi"}
 
 def detect(rows: list[dict], label: str) -> str:
     """The format of a file from the columns of its first rows."""
+    if not rows:
+        raise DataError("has no readable rows; cannot tell its format (pass format= to read an empty file)",
+                        file=label)
     cols = set()
     for r in rows:
         cols.update(r)

@@ -107,7 +107,10 @@ def read(path, *, split: str | None = None, subset: str | None = None, revision:
     rows = source.rows()
     head = list(itertools.islice(rows, _DETECT_ROWS))
     if format == "auto":
-        format = detect([r for _, r in head if isinstance(r, dict)], label)
+        parsed = [r for _, r in head if isinstance(r, dict)]
+        if not parsed and head and on_invalid == "error":
+            raise _located(head[0][1], label, head[0][0])  # the first row is unreadable: say so
+        format = detect(parsed, label)
     adapter, known = ADAPTERS[format]
     passthrough = format in PASSTHROUGH
     cons = _Consistency()

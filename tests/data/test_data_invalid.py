@@ -1,0 +1,202 @@
+"""One test per class of bad input, asserting the exact message a user sees (file, row, field,
+what was expected)."""
+
+import json
+
+import pytest
+
+from prefkit.cli import main
+from prefkit.data import read
+from prefkit.errors import DataError
+from prefkit.report import StageReport
+
+GOOD = {"prompt": "Capital of France?", "chosen": " Paris.", "rejected": " Lyon."}
+
+
+def bad_row_error(tmp_path, build, bad, *, name="d.jsonl", good=GOOD, **kw) -> DataError:
+    path = build.write_jsonl(tmp_path / name, [good, bad, good])
+    with pytest.raises(DataError) as e:
+        read(path, **kw)
+    return e.value
+
+
+def test_missing_field(tmp_path, build):
+    e = bad_row_error(tmp_path, build, {"prompt": "p", "chosen": "a"})
+    assert str(e) == (f"{tmp_path / 'd.jsonl'}, row 1, field 'rejected': missing; expected the rejected "
+                      "response (a string or a list of messages)")
+    assert (e.row, e.field, e.reason) == (1, "rejected", "missing field")
+
+
+def test_mistyped_score(tmp_path, build):
+    e = bad_row_error(tmp_path, build, dict(GOOD, score_chosen="high"))
+    assert str(e).endswith("row 1, field 'score_chosen': expected a number, got a string")
+
+
+def test_mistyped_response(tmp_path, build):
+    e = bad_row_error(tmp_path, build, dict(GOOD, chosen=42))
+    assert str(e).endswith("row 1, field 'chosen': expected a string like 'prompt' (standard format), "
+                           "got the number 42")
+
+
+def test_empty_response(tmp_path, build):
+    e = bad_row_error(tmp_path, build, dict(GOOD, rejected="   "))
+    assert str(e).endswith("row 1, field 'rejected': is empty; expected non-empty text")
+
+
+def test_empty_assistant_message(tmp_path, build):
+    good = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "yo"}],
+            "rejected": [{"role": "assistant", "content": "hey"}]}
+    bad = dict(good, chosen=[{"role": "assistant", "content": ""}])
+    e = bad_row_error(tmp_path, build, bad, good=good)
+    assert str(e).endswith("row 1, field 'chosen': is empty; expected non-empty assistant text")
+
+
+def test_nan_score(tmp_path, build):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps(dict(GOOD, score_rejected=float("nan"))) + "\n")
+    with pytest.raises(DataError) as e:
+        read(path)
+    assert str(e.value).endswith("row 1, field 'score_rejected': is nan; expected a finite number")
+
+
+def test_out_of_range_overall_score(tmp_path, build):
+    c = build.completion
+    rows = [build.uf_row("q0", [c("a", 8.0)]), build.uf_row("q1", [c("a", 8.0), c("b", 11.0)])]
+    e = bad_row_error(tmp_path, build, rows[1], good=rows[0])
+    assert str(e).endswith("row 1, field 'completions[1].overall_score': is 11; expected a number from 1 to 10")
+
+
+def test_unknown_aspect_rating(tmp_path, build):
+    c = build.completion
+    good = build.uf_row("q0", [c("a", 8.0)])
+    e = bad_row_error(tmp_path, build, build.uf_row("q1", [c("a", 8.0, ("4", "excellent", "4", "4"), fine_grained=4.0)]), good=good)
+    assert str(e).endswith("row 1, field 'completions[0].annotations.honesty.Rating': is 'excellent'; "
+                           "expected a rating '1'..'5' or 'N/A'")
+
+
+def test_out_of_range_binarized_score(tmp_path, build):
+    good = build.binarized_row("q", "a", "b", 8.0, 2.0)
+    e = bad_row_error(tmp_path, build, build.binarized_row("q2", "a", "b", 8.0, 0.0), good=good)
+    assert str(e).endswith("row 1, field 'score_rejected': is 0; expected a number from 1 to 10")
+
+
+def test_unknown_role(tmp_path, build):
+    good = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "yo"}],
+            "rejected": [{"role": "assistant", "content": "hey"}]}
+    e = bad_row_error(tmp_path, build, dict(good, prompt=[{"role": "human", "content": "hi"}]), good=good)
+    assert str(e).endswith("row 1, field 'prompt[0].role': unknown role 'human'; expected one of system, user, "
+                           "assistant, tool")
+
+
+def test_no_user_turn(tmp_path, build):
+    good = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "yo"}],
+            "rejected": [{"role": "assistant", "content": "hey"}]}
+    e = bad_row_error(tmp_path, build, dict(good, prompt=[{"role": "system", "content": "be nice"}]), good=good)
+    assert str(e).endswith("row 1, field 'prompt': has no user turn; expected at least one message with role "
+                           "'user'")
+
+
+def test_user_turn_in_a_response(tmp_path, build):
+    good = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "yo"}],
+            "rejected": [{"role": "assistant", "content": "hey"}]}
+    e = bad_row_error(tmp_path, build, dict(good, chosen=[{"role": "user", "content": "yo"}]), good=good)
+    assert str(e).endswith("row 1, field 'chosen[0].role': role 'user' in a response; expected 'assistant' "
+                           "turns only")
+
+
+def test_mixed_prompt_formats(tmp_path, build):
+    bad = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "yo"}],
+           "rejected": [{"role": "assistant", "content": "hey"}]}
+    e = bad_row_error(tmp_path, build, bad)
+    assert str(e).endswith("row 1, field 'prompt': is a message list but earlier rows use strings; expected one "
+                           "prompt format per dataset")
+
+
+def test_invalid_utf8_bytes(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n" + b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n')
+    with pytest.raises(DataError) as e:
+        read(path)
+    assert str(e.value) == f"{path}, row 1: line 2 is not valid UTF-8 (byte 15); expected UTF-8 text"
+
+
+def test_lone_surrogate_is_undecodable_text(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + '{"prompt": "bad \\ud800 text", "chosen": "a", "rejected": "b"}\n')
+    with pytest.raises(DataError) as e:
+        read(path)
+    assert str(e.value).endswith("row 1, field 'prompt': contains undecodable text (a lone surrogate); expected "
+                                 "valid Unicode")
+
+
+def test_line_that_is_not_an_object(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n[1, 2]\n")
+    with pytest.raises(DataError, match=r"row 1: line 2 is a JSON list; expected an object"):
+        read(path)
+
+
+def test_truncated_jsonl(tmp_path):
+    path = tmp_path / "data.jsonl"
+    lines = [json.dumps(dict(GOOD, prompt=f"q{i}")) for i in range(7)]
+    path.write_text("\n".join(lines[:6]) + "\n" + lines[6][:25])  # half-written last line
+    with pytest.raises(DataError) as e:
+        read(path)
+    assert str(e.value).startswith(f"{path}, row 6: line 7 is not valid JSON (truncated?)")
+    assert "\n" not in str(e.value)
+
+
+def test_blank_lines_are_not_rows(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n\n" + json.dumps(dict(GOOD, chosen="")) + "\n")
+    with pytest.raises(DataError) as e:
+        read(path)
+    assert e.value.row == 1
+
+
+def test_corrupt_parquet(tmp_path, build):
+    from prefkit.data import write
+
+    good = write(read(build.examples / "trl_standard.jsonl"), tmp_path / "good.parquet")
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(DataError) as e:
+        read(bad)
+    msg = str(e.value)
+    assert msg.startswith(f"{bad}: is not a readable Parquet file (") and msg.endswith("truncated or corrupt?")
+    assert "\n" not in msg
+
+
+def test_cli_prints_one_line_not_a_traceback(tmp_path, capsys):
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps(GOOD)[:20])
+    rc = main(["data", "convert", str(path), "-o", str(tmp_path / "out.jsonl")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith(f"prefkit data: error: {path}, row 1: line 2 is not valid JSON (truncated?)")
+    assert "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_skip_counts_every_reason(tmp_path, build):
+    rows = [GOOD, {"prompt": "p", "chosen": "a"}, dict(GOOD, chosen=""), dict(GOOD, score_chosen="x"),
+            '{"prompt": "half', GOOD]
+    path = build.write_jsonl(tmp_path / "d.jsonl", rows)
+    rep = StageReport("read")
+    ds = read(path, on_invalid="skip", report=rep)
+    assert len(ds) == 2 and ds["source_row"] == [0, 5]
+    assert dict(rep.dropped) == {"missing field": 1, "empty text": 1, "wrong type": 1, "invalid JSON line": 1}
+    assert rep.rows_in == 6 and rep.rows_out == 2
+    assert any("row 1, field 'rejected'" in ex for ex in rep.examples["missing field"])
+
+
+def test_skip_on_the_cli_prints_and_writes_the_report(tmp_path, build, capsys):
+    path = build.write_jsonl(tmp_path / "d.jsonl", [GOOD, dict(GOOD, rejected=""), GOOD])
+    out = tmp_path / "out.parquet"
+    assert main(["data", "convert", str(path), "-o", str(out), "--on-invalid", "skip"]) == 0
+    printed = capsys.readouterr().out
+    assert "data convert: 3 rows in, 2 rows out" in printed
+    assert "dropped/skipped        1  empty text" in printed
+    report = json.loads((tmp_path / "out.parquet.report.json").read_text())
+    assert report["dropped"] == {"empty text": 1} and report["rows_out"] == 2
+    assert len(read(out)) == 2
