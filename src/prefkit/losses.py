@@ -68,6 +68,7 @@ __all__ = [
     "eps_dpo_beta",
     "eps_dpo_update_beta",
     "bradley_terry_loss",
+    "pair_metrics",
 ]
 
 
@@ -236,6 +237,23 @@ def simpo_loss(logps: PairLogps, *, beta, weights=None, gamma: float = 0.5,
     if ls:
         losses = (1.0 - ls) * losses - ls * F.logsigmoid(-x)
     return LossOutput(_weighted(losses, weights), (b * aw).detach(), (b * al).detach())
+
+
+def pair_metrics(output: LossOutput, logps: PairLogps) -> dict[str, float]:
+    """The per-step metrics TRL's DPOTrainer logs, as batch means over the pairs given:
+    rewards/chosen, rewards/rejected, rewards/margins (chosen - rejected reward),
+    rewards/accuracies (fraction with chosen reward > rejected reward), logps/chosen,
+    logps/rejected (policy sequence log-prob sums). Pass tensors gathered over processes to get
+    the global values."""
+    cr, rr = output.chosen_rewards.detach().float(), output.rejected_rewards.detach().float()
+    return {
+        "rewards/chosen": cr.mean().item(),
+        "rewards/rejected": rr.mean().item(),
+        "rewards/accuracies": (cr > rr).float().mean().item(),
+        "rewards/margins": (cr - rr).mean().item(),
+        "logps/chosen": logps.chosen.detach().float().mean().item(),
+        "logps/rejected": logps.rejected.detach().float().mean().item(),
+    }
 
 
 # --------------------------------------------------------------------------------------------
