@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from prefkit.errors import ConfigError, DataError
+from prefkit.report import StageReport
 from prefkit.select import score, select, selection_ablation
 from prefkit.tokenize import encode_pair
 from prefkit.toy.tiny import tiny_causal_lm
@@ -131,21 +132,32 @@ def test_streaming_chunks_give_the_same_metrics_as_one_pass(tiny_llama, llama3_t
         np.testing.assert_allclose(many[col], one[col], rtol=1e-6)
 
 
-def test_multi_rows_are_paired_then_scored(tiny_llama, llama3_tokenizer, tmp_path):
-    multi = datasets.Dataset.from_list([
-        {"prompt": [{"role": "user", "content": f"Sort: {i} 2 7"}],
-         "responses": [{"text": "2 7", "score": 3.0}, {"text": "7 2 " * (i + 1), "score": 1.0 + i},
-                       {"text": "2 and 7", "score": 9.0 - i}],
-         "prompt_id": f"q{i}"}
-        for i in range(5)
-    ])
+def _resp(text, score):
+    return {"text": text, "score": score, "fine_grained": None, "aspects": None, "model": None}
+
+
+def test_multi_rows_are_paired_max_vs_min_then_scored(tiny_llama, llama3_tokenizer, tmp_path):
+    rows = [{"prompt": [{"role": "user", "content": f"Sort: {i} 2 7"}],
+             "responses": [_resp("2 7", 3.0), _resp("7 2 " * (i + 1), 1.0 + i), _resp("2 and 7", 9.0 - i)],
+             "prompt_id": f"q{i}", "source_row": i, "source": None}
+            for i in range(5)]
+    rows.append({**rows[0], "prompt_id": "tie", "responses": [_resp("a", 4.0), _resp("b", 4.0)]})
+    multi = datasets.Dataset.from_list(rows)
+    rep = StageReport("select")
     kept = select(multi, "alignment-potential", fraction=0.4, model=tiny_llama, tokenizer=llama3_tokenizer,
-                  progress=False, plot=tmp_path / "ap.png")
-    assert len(kept) == 2
+                  progress=False, plot=tmp_path / "ap.png", report=rep)
+    assert rep.rows_in == 6 and rep.notes["multi rows paired max vs min"] == 5
+    assert rep.notes["ties"] == 1  # the all-tie prompt: counted and dropped
+    assert len(kept) == 2  # floor(0.4 * 5)
     for row in kept:
         i = int(row["prompt_id"][1:])
         scores = [3.0, 1.0 + i, 9.0 - i]
         assert row["explicit_margin"] == max(scores) - min(scores)
-        assert row["chosen"][0]["role"] == "assistant"
+        assert row["score_chosen"] == max(scores) and row["chosen"][0]["role"] == "assistant"
     png = (tmp_path / "ap.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+    nan = datasets.Dataset.from_list(rows[:2] + [{**rows[2], "responses": [_resp("a", 1.0), _resp("b", float("nan"))]}])
+    with pytest.raises(DataError) as err:
+        select(nan, "explicit", progress=False, file="multi.jsonl")
+    assert (err.value.row, err.value.field) == (2, "responses[1].score")

@@ -74,20 +74,28 @@ def register(sub, name, help_text):
     )
     add_io_arguments(e)
     _selection_options(e, need_model_help="the policy about to be trained (model directory), for the second selection")
-    e.add_argument("--generator", required=True,
-                   help="backend that rewrites prompts and samples responses: an OpenAI-compatible base URL "
-                        "(http://host:port/v1, with --generator-model) or a local model directory")
-    e.add_argument("--generator-model", default=None, help="model name on the OpenAI-compatible server")
-    e.add_argument("--reward-model", required=True,
-                   help="reward model directory (sequence classification) that scores the new responses")
-    e.add_argument("--n-responses", type=int, default=4, help="responses sampled per evolved prompt (default 4)")
-    e.add_argument("--operations", default=",".join(_evolve_ops()),
-                   help="comma-separated evolve operations (default: all)")
-    e.add_argument("--min-ratio", type=float, default=0.5, help="drop rewrites shorter than this x the original")
-    e.add_argument("--max-ratio", type=float, default=3.0, help="drop rewrites longer than this x the original")
-    e.add_argument("--max-tokens", type=int, default=512, help="generation limit per request (default 512)")
-    e.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
-    e.add_argument("--run-dir", default=None, help="where the resumable request runs are kept (default: beside -o)")
+    from prefkit.commands.synth import add_backend_arguments, add_run_arguments
+
+    add_backend_arguments(e, prefix="generator-", what="generator (rewrites prompts, samples responses)")
+    add_backend_arguments(e, prefix="judge-", what="judge (scores responses; or use --reward-model)")
+    g = e.add_argument_group("OpenAI-compatible servers")
+    g.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the API key (default OPENAI_API_KEY; never logged)")
+    g.add_argument("--api-key", default=None, help="API key (prefer --api-key-env)")
+    g.add_argument("--concurrency", type=int, default=64, help="requests in flight at once (default 64)")
+    g.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    g.add_argument("--max-retries", type=int, default=6, help="retries per request (default 6)")
+    ev = e.add_argument_group("evolve")
+    ev.add_argument("--reward-model", default=None, metavar="DIR",
+                    help="reward model directory (sequence classification) that scores the new responses")
+    ev.add_argument("--n-responses", type=int, default=4, help="responses sampled per evolved prompt (default 4)")
+    ev.add_argument("--operations", default=",".join(_evolve_ops()),
+                    help="comma-separated evolve operations (default: all)")
+    ev.add_argument("--min-ratio", type=float, default=0.5,
+                    help="drop rewrites shorter than this times the original (characters; default 0.5)")
+    ev.add_argument("--max-ratio", type=float, default=3.0,
+                    help="drop runaway rewrites longer than this times the original (default 3.0)")
+    add_run_arguments(e)
     e.set_defaults(func=_run_evolve, _parser=e, command="select")
     p.evolve_parser = e
 
@@ -129,24 +137,34 @@ def _run_select(args) -> int:
 
 
 def _run_evolve(args) -> int:
+    from prefkit.commands.synth import backend_from_args, sampling_from_args
     from prefkit.data import write
+    from prefkit.errors import ConfigError
     from prefkit.report import StageReport
-    from prefkit.select.evolve import evolve_then_select, synth_callables
+    from prefkit.select.evolve import evolve_then_select
 
     report = StageReport("select evolve")
     ds = _read(args, report)
-    run_dir = args.run_dir or (str(args.output).rstrip("/") + ".evolve-runs")
-    rewrite, respond, score_responses = synth_callables(
-        generator=args.generator, generator_model=args.generator_model, reward_model=args.reward_model,
-        run_dir=run_dir, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    backend = backend_from_args(args, "generator-")
+    if backend is None:
+        raise ConfigError("evolve needs a generator: --generator-base-url URL --generator-model NAME, "
+                          "or --generator-local DIR")
+    judge = backend_from_args(args, "judge-")
+    if (args.reward_model is None) == (judge is None):
+        raise ConfigError("evolve needs exactly one scorer: --reward-model DIR, or a judge (--judge-model / --judge-local)")
+    run_dir = args.run_dir or (str(args.output).rstrip("/") + ".run")
     result = evolve_then_select(
-        ds, rewrite=rewrite, respond=respond, score_responses=score_responses, n_responses=args.n_responses,
+        ds, backend, reward_model=args.reward_model, judge=judge, n_responses=args.n_responses,
         metric=args.metric, fraction=args.fraction if args.fraction is not None else 0.4, top_k=args.top_k,
         weight=args.weight, model=args.model, reference=args.reference, beta=args.beta,
         operations=[o.strip() for o in args.operations.split(",") if o.strip()], seed=args.seed,
-        min_ratio=args.min_ratio, max_ratio=args.max_ratio, report=report, cache_dir=args.cache_dir,
-        batch_size=args.batch_size, chunk_size=args.chunk_size, score_kwargs=_score_kwargs(args),
-        plot=args.plot)
+        min_ratio=args.min_ratio, max_ratio=args.max_ratio,
+        rewrite_params=sampling_from_args(args, "generator-", temperature=0.7, max_tokens=1024),
+        generation=sampling_from_args(args, "generator-", temperature=1.0),
+        judge_params=sampling_from_args(args, "judge-", temperature=0.0, max_tokens=1024),
+        run_dir=run_dir, retry_failed=args.retry_failed, progress=not args.no_progress, report=report,
+        cache_dir=args.cache_dir, batch_size=args.batch_size, chunk_size=args.chunk_size,
+        score_kwargs=_score_kwargs(args), plot=args.plot)
     out = write(result.merged, args.output)
     print(report.summary())
     report.write_beside(out)

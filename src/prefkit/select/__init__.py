@@ -3,8 +3,7 @@
     from prefkit.select import select, score, selection_ablation
     kept = select(pairs, "alignment-potential", fraction=0.4, model=model, tokenizer=tok)
 
-Modules: `metrics` (pure metric functions, z-scores, budgets), `pairing` (MULTI rows to max-vs-min
-pairs), `cache` (row-level log-prob cache), `scoring` (the two streaming passes), `selection`
+Modules: `metrics` (pure metric functions, z-scores, budgets), `cache` (row-level log-prob cache), `scoring` (the two streaming passes), `selection`
 (top fraction / top-k, the ablation), `plot`, `evolve` (the self-play evolve-then-select extension).
 """
 

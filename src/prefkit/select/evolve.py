@@ -3,24 +3,17 @@
 Procedure (shared/methods.md section 3): take the selected prompts, rewrite each into a harder
 variant with an Evol-Instruct-style instruction (add constraints, deepen, concretise, require
 more reasoning, broaden), drop failed and runaway rewrites, sample several responses to each
-evolved prompt, score them with a judge or reward model, pair max against min score, select
-again with the same metric, and merge the kept pairs with the base set.
+evolved prompt and score them with a reward model or judge (SYNTH's West-of-N: best against
+worst score), select again with the same metric, and merge the kept pairs with the base set.
 
-The rewrite instructions are prefkit's own wording. Everything model-facing goes through two
-callables, so any synth backend (an OpenAI-compatible server, a local transformers model) or a
-test double that is a real local model can drive it:
-
-  rewrite(messages_batch) -> list[str | None]   chat completions; None = failed request
-  respond(prompts, n) -> list[list[str]]         n sampled responses per prompt
-  score(prompts, responses) -> list[list[float]] one score per response
-
-`synth_callables(...)` builds these from SYNTH's backends (`prefkit.synth`).
+The rewrite instructions are prefkit's own wording. Generation goes through any
+`prefkit.synth` backend (an OpenAI-compatible server or a local transformers model) inside a
+durable request run, so an interrupted evolve resumes without redoing finished requests.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,7 +62,6 @@ Rules:
 
 Reply with the new instruction only, between <prompt> and </prompt>."""
 
-_TAG = re.compile(r"<prompt>\s*(.*?)\s*</prompt>", re.DOTALL | re.IGNORECASE)
 _LEAKS = ("<instruction>", "</instruction>", "<prompt>", "</prompt>", "rewritten instruction",
           "rewrite the instruction")
 
@@ -106,14 +98,15 @@ def evolve_messages(instruction: str, operation: str, max_ratio: float = 3.0) ->
 
 
 def parse_evolved(text: str | None) -> str | None:
-    """The rewrite inside <prompt>...</prompt> (the last such block), or None when missing or empty."""
-    if not text:
-        return None
-    found = _TAG.findall(text)
-    if not found:
-        return None
-    out = found[-1].strip()
-    return out or None
+    """The rewrite inside the last complete <prompt>...</prompt>, or None when missing or empty."""
+    from prefkit.synth.parsing import extract_tag
+
+    found = extract_tag(text, "prompt")
+    return found.text if found.issue is None else None
+
+
+#: originals shorter than this many characters count as this long for the runaway bound
+RATIO_FLOOR = 32
 
 
 def _norm(s: str) -> str:
@@ -125,6 +118,8 @@ def check_rewrite(original: str, evolved: str | None, min_ratio: float = 0.5, ma
 
     The length ratio is measured in characters, evolved / original: a rewrite far longer than
     its source ('runaway') usually rambles or answers itself; a far shorter one lost the task.
+    Originals shorter than `RATIO_FLOOR` characters count as that long for the upper bound, so a
+    one-line prompt may still gain a sentence of constraints.
     """
     if evolved is None:
         return "rewrite missing its <prompt> tags"
@@ -133,10 +128,9 @@ def check_rewrite(original: str, evolved: str | None, min_ratio: float = 0.5, ma
     low = evolved.lower()
     if any(leak in low for leak in _LEAKS):
         return "rewrite leaks the instruction template"
-    ratio = len(evolved) / max(1, len(original))
-    if ratio > max_ratio:
+    if len(evolved) / max(len(original), RATIO_FLOOR) > max_ratio:
         return f"runaway rewrite (length ratio > {max_ratio:g})"
-    if ratio < min_ratio:
+    if len(evolved) / max(1, len(original)) < min_ratio:
         return f"rewrite too short (length ratio < {min_ratio:g})"
     return None
 
@@ -146,20 +140,30 @@ def _evolved_id(parent_id, operation: str, text: str) -> str:
     return f"evol-{h}"
 
 
-def evolve_prompts(dataset, rewrite, *, operations=tuple(OPERATIONS), seed: int = 42, min_ratio: float = 0.5,
-                   max_ratio: float = 3.0, batch_size: int = 64, report: StageReport | None = None):
-    """Rewrite each distinct prompt of `dataset` once, with an operation drawn (seeded) from
-    `operations`. Returns a Dataset of evolved prompts: prompt, prompt_id, evolved_from,
-    evolve_operation, source. Failed requests and rejected rewrites are counted in `report`."""
+def evolve_prompts(dataset, backend, *, operations=tuple(OPERATIONS), seed: int = 42, min_ratio: float = 0.5,
+                   max_ratio: float = 3.0, params=None, run_dir=None, retry_failed: bool = False,
+                   progress: bool = True, report: StageReport | None = None):
+    """Rewrite each distinct prompt of `dataset` once through `backend` (a `prefkit.synth`
+    Backend), with an operation drawn (seeded) from `operations`. Returns a Dataset of evolved
+    prompts: prompt, prompt_id, evolved_from, evolve_operation, source ('evolve:<operation>').
+    Failed requests and rejected rewrites are counted in `report` by reason. `run_dir` keeps
+    finished requests (re-running resumes); default: a temporary directory."""
+    import tempfile
+
     from datasets import Dataset
 
+    from prefkit.synth import Request, Run, SamplingParams
+
     ops = list(operations)
+    if not ops:
+        raise ConfigError("no evolve operations given")
     for op in ops:
         if op not in OPERATIONS:
             raise ConfigError(f"unknown evolve operation {op!r}; choose from {', '.join(OPERATIONS)}")
     if not (0 < min_ratio < max_ratio):
         raise ConfigError(f"need 0 < min_ratio < max_ratio, got {min_ratio} and {max_ratio}")
     report = report if report is not None else StageReport("select evolve")
+    params = params or SamplingParams(temperature=0.7, max_tokens=1024)
     rng = np.random.default_rng(seed)
     seen, parents = set(), []
     for i, row in enumerate(dataset):
@@ -167,42 +171,31 @@ def evolve_prompts(dataset, rewrite, *, operations=tuple(OPERATIONS), seed: int 
         if _norm(text) in seen:
             continue
         seen.add(_norm(text))
-        pid = row.get(R.PROMPT_ID) or f"row-{i}"
+        pid = row.get(R.PROMPT_ID) or row.get(R.PAIR_ID) or f"row-{i}"
         parents.append((row[R.PROMPT], text, pid, ops[int(rng.integers(len(ops)))]))
+    run_dir = run_dir or tempfile.mkdtemp(prefix="prefkit-evolve-")
+    with Run(run_dir, retry_failed=retry_failed, progress=progress) as run:
+        requests = [Request(evolve_messages(text, op, max_ratio), params, 0, "evolve") for _, text, _, op in parents]
+        records = run.generate(backend, requests, desc="evolve prompts") if requests else []
+        report.notes["evolve run"] = run.stats.to_dict()
     out = []
-    for start in range(0, len(parents), batch_size):
-        chunk = parents[start:start + batch_size]
-        replies = rewrite([evolve_messages(text, op, max_ratio) for _, text, _, op in chunk])
-        if len(replies) != len(chunk):
-            raise ConfigError(f"rewrite backend returned {len(replies)} replies for {len(chunk)} requests")
-        for (prompt, text, pid, op), reply in zip(chunk, replies):
-            if reply is None:
-                report.drop("rewrite request failed", 1, example=pid)
-                continue
-            evolved = parse_evolved(reply)
-            reason = check_rewrite(text, evolved, min_ratio, max_ratio)
-            if reason is not None:
-                report.drop(reason, 1, example=f"{pid}: {reply[:80]!r}")
-                continue
-            out.append({R.PROMPT: with_text(prompt, evolved), R.PROMPT_ID: _evolved_id(pid, op, evolved),
-                        "evolved_from": pid, "evolve_operation": op, R.SOURCE: f"evolve:{op}"})
-    report.notes["prompts evolved"] = len(out)
+    for (prompt, text, pid, op), rec in zip(parents, records):
+        if not rec.get("ok"):
+            report.drop(f"rewrite request failed: {rec.get('reason')}", 1, example=pid)
+            continue
+        reply = rec.get("text")
+        evolved = parse_evolved(reply)
+        reason = check_rewrite(text, evolved, min_ratio, max_ratio)
+        if reason is not None:
+            report.drop(reason, 1, example=f"{pid}: {str(reply)[:80]!r}")
+            continue
+        out.append({R.PROMPT: with_text(prompt, evolved), R.PROMPT_ID: _evolved_id(pid, op, evolved),
+                    "evolved_from": str(pid), "evolve_operation": op, R.SOURCE: f"evolve:{op}"})
     report.notes["prompts sent to evolve"] = len(parents)
-    return Dataset.from_list(out) if out else Dataset.from_dict(
-        {R.PROMPT: [], R.PROMPT_ID: [], "evolved_from": [], "evolve_operation": [], R.SOURCE: []})
-
-
-def to_multi(evolved, responses: list[list[str]], scores: list[list[float | None]]):
-    """Evolved prompts plus their sampled responses and scores -> MULTI rows (prompt, responses)."""
-    from datasets import Dataset
-
-    rows = []
-    for i, (row, texts, sc) in enumerate(zip(evolved, responses, scores)):
-        if len(texts) != len(sc):
-            raise ConfigError(f"prompt {i}: {len(texts)} responses but {len(sc)} scores")
-        rows.append({**row, R.RESPONSES: [{"text": t, "score": None if s is None else float(s)}
-                                          for t, s in zip(texts, sc)], R.SOURCE_ROW: i})
-    return Dataset.from_list(rows)
+    report.notes["prompts evolved"] = len(out)
+    if out:
+        return Dataset.from_list(out)
+    return Dataset.from_dict({R.PROMPT: [], R.PROMPT_ID: [], "evolved_from": [], "evolve_operation": [], R.SOURCE: []})
 
 
 def merge(base, new, report: StageReport | None = None):
@@ -231,40 +224,71 @@ def merge(base, new, report: StageReport | None = None):
 
 @dataclass
 class EvolveResult:
-    merged: object          # base + evolved-and-selected pairs
-    evolved_selected: object
+    merged: object            # base + evolved-and-selected pairs
+    evolved_selected: object  # the evolved pairs the second selection kept
+    evolved_pairs: object     # every evolved pair (best vs worst response)
     evolved_prompts: object
     report: StageReport
 
 
-def evolve_then_select(selected, *, rewrite, respond, score_responses, n_responses: int = 4,
+def evolve_then_select(selected, backend, *, reward_model=None, judge=None, n_responses: int = 4,
                        metric: str = "alignment-potential", fraction: float = 0.4, top_k: int | None = None,
                        weight: float = 1.0, model=None, tokenizer=None, reference=None, beta: float = 0.1,
-                       operations=tuple(OPERATIONS), seed: int = 42, min_ratio: float = 0.5,
-                       max_ratio: float = 3.0, report: StageReport | None = None, **score_options) -> EvolveResult:
+                       operations=tuple(OPERATIONS), seed: int = 42, min_ratio: float = 0.5, max_ratio: float = 3.0,
+                       rewrite_params=None, generation=None, judge_params=None, run_dir=None,
+                       retry_failed: bool = False, progress: bool = True, report: StageReport | None = None,
+                       **select_options) -> EvolveResult:
     """Evolve the prompts of `selected`, regenerate and rescore responses, select again, merge.
 
-    `rewrite`, `respond`, `score_responses`: see the module docstring (or `synth_callables`).
-    The second selection uses the same metric, fraction (of the evolved pairs) and weight.
+    backend       a `prefkit.synth` Backend: rewrites the prompts and samples `n_responses` per
+                  evolved prompt.
+    reward_model  reward-model directory (or `RewardModelScorer`) scoring the responses; or
+    judge         a Backend used as an UltraFeedback-style judge instead.
+    The new responses are paired best against worst score (`prefkit.synth.west_of_n`), then
+    selected with `metric` / `fraction` (of the evolved pairs) / `weight` under the policy `model`,
+    and appended to `selected` (columns aligned; `evolved_from` names each parent prompt).
+    `run_dir` keeps every finished request (subdirectories evolve/ and responses/).
     """
+    from pathlib import Path
+
     from prefkit.select.selection import select
+    from prefkit.synth import SamplingParams, west_of_n
 
     if n_responses < 2:
-        raise ConfigError("n_responses must be at least 2 (pairs are max vs min score)")
+        raise ConfigError("n_responses must be at least 2 (pairs are best against worst score)")
+    if (reward_model is None) == (judge is None):
+        raise ConfigError("evolve needs exactly one scorer for the new responses: a reward model or a judge")
     report = report if report is not None else StageReport("select evolve")
     report.rows_in = len(selected)
-    evolved = evolve_prompts(selected, rewrite, operations=operations, seed=seed, min_ratio=min_ratio,
-                             max_ratio=max_ratio, report=report)
-    prompts = list(evolved[R.PROMPT])
-    responses = respond(prompts, n_responses) if prompts else []
-    scores = score_responses(prompts, responses) if prompts else []
-    multi = to_multi(evolved, responses, scores)
-    if len(multi):
-        kept = select(multi, metric, fraction=fraction, top_k=top_k, weight=weight, model=model,
-                      tokenizer=tokenizer, reference=reference, beta=beta, report=report, **score_options)
+    sub = (lambda name: str(Path(run_dir) / name)) if run_dir is not None else (lambda name: None)
+    evolved = evolve_prompts(selected, backend, operations=operations, seed=seed, min_ratio=min_ratio,
+                             max_ratio=max_ratio, params=rewrite_params, run_dir=sub("evolve"),
+                             retry_failed=retry_failed, progress=progress, report=report)
+    if len(evolved) == 0:
+        report.rows_out = len(selected)
+        return EvolveResult(selected, evolved, evolved, evolved, report)
+    rows = [{R.PROMPT: r[R.PROMPT], R.PROMPT_ID: r[R.PROMPT_ID], R.SOURCE_ROW: i, R.SOURCE: r[R.SOURCE]}
+            for i, r in enumerate(evolved)]
+    won = StageReport("west-of-n")
+    pairs = west_of_n(rows, backend, n=n_responses, reward_model=reward_model, judge=judge, run_dir=sub("responses"),
+                      generation=generation or SamplingParams(temperature=1.0), judge_params=judge_params,
+                      retry_failed=retry_failed, progress=progress, report=won)
+    for reason, n in won.dropped.items():
+        report.drop(f"evolved prompt: {reason}", n)
+    parent = {r[R.PROMPT_ID]: (r["evolved_from"], r["evolve_operation"]) for r in evolved}
+    pairs = pairs.add_column("evolved_from", [parent[p][0] for p in pairs[R.PROMPT_ID]])
+    pairs = pairs.add_column("evolve_operation", [parent[p][1] for p in pairs[R.PROMPT_ID]])
+    report.notes["evolved pairs (best vs worst)"] = len(pairs)
+    if len(pairs):
+        second = StageReport("select (evolved)")
+        kept = select(pairs, metric, fraction=fraction, top_k=top_k, weight=weight, model=model, tokenizer=tokenizer,
+                      reference=reference, beta=beta, report=second, progress=progress, **select_options)
+        for reason, n in second.dropped.items():
+            report.drop(f"evolved pair: {reason}", n)
     else:
-        kept = multi
+        kept = pairs
     merged = merge(selected, kept, report) if len(kept) else selected
     report.rows_out = len(merged)
     report.notes["evolved pairs kept"] = len(kept)
-    return EvolveResult(merged=merged, evolved_selected=kept, evolved_prompts=evolved, report=report)
+    return EvolveResult(merged=merged, evolved_selected=kept, evolved_pairs=pairs, evolved_prompts=evolved,
+                        report=report)

@@ -161,7 +161,8 @@ def score(dataset, *, model=None, tokenizer=None, reference=None, beta: float = 
           model_id: dict | str | None = None, reference_id: dict | str | None = None) -> Scored:
     """Compute every selection metric for a PAIRS (or MULTI) dataset; see the module docstring.
 
-    MULTI rows are first paired max score against min score (`pairing.pair_best_worst`).
+    MULTI rows are first paired max score against min score (`prefkit.data.binarize`,
+    method "best-vs-worst": ties dropped and counted; a NaN score is an error).
     `model`/`tokenizer` are needed unless `need_policy=False` (explicit and random metrics);
     `reference` adds the DPO-form implicit margin with `beta`. `cache_dir` turns on the row
     cache (resumable scoring). `work_dir` keeps the metric table on disk memory-mapped there
@@ -171,14 +172,20 @@ def score(dataset, *, model=None, tokenizer=None, reference=None, beta: float = 
     from datasets import Dataset, concatenate_datasets
     from tqdm.auto import tqdm
 
-    from prefkit.select.pairing import pair_best_worst
+    from prefkit.data import binarize
 
     report = report if report is not None else StageReport("select")
     if on_invalid not in ("error", "skip"):
         raise ConfigError(f"on_invalid must be 'error' or 'skip', not {on_invalid!r}")
     kind = R.kind_of(dataset.column_names)
     if kind == "multi":
-        dataset = pair_best_worst(dataset, report=report, file=file)
+        # the authors' pairing: max score against min score per prompt (ties dropped, counted)
+        if on_invalid == "error":
+            _check_multi_scores(dataset, file)
+        n_multi = len(dataset)
+        dataset = binarize(dataset, method="best-vs-worst", ties="drop", report=report)
+        report.rows_in = n_multi
+        report.notes["multi rows paired max vs min"] = len(dataset)
     elif kind != "pairs":
         raise DataError(f"expected preference pairs (prompt, chosen, rejected) or multi-response rows "
                         f"(prompt, responses); got columns {dataset.column_names}", file=file)
@@ -263,6 +270,24 @@ def score(dataset, *, model=None, tokenizer=None, reference=None, beta: float = 
     return Scored(dataset=full, stats=stats, report=report, has_policy=need_policy,
                   has_reference=reference is not None, weight=weight, beta=beta if reference is not None else None,
                   work_dir=None if own_work else str(work))
+
+
+def _check_multi_scores(dataset, file) -> None:
+    """A NaN response score is an error naming the row and the field (missing scores are merely
+    skipped by the pairing and counted)."""
+    import pyarrow.compute as pc
+
+    for start in range(0, len(dataset), 10000):
+        resp = dataset.with_format("arrow")[start:start + 10000].column(R.RESPONSES).combine_chunks()
+        scores = pc.list_flatten(resp).field("score").to_numpy(zero_copy_only=False).astype(np.float64)
+        bad = np.flatnonzero(np.isnan(scores) & ~pc.is_null(pc.list_flatten(resp).field("score")).to_numpy(
+            zero_copy_only=False))
+        if bad.size:
+            lengths = pc.fill_null(pc.list_value_length(resp), 0).to_numpy(zero_copy_only=False)
+            ends = np.cumsum(lengths)
+            row = int(np.searchsorted(ends, bad[0], side="right"))
+            j = int(bad[0] - (ends[row] - lengths[row]))
+            raise DataError("score is NaN", file=file, row=start + row, field=f"responses[{j}].score")
 
 
 def _pass1_chunk(rows, row0, model, tokenizer, reference, beta, need_policy, batch_size, score_kwargs,
