@@ -95,7 +95,7 @@ def test_nan_score_is_an_error_naming_row_and_field(pairs):
 
     rep = StageReport("select")
     kept = select(bad, "explicit", fraction=0.5, on_invalid="skip", report=rep, progress=False)
-    assert rep.dropped["score_rejected is NaN"] == 1
+    assert rep.dropped["score_rejected missing, NaN or infinite"] == 1
     assert len(kept) == 3 and "p5" not in kept["pair_id"]
 
 

@@ -131,27 +131,39 @@ def _reference_column_names(columns) -> tuple[str, str]:
     raise ConfigError(f"score_logps returned no reference log-prob columns (got {list(columns)})")
 
 
-def _check_float(value, row: int, fld: str, file, on_invalid: str, report: StageReport) -> float | None:
-    """A finite float, or None after counting the skip (on_invalid='skip'); raises otherwise."""
-    problem = None
-    if value is None:
-        problem = "is missing"
-    else:
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            problem = f"is not a number ({value!r})"
-        else:
-            if math.isnan(value):
-                problem = "is NaN"
-            elif math.isinf(value):
-                problem = "is infinite"
-    if problem is None:
-        return value
-    if on_invalid == "skip":
-        report.drop(f"{fld} {problem}", 1, example=f"row {row}")
-        return None
-    raise DataError(f"{problem}; selection needs a finite {fld} for every pair", file=file, row=row, field=fld)
+def _scores_of(table, fld: str, row0: int, file, on_invalid: str, report: StageReport) -> np.ndarray:
+    """The column as float64 with NaN where unusable; raises (or counts, with on_invalid='skip')
+    at missing, NaN and infinite values, naming the first bad row."""
+    import pyarrow.compute as pc
+
+    col = table.column(fld)
+    try:
+        values = pc.cast(col, "float64").to_numpy(zero_copy_only=False).astype(np.float64)
+    except Exception as exc:
+        raise DataError(f"is not numeric ({col.type}); selection needs explicit scores as numbers",
+                        file=file, field=fld) from exc
+    null = col.is_null().to_numpy(zero_copy_only=False)
+    problems = (("is missing", null), ("is NaN", np.isnan(values) & ~null), ("is infinite", np.isinf(values)))
+    for problem, mask in problems:
+        if not mask.any():
+            continue
+        bad = np.flatnonzero(mask)
+        if on_invalid != "skip":
+            raise DataError(f"{problem}; selection needs a finite {fld} for every pair", file=file,
+                            row=row0 + int(bad[0]), field=fld)
+    values = values.copy()
+    values[null | ~np.isfinite(values)] = np.nan
+    return values
+
+
+def _count_bad_scores(sc, sr, row0, report) -> np.ndarray:
+    """Rows with an unusable score, each counted once (by its first bad field)."""
+    bad_c, bad_r = np.isnan(sc), np.isnan(sr) & ~np.isnan(sc)
+    for mask, fld in ((bad_c, R.SCORE_CHOSEN), (bad_r, R.SCORE_REJECTED)):
+        idx = np.flatnonzero(mask)
+        if idx.size:
+            report.drop(f"{fld} missing, NaN or infinite", int(idx.size), example=f"row {row0 + int(idx[0])}")
+    return bad_c | bad_r
 
 
 def score(dataset, *, model=None, tokenizer=None, reference=None, beta: float = 0.1, weight: float = 1.0,
@@ -222,10 +234,12 @@ def score(dataset, *, model=None, tokenizer=None, reference=None, beta: float = 
         writer = sink = None
         row0 = 0
         try:
-            for batch in dataset.iter(batch_size=chunk_size):
-                rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-                cols = _pass1_chunk(rows, row0, model, tokenizer, reference, beta, need_policy, batch_size,
+            # only the columns the metrics read; texts are converted to Python only for the model
+            needed = [R.SCORE_CHOSEN, R.SCORE_REJECTED] + ([R.PROMPT, R.CHOSEN, R.REJECTED] if need_policy else [])
+            for table in dataset.select_columns(needed).with_format("arrow").iter(batch_size=chunk_size):
+                cols = _pass1_chunk(table, row0, model, tokenizer, reference, beta, need_policy, batch_size,
                                     score_kwargs, cache, ref_cache, counts, on_invalid, report, file)
+                n_rows = table.num_rows
                 for name, mom in moments.items():
                     if name in cols:
                         mom.update(cols[name][cols["scorable"]])
@@ -234,8 +248,8 @@ def score(dataset, *, model=None, tokenizer=None, reference=None, beta: float = 
                     sink = pa.OSFile(str(raw_path), "wb")
                     writer = pa.ipc.new_stream(sink, table.schema)
                 writer.write_table(table)
-                row0 += len(rows)
-                bar.update(len(rows))
+                row0 += n_rows
+                bar.update(n_rows)
                 bar.set_postfix(cached=counts["cached"], scored=counts["scored"], refresh=False)
         finally:
             bar.close()
@@ -290,19 +304,14 @@ def _check_multi_scores(dataset, file) -> None:
             raise DataError("score is NaN", file=file, row=start + row, field=f"responses[{j}].score")
 
 
-def _pass1_chunk(rows, row0, model, tokenizer, reference, beta, need_policy, batch_size, score_kwargs,
+def _pass1_chunk(table, row0, model, tokenizer, reference, beta, need_policy, batch_size, score_kwargs,
                  cache, ref_cache, counts, on_invalid, report, file) -> dict:
-    n = len(rows)
-    scorable = np.ones(n, dtype=bool)
-    explicit = np.full(n, np.nan)
-    for i, row in enumerate(rows):
-        sc = _check_float(row.get(R.SCORE_CHOSEN), row0 + i, R.SCORE_CHOSEN, file, on_invalid, report)
-        sr = None if sc is None else _check_float(row.get(R.SCORE_REJECTED), row0 + i, R.SCORE_REJECTED, file,
-                                                   on_invalid, report)
-        if sc is None or sr is None:
-            scorable[i] = False
-        else:
-            explicit[i] = sc - sr
+    n = table.num_rows
+    sc = _scores_of(table, R.SCORE_CHOSEN, row0, file, on_invalid, report)
+    sr = _scores_of(table, R.SCORE_REJECTED, row0, file, on_invalid, report)
+    scorable = ~_count_bad_scores(sc, sr, row0, report)
+    explicit = M.explicit_margin(sc, sr)
+    rows = table.select([R.PROMPT, R.CHOSEN, R.REJECTED]).to_pylist() if need_policy else None
     cols: dict = {"explicit_margin": explicit}
     if need_policy:
         pol = _logps_for_chunk(rows, scorable, model, tokenizer, reference, batch_size, score_kwargs, cache,
