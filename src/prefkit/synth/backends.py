@@ -287,18 +287,19 @@ def _status_message(exc) -> str:
 # --------------------------------------------------------------------------------------------
 
 class LocalBackend(Backend):
-    """A local causal LM; concurrent `complete()` calls are batched for `model.generate`.
+    """A local causal LM; concurrent `complete()` calls are batched through `prefkit.generate`.
 
-    `model` is a directory (loaded with AutoModelForCausalLM / AutoTokenizer) or an already
-    loaded model, in which case pass `tokenizer`. Requests with equal sampling parameters are
-    grouped into batches of up to `batch_size` (left padding), generated in a worker thread so
-    the event loop keeps writing finished rows.
+    `model` is a directory (model + tokenizer) or an already loaded model, in which case pass
+    `tokenizer`. Requests with equal sampling parameters are grouped into batches of up to
+    `batch_size`, generated in a worker thread so the event loop keeps writing finished rows.
+    Without a seed in the sampling parameters each batch draws its seed from `seed`'s stream.
+    Token counts are re-tokenized lengths; the finish reason is not known (None).
     """
 
     kind = "local"
 
     def __init__(self, model, tokenizer=None, *, batch_size: int = 16, device: str | None = None,
-                 name: str | None = None):
+                 name: str | None = None, conditioning="auto", seed: int = 0):
         from prefkit.errors import ConfigError
 
         if not isinstance(model, (str, os.PathLike)) and tokenizer is None:
@@ -311,28 +312,21 @@ class LocalBackend(Backend):
         self.model = name or (str(model) if isinstance(model, (str, os.PathLike))
                               else getattr(getattr(model, "config", None), "_name_or_path", "") or
                               type(model).__name__)
+        self.conditioning = conditioning
+        self._rng = random.Random(seed)
         self._queue: asyncio.Queue | None = None
         self._loop = None
         self._worker: asyncio.Task | None = None
         self._loaded = None
 
     def _load(self):
-        if self._loaded is not None:
-            return self._loaded
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        if self._loaded is None:
+            from prefkit.generate import load_model_and_tokenizer
 
-        if isinstance(self._model_src, (str, os.PathLike)):
-            tok = self._tokenizer or AutoTokenizer.from_pretrained(str(self._model_src))
-            model = AutoModelForCausalLM.from_pretrained(str(self._model_src))
-        else:
-            tok, model = self._tokenizer, self._model_src
-        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = model.to(device).eval()
-        tok.padding_side = "left"
-        if tok.pad_token_id is None:
-            tok.pad_token = tok.eos_token
-        self._loaded = (model, tok, device)
+            model, tok = load_model_and_tokenizer(self._model_src, self._tokenizer)
+            if self.device is not None:
+                model = model.to(self.device)
+            self._loaded = (model, tok)
         return self._loaded
 
     async def complete(self, messages: list[dict], params: SamplingParams) -> Completion:
@@ -372,33 +366,22 @@ class LocalBackend(Backend):
                             c[2].set_result(out)
 
     def _generate(self, batch_messages: list[list[dict]], params: SamplingParams) -> list[Completion]:
-        import torch
+        """One padded batch through `prefkit.generate` (which also applies a reward-conditioning
+        spec saved beside the model, as for every local sampling in prefkit)."""
+        from prefkit.generate import generate
 
-        model, tok, device = self._load()
-        texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in batch_messages]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        do_sample = params.temperature > 0
-        gen_kw = dict(max_new_tokens=params.max_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id)
-        if do_sample:
-            gen_kw.update(temperature=params.temperature, top_p=params.top_p)
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        with torch.no_grad():
-            out = model.generate(**enc, **gen_kw)
-        new = out[:, enc["input_ids"].shape[1]:]
-        results = []
-        eos = tok.eos_token_id
-        for row, attn in zip(new, enc["attention_mask"]):
-            ids = row.tolist()
-            n_gen = len(ids)
-            finish = "length"
-            if eos is not None and eos in ids:
-                n_gen = ids.index(eos) + 1
-                finish = "stop"
-            text = tok.decode(ids[:n_gen], skip_special_tokens=True)
-            results.append(Completion(text=text, prompt_tokens=int(attn.sum()), completion_tokens=n_gen,
-                                      finish_reason=finish))
-        return results
+        model, tok = self._load()
+        seed = params.seed if params.seed is not None else self._rng.randrange(2**31)
+        texts = generate(model, batch_messages, tokenizer=tok, n=1, temperature=params.temperature,
+                         top_p=params.top_p, max_new_tokens=params.max_tokens, batch_size=len(batch_messages),
+                         seed=seed, conditioning=self.conditioning, progress=False)
+        out = []
+        for msgs, (text,) in zip(batch_messages, texts):
+            n_prompt = len(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
+                                                   return_dict=True)["input_ids"])
+            out.append(Completion(text=text, prompt_tokens=n_prompt,
+                                  completion_tokens=len(tok(text, add_special_tokens=False)["input_ids"])))
+        return out
 
     async def aclose(self) -> None:
         if self._worker is not None:
