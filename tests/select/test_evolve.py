@@ -118,3 +118,31 @@ def test_evolve_then_select_through_a_real_local_server(tiny_llama, llama3_token
     assert set(new["evolved_from"]) <= set(base["pair_id"])
     assert all(s.startswith("evolve:") for s in new["source"])
     assert again.merged["prompt"] == merged["prompt"]
+
+
+def test_cli_select_evolve_end_to_end(tiny_llama, llama3_tokenizer, pairs, tmp_path, capsys):
+    import json
+
+    from prefkit.cli import main
+    from prefkit.synth.fake_server import FakeServer
+    from prefkit.toy.tiny import tiny_reward_model
+
+    policy, rm = tmp_path / "policy", tmp_path / "rm"
+    tiny_llama.save_pretrained(policy)
+    llama3_tokenizer.save_pretrained(policy)
+    tiny_reward_model(llama3_tokenizer, seed=5).save_pretrained(rm)
+    llama3_tokenizer.save_pretrained(rm)
+    src = tmp_path / "selected.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in pairs.select(range(4))))
+    out = tmp_path / "evolved.jsonl"
+    with FakeServer(_responder()) as srv:
+        rc = main(["select", "evolve", str(src), "-o", str(out), "--model", str(policy),
+                   "--generator-base-url", srv.base_url, "--generator-model", "fake-model", "--api-key", "test",
+                   "--reward-model", str(rm), "--n-responses", "3", "--fraction", "0.5", "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "runaway rewrite (length ratio > 3)" in printed and "rewrite missing its <prompt> tags" in printed
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    evolved = [r for r in rows if r.get("evolved_from")]
+    assert len(rows) == 4 + len(evolved) and len(evolved) == 1  # 2 evolved prompts -> 2 pairs -> keep 1
+    assert evolved[0]["source"].startswith("evolve:") and (tmp_path / "evolved.jsonl.run").is_dir()
