@@ -30,6 +30,8 @@ def register(sub, name, help_text):
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         kp.add_argument("input", nargs="?", default=None,
                         help="training pairs (file, saved dataset dir, or hub id); or train_file in --config")
+        kp.add_argument("output_dir", nargs="?", default=None, metavar="OUTPUT_DIR",
+                        help="output directory (same as -o; config: output_dir)")
         kp.add_argument("-o", "--output", default=None, help="output directory (config: output_dir)")
         kp.add_argument("--model", default=None, help="model to train: HF id or local dir (config: model_name_or_path)")
         kp.add_argument("--config", default=None, help="YAML recipe (see examples/*.yaml)")
@@ -70,8 +72,12 @@ def config_from_args(args):
             values[k[4:]] = v
     if args.input is not None:
         values["train_file"] = args.input
-    if args.output is not None:
-        values["output_dir"] = args.output
+    if args.output is not None and args.output_dir is not None and args.output != args.output_dir:
+        from prefkit.errors import ConfigError
+
+        raise ConfigError(f"two output directories given: {args.output_dir!r} and -o {args.output!r}")
+    if (args.output or args.output_dir) is not None:
+        values["output_dir"] = args.output or args.output_dir
     if args.model is not None:
         values["model_name_or_path"] = args.model
     if args.split is not None:

@@ -15,17 +15,18 @@ from prefkit.train.config import BaseTrainConfig, DPOConfig, RMConfig, load_conf
 __all__ = ["BaseTrainConfig", "DPOConfig", "RMConfig", "load_config", "train_dpo", "train_rm"]
 
 
-def train_dpo(config, *, callbacks=None, model=None, tokenizer=None, train_dataset=None, eval_dataset=None):
-    """Train a policy with a DPO-family loss; returns the output directory. See preference_trainer.train_dpo."""
+def train_dpo(config, **kwargs):
+    """Train a policy with a DPO-family loss or eps-DPO; returns the output directory.
+    Keyword arguments (callbacks, probes, model, ref_model, tokenizer, train_dataset,
+    eval_dataset): see prefkit.train.preference_trainer.train_dpo."""
     from prefkit.train.preference_trainer import train_dpo as _train
 
-    return _train(config, callbacks=callbacks, model=model, tokenizer=tokenizer,
-                  train_dataset=train_dataset, eval_dataset=eval_dataset)
+    return _train(config, **kwargs)
 
 
-def train_rm(config, *, callbacks=None, model=None, tokenizer=None, train_dataset=None, eval_dataset=None):
-    """Train a Bradley-Terry reward model; returns the output directory. See reward_trainer.train_rm."""
+def train_rm(config, **kwargs):
+    """Train a Bradley-Terry reward model; returns the output directory. Keyword arguments
+    (callbacks, model, tokenizer, train_dataset, eval_dataset): see prefkit.train.reward_trainer.train_rm."""
     from prefkit.train.reward_trainer import train_rm as _train
 
-    return _train(config, callbacks=callbacks, model=model, tokenizer=tokenizer,
-                  train_dataset=train_dataset, eval_dataset=eval_dataset)
+    return _train(config, **kwargs)

@@ -40,6 +40,7 @@ class BaseTrainConfig:
     max_prompt_length: int | None = 512
     truncation_mode: str = "keep_end"         # which end of an over-long prompt to keep
     on_long: str = "truncate"                 # pairs over the limits: 'truncate' or 'drop' (always counted)
+    on_invalid: str = "drop"                  # unusable pairs (empty response, bad row): 'drop' (counted) or 'error'
     weight_column: str = "weight"             # per-pair loss weight, used when the column exists
     conditioning: str = "auto"                # 'auto' (find prefkit_conditioning.json beside the data), 'none', or a path
     # --- optimisation (transformers.TrainingArguments names) ----------------------------
@@ -92,6 +93,7 @@ class BaseTrainConfig:
             raise ConfigError("train_file is required (a .jsonl/.json/.parquet/.csv file, saved dataset dir or hub id)")
         _choice("precision", self.precision, PRECISIONS)
         _choice("on_long", self.on_long, ("truncate", "drop"))
+        _choice("on_invalid", self.on_invalid, ("drop", "error"))
         _choice("truncation_mode", self.truncation_mode, ("keep_end", "keep_start"))
         if self.bf16 and self.fp16:
             raise ConfigError("bf16 and fp16 are both set; choose one (or set precision)")

@@ -1,0 +1,157 @@
+"""What both trainers share: reading the pairs, tokenising them with counted truncation,
+loading the model and tokenizer, resolving the checkpoint to resume, the conditioning file,
+and the final `prefkit_train_report.json`."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from prefkit.errors import ConfigError, DataError
+from prefkit.report import StageReport
+
+REPORT_FILE = "prefkit_train_report.json"
+STATE_FILE = "prefkit_trainer_state.json"   # prefkit's own resumable state, inside each checkpoint
+
+
+def read_pairs(source, *, split=None, on_invalid: str = "drop", report: StageReport | None = None):
+    """PAIRS dataset from a path/hub id/in-memory Dataset via prefkit.data.read."""
+    from prefkit.data import read
+    from prefkit.data.records import kind_of
+
+    ds = read(source, split=split, on_invalid="skip" if on_invalid == "drop" else "error", report=report)
+    if kind_of(ds.column_names) != "pairs":
+        raise DataError(f"expected preference pairs (prompt, chosen, rejected); got columns {ds.column_names}. "
+                        "Binarize multi-response data first: prefkit data binarize",
+                        file=str(source) if isinstance(source, (str, os.PathLike)) else None)
+    return ds
+
+
+def load_splits(cfg, train_dataset=None, eval_dataset=None, report: StageReport | None = None):
+    """(train, eval | None) PAIRS datasets per the config (eval_file, or eval_split_ratio of train)."""
+    train = read_pairs(train_dataset if train_dataset is not None else cfg.train_file, split=cfg.train_split,
+                       on_invalid=cfg.on_invalid, report=report)
+    if eval_dataset is not None or cfg.eval_file:
+        ev = read_pairs(eval_dataset if eval_dataset is not None else cfg.eval_file, split=cfg.eval_split,
+                        on_invalid=cfg.on_invalid)
+    elif cfg.eval_split_ratio > 0:
+        if len(train) < 2:
+            raise DataError(f"cannot hold out {cfg.eval_split_ratio:.0%} of {len(train)} pair(s) for evaluation")
+        parts = train.train_test_split(test_size=cfg.eval_split_ratio, seed=cfg.seed)
+        train, ev = parts["train"], parts["test"]
+    else:
+        ev = None
+    return train, ev
+
+
+def encode(dataset, tokenizer, cfg, report: StageReport, *, max_prompt_length="config"):
+    """Tokenise pairs with prefkit.tokenize.encode_pairs; on_long='drop' drops (instead of
+    truncating) pairs over the limits. Every truncation and drop is counted in `report`."""
+    from prefkit.tokenize import encode_pairs
+
+    mpl = cfg.max_prompt_length if max_prompt_length == "config" else max_prompt_length
+    if cfg.on_long == "truncate":
+        return encode_pairs(dataset, tokenizer, max_length=cfg.max_length, max_prompt_length=mpl,
+                            prompt_truncation=cfg.truncation_mode, on_invalid=cfg.on_invalid, report=report)
+    enc = encode_pairs(dataset, tokenizer, max_length=None, max_prompt_length=None,
+                       prompt_truncation=cfg.truncation_mode, on_invalid=cfg.on_invalid, report=report)
+    lens = enc.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]).to_dict()
+    keep = []
+    for i, (p, c, r) in enumerate(zip(lens["prompt_ids"], lens["chosen_ids"], lens["rejected_ids"])):
+        if mpl is not None and len(p) > mpl:
+            report.drop("prompt over max_prompt_length (on_long=drop)", 1, example=f"pair_index {enc[i]['pair_index']}")
+        elif cfg.max_length is not None and len(p) + max(len(c), len(r)) > cfg.max_length:
+            report.drop("pair over max_length (on_long=drop)", 1, example=f"pair_index {enc[i]['pair_index']}")
+        else:
+            keep.append(i)
+    report.rows_out -= len(enc) - len(keep)
+    return enc.select(keep) if len(keep) < len(enc) else enc
+
+
+def load_tokenizer(cfg, tokenizer=None):
+    if tokenizer is not None:
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    name = cfg.tokenizer_name_or_path or cfg.model_name_or_path
+    try:
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+    except OSError as exc:
+        raise ConfigError(f"cannot load the tokenizer from {name!r}: {exc}") from None
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(cls_name: str, path: str, cfg, **kwargs):
+    import transformers
+
+    cls = getattr(transformers, cls_name)
+    dtype = cfg.torch_dtype
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ConfigError(f"torch_dtype must be auto, float32, bfloat16 or float16; got {dtype!r}")
+    try:
+        return cls.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **kwargs)
+    except OSError as exc:
+        raise ConfigError(f"cannot load the model from {path!r}: {exc}") from None
+
+
+def lora_config(cfg, task_type: str):
+    from peft import LoraConfig
+
+    return LoraConfig(task_type=task_type, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.lora_target_modules or "all-linear")
+
+
+def resolve_resume(value, output_dir: str) -> str | None:
+    """A checkpoint dir to resume from: explicit path, or 'auto'/'true' for the latest in output_dir
+    (None when there is none yet: a fresh start)."""
+    if value in (None, False, "", "false", "no", "none"):
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if value is True or str(value).lower() in ("auto", "true", "yes", "latest"):
+        if not os.path.isdir(output_dir):
+            return None
+        return get_last_checkpoint(output_dir)
+    if not os.path.isdir(value):
+        raise ConfigError(f"resume_from_checkpoint: no checkpoint directory {value!r}")
+    return str(value)
+
+
+def find_conditioning_spec(cfg, data_source):
+    """The reward-conditioning spec that goes with the training data (None if there is none)."""
+    if cfg.conditioning == "none":
+        return None
+    from prefkit.relabel import find_conditioning, load_conditioning
+
+    if cfg.conditioning != "auto":
+        spec = load_conditioning(cfg.conditioning)
+        if spec is None:
+            raise ConfigError(f"conditioning: no prefkit_conditioning.json at {cfg.conditioning!r}")
+        return spec
+    if isinstance(data_source, (str, os.PathLike)) and os.path.exists(data_source):
+        return find_conditioning(data_source)
+    return None
+
+
+def write_report(output_dir: str, payload: dict[str, Any]) -> Path:
+    path = Path(output_dir) / REPORT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **payload}
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    return path
+
+
+def data_summary(report: StageReport) -> str:
+    n = report.notes
+    trunc = ", ".join(f"{k.replace('truncated_', '')} {n.get(k, 0)}"
+                      for k in ("truncated_prompts", "truncated_chosen", "truncated_rejected"))
+    lines = [f"pairs: {report.rows_in} read, {report.rows_out} trained on, {report.n_dropped} dropped; "
+             f"truncated: {trunc}"]
+    for reason, k in sorted(report.dropped.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  dropped {k:>6}  {reason}")
+    return "\n".join(lines)

@@ -1,0 +1,405 @@
+"""DPO-family and eps-DPO training on `transformers.Trainer`.
+
+The trainer's own part is small: one concatenated forward per batch (prefkit.logprobs), the
+reference log-probs (precomputed and cached, or a live reference), and a loss looked up by name
+in prefkit.losses. Everything else (optimiser, schedule, gradient accumulation, mixed precision,
+checkpoints and resume, DDP under torchrun/accelerate, report_to integrations) is the Trainer's.
+
+Reference, by case:
+- simpo (reference-free): none;
+- eps-dpo: a live reference (it needs the reference's logits, not only its log-probs);
+  with LoRA the adapter-disabled base model, otherwise a frozen copy;
+- otherwise with precompute_ref_log_probs (default): one pass before training, cached on disk
+  (prefkit.train.reference_cache), so only the policy is in memory while training;
+- otherwise live: the adapter-disabled base (LoRA) or a frozen copy.
+
+Per-pair metadata (pair_index, weight, precomputed reference log-probs) travels in
+`batch["meta"]`, never mixed with model inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from prefkit.errors import ConfigError
+from prefkit.losses import PairLogps, eps_dpo_beta, eps_dpo_update_beta, get_loss, pair_metrics
+from prefkit.train.common import STATE_FILE
+
+EPS_DPO = "eps-dpo"
+REFERENCE_FREE = {"simpo"}
+
+
+def _loss_fn(cfg):
+    """The registered loss for cfg.loss_type with its options bound (eps-dpo trains the sigmoid
+    loss with a per-pair beta)."""
+    name = "sigmoid" if cfg.loss_type == EPS_DPO else cfg.loss_type
+    opts: dict[str, Any] = {}
+    if cfg.label_smoothing:
+        opts["label_smoothing"] = cfg.label_smoothing
+    if name == "simpo":
+        opts["gamma"] = cfg.simpo_gamma
+    return get_loss(name, **opts)
+
+
+class PreferenceTrainer(Trainer):
+    """A `transformers.Trainer` whose loss is a prefkit.losses loss over one concatenated
+    chosen+rejected forward. Logs TRL's metric names plus eps-DPO's beta statistics.
+
+    reference: "precomputed" (log-probs in batch["meta"]), "none" (reference-free loss),
+    "adapter" (PEFT model with its adapter disabled), or a model (a frozen copy).
+    probes: {name: fn(model) -> float}, evaluated at every logging step and logged (e.g. the
+    demo's unlearning probe).
+    """
+
+    loss_is_scaled_for_ga = False  # compute_loss returns a micro-batch mean
+
+    def __init__(self, *args, prefkit_config, reference, probes: dict[str, Callable] | None = None,
+                 chunk_size: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False
+        self.pk = prefkit_config
+        self.loss_fn = _loss_fn(prefkit_config)
+        self.is_eps = prefkit_config.loss_type == EPS_DPO
+        self.base_beta = float(prefkit_config.beta)
+        self.reference = reference
+        if isinstance(reference, torch.nn.Module):
+            reference.eval().requires_grad_(False)
+            self.reference = reference.to(self.args.device)
+        if self.is_eps and reference in ("precomputed", "none"):
+            raise ConfigError("eps-dpo needs a live reference model (its logits), not precomputed log-probs")
+        self.probes = dict(probes or {})
+        self.chunk_size = chunk_size
+        self._stored: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._eps_pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.add_callback(_PrefkitState(self))
+
+    # -- the loss ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _reference_model(self, model):
+        if self.reference == "adapter":
+            peft_model = self.accelerator.unwrap_model(model)
+            with peft_model.disable_adapter():
+                yield peft_model
+        else:
+            yield self.reference
+
+    def pair_loss(self, model, batch: dict[str, Any], *, training: bool):
+        """(mean loss, metrics dict) for one PairCollator batch."""
+        from prefkit.logprobs import concatenated_forward, perturbed_sequence_logps, sequence_logps
+
+        meta = batch.get("meta", {})
+        kw = {"chunk_size": self.chunk_size} if self.chunk_size else {}
+        fwd = concatenated_forward(model, batch, return_head=self.is_eps, **kw)
+        ref_c = ref_r = ref_head = None
+        if self.reference == "precomputed":
+            ref_c = meta["ref_logps_chosen"].to(fwd.chosen_logps.dtype)
+            ref_r = meta["ref_logps_rejected"].to(fwd.chosen_logps.dtype)
+        elif self.reference != "none":
+            with torch.no_grad(), self._reference_model(model) as ref:
+                seq, ref_head = sequence_logps(ref, batch["input_ids"], batch["response_mask"],
+                                               batch.get("attention_mask"), return_head=True, **kw)
+            b = fwd.chosen_logps.shape[0]
+            ref_c, ref_r = seq.logps[:b].detach(), seq.logps[b:].detach()
+        logps = PairLogps(fwd.chosen_logps, fwd.rejected_logps, ref_c, ref_r, fwd.chosen_lengths,
+                          fwd.rejected_lengths)
+
+        beta: Any = self.base_beta
+        metrics: dict[str, float] = {}
+        if self.is_eps:
+            minus, plus = perturbed_sequence_logps(fwd.head, ref_head, batch["input_ids"], batch["response_mask"],
+                                                   self.pk.eps, **kw)
+            b = fwd.chosen_logps.shape[0]
+            # float64 so that the per-pair beta (and the base-beta average) is exact
+            z = (fwd.chosen_logps - fwd.rejected_logps).detach().double()
+            choice = eps_dpo_beta(z, (minus[:b] - minus[b:]).double(), (plus[:b] - plus[b:]).double(),
+                                  self.base_beta, self.pk.eps)
+            beta = choice.beta_tilde.to(fwd.chosen_logps.dtype)
+            if training:
+                self._eps_pending.append((choice.beta_tilde.detach().cpu(), choice.steps.detach().cpu()))
+            metrics["beta/mean"] = choice.beta_tilde.double().mean().item()
+            metrics["eps/frac_minus"] = (choice.steps == 1).double().mean().item()
+            metrics["eps/frac_plus"] = (choice.steps == -1).double().mean().item()
+
+        weights = meta.get("weight")
+        if weights is not None:
+            weights = torch.nan_to_num(weights.to(fwd.chosen_logps.dtype), nan=1.0)
+        out = self.loss_fn(logps, beta=beta, weights=weights)
+        loss = out.losses.mean()
+        metrics.update(pair_metrics(out, logps))
+        return loss, metrics
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, metrics = self.pair_loss(model, inputs, training=True)
+        for k, v in metrics.items():
+            self._stored["train"][k].append(v)
+        return (loss, metrics) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, metrics = self.pair_loss(model, inputs, training=False)
+        for k, v in metrics.items():
+            self._stored["eval"][k].append(v)
+        return loss.detach(), None, None
+
+    # -- logging ----------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        split = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        stored = self._stored[split]
+        if stored:
+            names = sorted(stored)
+            means = torch.tensor([sum(stored[n]) / len(stored[n]) for n in names], dtype=torch.float64,
+                                 device=self.args.device)
+            if self.accelerator.num_processes > 1:
+                means = self.accelerator.reduce(means, reduction="mean")
+            prefix = "eval_" if split == "eval" else ""
+            logs.update({prefix + n: v for n, v in zip(names, means.tolist())})
+            stored.clear()
+        if split == "train" and "loss" in logs:
+            if self.is_eps:
+                logs["beta/base"] = self.base_beta
+            for name, fn in self.probes.items():
+                logs[name] = float(fn(self.model))
+        super().log(logs, start_time)
+
+    # -- eps-DPO base beta -----------------------------------------------------------------------
+
+    def update_base_beta(self) -> None:
+        """After an optimiser step: base beta from every pair's choice since the last step,
+        over all micro-batches (gradient accumulation) and all processes."""
+        if not self.is_eps:
+            return
+        if self._eps_pending:
+            bt = torch.cat([b for b, _ in self._eps_pending]).double()
+            st = torch.cat([s for _, s in self._eps_pending]).double()
+        else:
+            bt = st = torch.zeros(0, dtype=torch.float64)
+        self._eps_pending.clear()
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            bt = torch.tensor(gather_object(bt.tolist()), dtype=torch.float64)
+            st = torch.tensor(gather_object(st.tolist()), dtype=torch.float64)
+        self.base_beta = eps_dpo_update_beta(self.base_beta, beta_tilde=bt, steps=st, eps=self.pk.eps,
+                                             rule=self.pk.beta_update)
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        if resume_from_checkpoint:
+            state = Path(resume_from_checkpoint) / STATE_FILE
+            if state.exists():
+                self.base_beta = float(json.loads(state.read_text())["base_beta"])
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+
+class _PrefkitState(TrainerCallback):
+    """Updates eps-DPO's base beta after each optimiser step and saves prefkit's state
+    (the base beta) in each checkpoint so that a resumed run continues exactly."""
+
+    def __init__(self, trainer: PreferenceTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer.update_base_beta()
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if ckpt.is_dir():
+                (ckpt / STATE_FILE).write_text(json.dumps({"base_beta": self.trainer.base_beta}))
+
+
+# ---------------------------------------------------------------------------------------------
+# train_dpo: data -> tokens -> reference -> Trainer -> saved model + report
+
+
+def _autocast(precision: str, device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def _reference_logps(ref_model, tokenizer, encoded, cfg, args, precision: str, settings: dict,
+                     desc: str) -> tuple[Any, dict]:
+    """Add ref_logps_chosen/ref_logps_rejected to `encoded`, from the disk cache or one pass."""
+    from prefkit.logprobs import score_logps
+    from prefkit.train import reference_cache as rc
+
+    fingerprint = rc.dataset_fingerprint(encoded, ["prompt_ids", "chosen_ids", "rejected_ids"])
+    identity = rc.model_identity(ref_model)
+    key = rc.cache_key(fingerprint, identity, {**settings, "precision": precision})
+
+    def compute():
+        ref_model.to(args.device)
+        with _autocast(precision, args.device):
+            scored = score_logps(ref_model, tokenizer, encoded.select_columns(["prompt_ids", "chosen_ids",
+                                                                                 "rejected_ids"]),
+                                 batch_size=cfg.precompute_ref_batch_size or cfg.per_device_eval_batch_size,
+                                 progress=not args.disable_tqdm)
+        return scored["logps_chosen"], scored["logps_rejected"]
+
+    with args.main_process_first(desc=desc):
+        ref = rc.load_or_compute(key, compute, cache_dir=cfg.ref_cache_dir, expected_rows=len(encoded),
+                                 meta={"model": identity, "dataset": fingerprint, "settings": settings})
+    for col in ("ref_logps_chosen", "ref_logps_rejected"):
+        if col in encoded.column_names:
+            encoded = encoded.remove_columns(col)
+    encoded = encoded.add_column("ref_logps_chosen", ref.chosen.tolist())
+    encoded = encoded.add_column("ref_logps_rejected", ref.rejected.tolist())
+    info = {"key": ref.key, "path": str(ref.path), "cache_hit": ref.hit, "seconds": round(ref.seconds, 3)}
+    return encoded, info
+
+
+def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=None, train_dataset=None,
+              eval_dataset=None, probes: dict[str, Callable] | None = None) -> str:
+    """Train a policy with a DPO-family loss (or eps-DPO); returns the output directory.
+
+    config: a DPOConfig (see prefkit.train.config). model / ref_model / tokenizer /
+    train_dataset / eval_dataset may be given in memory instead of by path (ref_model defaults to
+    the initial policy; with LoRA, to the adapter-disabled base model). callbacks: transformers
+    TrainerCallbacks passed to the Trainer. probes: {name: fn(model) -> float} logged at each
+    logging step.
+
+    Writes to output_dir: the model and tokenizer (the LoRA adapter with use_peft),
+    checkpoints, `prefkit_train_report.json` (config, metrics history, truncated/dropped counts,
+    reference cache use), and `prefkit_conditioning.json` when the data was relabeled.
+    """
+    from transformers import set_seed
+
+    from prefkit.report import StageReport
+    from prefkit.train import common
+    from prefkit.train.config import resolve_precision, training_arguments
+
+    cfg = config
+    if model is not None and not cfg.model_name_or_path:
+        cfg.model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", "") or "<in-memory model>"
+    if train_dataset is not None and not cfg.train_file:
+        cfg.train_file = "<in-memory dataset>"
+    cfg.check()
+    _loss_fn(cfg)  # an unknown loss or option fails before any model is loaded
+    t0 = time.time()
+    precision = resolve_precision(cfg)
+    args = training_arguments(cfg)
+    set_seed(cfg.seed)
+
+    tokenizer = common.load_tokenizer(cfg, tokenizer)
+    read_report = StageReport("read")
+    train_raw, eval_raw = common.load_splits(cfg, train_dataset, eval_dataset, report=read_report)
+    if cfg.weight_column != "weight" and cfg.weight_column in train_raw.column_names:
+        train_raw = train_raw.rename_column(cfg.weight_column, "weight")
+    data_report = StageReport("train data")
+    train_enc = common.encode(train_raw, tokenizer, cfg, data_report)
+    if len(train_enc) == 0:
+        raise ConfigError(f"no training pairs left after tokenisation:\n{common.data_summary(data_report)}")
+    eval_report = StageReport("eval data")
+    eval_enc = common.encode(eval_raw, tokenizer, cfg, eval_report) if eval_raw is not None else None
+
+    if model is None:
+        model = common.load_model("AutoModelForCausalLM", cfg.model_name_or_path, cfg)
+    settings = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length,
+                "truncation_mode": cfg.truncation_mode, "on_long": cfg.on_long,
+                "chat_template": getattr(tokenizer, "chat_template", None)}
+
+    # The reference.
+    ref_info: dict[str, Any] = {}
+    needs_live = cfg.loss_type == EPS_DPO or not cfg.precompute_ref_log_probs
+    if cfg.loss_type in REFERENCE_FREE:
+        reference: Any = "none"
+        ref_info["mode"] = "none (reference-free loss)"
+    elif not needs_live:
+        if ref_model is None:
+            ref_model = model
+            if cfg.reference_model_name_or_path:
+                ref_model = common.load_model("AutoModelForCausalLM", cfg.reference_model_name_or_path, cfg)
+        train_enc, ref_info = _reference_logps(ref_model, tokenizer, train_enc, cfg, args, precision, settings,
+                                               "reference log-probs (train)")
+        if eval_enc is not None:
+            eval_enc, ev_info = _reference_logps(ref_model, tokenizer, eval_enc, cfg, args, precision, settings,
+                                                 "reference log-probs (eval)")
+            ref_info["eval"] = ev_info
+        ref_model = None  # only the policy stays in memory
+        reference = "precomputed"
+        ref_info["mode"] = "precomputed (disk cache)"
+    elif cfg.use_peft and not cfg.reference_model_name_or_path and ref_model is None:
+        reference = "adapter"
+        ref_info["mode"] = "live: the adapter-disabled base model"
+    else:
+        if ref_model is not None:
+            reference = ref_model
+        elif cfg.reference_model_name_or_path:
+            reference = common.load_model("AutoModelForCausalLM", cfg.reference_model_name_or_path, cfg)
+        else:
+            reference = copy.deepcopy(model)
+        ref_info["mode"] = "live: a frozen copy of the initial policy"
+
+    if cfg.use_peft:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, common.lora_config(cfg, "CAUSAL_LM"))
+
+    from prefkit.tokenize import PairCollator
+
+    trainer = PreferenceTrainer(
+        model=model, args=args, train_dataset=train_enc, eval_dataset=eval_enc,
+        data_collator=PairCollator.for_tokenizer(tokenizer), processing_class=tokenizer,
+        callbacks=list(callbacks or []), prefkit_config=cfg, reference=reference, probes=probes)
+    resume = common.resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
+    result = trainer.train(resume_from_checkpoint=resume)
+    final_eval = trainer.evaluate() if eval_enc is not None else None
+
+    trainer.save_model(cfg.output_dir)
+    if trainer.is_world_process_zero():
+        spec = common.find_conditioning_spec(cfg, cfg.train_file)
+        cond_path = str(spec.save(cfg.output_dir)) if spec is not None else None
+        data_report.rows_in = read_report.rows_in or data_report.rows_in
+        data_report.merge(read_report)
+        train_logs = [h for h in trainer.state.log_history if "loss" in h]
+        last = train_logs[-1] if train_logs else {}
+        summary = [f"prefkit train dpo: {cfg.loss_type} beta={cfg.beta}"
+                   + (f" (final base beta {trainer.base_beta:.6g})" if trainer.is_eps else "")
+                   + f", {trainer.state.global_step} steps in {time.time() - t0:.1f}s"
+                   + (f" (resumed from {resume})" if resume else ""),
+                   common.data_summary(data_report),
+                   f"reference: {ref_info.get('mode')}"
+                   + (f", cache {'hit' if ref_info.get('cache_hit') else 'miss'} {ref_info.get('key')}"
+                      if "key" in ref_info else "")]
+        if last:
+            keys = ["loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"]
+            summary.append("last log: " + ", ".join(f"{k}={last[k]:.4g}" for k in keys if k in last))
+        if final_eval:
+            summary.append("eval: " + ", ".join(f"{k}={v:.4g}" for k, v in final_eval.items()
+                                                  if k in ("eval_loss", "eval_rewards/accuracies",
+                                                           "eval_rewards/margins")))
+        if cond_path:
+            summary.append(f"conditioning spec copied to {cond_path}")
+        common.write_report(cfg.output_dir, {
+            "kind": "dpo",
+            "summary": "\n".join(summary),
+            "config": cfg.to_dict(),
+            "precision": precision,
+            "world_size": trainer.accelerator.num_processes,
+            "global_step": trainer.state.global_step,
+            "train_loss": result.training_loss,
+            "resumed_from": resume,
+            "final_base_beta": trainer.base_beta,
+            "reference": ref_info,
+            "data": data_report.to_dict(),
+            "eval_data": eval_report.to_dict() if eval_enc is not None else None,
+            "final_eval": final_eval,
+            "conditioning": cond_path,
+            "log_history": trainer.state.log_history,
+        })
+    trainer.accelerator.wait_for_everyone()
+    return cfg.output_dir

@@ -1,0 +1,26 @@
+"""Fixtures for the trainer tests: a tiny real model + tokenizer saved to disk, and small
+preference datasets written as jsonl (read through prefkit.data.read like a user's file)."""
+
+from __future__ import annotations
+
+import pytest
+
+from train_helpers import make_pairs, write_jsonl
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny Llama (hidden 32, 2 layers) and its chatml tokenizer, saved like a hub model."""
+    from prefkit.toy.tiny import build_tokenizer, tiny_causal_lm
+
+    d = tmp_path_factory.mktemp("tiny_llama")
+    tok = build_tokenizer(template="chatml")
+    model = tiny_causal_lm(tok, arch="llama", hidden=32, layers=2, heads=2, intermediate=64, max_position=256)
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture()
+def pairs_file(tmp_path):
+    return write_jsonl(tmp_path / "pairs.jsonl", make_pairs(16))
