@@ -131,3 +131,12 @@ def test_example_file_end_to_end(build):
     pairs = binarize(read(build.examples / "ultrafeedback_raw.jsonl"), report=rep)
     assert len(pairs) == rep.rows_out and rep.rows_in == 8
     assert all(p["score_chosen"] >= p["score_rejected"] for p in pairs)
+
+
+def test_extra_response_fields_travel_to_the_pairs():
+    ds = read(datasets.Dataset.from_list([
+        {"prompt": "p", "judge": "toy", "responses": [{"text": "a", "score": 2.0, "rationale": "clear"},
+                                                      {"text": "b", "score": 1.0, "rationale": "vague"}]}]))
+    assert ds[0]["responses"][1]["rationale"] == "vague"
+    pair = binarize(ds)[0]
+    assert (pair["rationale_chosen"], pair["rationale_rejected"], pair["judge"]) == ("clear", "vague", "toy")

@@ -200,3 +200,11 @@ def test_skip_on_the_cli_prints_and_writes_the_report(tmp_path, build, capsys):
     report = json.loads((tmp_path / "out.parquet.report.json").read_text())
     assert report["dropped"] == {"empty text": 1} and report["rows_out"] == 2
     assert len(read(out)) == 2
+
+
+def test_conversational_prompt_with_string_response(tmp_path, build):
+    good = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "yo"}],
+            "rejected": [{"role": "assistant", "content": "hey"}]}
+    e = bad_row_error(tmp_path, build, dict(good, rejected="hey"), good=good)
+    assert str(e).endswith("row 1, field 'rejected': expected a list of messages like 'prompt' (conversational "
+                           "format), got a string")

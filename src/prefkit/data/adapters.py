@@ -221,6 +221,10 @@ def from_trl(row: dict, index: int) -> dict:
         chosen, rejected = V.text(chosen, R.CHOSEN), V.text(rejected, R.REJECTED)
     elif isinstance(prompt, list):
         prompt = V.messages(prompt, R.PROMPT, need_user=True)
+        for col, val in ((R.CHOSEN, chosen), (R.REJECTED, rejected)):
+            if not isinstance(val, list):
+                raise V.fail(col, "expected a list of messages like 'prompt' (conversational format), got "
+                             f"{V._type_name(val)}", V.WRONG_TYPE)
         chosen = V.messages(chosen, R.CHOSEN, need_user=False, assistant_only=True)
         rejected = V.messages(rejected, R.REJECTED, need_user=False, assistant_only=True)
     else:
@@ -230,6 +234,9 @@ def from_trl(row: dict, index: int) -> dict:
 
 
 # ---------------------------------------------------------------------------- MULTI
+
+RESPONSE_KEYS = ("text", "score", "fine_grained", "aspects", "model")
+
 
 def from_multi(row: dict, index: int) -> dict:
     prompt = V.require(row, R.PROMPT, "the prompt (a string or a list of messages)")
@@ -252,6 +259,8 @@ def from_multi(row: dict, index: int) -> dict:
             "fine_grained": V.score(r.get("fine_grained"), f"{f}.fine_grained"),
             "aspects": V.aspects(r.get("aspects"), f"{f}.aspects"),
             "model": V.text(model, f"{f}.model") if model is not None else None,
+            # other per-response fields (a judge's rationale, a goal score) travel along
+            **{k: v for k, v in r.items() if k not in RESPONSE_KEYS},
         })
     pid, src_row, source = _provenance(row, index, prompt)
     return {R.PROMPT: prompt, R.RESPONSES: responses, R.PROMPT_ID: pid, R.SOURCE_ROW: src_row,

@@ -176,6 +176,11 @@ def binarize(dataset, *, method: str = "published", seed: int = 42, ties: str = 
     models = flat.field("model")
     cols["model_chosen"] = models.take(c_idx)
     cols["model_rejected"] = models.take(r_idx)
+    for k in range(flat.type.num_fields):  # other per-response fields: <field>_chosen / <field>_rejected
+        name = flat.type.field(k).name
+        if name not in ("text", "score", "fine_grained", "aspects", "model"):
+            cols[f"{name}_chosen"] = flat.field(name).take(c_idx)
+            cols[f"{name}_rejected"] = flat.field(name).take(r_idx)
     for name in table.column_names:  # per-prompt columns another stage added travel along
         if name not in cols and name != R.RESPONSES:
             cols[name] = table.column(name).combine_chunks().take(rows_idx)

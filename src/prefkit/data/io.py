@@ -201,8 +201,22 @@ def build_dataset(rows: list[dict], kind: str, extra_cols=(), *, label: str = "<
                 col(f, pa.float64())
     else:
         asp = _aspect_struct(resp["aspects"] for r in rows for resp in r[R.RESPONSES])
-        resp_t = pa.list_(pa.struct([("text", pa.string()), ("score", pa.float64()),
-                                     ("fine_grained", pa.float64()), ("aspects", asp), ("model", pa.string())]))
+        fields = [("text", pa.string()), ("score", pa.float64()), ("fine_grained", pa.float64()),
+                  ("aspects", asp), ("model", pa.string())]
+        extra: dict[str, list] = {}
+        for r in rows:
+            for resp in r[R.RESPONSES]:
+                for k in resp:
+                    if k not in ("text", "score", "fine_grained", "aspects", "model"):
+                        extra.setdefault(k, [])
+        for k, vals in extra.items():
+            vals.extend(resp.get(k) for r in rows for resp in r[R.RESPONSES])
+            try:
+                fields.append((k, pa.array(vals).type))
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise DataError(f"holds values of different types across responses ({str(exc).splitlines()[0]}); "
+                                "expected one type per field", file=label, field=f"{R.RESPONSES}[].{k}") from None
+        resp_t = pa.list_(pa.struct(fields))
         col(R.RESPONSES, resp_t)
     col(R.PROMPT_ID, pa.string())
     if kind == "pairs":
