@@ -336,7 +336,7 @@ def test_ids_columns_and_errors():
     assert out["pair_id"] == ["0:w", "0:l"] and out["source_pair_id"] == ["0", "0"]
     with pytest.raises(DataError, match="already relabeled"):
         relabel(out)
-    with pytest.raises(ConfigError, match="implicit.*score_logps"):
+    with pytest.raises(ConfigError, match="implicit.*model="):
         relabel(ds, goal_from="implicit")
     with pytest.raises(DataError, match="missing.*rejected"):
         relabel(ds.remove_columns(["rejected"]))
@@ -452,3 +452,46 @@ def test_matches_per_row_reference(placement):
         assert got == _reference(rows, placement, spec.render)
 
     check()
+
+
+def test_example_templates_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "examples" / "templates"
+    uses = {"overall.txt": None,
+            "ultrafeedback_aspects.txt": "helpfulness,honesty,instruction_following,truthfulness",
+            "helpsteer_attributes.txt": "helpfulness,correctness,coherence,complexity,verbosity"}
+    assert sorted(p.name for p in root.glob("*.txt")) == sorted(uses)
+    for name, attrs in uses.items():
+        text = make_spec(template=str(root / name), attributes=attrs).render(7)
+        assert "{" not in text and "7" in text
+
+
+def test_goals_from_implicit_rewards(chatml_tokenizer):
+    """Ablation (c): goals from a model's implicit rewards beta*(log pi - log pi_ref), mapped onto 1-10."""
+    import numpy as np
+
+    from prefkit.logprobs import score_logps
+    from prefkit.toy.tiny import tiny_causal_lm
+
+    policy = tiny_causal_lm(chatml_tokenizer, arch="qwen2", hidden=32, layers=1, heads=2, seed=1)
+    ref = tiny_causal_lm(chatml_tokenizer, arch="qwen2", hidden=32, layers=1, heads=2, seed=2)
+    ds = Dataset.from_list([dict(prompt=u(f"List {i}"), chosen=a("apple banana" * (i + 1)), rejected=a("fig"),
+                                 pair_id=f"p{i}") for i in range(3)])
+    rep = StageReport("relabel")
+    out = relabel(ds, goal_from="implicit", model=policy, reference=ref, tokenizer=chatml_tokenizer, beta=0.5,
+                  template=T, report=rep)
+    assert len(out) == 6 and not rep.dropped
+    # independent recomputation of the rewards and the linear map (lowest -> 1, highest -> 10)
+    sc = score_logps(policy, chatml_tokenizer, ds, reference=ref, progress=False)
+    rw = 0.5 * (np.array(sc["logps_chosen"]) - np.array(sc["ref_logps_chosen"]))
+    rl = 0.5 * (np.array(sc["logps_rejected"]) - np.array(sc["ref_logps_rejected"]))
+    lo, hi = min(rw.min(), rl.min()), max(rw.max(), rl.max())
+    goal = lambda r: np.round(1 + 9 * (r - lo) / (hi - lo), 1)  # noqa: E731
+    assert np.allclose(out["goal_score"], np.concatenate([goal(rw), goal(rl)]))
+    assert max(out["goal_score"]) == 10.0 and min(out["goal_score"]) == 1.0
+    assert np.allclose(out["implicit_reward_chosen"][:3], rw) and np.allclose(out["implicit_reward_chosen"][3:], rl)
+    assert out[3]["prompt"][0]["content"] == S(format_goal(goal(rl)[0]))
+    assert out[3]["chosen"] == a("fig")
+    with pytest.raises(ConfigError, match="attributes"):
+        relabel(ds, goal_from="implicit", model=policy, tokenizer=chatml_tokenizer, attributes="a,b")

@@ -15,7 +15,8 @@ def register(sub, name, help_text):
     p.add_argument("--placement", choices=["system", "user", "auto"], default="system",
                    help="where S(g) goes: a system message (default), a prefix of the first user turn, "
                         "or auto (system if --tokenizer's chat template accepts a system role)")
-    p.add_argument("--tokenizer", default=None, help="local tokenizer directory (for --placement auto)")
+    p.add_argument("--tokenizer", default=None,
+                   help="local tokenizer directory (for --placement auto and --goal-from implicit)")
     p.add_argument("--ties", choices=["drop", "keep"], default="drop",
                    help="pairs whose chosen and rejected goals are equal: drop (default, counted) or keep")
     p.add_argument("--half", action="store_true",
@@ -33,7 +34,13 @@ def register(sub, name, help_text):
     p.add_argument("--scale", default="1,10", metavar="MIN,MAX",
                    help="goal scale stated in S(g); MAX is the goal used at inference (default 1,10)")
     p.add_argument("--goal-from", choices=["scores", "implicit"], default="scores",
-                   help="goals from judge scores (default) or a model's implicit rewards (not available yet)")
+                   help="goals from judge scores (default) or from --model's implicit rewards "
+                        "beta*(log pi - log pi_ref), mapped linearly onto --scale")
+    p.add_argument("--model", default=None, metavar="DIR", help="policy directory for --goal-from implicit")
+    p.add_argument("--reference", default=None, metavar="DIR",
+                   help="reference model directory for --goal-from implicit (omit: reference-free)")
+    p.add_argument("--beta", type=float, default=0.1, help="beta of the implicit reward (default 0.1)")
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass when scoring (default 8)")
     p.set_defaults(func=run, _parser=p)
 
 
@@ -51,6 +58,7 @@ def run(args) -> int:
         placement=args.placement, tokenizer=args.tokenizer, ties=args.ties, half=args.half, seed=args.seed,
         template=args.template, attributes=args.attributes, fine_grained_filter=args.fine_grained_filter,
         round_scores=args.round_scores, scale=(lo, hi), goal_from=args.goal_from,
+        model=args.model, reference=args.reference, beta=args.beta, batch_size=args.batch_size,
     )
     print(report.summary())
     print(f"wrote {args.output} (+ conditioning spec {report.notes.get('conditioning_spec')})")

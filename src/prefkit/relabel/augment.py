@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from prefkit.errors import ConfigError, DataError
 from prefkit.relabel.columns import condition_column, prompt_format
-from prefkit.relabel.conditioning import OVERALL, ConditioningSpec, make_spec
+from prefkit.relabel.conditioning import OVERALL, ConditioningSpec, load_tokenizer, make_spec, parse_attributes
 from prefkit.report import StageReport
 
 GOAL_SCORE = "goal_score"
@@ -35,7 +35,8 @@ RELABEL_HALF = "relabel_half"
 def relabel(dataset, *, placement: str = "system", tokenizer=None, ties: str = "drop",
             fine_grained_filter: bool = False, half: bool = False, seed: int = 42,
             round_scores: int | None = None, template=None, attributes=None, goal_from: str = "scores",
-            scale: tuple[float, float] = (1, 10), report: StageReport | None = None):
+            scale: tuple[float, float] = (1, 10), model=None, reference=None, beta: float = 0.1,
+            batch_size: int = 8, report: StageReport | None = None):
     """Relabel a PAIRS dataset into reward-augmented pairs (D^w then D^l); returns a `datasets.Dataset`.
 
     placement: 'system' (a system message before the first user turn; for string prompts S(g)
@@ -53,7 +54,12 @@ def relabel(dataset, *, placement: str = "system", tokenizer=None, ties: str = "
     attributes: goal attributes (list or 'a,b,c'): 'overall' reads score_chosen/score_rejected;
         another name reads that field of aspects_chosen/aspects_rejected or the columns
         `<name>_chosen`/`<name>_rejected`. Default ['overall'] (the single `Overall score` line).
-    goal_from: 'scores' (judge scores in the columns above) or 'implicit' (not available yet).
+    goal_from: 'scores' (judge scores in the columns above) or 'implicit': the implicit reward
+        r = beta * (log pi(y|x) - log pi_ref(y|x)) of `model` against `reference` (reference-free
+        beta * log pi(y|x) when reference is None), computed with `prefkit.logprobs.score_logps`
+        (needs `tokenizer`; `batch_size` pairs per forward), then mapped linearly onto `scale`
+        (the lowest reward in the data -> scale min, the highest -> scale max) and rounded to
+        `round_scores` decimals (default 1). The rewards are kept as implicit_reward_chosen/_rejected.
     scale: (min, max) of the goal scale stated in S(g); max is the goal used at inference.
 
     Output columns: the input's columns (prompt conditioned; chosen/rejected pairs swapped in D^l;
@@ -65,13 +71,15 @@ def relabel(dataset, *, placement: str = "system", tokenizer=None, ties: str = "
     out, _ = relabel_with_spec(dataset, placement=placement, tokenizer=tokenizer, ties=ties,
                                fine_grained_filter=fine_grained_filter, half=half, seed=seed,
                                round_scores=round_scores, template=template, attributes=attributes,
-                               goal_from=goal_from, scale=scale, report=report)
+                               goal_from=goal_from, scale=scale, model=model, reference=reference, beta=beta,
+                               batch_size=batch_size, report=report)
     return out
 
 
 def relabel_with_spec(dataset, *, placement="system", tokenizer=None, ties="drop", fine_grained_filter=False,
                       half=False, seed=42, round_scores=None, template=None, attributes=None,
-                      goal_from="scores", scale=(1, 10), report: StageReport | None = None):
+                      goal_from="scores", scale=(1, 10), model=None, reference=None, beta=0.1, batch_size=8,
+                      report: StageReport | None = None):
     """`relabel`, also returning the resolved `ConditioningSpec` (to save beside the output)."""
     import datasets
     from datasets.table import InMemoryTable
@@ -81,10 +89,7 @@ def relabel_with_spec(dataset, *, placement="system", tokenizer=None, ties="drop
     report = report if report is not None else StageReport("relabel")
     if ties not in ("drop", "keep"):
         raise ConfigError(f"ties must be 'drop' or 'keep', got {ties!r}")
-    if goal_from == "implicit":
-        raise ConfigError("goal_from='implicit' is not available yet: it needs the scoring API "
-                          "prefkit.logprobs.score_logps; relabel with judge scores (goal_from='scores')")
-    if goal_from != "scores":
+    if goal_from not in ("scores", "implicit"):
         raise ConfigError(f"goal_from must be 'scores' or 'implicit', got {goal_from!r}")
     if not isinstance(dataset, datasets.Dataset):
         raise ConfigError(f"relabel expects a datasets.Dataset, got {type(dataset).__name__}")
@@ -101,6 +106,14 @@ def relabel_with_spec(dataset, *, placement="system", tokenizer=None, ties="drop
                         f"(columns: {sorted(cols)})", field=missing[0])
     if RELABEL_HALF in cols:
         raise DataError("input is already relabeled (it has a 'relabel_half' column)", field=RELABEL_HALF)
+    if goal_from == "implicit":
+        if parse_attributes(attributes) != [OVERALL]:
+            raise ConfigError("goal_from='implicit' gives one overall goal; attributes cannot be used with it")
+        if round_scores is None:
+            round_scores = 1
+        tokenizer = load_tokenizer(tokenizer)
+        dataset = _add_implicit_rewards(dataset, model=model, reference=reference, tokenizer=tokenizer, beta=beta,
+                                        batch_size=batch_size, report=report)
 
     table: pa.Table = dataset.with_format("arrow")[:]
     n = table.num_rows
@@ -121,8 +134,11 @@ def relabel_with_spec(dataset, *, placement="system", tokenizer=None, ties="drop
     # Goals per attribute for the chosen (r_w) and rejected (r_l) responses: (n, k) float arrays.
     goals_w = np.empty((n, len(spec.attributes)))
     goals_l = np.empty((n, len(spec.attributes)))
-    for j, attr in enumerate(spec.attributes):
-        goals_w[:, j], goals_l[:, j] = _attribute_scores(table, attr)
+    if goal_from == "implicit":
+        goals_w[:, 0], goals_l[:, 0] = _implicit_goals(table, spec)
+    else:
+        for j, attr in enumerate(spec.attributes):
+            goals_w[:, j], goals_l[:, j] = _attribute_scores(table, attr)
     if spec.round_scores is not None:
         goals_w = np.round(goals_w, spec.round_scores)
         goals_l = np.round(goals_l, spec.round_scores)
@@ -162,7 +178,8 @@ def relabel_with_spec(dataset, *, placement="system", tokenizer=None, ties="drop
         w_idx, l_idx = kept[take_w], kept[~take_w]
     else:
         w_idx = l_idx = kept
-    idx = pa.array(np.concatenate([w_idx, l_idx]))
+    idx_np = np.concatenate([w_idx, l_idx])
+    idx = pa.array(idx_np)
 
     # S(g) rendered once per distinct goal vector, then gathered per output row.
     goals = np.concatenate([goals_w[w_idx], goals_l[l_idx]])
@@ -170,15 +187,17 @@ def relabel_with_spec(dataset, *, placement="system", tokenizer=None, ties="drop
 
     columns: dict[str, pa.ChunkedArray | pa.Array] = {}
     swap = _swap_partners(table.column_names)
-    w_sel, l_sel = pa.array(w_idx), pa.array(l_idx)
     for name in table.column_names:
         if name == PROMPT:
-            columns[name] = condition_column(table[PROMPT].take(idx), texts, spec.placement)
+            columns[name] = pa.chunked_array(
+                [condition_column(part, texts.slice(start, len(part)), spec.placement)
+                 for start, part in _take_blocks(table[PROMPT], idx_np)], type=table.schema.field(PROMPT).type)
         elif name == PAIR_ID:
             continue  # rebuilt below
         else:
-            w_part = table[name].take(w_sel)
-            l_part = table[swap.get(name, name)].take(l_sel)
+            w_part = pa.chunked_array([c for _, c in _take_blocks(table[name], w_idx)], type=table[name].type)
+            partner = table[swap.get(name, name)]
+            l_part = pa.chunked_array([c for _, c in _take_blocks(partner, l_idx)], type=partner.type)
             if l_part.type != w_part.type:  # e.g. int scores for chosen, float for rejected
                 try:
                     common = pa.unify_schemas([pa.schema([("c", w_part.type)]), pa.schema([("c", l_part.type)])],
@@ -202,7 +221,7 @@ def relabel_with_spec(dataset, *, placement="system", tokenizer=None, ties="drop
     order = [c for c in table.column_names] + [c for c in columns if c not in table.column_names]
     out_table = pa.table({c: columns[c] for c in order})
     # A fingerprint from the input's and the options' (hashing a large output table costs seconds).
-    options = (spec.to_dict(), ties, bool(fine_grained_filter), bool(half), seed)
+    options = (spec.to_dict(), ties, bool(fine_grained_filter), bool(half), seed, goal_from, beta)
     fingerprint = hashlib.sha256(f"relabel|{dataset._fingerprint}|{options!r}".encode()).hexdigest()[:16]
     out = datasets.Dataset(InMemoryTable(out_table), fingerprint=fingerprint)
 
@@ -221,6 +240,76 @@ def relabel_with_spec(dataset, *, placement="system", tokenizer=None, ties="drop
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+IMPLICIT_CHOSEN = "implicit_reward_chosen"
+IMPLICIT_REJECTED = "implicit_reward_rejected"
+
+
+def _add_implicit_rewards(dataset, *, model, reference, tokenizer, beta, batch_size, report):
+    """Add implicit_reward_chosen/_rejected = beta * (logps - ref_logps) from `score_logps`."""
+    if model is None or tokenizer is None:
+        raise ConfigError("goal_from='implicit' needs model= (the policy whose implicit rewards give the goals) "
+                          "and tokenizer=")
+    try:
+        from prefkit.logprobs import score_logps
+    except ImportError as exc:
+        raise ConfigError("goal_from='implicit' needs prefkit.logprobs.score_logps, missing in this build") from exc
+    model, reference = _load_model(model), _load_model(reference)
+    sub = StageReport("score_logps")
+    scored = score_logps(model, tokenizer, dataset, batch_size=batch_size, reference=reference, report=sub)
+    report.merge(sub)
+    t = scored.with_format("arrow")[:]
+
+    def reward(side: str) -> np.ndarray:
+        lp = _to_float(t[f"logps_{side}"], f"logps_{side}")
+        if reference is not None:
+            lp = lp - _to_float(t[f"ref_logps_{side}"], f"ref_logps_{side}")
+        return float(beta) * lp
+
+    for name, side in ((IMPLICIT_CHOSEN, "chosen"), (IMPLICIT_REJECTED, "rejected")):
+        if name in scored.column_names:
+            scored = scored.remove_columns(name)
+        scored = scored.add_column(name, pa.array(reward(side), from_pandas=True).to_pylist())
+    return scored
+
+
+def _load_model(model):
+    """A causal LM object, or one loaded from a local directory."""
+    if model is None or not isinstance(model, (str, os.PathLike)):
+        return model
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(model))
+    except Exception as exc:  # noqa: BLE001 - report as a user error
+        raise ConfigError(f"model {model}: cannot load ({exc.__class__.__name__}: {exc})") from exc
+
+
+def _implicit_goals(table: pa.Table, spec: ConditioningSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Implicit rewards mapped linearly onto [scale_min, scale_max] over the whole dataset."""
+    rw = _to_float(table[IMPLICIT_CHOSEN], IMPLICIT_CHOSEN)
+    rl = _to_float(table[IMPLICIT_REJECTED], IMPLICIT_REJECTED)
+    both = np.concatenate([rw, rl])
+    finite = both[np.isfinite(both)]
+    if len(finite) == 0:
+        return rw, rl
+    lo, hi = float(finite.min()), float(finite.max())
+    span = (hi - lo) or 1.0
+    scale = spec.scale_max - spec.scale_min
+    return spec.scale_min + (rw - lo) / span * scale, spec.scale_min + (rl - lo) / span * scale
+
+
+TAKE_BLOCK = 131_072  # rows per gathered block: keeps every string block far below Arrow's 2 GiB offsets
+
+
+def _take_blocks(column: pa.ChunkedArray, indices: np.ndarray):
+    """(start, rows of `column` at indices[start:start+TAKE_BLOCK]) blocks, each one contiguous array."""
+    for start in range(0, len(indices), TAKE_BLOCK):
+        part = column.take(pa.array(indices[start:start + TAKE_BLOCK]))
+        yield start, part.combine_chunks() if isinstance(part, pa.ChunkedArray) else part
+    if len(indices) == 0:
+        yield 0, column.take(pa.array([], type=pa.int64())).combine_chunks()
+
 
 def _binarize(dataset, *, seed, ties, fine_grained_filter, report):
     try:
