@@ -51,10 +51,11 @@ def text(value, field: str, *, allow_empty: bool = False) -> str:
     """A decodable string (non-empty unless allowed)."""
     if not isinstance(value, str):
         raise fail(field, f"expected a string, got {_type_name(value)}", WRONG_TYPE)
-    if not allow_empty and not value.strip():
+    if not allow_empty and (not value or value.isspace()):
         raise fail(field, "is empty; expected non-empty text", EMPTY)
     try:
-        value.encode("utf-8")
+        if not value.isascii():  # only non-ASCII text can hold a lone surrogate
+            value.encode("utf-8")
     except UnicodeEncodeError:
         raise fail(field, "contains undecodable text (a lone surrogate); expected valid Unicode",
                    UNDECODABLE) from None
