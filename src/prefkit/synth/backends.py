@@ -89,9 +89,14 @@ _RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 @dataclass
 class _Endpoint:
     url: str
-    client: Any
+    clients: list  # several small connection pools: a pool's bookkeeping grows with its size
     in_flight: int = 0
     served: int = 0
+    turn: int = 0
+
+    def client(self):
+        self.turn += 1
+        return self.clients[self.turn % len(self.clients)]
 
 
 @dataclass
@@ -153,14 +158,20 @@ class OpenAIBackend(Backend):
         import httpx2
         import openai
 
-        limits = httpx2.Limits(max_connections=self.concurrency + 8,
-                               max_keepalive_connections=self.concurrency + 8)
+        # Connections are split over several clients of at most ~16 connections each: the HTTP
+        # pool scans all its connections on every request, which at 64+ costs more CPU than the
+        # request itself.
+        shards = max(1, -(-self.concurrency // 16))
+        per = -(-self.concurrency // shards) + 4
+        limits = httpx2.Limits(max_connections=per, max_keepalive_connections=per)
         self._endpoints = []
         for url in self.base_urls:
-            http = openai.DefaultAsyncHttpx2Client(limits=limits, timeout=self.timeout)
-            client = openai.AsyncOpenAI(base_url=url.rstrip("/"), api_key=self._key(), max_retries=0,
-                                        timeout=self.timeout, http_client=http)
-            self._endpoints.append(_Endpoint(url, client))
+            clients = [openai.AsyncOpenAI(base_url=url.rstrip("/"), api_key=self._key(), max_retries=0,
+                                          timeout=self.timeout,
+                                          http_client=openai.DefaultAsyncHttpx2Client(limits=limits,
+                                                                                      timeout=self.timeout))
+                       for _ in range(shards)]
+            self._endpoints.append(_Endpoint(url, clients))
         self._sem = asyncio.Semaphore(self.concurrency)
 
     def _pick(self) -> _Endpoint:
@@ -210,15 +221,16 @@ class OpenAIBackend(Backend):
             kw["stop"] = list(params.stop)
         if self.extra_body:
             kw["extra_body"] = self.extra_body
-        return await ep.client.chat.completions.create(**kw)
+        return await ep.client().chat.completions.create(**kw)
 
     async def aclose(self) -> None:
         if self._endpoints:
             for ep in self._endpoints:
-                try:
-                    await ep.client.close()
-                except Exception:
-                    pass
+                for client in ep.clients:
+                    try:
+                        await client.close()
+                    except Exception:
+                        pass
         self._endpoints = None
 
     def describe(self) -> str:

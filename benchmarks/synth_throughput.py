@@ -1,0 +1,105 @@
+"""Request throughput of prefkit's durable runs against a local OpenAI-compatible server.
+
+The server (prefkit.synth.fake_server, its own process) answers every chat completion after a
+fixed 200 ms. With 64 requests in flight the concurrency-limited ideal is 64 / 0.2 s = 320
+requests/s. We run N requests through `Run.generate` (OpenAIBackend + the fsynced JSONL store +
+progress accounting) and report achieved / ideal; target >= 0.9. As a peer measured in the same
+run, the same requests go through the bare `openai` async client under a semaphore (no store, no
+retries), so the cost of durability is visible on its own.
+
+    python benchmarks/synth_throughput.py [--requests 1600] [--concurrency 64] [--latency 0.2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+
+
+CPU: dict[str, float] = {}  # client CPU milliseconds per request
+
+
+def start_server(latency: float):
+    proc = subprocess.Popen([sys.executable, "-m", "prefkit.synth.fake_server", "--port", "0", "--latency",
+                             str(latency), "--max-lifetime", "300"], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("READY"):
+        proc.kill()
+        raise SystemExit(f"server did not start: {line!r}")
+    return proc, f"http://127.0.0.1:{int(line.split()[1])}/v1"
+
+
+def prefkit_run(url: str, n: int, conc: int, tag: str) -> float:
+    from prefkit.synth.backends import OpenAIBackend, SamplingParams
+    from prefkit.synth.runs import Request, Run
+
+    backend = OpenAIBackend(model="bench", base_urls=[url], concurrency=conc, timeout=30, max_retries=3)
+    params = SamplingParams(temperature=0.0, max_tokens=16)
+    reqs = [Request([{"role": "user", "content": f"{tag} request {i}"}], params, 0, "bench") for i in range(n)]
+    with tempfile.TemporaryDirectory() as d, Run(d, progress=False) as run:
+        t0, c0 = time.perf_counter(), time.process_time()
+        recs = run.generate(backend, reqs)
+        dt = time.perf_counter() - t0
+        CPU[tag] = (time.process_time() - c0) / n * 1000
+    bad = sum(1 for r in recs if not r["ok"])
+    if bad:
+        raise SystemExit(f"{bad} requests failed in the benchmark")
+    return n / dt
+
+
+def bare_client(url: str, n: int, conc: int, tag: str) -> float:
+    import openai
+
+    async def go():
+        client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0, timeout=30,
+                                    http_client=openai.DefaultAsyncHttpx2Client(
+                                        limits=__import__("httpx2").Limits(max_connections=conc + 8,
+                                                                            max_keepalive_connections=conc + 8)))
+        sem = asyncio.Semaphore(conc)
+
+        async def one(i):
+            async with sem:
+                await client.chat.completions.create(model="bench", max_tokens=16, temperature=0.0,
+                                                     messages=[{"role": "user", "content": f"{tag} {i}"}])
+
+        t0, c0 = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        dt = time.perf_counter() - t0
+        CPU[tag] = (time.process_time() - c0) / n * 1000
+        await client.close()
+        return n / dt
+
+    return asyncio.run(go())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=1600)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--latency", type=float, default=0.2)
+    a = ap.parse_args()
+    ideal = a.concurrency / a.latency
+    proc, url = start_server(a.latency)
+    try:
+        prefkit_run(url, a.concurrency * 2, a.concurrency, "warmup")
+        peer = bare_client(url, a.requests, a.concurrency, "peer")
+        ours = prefkit_run(url, a.requests, a.concurrency, "prefkit")
+    finally:
+        proc.kill()
+        proc.wait()
+    print(f"server latency {a.latency * 1000:.0f} ms, concurrency {a.concurrency}, {a.requests} requests")
+    print(f"ideal (concurrency / latency)       {ideal:8.1f} req/s")
+    print(f"bare openai client (peer)           {peer:8.1f} req/s  = {peer / ideal:.3f} of ideal  "
+          f"({CPU['peer']:.2f} ms client CPU/request)")
+    print(f"prefkit durable run                 {ours:8.1f} req/s  = {ours / ideal:.3f} of ideal  "
+          f"({CPU['prefkit']:.2f} ms client CPU/request)")
+    print(f"prefkit / bare client               {ours / peer:.3f}   (target: >= 0.9 of ideal)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
