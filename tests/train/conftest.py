@@ -8,6 +8,17 @@ import pytest
 from train_helpers import make_pairs, write_jsonl
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models run fastest single-threaded, and the test machine is shared."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny Llama (hidden 32, 2 layers) and its chatml tokenizer, saved like a hub model."""

@@ -24,16 +24,16 @@ import copy
 import json
 import os
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 
 from prefkit.errors import ConfigError
 from prefkit.losses import PairLogps, eps_dpo_beta, eps_dpo_update_beta, get_loss, pair_metrics
 from prefkit.train.common import STATE_FILE
+from prefkit.train.trainer_base import MetricsTrainer
 
 EPS_DPO = "eps-dpo"
 REFERENCE_FREE = {"simpo"}
@@ -51,7 +51,7 @@ def _loss_fn(cfg):
     return get_loss(name, **opts)
 
 
-class PreferenceTrainer(Trainer):
+class PreferenceTrainer(MetricsTrainer):
     """A `transformers.Trainer` whose loss is a prefkit.losses loss over one concatenated
     chosen+rejected forward. Logs TRL's metric names plus eps-DPO's beta statistics.
 
@@ -79,7 +79,6 @@ class PreferenceTrainer(Trainer):
             raise ConfigError("eps-dpo needs a live reference model (its logits), not precomputed log-probs")
         self.probes = dict(probes or {})
         self.chunk_size = chunk_size
-        self._stored: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._eps_pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.add_callback(_PrefkitState(self))
 
@@ -141,38 +140,24 @@ class PreferenceTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, metrics = self.pair_loss(model, inputs, training=True)
-        for k, v in metrics.items():
-            self._stored["train"][k].append(v)
+        self.store_metrics(metrics, "train")
         return (loss, metrics) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss, metrics = self.pair_loss(model, inputs, training=False)
-        for k, v in metrics.items():
-            self._stored["eval"][k].append(v)
+        self.store_metrics(metrics, "eval")
         return loss.detach(), None, None
 
     # -- logging ----------------------------------------------------------------------------
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        split = "eval" if any(k.startswith("eval_") for k in logs) else "train"
-        stored = self._stored[split]
-        if stored:
-            names = sorted(stored)
-            means = torch.tensor([sum(stored[n]) / len(stored[n]) for n in names], dtype=torch.float64,
-                                 device=self.args.device)
-            if self.accelerator.num_processes > 1:
-                means = self.accelerator.reduce(means, reduction="mean")
-            prefix = "eval_" if split == "eval" else ""
-            logs.update({prefix + n: v for n, v in zip(names, means.tolist())})
-            stored.clear()
+    def extra_logs(self, logs: dict[str, float], split: str) -> None:
         if split == "train" and "loss" in logs:
             if self.is_eps:
                 logs["beta/base"] = self.base_beta
             for name, fn in self.probes.items():
                 logs[name] = float(fn(self.model))
-        super().log(logs, start_time)
 
     # -- eps-DPO base beta -----------------------------------------------------------------------
 

@@ -1,0 +1,126 @@
+"""Resume reproduces the uninterrupted loss curve; bad input is handled as configured and
+counted; LoRA uses the adapter-disabled base model as its reference; per-pair weights."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from transformers import TrainerCallback
+
+from train_helpers import base_config, make_pairs, write_jsonl
+
+
+def _report(out):
+    return json.loads((Path(out) / "prefkit_train_report.json").read_text())
+
+
+def _logs(out):
+    return {h["step"]: h for h in _report(out)["log_history"] if "loss" in h}
+
+
+class _StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resume_reproduces_uninterrupted_loss_curve(tiny_model_dir, tmp_path):
+    """eps-DPO (so prefkit's own state, the base beta, must survive too), gradient accumulation 2."""
+    from prefkit.train import train_dpo
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(24))
+    kw = dict(loss_type="eps-dpo", beta=0.1, eps=0.05, max_steps=6, save_steps=3, per_device_train_batch_size=2,
+              gradient_accumulation_steps=2, learning_rate=5e-3)
+    full = _logs(train_dpo(base_config(tiny_model_dir, data, tmp_path / "full", **kw)))
+    part_dir = tmp_path / "part"
+    stopped = _logs(train_dpo(base_config(tiny_model_dir, data, part_dir, **kw), callbacks=[_StopAt(3)]))
+    assert sorted(stopped) == [1, 2, 3] and (part_dir / "checkpoint-3").is_dir()
+    resumed_out = train_dpo(base_config(tiny_model_dir, data, part_dir, resume_from_checkpoint="auto", **kw))
+    rep = _report(resumed_out)
+    assert rep["resumed_from"].endswith("checkpoint-3")
+    resumed = _logs(resumed_out)
+    assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
+    for step in (4, 5, 6):
+        for key in ("loss", "rewards/margins", "logps/chosen", "beta/base"):
+            assert resumed[step][key] == pytest.approx(full[step][key], abs=1e-5), (step, key)
+    assert len({full[s]["beta/base"] for s in full}) > 1   # the base beta actually moved
+
+
+def _bad_rows():
+    rows = make_pairs(8)
+    long_answer = ", ".join(["banana"] * 60)
+    rows.append({"prompt": [{"role": "user", "content": "List bananas."}],
+                 "chosen": [{"role": "assistant", "content": long_answer}],
+                 "rejected": [{"role": "assistant", "content": "no"}]})                      # over max_length
+    rows.append({"prompt": [{"role": "user", "content": "Say something."}],
+                 "chosen": [{"role": "assistant", "content": ""}],
+                 "rejected": [{"role": "assistant", "content": "no"}]})                      # empty response
+    rows.append({"prompt": [{"role": "user", "content": "Sort: " + ", ".join(["cherry"] * 40)}],
+                 "chosen": [{"role": "assistant", "content": "cherry"}],
+                 "rejected": [{"role": "assistant", "content": "no"}]})                      # prompt over limit
+    return rows
+
+
+@pytest.mark.parametrize("on_long", ["truncate", "drop"])
+def test_bad_input_is_counted_never_a_crash(tiny_model_dir, tmp_path, on_long):
+    from prefkit.train import train_dpo
+
+    data = write_jsonl(tmp_path / "bad.jsonl", _bad_rows())
+    out = train_dpo(base_config(tiny_model_dir, data, tmp_path / "out", on_long=on_long, max_steps=2,
+                                max_length=48, max_prompt_length=24))
+    rep = _report(out)
+    d = rep["data"]
+    assert d["rows_in"] == 11
+    # the empty response is dropped (by the reader or the tokenizer, whichever sees it first)
+    empty = sum(v for k, v in d["dropped"].items() if "empty" in k)
+    assert empty == 1
+    if on_long == "truncate":
+        assert d["rows_out"] == 10
+        assert d["notes"]["truncated_chosen"] == 1 and d["notes"]["truncated_prompts"] >= 1
+    else:
+        assert d["dropped"]["pair over max_length (on_long=drop)"] == 1
+        assert d["dropped"]["prompt over max_prompt_length (on_long=drop)"] >= 1
+        assert d["rows_out"] == 11 - empty - sum(
+            v for k, v in d["dropped"].items() if "on_long=drop" in k)
+    assert "dropped" in rep["summary"] and rep["global_step"] == 2
+    assert all(math.isfinite(h["loss"]) for h in _logs(out).values())
+
+
+def test_bad_input_error_mode_names_row_and_field(tiny_model_dir, tmp_path):
+    from prefkit.errors import DataError
+    from prefkit.train import train_dpo
+
+    data = write_jsonl(tmp_path / "bad.jsonl", _bad_rows())
+    with pytest.raises(DataError, match=r"row 9.*chosen"):
+        train_dpo(base_config(tiny_model_dir, data, tmp_path / "out", on_invalid="error"))
+
+
+def test_lora_reference_is_the_adapter_disabled_base(tiny_model_dir, tmp_path):
+    from prefkit.train import train_dpo
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(8))
+    out = train_dpo(base_config(tiny_model_dir, data, tmp_path / "lora", use_peft=True, lora_r=4, lora_alpha=8,
+                                lora_dropout=0.0, precompute_ref_log_probs=False, max_steps=3, learning_rate=1e-2,
+                                per_device_train_batch_size=4))
+    rep = _report(out)
+    assert rep["reference"]["mode"] == "live: the adapter-disabled base model"
+    logs = _logs(out)
+    # LoRA starts as the identity (B = 0): policy == adapter-disabled reference at step 1
+    assert logs[1]["loss"] == pytest.approx(math.log(2), abs=1e-5) and logs[1]["rewards/margins"] == pytest.approx(0, abs=1e-5)
+    assert logs[3]["rewards/margins"] != pytest.approx(0, abs=1e-6)
+    assert (Path(out) / "adapter_config.json").is_file()
+
+
+def test_weight_column_scales_the_loss(tiny_model_dir, tmp_path):
+    from prefkit.train import train_dpo
+
+    rows = [dict(r, weight=2.0) for r in make_pairs(8)]
+    data = write_jsonl(tmp_path / "w.jsonl", rows)
+    out = train_dpo(base_config(tiny_model_dir, data, tmp_path / "w", max_steps=1))
+    assert _logs(out)[1]["loss"] == pytest.approx(2 * math.log(2), abs=1e-4)
