@@ -161,3 +161,15 @@ def test_multi_rows_are_paired_max_vs_min_then_scored(tiny_llama, llama3_tokeniz
     with pytest.raises(DataError) as err:
         select(nan, "explicit", progress=False, file="multi.jsonl")
     assert (err.value.row, err.value.field) == (2, "responses[1].score")
+
+
+def test_every_metric_plots_its_boundary(tiny_llama, llama3_tokenizer, pairs, tmp_path):
+    ref = tiny_causal_lm(llama3_tokenizer, arch="llama", seed=1)
+    scored = score(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, reference=ref, progress=False)
+    sizes = set()
+    for metric in ("alignment-potential", "ap-paper", "dpo-implicit", "explicit", "implicit", "random"):
+        png = tmp_path / f"{metric}.png"
+        kept = select(scored, metric, fraction=0.5, plot=png)
+        sizes.add(len(kept))
+        assert png.read_bytes()[:4] == b"\x89PNG"
+    assert sizes == {4}
