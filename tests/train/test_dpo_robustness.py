@@ -1,5 +1,5 @@
-"""Resume reproduces the uninterrupted loss curve; bad input is handled as configured and
-counted; LoRA uses the adapter-disabled base model as its reference; per-pair weights."""
+"""eps-DPO resume reproduces the uninterrupted loss curve and base beta; on_invalid=error names
+the row and field; LoRA uses the adapter-disabled base model as its reference; per-pair weights."""
 
 from __future__ import annotations
 
@@ -65,31 +65,6 @@ def _bad_rows():
                  "chosen": [{"role": "assistant", "content": "cherry"}],
                  "rejected": [{"role": "assistant", "content": "no"}]})                      # prompt over limit
     return rows
-
-
-@pytest.mark.parametrize("on_long", ["truncate", "drop"])
-def test_bad_input_is_counted_never_a_crash(tiny_model_dir, tmp_path, on_long):
-    from prefkit.train import train_dpo
-
-    data = write_jsonl(tmp_path / "bad.jsonl", _bad_rows())
-    out = train_dpo(base_config(tiny_model_dir, data, tmp_path / "out", on_long=on_long, max_steps=2,
-                                max_length=48, max_prompt_length=24))
-    rep = _report(out)
-    d = rep["data"]
-    assert d["rows_in"] == 11
-    # the empty response is dropped (by the reader or the tokenizer, whichever sees it first)
-    empty = sum(v for k, v in d["dropped"].items() if "empty" in k)
-    assert empty == 1
-    if on_long == "truncate":
-        assert d["rows_out"] == 10
-        assert d["notes"]["truncated_chosen"] == 1 and d["notes"]["truncated_prompts"] >= 1
-    else:
-        assert d["dropped"]["pair over max_length (on_long=drop)"] == 1
-        assert d["dropped"]["prompt over max_prompt_length (on_long=drop)"] >= 1
-        assert d["rows_out"] == 11 - empty - sum(
-            v for k, v in d["dropped"].items() if "on_long=drop" in k)
-    assert "dropped" in rep["summary"] and rep["global_step"] == 2
-    assert all(math.isfinite(h["loss"]) for h in _logs(out).values())
 
 
 def test_bad_input_error_mode_names_row_and_field(tiny_model_dir, tmp_path):
