@@ -82,15 +82,18 @@ def test_bad_input_is_counted_never_a_crash(tiny_model_dir, tmp_path):
                  "rejected": [{"role": "assistant", "content": "plum"}]})          # empty response
     data = write_jsonl(tmp_path / "bad.jsonl", rows)
 
-    rep = _report(train_dpo(base_config(tiny_model_dir, data, tmp_path / "trunc", max_steps=2)))
+    lim = dict(max_length=96, max_prompt_length=48, max_steps=2)   # the 8 ordinary pairs fit
+    rep = _report(train_dpo(base_config(tiny_model_dir, data, tmp_path / "trunc", **lim)))
     d = rep["data"]
-    assert d["rows_in"] == 11 and d["rows_out"] == 10 and sum(d["dropped"].values()) == 1
-    assert d["notes"]["truncated_prompts"] >= 1 and d["notes"]["truncated_chosen"] >= 1
+    assert d["rows_in"] == 11 and d["rows_out"] == 10 and d["dropped"] == {"empty text": 1}
+    assert "row 10, field 'chosen'" in d["examples"]["empty text"][0]
+    assert d["notes"]["truncated_prompts"] == 1 and d["notes"]["truncated_chosen"] == 1
     assert all(map(math.isfinite, train_losses(tmp_path / "trunc")))
 
-    rep = _report(train_dpo(base_config(tiny_model_dir, data, tmp_path / "drop", max_steps=2, on_long="drop")))
+    rep = _report(train_dpo(base_config(tiny_model_dir, data, tmp_path / "drop", on_long="drop", **lim)))
     d = rep["data"]
-    assert d["rows_out"] == 8 and sum(d["dropped"].values()) == 3
+    assert d["rows_out"] == 8 and d["dropped"] == {"empty text": 1, "prompt over max_prompt_length (on_long=drop)": 1,
+                                                   "pair over max_length (on_long=drop)": 1}
     assert "truncated" in rep["summary"] and "dropped" in rep["summary"]
 
 
