@@ -29,12 +29,17 @@ def test_sigmoid_end_to_end_cached_reference_and_outputs(tiny_model_dir, tmp_pat
         def on_step_end(self, args, state, control, **kw):
             seen.append(state.global_step)
 
+    def probe(model):  # e.g. the demo's unlearning probe: called in eval mode, without gradients
+        assert not model.training and not __import__("torch").is_grad_enabled()
+        return float(model.get_output_embeddings().weight.double().sum())
+
     cfg = base_config(tiny_model_dir, str(data), tmp_path / "out", max_steps=3)
-    out = train_dpo(cfg, callbacks=[Count()])
+    out = train_dpo(cfg, callbacks=[Count()], probes={"probe/head_sum": probe})
     rep = _report(out)
     assert seen == [1, 2, 3]
     logs = [h for h in rep["log_history"] if "loss" in h]
     assert len(logs) == 3
+    assert len({h["probe/head_sum"] for h in logs}) == 3  # logged at each logging step, after each update
     for name in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                  "logps/chosen", "logps/rejected"):
         assert all(math.isfinite(h[name]) for h in logs), name

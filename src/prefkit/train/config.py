@@ -326,6 +326,7 @@ def resolve_precision(cfg: BaseTrainConfig) -> str:
 
 def training_arguments(cfg: BaseTrainConfig, **extra):
     """The transformers.TrainingArguments for `cfg` (prefkit's own options stay in cfg)."""
+    import torch
     from transformers import TrainingArguments
 
     precision = resolve_precision(cfg)
@@ -358,6 +359,7 @@ def training_arguments(cfg: BaseTrainConfig, **extra):
         run_name=cfg.run_name,
         dataloader_num_workers=cfg.dataloader_num_workers,
         remove_unused_columns=False,   # the collator needs prefkit's columns
+        dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=cfg.disable_tqdm,
     )
     kw.update(extra)

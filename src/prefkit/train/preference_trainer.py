@@ -156,8 +156,15 @@ class PreferenceTrainer(MetricsTrainer):
         if split == "train" and "loss" in logs:
             if self.is_eps:
                 logs["beta/base"] = self.base_beta
-            for name, fn in self.probes.items():
-                logs[name] = float(fn(self.model))
+            if self.probes:
+                was_training = self.model.training
+                self.model.eval()
+                try:
+                    with torch.no_grad():
+                        for name, fn in self.probes.items():
+                            logs[name] = float(fn(self.model))
+                finally:
+                    self.model.train(was_training)
 
     # -- eps-DPO base beta -----------------------------------------------------------------------
 
