@@ -198,3 +198,16 @@ def test_cli_score_pairs(llm_server, tmp_path):
     row = json.loads(out.read_text())
     assert (row["score_chosen"], row["score_rejected"]) == (9.0, 2.0)
     assert row["aspects_chosen"]["truthfulness"] == 4.0 and row["fine_grained_rejected"] == 1.0
+
+
+def test_cli_west_of_n_judge_defaults_to_generator_servers(llm_server, tmp_path, capsys):
+    src = tmp_path / "prompts.jsonl"
+    src.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS[:4]))
+    out = tmp_path / "won.jsonl"
+    assert main(["synth", "west-of-n", str(src), "-o", str(out), "--base-url", llm_server.base_url, "--model", "gen",
+                 "--judge-model", "judge", "-n", "3", "--no-progress", "--max-retries", "0"]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) + json.loads((tmp_path / "won.jsonl.report.json").read_text())["dropped"].get(
+        "best and worst samples score the same", 0) == 4
+    assert all(r["scorer"] == "judge judge" and r["score_chosen"] > r["score_rejected"] for r in rows)
+    assert "samples_skipped: 0" in capsys.readouterr().err

@@ -59,6 +59,8 @@ def backend_from_args(args, prefix: str = ""):
         return LocalBackend(local, batch_size=args.batch_size)
     if not model:
         raise ConfigError(f"--{prefix}model is required with an HTTP backend (or use --{prefix}local DIR)")
+    if prefix and not urls:
+        urls = args.base_url  # a judge on the generator's servers unless told otherwise
     return OpenAIBackend(model=model, base_urls=urls or ["http://127.0.0.1:8000/v1"], api_key=args.api_key,
                          api_key_env=args.api_key_env, concurrency=args.concurrency, timeout=args.timeout,
                          max_retries=args.max_retries)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import tempfile
+from collections import Counter
 
 from prefkit.errors import ConfigError
 from prefkit.report import StageReport
@@ -122,6 +123,7 @@ def west_of_n(prompts, backend: Backend, *, n: int = 4, reward_model=None, judge
     rep, rows, run_dir = _setup(prompts, report, "west-of-n", run_dir)
     generation = generation or SamplingParams(temperature=1.0)
     out = []
+    skipped = Counter()  # samples (not rows) left out, by reason
     with Run(run_dir, retry_failed=retry_failed, progress=progress) as run:
         samples = _samples(run, backend, rows, n, generation, f"west-of-{n} samples")
         items = []  # (row index, sample record)
@@ -130,8 +132,7 @@ def west_of_n(prompts, backend: Backend, *, n: int = 4, reward_model=None, judge
                 if rec["ok"]:
                     items.append((i, rec))
                 else:
-                    rep.drop(f"sample request failed (sample skipped): {rec['reason']}", 1,
-                             example=f"row {r.source_row}")
+                    skipped[f"sample request failed: {rec['reason']}"] += 1
         if reward_model is not None:
             from prefkit.synth.reward_model import RewardModelScorer
 
@@ -140,14 +141,15 @@ def west_of_n(prompts, backend: Backend, *, n: int = 4, reward_model=None, judge
             scores = scorer.score([rows[i].prompt for i, _ in items], [rec["text"] for _, rec in items],
                                   progress=progress)
             scorer_name = f"reward model {scorer.name}"
+            skipped["sample not scorable by the reward model"] += sum(1 for v in scores if v is None)
         else:
             judge_params = judge_params or SamplingParams(temperature=0.0, max_tokens=1024)
             jds = J.judge_items(run, judge, [(rows[i].messages, rec["text"]) for i, rec in items], judge_params,
                                 desc="west-of-n judge")
-            for (i, _), jd in zip(items, jds):
+            for jd in jds:
                 if jd.failure:
-                    rep.drop(f"sample not scored (sample skipped): {jd.failure.split(':')[0]}", 1,
-                             example=f"row {rows[i].source_row}")
+                    skipped["sample not scored: " + (jd.failure if jd.failure.startswith("request failed")
+                                                      else jd.failure.split(":")[0])] += 1
             scores = [jd.score for jd in jds]
             scorer_name = f"judge {judge.model}"
         stats = run.stats
@@ -171,6 +173,8 @@ def west_of_n(prompts, backend: Backend, *, n: int = 4, reward_model=None, judge
     rep.rows_out += len(out)
     rep.notes["run"] = stats.to_dict()
     rep.notes["scorer"] = scorer_name
+    rep.notes["samples_skipped"] = sum(skipped.values())
+    rep.notes["samples_skipped_by_reason"] = {k: v for k, v in skipped.items() if v}
     return pairs_dataset(out)
 
 
