@@ -324,12 +324,6 @@ def resolve_precision(cfg: BaseTrainConfig) -> str:
     return want
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def training_arguments(cfg: BaseTrainConfig, **extra):
     """The transformers.TrainingArguments for `cfg` (prefkit's own options stay in cfg)."""
     import torch
@@ -366,7 +360,7 @@ def training_arguments(cfg: BaseTrainConfig, **extra):
         dataloader_num_workers=cfg.dataloader_num_workers,
         remove_unused_columns=False,   # the collator needs prefkit's columns
         # without a GPU, say so: Accelerate then runs torchrun processes as multi-CPU DDP (gloo)
-        use_cpu=not _cuda_available(),
+        use_cpu=not torch.cuda.is_available(),
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=cfg.disable_tqdm,
     )
