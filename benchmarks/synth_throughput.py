@@ -91,7 +91,10 @@ def main() -> int:
     finally:
         proc.kill()
         proc.wait()
-    print(f"server latency {a.latency * 1000:.0f} ms, concurrency {a.concurrency}, {a.requests} requests")
+    import os
+
+    print(f"server latency {a.latency * 1000:.0f} ms, concurrency {a.concurrency}, {a.requests} requests; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (client and server need ~1 core each)")
     print(f"ideal (concurrency / latency)       {ideal:8.1f} req/s")
     print(f"bare openai client (peer)           {peer:8.1f} req/s  = {peer / ideal:.3f} of ideal  "
           f"({CPU['peer']:.2f} ms client CPU/request)")
