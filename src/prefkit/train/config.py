@@ -359,10 +359,23 @@ def training_arguments(cfg: BaseTrainConfig, **extra):
         run_name=cfg.run_name,
         dataloader_num_workers=cfg.dataloader_num_workers,
         remove_unused_columns=False,   # the collator needs prefkit's columns
-        # without a GPU, say so: Accelerate then runs torchrun processes as multi-CPU DDP (gloo)
-        use_cpu=not torch.cuda.is_available(),
         dataloader_pin_memory=torch.cuda.is_available(),
+        # Without an accelerator, say so: Accelerate then runs torchrun's processes as MULTI_CPU
+        # (gloo) DDP instead of N independent single-process runs.
+        use_cpu=not _has_accelerator(),
         disable_tqdm=cfg.disable_tqdm,
     )
     kw.update(extra)
     return TrainingArguments(**kw)
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    for name in ("mps", "xpu", "npu"):
+        backend = getattr(torch, name, None) or getattr(torch.backends, name, None)
+        if backend is not None and getattr(backend, "is_available", lambda: False)():
+            return True
+    return False
