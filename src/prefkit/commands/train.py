@@ -108,6 +108,10 @@ def _print_summary(output_dir) -> None:
     import json
     from pathlib import Path
 
+    import os
+
+    if os.environ.get("RANK", "0") != "0":   # under torchrun, the main process speaks for all
+        return
     report = json.loads((Path(output_dir) / "prefkit_train_report.json").read_text())
     print(report.get("summary", ""))
     print(f"model, tokenizer and report written to {output_dir}")
