@@ -1,5 +1,27 @@
-"""`prefkit demo` (placeholder until its stage lands)."""
+"""`prefkit demo [--out DIR] [--seeds N] [--quick]`: the whole pipeline in the toy world."""
 
-from prefkit.commands import placeholder
+from __future__ import annotations
 
-register = placeholder("demo")
+
+def register(sub, name, help_text):
+    p = sub.add_parser(name, help=help_text, description=help_text + ". Writes a Markdown report with "
+                       "PNG plots to --out; a seed already finished there is skipped (resume).")
+    p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 1 with --quick)")
+    p.add_argument("--quick", action="store_true", help="a small, fast configuration (about 2 minutes)")
+    p.set_defaults(func=run, _parser=p)
+
+
+def run(args) -> int:
+    from prefkit.errors import ConfigError
+    from prefkit.toy.demo import DemoConfig, quick_config, run_demo
+
+    if args.seeds is not None and args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.quick:
+        config = quick_config(seeds=args.seeds or 1)
+    else:
+        config = DemoConfig(seeds=args.seeds or 3)
+    report = run_demo(args.out, config)
+    print(report.read_text().split("## Unlearning probe")[0])
+    return 0

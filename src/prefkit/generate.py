@@ -1,0 +1,142 @@
+"""Batched local sampling from any Hugging Face causal LM.
+
+    from prefkit.generate import generate
+    samples = generate("out/ra-model", ["Sort these words alphabetically: fig apple"], n=4,
+                       temperature=1.0, top_p=1.0, max_new_tokens=64, seed=0)
+    # -> [["apple fig", "apple fig", "fig apple", "apple"]]   one list of n strings per prompt
+
+- `model` is a directory (model + tokenizer) or a loaded `PreTrainedModel` (then pass
+  `tokenizer`, or its `name_or_path` must hold one).
+- Prompts are strings (sent as one user turn) or TRL message lists (the turns before the
+  answer). The tokenizer's chat template is applied with the generation prompt; batches are
+  left-padded and sorted by length so that padding stays small.
+- Reward conditioning: when the model directory holds `prefkit_conditioning.json` (written by
+  the trainer for a model trained on reward-augmented data), every prompt is conditioned with
+  `prefkit.relabel.condition` on `goal` (default: the spec's best score) before the template
+  is applied. `conditioning=None` switches that off; a spec object overrides the file.
+- Sampling is seeded: the same call gives the same samples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from prefkit.errors import ConfigError
+
+
+def best_goal(spec) -> float:
+    """The best score on a conditioning spec's scale (10 for UltraFeedback's 1-10 scale)."""
+    for attr in ("best_goal", "best_score", "max_score", "scale_max", "goal_max"):
+        value = getattr(spec, attr, None)
+        if value is not None and not callable(value):
+            return value
+    return 10
+
+
+def resolve_conditioning(model, conditioning: Any = "auto"):
+    """The conditioning spec to apply for `model`: 'auto' reads the model directory's file."""
+    if conditioning is None or conditioning is False:
+        return None
+    if conditioning != "auto":
+        return conditioning
+    path = model if isinstance(model, (str, Path)) else getattr(model, "name_or_path", None)
+    if not path or not Path(path).is_dir():
+        return None
+    if not (Path(path) / "prefkit_conditioning.json").exists():
+        return None
+    from prefkit.relabel import load_conditioning
+
+    return load_conditioning(path)
+
+
+def load_model_and_tokenizer(model, tokenizer=None):
+    """(model, tokenizer) from a directory or objects, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(model, (str, Path)):
+        path = str(model)
+        if not Path(path).is_dir():
+            raise ConfigError(f"model directory not found: {path}")
+        model = AutoModelForCausalLM.from_pretrained(path)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer is None:
+        path = getattr(model, "name_or_path", None)
+        if path and Path(path).is_dir():
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        else:
+            raise ConfigError("generate: pass `tokenizer` with a model object that has no saved directory")
+    elif isinstance(tokenizer, (str, Path)):
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+    return model.eval(), tokenizer
+
+
+def render_prompts(prompts: Sequence, tokenizer, spec=None, goal=None) -> list[str]:
+    """Chat-templated prompt texts (generation prompt added), conditioned when `spec` is given."""
+    # A string prompt is one user turn; conditioning is applied to the message list, so that a
+    # system placement gives a system message, as in the (conversational) training data.
+    conversations = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
+    if spec is not None:
+        from prefkit.relabel import condition
+
+        g = best_goal(spec) if goal is None else goal
+        conversations = [condition(m, goal=g, spec=spec, tokenizer=tokenizer) for m in conversations]
+    texts = []
+    for messages in conversations:
+        texts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+    return texts
+
+
+def generate(model, prompts: Sequence, *, tokenizer=None, n: int = 1, temperature: float = 1.0,
+             top_p: float = 1.0, max_new_tokens: int = 128, batch_size: int = 64, seed: int = 0,
+             goal: float | None = None, conditioning: Any = "auto", progress: bool = True,
+             desc: str = "generate") -> list[list[str]]:
+    """Sample `n` responses for each prompt; returns one list of `n` strings per prompt.
+
+    temperature=0 decodes greedily (then the n responses are identical).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if n < 1:
+        raise ConfigError(f"generate: n must be >= 1, got {n}")
+    spec = resolve_conditioning(model, conditioning)
+    model, tokenizer = load_model_and_tokenizer(model, tokenizer)
+    texts = render_prompts(prompts, tokenizer, spec=spec, goal=goal)
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    # One job per sample; sorted by prompt length so each batch pads little.
+    jobs = sorted(((i, j) for i in range(len(texts)) for j in range(n)), key=lambda ij: len(encoded[ij[0]]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_ids = [tokenizer.eos_token_id]
+    cfg_eos = getattr(model.generation_config, "eos_token_id", None)
+    if cfg_eos is not None:
+        eos_ids += cfg_eos if isinstance(cfg_eos, list) else [cfg_eos]
+    eos_ids = sorted({e for e in eos_ids if e is not None})
+    sample = temperature > 0
+    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=pad_id,
+                      eos_token_id=eos_ids)
+    if sample:
+        gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+    out: list[list[str]] = [[""] * n for _ in texts]
+    torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    bar = tqdm(total=len(jobs), desc=desc, unit="sample", disable=not progress)
+    with torch.inference_mode():
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start:start + batch_size]
+            width = max(len(encoded[i]) for i, _ in chunk)
+            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for b, (i, _) in enumerate(chunk):
+                seq = encoded[i]
+                ids[b, width - len(seq):] = torch.tensor(seq)
+                mask[b, width - len(seq):] = 1
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **gen_kwargs)
+            new = gen[:, width:].cpu()
+            decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
+            for (i, j), text in zip(chunk, decoded):
+                out[i][j] = text.strip()
+            bar.update(len(chunk))
+    bar.close()
+    return out

@@ -1,0 +1,202 @@
+"""The toy world's tokenizer and base policy.
+
+- `world_tokenizer(config)`: a real byte-level BPE `PreTrainedTokenizerFast` (chatml template,
+  which has a system role) trained on the task's text plus the reward-conditioning wording, so
+  the fruit names and "Overall score: 7." are a few tokens each (byte-level BPE covers any text).
+- `base_policy(config)`: a 2-layer Llama (width 128) trained from scratch by `pretrain` on noisy
+  demonstrations of uniformly varying quality, so its samples span the gold-reward range. The
+  result is saved under the cache directory keyed by a hash of the config, so reruns load it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefkit.toy import task
+
+# Bump when the task, the corpus or the training code changes what a config produces.
+WORLD_VERSION = 1
+
+SYSTEM_PROMPTS = (
+    "You are a helpful assistant.",
+    "You are a careful assistant. Follow the instruction exactly.",
+)
+
+_CONDITIONING_WORDS = [
+    "You are a helpful assistant. Respond to the instruction below while implicitly achieving the "
+    "target scores on a scale of 1 to 10 (1 lowest, 10 highest).",
+    "Answer the user's instruction and aim for the following goal scores, rated from 1 to 10.",
+] + [f"Overall score: {g}." for g in list(range(1, 11)) + [1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 9.5]] + [
+    f"{a.capitalize()} score: {g}." for a in task.ASPECTS for g in range(1, 11)
+]
+
+
+@dataclass(frozen=True)
+class ToyWorldConfig:
+    """Everything that determines the base policy (and so its cache key)."""
+
+    seed: int = 0
+    min_items: int = 3
+    max_items: int = 6
+    vocab_size: int = 768
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    n_demos: int = 6000
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 3e-3
+    system_prob: float = 0.3   # share of demonstrations with a generic system message
+
+    def key(self) -> str:
+        blob = json.dumps({"version": WORLD_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+QUICK_CONFIG = ToyWorldConfig(n_demos=800, steps=60, hidden=64, batch_size=32, lr=5e-3)
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("PREFKIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "prefkit")
+    return Path(root) / "toy"
+
+
+def tokenizer_corpus(config: ToyWorldConfig) -> list[str]:
+    """Text the world's BPE is trained on: task prompts, responses, chatter, conditioning words."""
+    rng = random.Random(config.seed + 1)
+    prompts = task.make_prompts(2000, seed=config.seed + 2, min_items=config.min_items,
+                                max_items=config.max_items)
+    texts = list(prompts)
+    texts += [task.perfect_response(p) for p in prompts[:500]]
+    texts += [" ".join(rng.sample(task.ITEMS, 6)) for _ in range(500)]
+    texts += list(task.CHATTER) * 20 + list(SYSTEM_PROMPTS) * 20 + _CONDITIONING_WORDS * 20
+    texts += ["system user assistant", "Sort List Put words alphabetically alphabetical order these"]
+    return texts
+
+
+def world_tokenizer(config: ToyWorldConfig | None = None):
+    from prefkit.toy.tiny import build_tokenizer
+
+    config = config or ToyWorldConfig()
+    return build_tokenizer(tokenizer_corpus(config), vocab_size=config.vocab_size, template="chatml",
+                           model_max_length=512)
+
+
+def demonstrations(n: int, seed: int, config: ToyWorldConfig | None = None) -> list[dict]:
+    """`n` noisy demonstrations {messages, quality, gold}; quality ~ U(0, 1)."""
+    config = config or ToyWorldConfig()
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        prompt = task.make_prompt(rng, config.min_items, config.max_items)
+        quality = rng.random()
+        response = task.noisy_demonstration(prompt, rng, quality)
+        messages = [{"role": "user", "content": prompt}]
+        if rng.random() < config.system_prob:
+            messages.insert(0, {"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
+        rows.append({"messages": messages, "response": response, "quality": quality,
+                     "gold": task.gold_reward(prompt, response)})
+    return rows
+
+
+def pretrain(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int, lr: float,
+             seed: int = 0, progress: bool = True) -> list[float]:
+    """Supervised training on (messages, response) rows, loss on the response tokens and EOS.
+
+    Returns the loss per step. The model is trained in place and left in eval mode.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    examples = []
+    for row in rows:
+        prompt_ids = tokenizer.apply_chat_template(row["messages"], add_generation_prompt=True,
+                                                   tokenize=True, return_dict=False)
+        if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "input_ids"):
+            prompt_ids = prompt_ids["input_ids"]
+        response_ids = tokenizer(row["response"], add_special_tokens=False)["input_ids"]
+        response_ids = response_ids + [tokenizer.eos_token_id]
+        examples.append((list(prompt_ids), response_ids))
+
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    pad = tokenizer.pad_token_id
+    model.train()
+    losses = []
+    bar = tqdm(range(steps), desc="toy: pretraining base policy", unit="step", disable=not progress)
+    for _ in bar:
+        idx = torch.randint(len(examples), (batch_size,), generator=gen).tolist()
+        batch = [examples[i] for i in idx]
+        width = max(len(p) + len(r) for p, r in batch)
+        input_ids = torch.full((batch_size, width), pad, dtype=torch.long)
+        labels = torch.full((batch_size, width), -100, dtype=torch.long)
+        attention = torch.zeros((batch_size, width), dtype=torch.long)
+        for b, (p, r) in enumerate(batch):
+            seq = p + r
+            input_ids[b, : len(seq)] = torch.tensor(seq)
+            labels[b, len(p): len(seq)] = torch.tensor(r)
+            attention[b, : len(seq)] = 1
+        out = model(input_ids=input_ids, attention_mask=attention, labels=labels)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(out.loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.eval()
+    return losses
+
+
+def base_policy(config: ToyWorldConfig | None = None, cache_dir: str | Path | None = None,
+                progress: bool = True, rebuild: bool = False) -> Path:
+    """The directory of the world's base policy (model + tokenizer), trained on first use.
+
+    Cached under `cache_dir` (default `$PREFKIT_CACHE/toy` or `~/.cache/prefkit/toy`) in
+    `base-<config hash>`; a later call with the same config returns the cached directory.
+    """
+    import torch
+
+    from prefkit.toy.tiny import tiny_causal_lm
+
+    config = config or ToyWorldConfig()
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    out = root / f"base-{config.key()}"
+    if (out / "prefkit_toy_world.json").exists() and not rebuild:
+        return out
+    t0 = time.time()
+    tok = world_tokenizer(config)
+    model = tiny_causal_lm(tok, arch="llama", hidden=config.hidden, layers=config.layers,
+                           heads=config.heads, max_position=512, seed=config.seed)
+    rows = demonstrations(config.n_demos, seed=config.seed + 3, config=config)
+    threads = torch.get_num_threads()
+    losses = pretrain(model, tok, rows, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
+                      seed=config.seed, progress=progress)
+    tmp = root / f".tmp-{config.key()}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    meta = {"config": dataclasses.asdict(config), "world_version": WORLD_VERSION,
+            "final_loss": losses[-1], "first_loss": losses[0], "train_seconds": round(time.time() - t0, 1),
+            "threads": threads,
+            "demo_gold_mean": sum(r["gold"] for r in rows) / len(rows)}
+    (tmp / "prefkit_toy_world.json").write_text(json.dumps(meta, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
