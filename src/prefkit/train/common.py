@@ -146,11 +146,12 @@ def write_report(output_dir: str, payload: dict[str, Any]) -> Path:
     return path
 
 
-def data_summary(report: StageReport) -> str:
+def data_summary(report: StageReport, eval_pairs: int | None = None) -> str:
     n = report.notes
     trunc = ", ".join(f"{k.replace('truncated_', '')} {n.get(k, 0)}"
                       for k in ("truncated_prompts", "truncated_chosen", "truncated_rejected"))
-    lines = [f"pairs: {report.rows_in} read, {report.rows_out} trained on, {report.n_dropped} dropped; "
+    held = f", {eval_pairs} for evaluation" if eval_pairs else ""
+    lines = [f"pairs: {report.rows_in} read, {report.rows_out} trained on{held}, {report.n_dropped} dropped; "
              f"truncated: {trunc}"]
     for reason, k in sorted(report.dropped.items(), key=lambda kv: -kv[1]):
         lines.append(f"  dropped {k:>6}  {reason}")

@@ -375,7 +375,7 @@ def _has_accelerator() -> bool:
     if torch.cuda.is_available():
         return True
     for name in ("mps", "xpu", "npu"):
-        backend = getattr(torch, name, None) or getattr(torch.backends, name, None)
+        backend = getattr(torch.backends, name, None) or getattr(torch, name, None)
         if backend is not None and getattr(backend, "is_available", lambda: False)():
             return True
     return False

@@ -363,7 +363,7 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
                    + (f" (final base beta {trainer.base_beta:.6g})" if trainer.is_eps else "")
                    + f", {trainer.state.global_step} steps in {time.time() - t0:.1f}s"
                    + (f" (resumed from {resume})" if resume else ""),
-                   common.data_summary(data_report),
+                   common.data_summary(data_report, len(eval_enc) if eval_enc is not None else None),
                    f"reference: {ref_info.get('mode')}"
                    + (f", cache {'hit' if ref_info.get('cache_hit') else 'miss'} {ref_info.get('key')}"
                       if "key" in ref_info else "")]

@@ -141,7 +141,7 @@ def train_rm(config, *, callbacks=None, model=None, tokenizer=None, train_datase
         data_report.merge(read_report)
         summary = [f"prefkit train rm: {trainer.state.global_step} steps in {time.time() - t0:.1f}s"
                    + (f" (resumed from {resume})" if resume else ""),
-                   common.data_summary(data_report)]
+                   common.data_summary(data_report, len(eval_enc) if eval_enc is not None else None)]
         if final_eval:
             before = (f" (before training {initial_eval['initial_accuracy']:.4f})" if initial_eval else "")
             summary.append(f"eval: pairwise accuracy {final_eval['eval_accuracy']:.4f}{before} on {len(eval_enc)} pairs, "
