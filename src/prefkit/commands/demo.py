@@ -9,12 +9,15 @@ def register(sub, name, help_text):
     p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="a small, fast configuration (about 2 minutes)")
+    p.add_argument("--methods", default="dpo,ra",
+                   help="comma-separated methods to train: dpo, ra (DPO on reward-augmented data), eps-dpo "
+                        "(default: dpo,ra)")
     p.set_defaults(func=run, _parser=p)
 
 
 def run(args) -> int:
     from prefkit.errors import ConfigError
-    from prefkit.toy.demo import DemoConfig, quick_config, run_demo
+    from prefkit.toy.demo import METHODS, DemoConfig, quick_config, run_demo
 
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
@@ -22,6 +25,11 @@ def run(args) -> int:
         config = quick_config(seeds=args.seeds or 1)
     else:
         config = DemoConfig(seeds=args.seeds or 3)
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ConfigError(f"--methods: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(METHODS)}")
+    config.methods = methods
     report = run_demo(args.out, config)
     print(report.read_text().split("## Unlearning probe")[0])
     return 0
