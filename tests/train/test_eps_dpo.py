@@ -99,7 +99,11 @@ def test_base_beta_update_over_accumulated_micro_batches(eps_setup, tmp_path, ru
     cfg = base_config("<mem>", None, tmp_path / "out", loss_type="eps-dpo", beta=BETA, eps=EPS,
                       beta_update=rule, learning_rate=0.0, per_device_train_batch_size=3,
                       gradient_accumulation_steps=4, max_steps=2)
-    out = train_dpo(cfg, model=policy, ref_model=ref, tokenizer=tok, train_dataset=ds)
+    from prefkit.relabel import ConditioningSpec, load_conditioning
+
+    spec = ConditioningSpec(scale_max=5.0)  # in-memory relabeled data hands its spec over directly
+    out = train_dpo(cfg, model=policy, ref_model=ref, tokenizer=tok, train_dataset=ds, conditioning=spec)
+    assert load_conditioning(out) == spec
     rep = json.loads((Path(out) / "prefkit_train_report.json").read_text())
     logs = [h for h in rep["log_history"] if "loss" in h]
     assert [h["step"] for h in logs] == [1, 2]

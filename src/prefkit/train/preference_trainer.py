@@ -255,14 +255,16 @@ def _reference_logps(ref_model, tokenizer, encoded, cfg, args, precision: str, s
 
 
 def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=None, train_dataset=None,
-              eval_dataset=None, probes: dict[str, Callable] | None = None) -> str:
+              eval_dataset=None, probes: dict[str, Callable] | None = None, conditioning=None) -> str:
     """Train a policy with a DPO-family loss (or eps-DPO); returns the output directory.
 
     config: a DPOConfig (see prefkit.train.config). model / ref_model / tokenizer /
     train_dataset / eval_dataset may be given in memory instead of by path (ref_model defaults to
     the initial policy; with LoRA, to the adapter-disabled base model). callbacks: transformers
     TrainerCallbacks passed to the Trainer. probes: {name: fn(model) -> float} logged at each
-    logging step.
+    logging step (in eval mode, without gradients). conditioning: the ConditioningSpec of
+    in-memory relabeled data (`prefkit.relabel.relabel_with_spec` returns it); for data read from
+    disk the spec beside it is found automatically (config `conditioning`).
 
     Writes to output_dir: the model and tokenizer (the LoRA adapter with use_peft),
     checkpoints, `prefkit_train_report.json` (config, metrics history, truncated/dropped counts,
@@ -353,7 +355,7 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
 
     trainer.save_model(cfg.output_dir)
     if trainer.is_world_process_zero():
-        spec = common.find_conditioning_spec(cfg, cfg.train_file)
+        spec = conditioning if conditioning is not None else common.find_conditioning_spec(cfg, cfg.train_file)
         cond_path = str(spec.save(cfg.output_dir)) if spec is not None else None
         data_report.rows_in = read_report.rows_in or data_report.rows_in
         data_report.merge(read_report)
