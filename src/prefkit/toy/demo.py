@@ -224,12 +224,14 @@ def run_demo(out: str | Path = "demo_out", config: DemoConfig | None = None, pro
     base_seconds = time.time() - t0
     log(f"base policy ready in {base_seconds:.1f}s: {base}")
     all_results = []
+    reused = 0
     for seed in range(config.seeds):
         seed_dir = out / f"seed{seed}"
         done = seed_dir / "results.json"
         if done.exists():
             log(f"seed {seed}: results found, skipping (delete {done} to rerun)")
             all_results.append(json.loads(done.read_text()))
+            reused += 1
             continue
         seed_dir.mkdir(parents=True, exist_ok=True)
         ctx = {"config": config, "seed": seed, "dir": seed_dir, "base": base, "results": {"seed": seed}}
@@ -240,7 +242,7 @@ def run_demo(out: str | Path = "demo_out", config: DemoConfig | None = None, pro
             ctx["results"][f"seconds_{name}"] = round(time.time() - t, 1)
         done.write_text(json.dumps(ctx["results"], indent=2, default=str))
         all_results.append(ctx["results"])
-    report = write_report(out, config, all_results, base, base_seconds, time.time() - t_start)
+    report = write_report(out, config, all_results, base, base_seconds, time.time() - t_start, reused)
     log(f"report: {report}")
     return report
 
@@ -253,7 +255,7 @@ def _mean_sd(values):
 
 
 def write_report(out: Path, config: DemoConfig, results: list[dict], base: Path, base_seconds: float,
-                 total_seconds: float) -> Path:
+                 total_seconds: float, reused: int = 0) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -330,8 +332,10 @@ def write_report(out: Path, config: DemoConfig, results: list[dict], base: Path,
     lines = [
         "# prefkit demo report: the toy world",
         "",
-        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; total {total_seconds:.0f}s "
-        f"(base policy {'loaded from cache' if base_seconds < 5 else f'trained in {base_seconds:.0f}s'}).",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; this invocation took {total_seconds:.0f}s "
+        f"(base policy {'loaded from cache' if base_seconds < 5 else f'trained in {base_seconds:.0f}s'}"
+        + (f"; {reused} finished seed(s) reused from an earlier run, see their stage seconds below" if reused else "")
+        + ").",
         "",
         "**Task.** Sort 3-6 fruit names alphabetically. Gold reward = 1 + 9 (0.4 coverage + 0.4 order + "
         "0.2 conciseness), on 1-10 (see docs/toy.md). The base policy is a 2-layer Llama "
