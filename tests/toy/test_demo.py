@@ -35,3 +35,16 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     # a rerun resumes: the finished seed is skipped
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     assert "skipping" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "dpo,foo"], "--methods: unknown foo"),
+    (["--seeds", "0"], "--seeds must be >= 1"),
+])
+def test_demo_bad_options_are_one_line_errors(argv, message, tmp_path, capsys):
+    from prefkit.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "x"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()
