@@ -28,7 +28,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert (out / "gold_reward.png").stat().st_size > 1000
     assert (out / "unlearning.png").stat().st_size > 1000
     results = json.loads((out / "results.json").read_text())
-    for m in ("base", "dpo", "ra"):
+    for m in ("base", "dpo", "ra", "eps-dpo"):
         assert 1.0 <= results[0][f"gold_{m}"] <= 10.0
     assert (out / "seed0" / "ra" / "prefkit_conditioning.json").exists()
     assert not (out / "seed0" / "dpo" / "prefkit_conditioning.json").exists()

@@ -9,9 +9,9 @@ def register(sub, name, help_text):
     p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="a small, fast configuration (about 2 minutes)")
-    p.add_argument("--methods", default="dpo,ra",
+    p.add_argument("--methods", default="dpo,ra,eps-dpo",
                    help="comma-separated methods to train: dpo, ra (DPO on reward-augmented data), eps-dpo "
-                        "(default: dpo,ra)")
+                        "(default: dpo,ra,eps-dpo)")
     p.set_defaults(func=run, _parser=p)
 
 
