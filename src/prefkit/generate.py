@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from prefkit.errors import ConfigError
+from prefkit.models import load_causal_lm
 
 
 def best_goal(spec) -> float:
@@ -48,28 +49,6 @@ def resolve_conditioning(model, conditioning: Any = "auto"):
     from prefkit.relabel import load_conditioning
 
     return load_conditioning(path)
-
-
-def load_model_and_tokenizer(model, tokenizer=None):
-    """(model, tokenizer) from a directory or objects, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if isinstance(model, (str, Path)):
-        path = str(model)
-        if not Path(path).is_dir():
-            raise ConfigError(f"model directory not found: {path}")
-        model = AutoModelForCausalLM.from_pretrained(path)
-        if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer is None:
-        path = getattr(model, "name_or_path", None)
-        if path and Path(path).is_dir():
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        else:
-            raise ConfigError("generate: pass `tokenizer` with a model object that has no saved directory")
-    elif isinstance(tokenizer, (str, Path)):
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
-    return model.eval(), tokenizer
 
 
 def render_prompts(prompts: Sequence, tokenizer, spec=None, goal=None) -> list[str]:
@@ -102,7 +81,7 @@ def generate(model, prompts: Sequence, *, tokenizer=None, n: int = 1, temperatur
     if n < 1:
         raise ConfigError(f"generate: n must be >= 1, got {n}")
     spec = resolve_conditioning(model, conditioning)
-    model, tokenizer = load_model_and_tokenizer(model, tokenizer)
+    model, tokenizer = load_causal_lm(model, tokenizer)
     texts = render_prompts(prompts, tokenizer, spec=spec, goal=goal)
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     # One job per sample; sorted by prompt length so each batch pads little.

@@ -96,5 +96,5 @@ def test_cli_convert_and_stats(tmp_path, build, capsys):
 def test_cli_stats_bad_tokenizer_is_one_line(tmp_path, build, capsys):
     rc = main(["data", "stats", str(build.examples / "trl_standard.jsonl"), "--tokenizer", str(tmp_path)])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.startswith(f"prefkit data: error: --tokenizer {tmp_path}: cannot load a tokenizer")
+    assert rc == 2 and err.startswith(f"prefkit data: error: tokenizer {tmp_path}: cannot load a tokenizer")
     assert "\n" not in err

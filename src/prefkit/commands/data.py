@@ -94,7 +94,7 @@ def _stats(args) -> int:
     import json
 
     from prefkit.data import format_stats, plot_stats, stats
-    from prefkit.data.stats import load_tokenizer
+    from prefkit.models import load_tokenizer
     from prefkit.report import StageReport
 
     rep = StageReport("read")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefkit.data import records as R
+from prefkit.models import load_tokenizer
 
 
 def _np():
@@ -54,18 +55,6 @@ def _token_lengths(col, tokenizer):
         enc = tokenizer(texts[i:i + 512], add_special_tokens=False)["input_ids"]
         out.extend(len(e) for e in enc)
     return np.asarray(out, dtype=np.float64)
-
-
-def load_tokenizer(path):
-    from transformers import AutoTokenizer
-
-    from prefkit.errors import ConfigError
-
-    try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except Exception as exc:
-        raise ConfigError(f"--tokenizer {path}: cannot load a tokenizer from it "
-                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
 
 def columns(dataset, tokenizer=None) -> dict:

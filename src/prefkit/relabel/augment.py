@@ -23,7 +23,8 @@ import pyarrow.compute as pc
 
 from prefkit.errors import ConfigError, DataError
 from prefkit.relabel.columns import condition_column, prompt_format
-from prefkit.relabel.conditioning import OVERALL, ConditioningSpec, load_tokenizer, make_spec, parse_attributes
+from prefkit.models import load_causal_lm, load_tokenizer
+from prefkit.relabel.conditioning import OVERALL, ConditioningSpec, make_spec, parse_attributes
 from prefkit.report import StageReport
 
 GOAL_SCORE = "goal_score"
@@ -254,7 +255,8 @@ def _add_implicit_rewards(dataset, *, model, reference, tokenizer, beta, batch_s
         from prefkit.logprobs import score_logps
     except ImportError as exc:
         raise ConfigError("goal_from='implicit' needs prefkit.logprobs.score_logps, missing in this build") from exc
-    model, reference = _load_model(model), _load_model(reference)
+    model = load_causal_lm(model, need_tokenizer=False)[0]
+    reference = load_causal_lm(reference, need_tokenizer=False)[0]
     sub = StageReport("score_logps")
     scored = score_logps(model, tokenizer, dataset, batch_size=batch_size, reference=reference, report=sub)
     report.merge(sub)
@@ -271,18 +273,6 @@ def _add_implicit_rewards(dataset, *, model, reference, tokenizer, beta, batch_s
             scored = scored.remove_columns(name)
         scored = scored.add_column(name, pa.array(reward(side), from_pandas=True).to_pylist())
     return scored
-
-
-def _load_model(model):
-    """A causal LM object, or one loaded from a local directory."""
-    if model is None or not isinstance(model, (str, os.PathLike)):
-        return model
-    from transformers import AutoModelForCausalLM
-
-    try:
-        return AutoModelForCausalLM.from_pretrained(str(model))
-    except Exception as exc:  # noqa: BLE001 - report as a user error
-        raise ConfigError(f"model {model}: cannot load ({exc.__class__.__name__}: {exc})") from exc
 
 
 def _implicit_goals(table: pa.Table, spec: ConditioningSpec) -> tuple[np.ndarray, np.ndarray]:

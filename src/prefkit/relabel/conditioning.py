@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from prefkit.errors import ConfigError
+from prefkit.models import load_tokenizer
 
 CONDITIONING_FILE = "prefkit_conditioning.json"
 BESIDE_SUFFIX = ".conditioning.json"
@@ -266,18 +267,6 @@ def accepts_system_role(tokenizer) -> bool:
     except Exception:  # jinja2 TemplateError / raise_exception in the template: no system role
         return False
     return isinstance(text, str) and _PROBE_SYSTEM in text
-
-
-def load_tokenizer(tokenizer):
-    """A tokenizer object, or one loaded from a local directory path."""
-    if tokenizer is None or not isinstance(tokenizer, (str, os.PathLike)):
-        return tokenizer
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(tokenizer))
-    except Exception as exc:  # noqa: BLE001 - report as a user error
-        raise ConfigError(f"tokenizer {tokenizer}: cannot load ({exc.__class__.__name__}: {exc})") from exc
 
 
 def resolve_placement(placement: str, tokenizer=None) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from prefkit.errors import ConfigError
+from prefkit.models import load_causal_lm
 from prefkit.report import StageReport
 from prefkit.select import metrics as M
 from prefkit.select.scoring import Scored, score
@@ -68,24 +69,6 @@ def selection_scores(scored: Scored, metric: str, weight: float | None = None) -
     return np.where(np.isnan(s), -np.inf, s)
 
 
-def _load(model, tokenizer):
-    """Model directories are loaded with transformers; objects pass through."""
-    if isinstance(model, (str, Path)):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        path = str(model)
-        if not Path(path).exists():
-            raise ConfigError(f"model directory not found: {path}")
-        if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path).eval()
-    elif isinstance(tokenizer, (str, Path)):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
-    return model, tokenizer
-
-
 def score_for(dataset, metrics, *, model=None, tokenizer=None, reference=None, **options) -> Scored:
     """Score once for every metric in `metrics` (loads model directories given as paths)."""
     for m in metrics:
@@ -94,7 +77,7 @@ def score_for(dataset, metrics, *, model=None, tokenizer=None, reference=None, *
     if any(m in M.NEEDS_REFERENCE for m in metrics) and reference is None:
         raise ConfigError("metric 'dpo-implicit' needs a reference model (--reference DIR)")
     if need_policy:
-        model, tokenizer = _load(model, tokenizer)
+        model, tokenizer = load_causal_lm(model, tokenizer)
         if reference is not None:
             reference, _ = _load(reference, tokenizer)
     else:
