@@ -15,8 +15,8 @@ import threading
 
 import pytest
 
-from prefkit.synth.backends import OpenAIBackend
 from prefkit.synth.fake_server import FakeServer
+from synth_testkit import make_backend
 
 _rng = random.Random(1234)
 _lock = threading.Lock()
@@ -84,15 +84,6 @@ def fake_llm(body: dict) -> str:
 def llm_server():
     with FakeServer(fake_llm, max_lifetime=120) as srv:
         yield srv
-
-
-def make_backend(url: str, **kw) -> OpenAIBackend:
-    kw.setdefault("concurrency", 8)
-    kw.setdefault("timeout", 5.0)
-    kw.setdefault("max_retries", 6)
-    kw.setdefault("backoff_base", 0.01)
-    kw.setdefault("backoff_max", 0.1)
-    return OpenAIBackend(model="fake-model", base_urls=[url], **kw)
 
 
 @pytest.fixture()

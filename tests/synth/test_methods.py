@@ -12,7 +12,7 @@ from prefkit.cli import main
 from prefkit.synth import rlaif, rlcd, rmboost, score, west_of_n
 from prefkit.synth.rmboost import balanced_labels
 
-from conftest import make_backend
+from synth_testkit import make_backend
 
 
 def q(text):

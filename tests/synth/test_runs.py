@@ -11,7 +11,7 @@ from prefkit.synth.backends import SamplingParams
 from prefkit.synth.fake_server import FakeServer, Faults, echo_responder
 from prefkit.synth.runs import Request, Run, RunStore, request_key
 
-from conftest import make_backend
+from synth_testkit import make_backend
 
 P = SamplingParams(temperature=0.0, max_tokens=16)
 

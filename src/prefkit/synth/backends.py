@@ -4,8 +4,8 @@ A backend turns one chat request (messages + sampling parameters) into one `Comp
 raises `RequestFailed` with a short reason once its retries are spent. Concurrency limits,
 retries and load balancing live here; durability lives in `prefkit.synth.runs`.
 
-- `OpenAIBackend`: the official `openai` async client against one or more base URLs (vLLM,
-  `transformers serve`, Ollama, hosted APIs). Scale out by starting more servers and passing
+- `OpenAIBackend`: a lean asyncio HTTP/1.1 keep-alive client for the OpenAI chat-completions
+  API against one or more base URLs (vLLM, `transformers serve`, Ollama, hosted APIs). Scale out by starting more servers and passing
   every URL: requests go to the least-loaded one (or round-robin). The API key comes from an
   environment variable (default OPENAI_API_KEY) or an argument and is never logged or stored.
 - `LocalBackend`: a transformers causal LM in this process; concurrent requests are gathered
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import random
 from dataclasses import asdict, dataclass, field
@@ -86,27 +87,146 @@ class Backend:
 _RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
-@dataclass
-class _Endpoint:
-    url: str
-    clients: list  # several small connection pools: a pool's bookkeeping grows with its size
-    in_flight: int = 0
-    served: int = 0
-    turn: int = 0
+class _HTTPStatus(Exception):
+    def __init__(self, status: int, body: bytes, retry_after: str | None):
+        self.status, self.body, self.retry_after = status, body, retry_after
+        super().__init__(f"HTTP {status}")
 
-    def client(self):
-        self.turn += 1
-        return self.clients[self.turn % len(self.clients)]
+
+class _Endpoint:
+    """One base URL: a keep-alive HTTP/1.1 connection pool (asyncio streams, LIFO idle list).
+
+    The pool never holds more connections than requests in flight, which the backend's
+    semaphore bounds. The request head, API key included, is built once and kept only here.
+    """
+
+    def __init__(self, url: str, key: str):
+        from urllib.parse import urlsplit
+
+        from prefkit.errors import ConfigError
+
+        self.url = url
+        u = urlsplit(url.rstrip("/"))
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ConfigError(f"base URL must be http(s)://HOST[:PORT]/PATH, not {url!r}")
+        self.host = u.hostname
+        self.tls = u.scheme == "https"
+        self.port = u.port or (443 if self.tls else 80)
+        default = (self.tls and self.port == 443) or (not self.tls and self.port == 80)
+        hostport = self.host if default else f"{self.host}:{self.port}"
+        if ":" in self.host and not default:
+            hostport = f"[{self.host}]:{self.port}"
+        self._head = (f"POST {u.path}/chat/completions HTTP/1.1\r\nHost: {hostport}\r\n"
+                      f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+                      f"Accept: application/json\r\nUser-Agent: prefkit\r\nContent-Length: ").encode("latin-1")
+        self._idle: list = []
+        self.in_flight = 0
+        self.served = 0
+
+    def __repr__(self) -> str:  # never shows the head (it holds the API key)
+        return f"_Endpoint({self.url!r}, in_flight={self.in_flight})"
+
+    async def _connect(self):
+        ssl_ctx = None
+        if self.tls:
+            import ssl
+
+            ssl_ctx = ssl.create_default_context()
+        return await asyncio.open_connection(self.host, self.port, ssl=ssl_ctx, limit=2 ** 20)
+
+    async def post(self, body: bytes) -> bytes:
+        """POST a chat completion; returns the 2xx body or raises _HTTPStatus / OSError / EOFError."""
+        data = self._head + str(len(body)).encode() + b"\r\n\r\n" + body
+        reused = bool(self._idle)
+        conn = self._idle.pop() if reused else await self._connect()
+        try:
+            conn[1].write(data)
+            line = await conn[0].readline()
+            if not line and reused:  # the server closed an idle keep-alive connection: one fresh try
+                conn[1].close()
+                conn = await self._connect()
+                conn[1].write(data)
+                line = await conn[0].readline()
+            status, keep, payload, retry_after = await _read_response(conn[0], line)
+        except BaseException:
+            conn[1].transport.abort()
+            raise
+        if keep:
+            self._idle.append(conn)
+        else:
+            conn[1].close()
+        if not 200 <= status < 300:
+            raise _HTTPStatus(status, payload, retry_after)
+        return payload
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop()[1].transport.abort()
+
+
+async def _read_response(reader, line: bytes):
+    """(status, keep-alive, body, Retry-After) of one HTTP/1.1 response whose status line is read."""
+    while True:
+        if not line:
+            raise EOFError("server closed the connection without answering")
+        parts = line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+            raise ValueError(f"not an HTTP status line: {line[:80]!r}")
+        status = int(parts[1])
+        length = chunked = retry_after = None
+        keep = parts[0] != b"HTTP/1.0"
+        while True:
+            h = await reader.readline()
+            if h in (b"\r\n", b"\n"):
+                break
+            if not h:
+                raise EOFError("connection closed in the response headers")
+            name, _, value = h.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif name == b"connection":
+                v = value.strip().lower()
+                keep = v == b"keep-alive" if parts[0] == b"HTTP/1.0" else v != b"close"
+            elif name == b"retry-after":
+                retry_after = value.strip().decode("latin-1")
+        if 100 <= status < 200:  # an interim response: the real one follows
+            line = await reader.readline()
+            continue
+        break
+    if chunked:
+        chunks = []
+        while True:
+            size = int((await reader.readline()).split(b";", 1)[0], 16)
+            if size == 0:
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass
+                break
+            chunks.append(await reader.readexactly(size))
+            await reader.readexactly(2)
+        payload = b"".join(chunks)
+    elif length is not None:
+        payload = await reader.readexactly(length) if length else b""
+    else:
+        payload, keep = await reader.read(), False
+    return status, keep, payload, retry_after
 
 
 @dataclass
 class OpenAIBackend(Backend):
-    """Chat completions through `openai.AsyncOpenAI`, with our own retries and balancing.
+    """Chat completions from any OpenAI-compatible server, with our own retries and balancing.
+
+    Requests go over a lean HTTP/1.1 keep-alive client on asyncio streams (one connection pool
+    per base URL, at most `concurrency` connections; https via the stdlib `ssl` module), with
+    stdlib `json`: the bodies are plain chat-completion JSON, read as dicts, so each request
+    costs a fraction of the CPU of a general HTTP client plus typed response models.
 
     Retries (up to `max_retries` after the first try) on HTTP 408/409/425/429/5xx, timeouts,
     connection errors and malformed bodies, sleeping a full-jitter exponential backoff
     (uniform in [0, min(backoff_max, backoff_base * 2**attempt)]), or the server's
-    Retry-After when it sends one. Other 4xx errors fail at once.
+    Retry-After when it sends one. Other 4xx errors fail at once. `timeout` bounds each try.
     """
 
     model: str = ""
@@ -155,23 +275,8 @@ class OpenAIBackend(Backend):
             return
         # First use, or a new event loop: connections belong to the loop that opened them.
         self._loop = loop
-        import httpx2
-        import openai
-
-        # Connections are split over several clients of at most ~16 connections each: the HTTP
-        # pool scans all its connections on every request, which at 64+ costs more CPU than the
-        # request itself.
-        shards = max(1, -(-self.concurrency // 16))
-        per = -(-self.concurrency // shards) + 4
-        limits = httpx2.Limits(max_connections=per, max_keepalive_connections=per)
-        self._endpoints = []
-        for url in self.base_urls:
-            clients = [openai.AsyncOpenAI(base_url=url.rstrip("/"), api_key=self._key(), max_retries=0,
-                                          timeout=self.timeout,
-                                          http_client=openai.DefaultAsyncHttpx2Client(limits=limits,
-                                                                                      timeout=self.timeout))
-                       for _ in range(shards)]
-            self._endpoints.append(_Endpoint(url, clients))
+        key = self._key()
+        self._endpoints = [_Endpoint(url, key) for url in self.base_urls]
         self._sem = asyncio.Semaphore(self.concurrency)
 
     def _pick(self) -> _Endpoint:
@@ -182,8 +287,20 @@ class OpenAIBackend(Backend):
         order = eps[start:] + eps[:start]
         return min(order, key=lambda e: e.in_flight)
 
+    def _body(self, messages, params: SamplingParams) -> bytes:
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": params.temperature,
+                                "top_p": params.top_p, "max_tokens": params.max_tokens}
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if self.extra_body:
+            body.update(self.extra_body)
+        return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
     async def complete(self, messages: list[dict], params: SamplingParams) -> Completion:
         self._setup()
+        body = self._body(messages, params)
         attempt = 0
         while True:
             attempt += 1
@@ -193,10 +310,11 @@ class OpenAIBackend(Backend):
                     ep = self._pick()
                     ep.in_flight += 1
                     try:
-                        resp = await self._call(ep, messages, params)
+                        async with asyncio.timeout(self.timeout):
+                            payload = await ep.post(body)
                     finally:
                         ep.in_flight -= 1
-                comp = _completion_from(resp)
+                comp = _completion_from(payload)
                 comp.attempts = attempt
                 ep.served += 1
                 return comp
@@ -212,25 +330,10 @@ class OpenAIBackend(Backend):
             wait = delay_hint if delay_hint is not None else self._rng.uniform(0, cap)
             await asyncio.sleep(min(wait, self.backoff_max))
 
-    async def _call(self, ep: _Endpoint, messages, params: SamplingParams):
-        kw: dict[str, Any] = dict(model=self.model, messages=messages, temperature=params.temperature,
-                                  top_p=params.top_p, max_tokens=params.max_tokens)
-        if params.seed is not None:
-            kw["seed"] = params.seed
-        if params.stop:
-            kw["stop"] = list(params.stop)
-        if self.extra_body:
-            kw["extra_body"] = self.extra_body
-        return await ep.client().chat.completions.create(**kw)
-
     async def aclose(self) -> None:
         if self._endpoints:
             for ep in self._endpoints:
-                for client in ep.clients:
-                    try:
-                        await client.close()
-                    except Exception:
-                        pass
+                ep.close()
         self._endpoints = None
 
     def describe(self) -> str:
@@ -238,20 +341,25 @@ class OpenAIBackend(Backend):
         return f"openai:{self.model} @ {urls} (concurrency {self.concurrency})"
 
 
-def _completion_from(resp) -> Completion:
-    """Validate a chat completion; a body without text is a malformed (retryable) answer."""
-    choices = getattr(resp, "choices", None)
-    if not choices:
+def _completion_from(payload: bytes) -> Completion:
+    """Validate a chat completion body; one without text is a malformed (retryable) answer."""
+    try:
+        resp = json.loads(payload)
+    except ValueError as exc:
+        raise _retryable("malformed response", f"body is not JSON: {str(exc)[:150]}") from None
+    choices = resp.get("choices") if isinstance(resp, dict) else None
+    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
         raise _retryable("malformed response", "no choices in the body")
-    msg = getattr(choices[0], "message", None)
-    text = getattr(msg, "content", None)
+    msg = choices[0].get("message")
+    text = msg.get("content") if isinstance(msg, dict) else None
     if not isinstance(text, str):
         raise _retryable("malformed response", "choice has no message content")
-    usage = getattr(resp, "usage", None)
+    usage = resp.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
     return Completion(text=text,
-                      prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-                      completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-                      finish_reason=getattr(choices[0], "finish_reason", None))
+                      prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                      completion_tokens=int(usage.get("completion_tokens") or 0),
+                      finish_reason=choices[0].get("finish_reason"))
 
 
 def _retryable(reason: str, detail: str) -> RequestFailed:
@@ -261,37 +369,35 @@ def _retryable(reason: str, detail: str) -> RequestFailed:
 
 
 def _classify(exc: Exception) -> tuple[str, str, bool, float | None]:
-    """(reason, detail, retryable, server-requested delay) for an exception from the client."""
-    import openai
-
-    if isinstance(exc, openai.APITimeoutError):
+    """(reason, detail, retryable, server-requested delay) for an exception from a try."""
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return "timeout", "request timed out", True, None
-    if isinstance(exc, openai.APIConnectionError):
-        return "connection error", str(exc)[:200], True, None
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        hint = None
+    if isinstance(exc, _HTTPStatus):
         try:
-            ra = exc.response.headers.get("retry-after")
-            hint = float(ra) if ra is not None else None
+            hint = float(exc.retry_after) if exc.retry_after is not None else None
         except (TypeError, ValueError):
             hint = None
-        msg = _status_message(exc)
-        return f"HTTP {status}", msg, status in _RETRYABLE_STATUS or status >= 500, hint
-    if isinstance(exc, (openai.APIResponseValidationError, ValueError, KeyError, TypeError, AttributeError)):
+        return f"HTTP {exc.status}", _status_message(exc), exc.status in _RETRYABLE_STATUS or exc.status >= 500, hint
+    if isinstance(exc, (OSError, EOFError, asyncio.IncompleteReadError)):
+        return "connection error", f"{type(exc).__name__}: {str(exc)[:200]}", True, None
+    if isinstance(exc, (ValueError, KeyError, TypeError, AttributeError, asyncio.LimitOverrunError)):
         return "malformed response", f"{type(exc).__name__}: {str(exc)[:200]}", True, None
-    if isinstance(exc, openai.APIError):
-        return "api error", str(exc)[:200], True, None
     raise exc
 
 
-def _status_message(exc) -> str:
-    body = getattr(exc, "body", None)
+def _status_message(exc: _HTTPStatus) -> str:
+    try:
+        body = json.loads(exc.body)
+    except ValueError:
+        body = None
     if isinstance(body, dict):
         err = body.get("error", body)
         if isinstance(err, dict) and err.get("message"):
             return str(err["message"])[:200]
-    return str(getattr(exc, "message", exc))[:200]
+        if isinstance(err, str) and err:
+            return err[:200]
+    text = exc.body[:200].decode("utf-8", "replace").strip()
+    return text or f"HTTP {exc.status}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,9 +439,9 @@ class LocalBackend(Backend):
 
     def _load(self):
         if self._loaded is None:
-            from prefkit.generate import load_model_and_tokenizer
+            from prefkit.models import load_causal_lm
 
-            model, tok = load_model_and_tokenizer(self._model_src, self._tokenizer)
+            model, tok = load_causal_lm(self._model_src, self._tokenizer)
             if self.device is not None:
                 model = model.to(self.device)
             self._loaded = (model, tok)
