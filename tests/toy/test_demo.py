@@ -30,6 +30,9 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     for m in ("base", "dpo", "ra", "eps-dpo"):
         assert 1.0 <= results[0][f"gold_{m}"] <= 10.0
+    assert "Reward models: RMBoost versus RLAIF / West-of-N / RLCD" in report
+    for m in ("rmboost", "rlaif", "west-of-n", "rlcd"):
+        assert results[0][f"rm_pairs_{m}"] > 0 and 0.0 <= results[0][f"rm_acc_{m}"] <= 1.0
     assert (out / "seed0" / "ra" / "prefkit_conditioning.json").exists()
     assert not (out / "seed0" / "dpo" / "prefkit_conditioning.json").exists()
     # a rerun resumes: the finished seed is skipped
