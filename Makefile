@@ -31,6 +31,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/relabel.py
 	$(PY) benchmarks/train_vs_trl.py
 	$(PY) benchmarks/synth_throughput.py
+	$(PY) benchmarks/select_streaming.py
+	$(PY) benchmarks/data_binarize.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
