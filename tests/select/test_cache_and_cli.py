@@ -110,3 +110,23 @@ def test_cli_errors_are_one_line(pairs, tmp_path, capsys):
     assert len(errors) == 1 and "row 2" in errors[0] and "field 'score_chosen'" in errors[0]
     assert main(["select", str(src), "-o", str(tmp_path / "o.jsonl")]) == 2
     assert "needs a model" in capsys.readouterr().err
+
+
+def test_cli_dpo_implicit_loads_the_reference_directory(llama3_tokenizer, pairs, tmp_path, capsys):
+    from prefkit.toy.tiny import tiny_causal_lm
+
+    for name, seed in (("policy", 0), ("reference", 1)):
+        m = tiny_causal_lm(llama3_tokenizer, seed=seed)
+        m.save_pretrained(tmp_path / name)
+        llama3_tokenizer.save_pretrained(tmp_path / name)
+    src = tmp_path / "pairs.jsonl"
+    src.write_text("".join(json.dumps(row) + "\n" for row in pairs))
+    out = tmp_path / "dpo.jsonl"
+    assert main(["select", str(src), "-o", str(out), "--model", str(tmp_path / "policy"),
+                 "--reference", str(tmp_path / "reference"), "--beta", "0.1", "--metric", "dpo-implicit",
+                 "--top-k", "3"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3
+    # different weights, so the DPO implicit margin is not identically zero
+    assert any(abs(r["dpo_implicit_margin"]) > 0 for r in rows)
+    assert "metric: dpo-implicit" in capsys.readouterr().out

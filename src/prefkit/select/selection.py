@@ -79,7 +79,7 @@ def score_for(dataset, metrics, *, model=None, tokenizer=None, reference=None, *
     if need_policy:
         model, tokenizer = load_causal_lm(model, tokenizer)
         if reference is not None:
-            reference, _ = _load(reference, tokenizer)
+            reference = load_causal_lm(reference, need_tokenizer=False)[0]
     else:
         reference = None
     return score(dataset, model=model, tokenizer=tokenizer, reference=reference, need_policy=need_policy,
