@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field

@@ -8,7 +8,8 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from prefkit.errors import ConfigError, DataError
 from prefkit.report import StageReport
@@ -156,3 +157,59 @@ def data_summary(report: StageReport, eval_pairs: int | None = None) -> str:
     for reason, k in sorted(report.dropped.items(), key=lambda kv: -kv[1]):
         lines.append(f"  dropped {k:>6}  {reason}")
     return "\n".join(lines)
+
+
+@dataclass
+class PreparedRun:
+    """What both trainers set up before a model is loaded: settings, tokenizer, encoded splits."""
+
+    precision: str
+    args: Any
+    tokenizer: Any
+    train_enc: Any
+    eval_enc: Any
+    read_report: StageReport
+    data_report: StageReport
+    eval_report: StageReport
+    t0: float
+
+
+def prepare_run(cfg, *, model=None, tokenizer=None, train_dataset=None, eval_dataset=None,
+                renames: dict[str, str] | None = None, check: Callable[[Any], None] | None = None) -> PreparedRun:
+    """Check the config, fix precision and TrainingArguments, seed, load the tokenizer, read the
+    train/eval splits (renaming `renames` columns in both) and encode them, counting drops.
+
+    `check(cfg)` runs right after the config's own check, before anything is loaded."""
+    from transformers import set_seed
+
+    from prefkit.train.config import resolve_precision, training_arguments
+
+    if model is not None and not cfg.model_name_or_path:
+        cfg.model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", "") or "<in-memory model>"
+    if train_dataset is not None and not cfg.train_file:
+        cfg.train_file = "<in-memory dataset>"
+    cfg.check()
+    if check is not None:
+        check(cfg)
+    t0 = time.time()
+    precision = resolve_precision(cfg)
+    args = training_arguments(cfg)
+    set_seed(cfg.seed)
+
+    tokenizer = load_tokenizer(cfg, tokenizer)
+    read_report = StageReport("read")
+    train_raw, eval_raw = load_splits(cfg, train_dataset, eval_dataset, report=read_report)
+    for old, new in (renames or {}).items():
+        if old == new:
+            continue
+        if old in train_raw.column_names:
+            train_raw = train_raw.rename_column(old, new)
+        if eval_raw is not None and old in eval_raw.column_names:
+            eval_raw = eval_raw.rename_column(old, new)
+    data_report = StageReport("train data")
+    train_enc = encode(train_raw, tokenizer, cfg, data_report)
+    if len(train_enc) == 0:
+        raise ConfigError(f"no training pairs left after tokenisation:\n{data_summary(data_report)}")
+    eval_report = StageReport("eval data")
+    eval_enc = encode(eval_raw, tokenizer, cfg, eval_report) if eval_raw is not None else None
+    return PreparedRun(precision, args, tokenizer, train_enc, eval_enc, read_report, data_report, eval_report, t0)

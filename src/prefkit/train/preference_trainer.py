@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -270,35 +269,15 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
     checkpoints, `prefkit_train_report.json` (config, metrics history, truncated/dropped counts,
     reference cache use), and `prefkit_conditioning.json` when the data was relabeled.
     """
-    from transformers import set_seed
-
-    from prefkit.report import StageReport
     from prefkit.train import common
-    from prefkit.train.config import resolve_precision, training_arguments
 
     cfg = config
-    if model is not None and not cfg.model_name_or_path:
-        cfg.model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", "") or "<in-memory model>"
-    if train_dataset is not None and not cfg.train_file:
-        cfg.train_file = "<in-memory dataset>"
-    cfg.check()
-    _loss_fn(cfg)  # an unknown loss or option fails before any model is loaded
-    t0 = time.time()
-    precision = resolve_precision(cfg)
-    args = training_arguments(cfg)
-    set_seed(cfg.seed)
-
-    tokenizer = common.load_tokenizer(cfg, tokenizer)
-    read_report = StageReport("read")
-    train_raw, eval_raw = common.load_splits(cfg, train_dataset, eval_dataset, report=read_report)
-    if cfg.weight_column != "weight" and cfg.weight_column in train_raw.column_names:
-        train_raw = train_raw.rename_column(cfg.weight_column, "weight")
-    data_report = StageReport("train data")
-    train_enc = common.encode(train_raw, tokenizer, cfg, data_report)
-    if len(train_enc) == 0:
-        raise ConfigError(f"no training pairs left after tokenisation:\n{common.data_summary(data_report)}")
-    eval_report = StageReport("eval data")
-    eval_enc = common.encode(eval_raw, tokenizer, cfg, eval_report) if eval_raw is not None else None
+    # An unknown loss or option fails before any model is loaded.
+    run = common.prepare_run(cfg, model=model, tokenizer=tokenizer, train_dataset=train_dataset,
+                             eval_dataset=eval_dataset, renames={cfg.weight_column: "weight"}, check=_loss_fn)
+    precision, args, tokenizer, t0 = run.precision, run.args, run.tokenizer, run.t0
+    train_enc, eval_enc = run.train_enc, run.eval_enc
+    read_report, data_report, eval_report = run.read_report, run.data_report, run.eval_report
 
     if model is None:
         model = common.load_model("AutoModelForCausalLM", cfg.model_name_or_path, cfg)

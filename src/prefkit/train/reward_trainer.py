@@ -81,39 +81,15 @@ def train_rm(config, *, callbacks=None, model=None, tokenizer=None, train_datase
     accuracy in the report. Writes the model + tokenizer, checkpoints and
     `prefkit_train_report.json` to output_dir.
     """
-    from transformers import set_seed
-
-    from prefkit.report import StageReport
     from prefkit.tokenize import DEFAULT_META_COLUMNS, PairCollator
     from prefkit.train import common
-    from prefkit.train.config import resolve_precision, training_arguments
 
     cfg = config
-    if model is not None and not cfg.model_name_or_path:
-        cfg.model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", "") or "<in-memory model>"
-    if train_dataset is not None and not cfg.train_file:
-        cfg.train_file = "<in-memory dataset>"
-    cfg.check()
-    t0 = time.time()
-    precision = resolve_precision(cfg)
-    args = training_arguments(cfg)
-    set_seed(cfg.seed)
-
-    tokenizer = common.load_tokenizer(cfg, tokenizer)
-    read_report = StageReport("read")
-    train_raw, eval_raw = common.load_splits(cfg, train_dataset, eval_dataset, report=read_report)
-    renames = {cfg.margin_column: MARGIN, cfg.weight_column: "weight"}
-    for old, new in renames.items():
-        if old != new and old in train_raw.column_names:
-            train_raw = train_raw.rename_column(old, new)
-        if eval_raw is not None and old != new and old in eval_raw.column_names:
-            eval_raw = eval_raw.rename_column(old, new)
-    data_report = StageReport("train data")
-    train_enc = common.encode(train_raw, tokenizer, cfg, data_report)
-    if len(train_enc) == 0:
-        raise ConfigError(f"no training pairs left after tokenisation:\n{common.data_summary(data_report)}")
-    eval_report = StageReport("eval data")
-    eval_enc = common.encode(eval_raw, tokenizer, cfg, eval_report) if eval_raw is not None else None
+    run = common.prepare_run(cfg, model=model, tokenizer=tokenizer, train_dataset=train_dataset,
+                             eval_dataset=eval_dataset, renames={cfg.margin_column: MARGIN, cfg.weight_column: "weight"})
+    precision, args, tokenizer, t0 = run.precision, run.args, run.tokenizer, run.t0
+    train_enc, eval_enc = run.train_enc, run.eval_enc
+    read_report, data_report, eval_report = run.read_report, run.data_report, run.eval_report
 
     if model is None:
         model = common.load_model("AutoModelForSequenceClassification", cfg.model_name_or_path, cfg, num_labels=1)
