@@ -17,7 +17,8 @@ def register(sub, name, help_text):
 
 def run(args) -> int:
     from prefkit.errors import ConfigError
-    from prefkit.toy.demo import METHODS, DemoConfig, quick_config, run_demo
+    from prefkit.toy.demo import run_demo
+    from prefkit.toy.demo_config import METHODS, DemoConfig, quick_config
 
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
