@@ -6,11 +6,15 @@ appending to STAGES):
   sample    the base policy samples 4 responses per training prompt   (prefkit.generate)
   judge     the noisy judge rates them in UltraFeedback's raw schema  (prefkit.toy.judge)
   binarize  read + published binarization                             (prefkit.data.read/binarize)
-  relabel   reward-augmented pairs D^w + D^l and the conditioning spec (prefkit.relabel.relabel_file)
-  train     DPO on the pairs, DPO on the RA pairs, eps-DPO on the pairs (prefkit.train.train_dpo),
-            with the unlearning probe logged during training           (prefkit.evaluate.unlearning)
-  evaluate  sample on held-out prompts (the RA model conditioned on the best score through its
-            prefkit_conditioning.json), score with the gold reward    (prefkit.evaluate.generation)
+  relabel   reward-augmented pairs D^w + D^l and the conditioning spec, and the size-matched half
+            (one of each pair's two rows)                              (prefkit.relabel.relabel_file)
+  train     DPO, RA (DPO on the RA pairs), RA half, eps-DPO, and IRA (pairs relabeled with the DPO
+            model's implicit rewards) (prefkit.train.train_dpo); DPO, RA and eps-DPO log the
+            unlearning probe during training                           (prefkit.evaluate.unlearning)
+  evaluate  sample on held-out prompts: the base policy with no goal and with the best goal, each
+            model (RA models conditioned on the best goal through their prefkit_conditioning.json),
+            gold reward                                                (prefkit.evaluate.generation)
+  goal curves  mean gold reward conditioned on goals 2..10 for base, DPO, RA (prefkit.toy.world)
   select    equal-budget selection ablation: alignment potential, explicit margin, implicit margin,
             random; DPO on each subset, gold reward                   (prefkit.toy.select_ablation)
   reward models  RMBoost / RLAIF / West-of-N / RLCD pairs from the same prompts through
@@ -18,6 +22,8 @@ appending to STAGES):
             each (prefkit.train.train_rm), accuracy on gold-labelled held-out pairs
             (prefkit.evaluate.rm_accuracy)                            (prefkit.toy.rm_comparison)
 
+The world is `DemoConfig.world` (by default with the goal prior, docs/toy.md); the same seeds then
+run the stages up to "goal curves" in `DemoConfig.ablation_world` (by default without the prior).
 then a report (Markdown + PNG plots, `prefkit.toy.demo_report`) over seeds; the configuration is
 `prefkit.toy.demo_config.DemoConfig`. A seed whose results.json exists is skipped,
 so an interrupted demo resumes.
@@ -32,12 +38,15 @@ from pathlib import Path
 from typing import Callable
 
 from prefkit.toy import task
-from prefkit.toy.demo_config import METHOD_LABELS, PROBE_THRESHOLD, DemoConfig, log
+from prefkit.toy.demo_config import (CURVE_POLICIES, METHOD_LABELS, METHODS, PROBE_THRESHOLD, DemoConfig, log,
+                                      world_name)
 from prefkit.toy.demo_report import write_report
 from prefkit.toy.judge import JudgeConfig, judge, write_jsonl
 from prefkit.toy.rm_comparison import stage_reward_models
 from prefkit.toy.select_ablation import stage_select
-from prefkit.toy.world import base_policy
+from prefkit.toy.world import CURVE_GOALS, base_policy, goal_following_curve
+
+PROBED = ("dpo", "ra", "eps-dpo")   # methods whose training logs the unlearning probe
 
 
 # ----------------------------------------------------------------------------------- stages
@@ -46,10 +55,11 @@ def stage_sample(ctx: dict) -> None:
     from prefkit.generate import generate
 
     cfg: DemoConfig = ctx["config"]
+    world = ctx["world"]
     ctx["train_prompts"] = task.make_prompts(cfg.n_train_prompts, seed=1000 + ctx["seed"],
-                                             min_items=cfg.world.min_items, max_items=cfg.world.max_items)
+                                             min_items=world.min_items, max_items=world.max_items)
     ctx["eval_prompts"] = task.make_prompts(cfg.n_eval_prompts, seed=2000 + ctx["seed"],
-                                            min_items=cfg.world.min_items, max_items=cfg.world.max_items)
+                                            min_items=world.min_items, max_items=world.max_items)
     ctx["train_samples"] = generate(ctx["base"], ctx["train_prompts"], n=cfg.samples_per_prompt,
                                     temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                                     batch_size=128, seed=ctx["seed"], desc="sample (base policy)")
@@ -81,12 +91,33 @@ def stage_binarize(ctx: dict) -> None:
 
 
 def stage_relabel(ctx: dict) -> None:
+    """RA pairs (D^w + D^l) and, for ra-half, the paper's size-matched half (one row per pair)."""
     from prefkit.relabel import relabel_file
 
+    cfg: DemoConfig = ctx["config"]
     ctx["ra_path"] = ctx["dir"] / "ra_pairs.jsonl"
     report = relabel_file(ctx["pairs_path"], ctx["ra_path"], placement="auto", tokenizer=str(ctx["base"]))
     ctx["results"]["ra_pairs"] = report.rows_out
     ctx["results"]["relabel_dropped"] = dict(report.dropped)
+    if "ra-half" in cfg.methods:
+        ctx["ra-half_path"] = ctx["dir"] / "ra_half_pairs.jsonl"
+        report = relabel_file(ctx["pairs_path"], ctx["ra-half_path"], placement="auto", tokenizer=str(ctx["base"]),
+                              half=True, seed=ctx["seed"])
+        ctx["results"]["ra-half_pairs"] = report.rows_out
+
+
+def relabel_implicit(ctx: dict) -> None:
+    """The implicit-reward ablation's data: goals from the trained DPO model's implicit rewards
+    beta * (log pi_DPO - log pi_base) of each response, mapped onto 1-10 (`prefkit.relabel`)."""
+    from prefkit.relabel import relabel_file
+
+    cfg: DemoConfig = ctx["config"]
+    ctx["ira_path"] = ctx["dir"] / "ira_pairs.jsonl"
+    report = relabel_file(ctx["pairs_path"], ctx["ira_path"], placement="auto", tokenizer=str(ctx["base"]),
+                          goal_from="implicit", model=str(ctx["models"]["dpo"]), reference=str(ctx["base"]),
+                          beta=cfg.beta, batch_size=32)
+    ctx["results"]["ira_pairs"] = report.rows_out
+    ctx["results"]["ira_relabel_dropped"] = dict(report.dropped)
 
 
 def stage_train(ctx: dict) -> None:
@@ -102,12 +133,14 @@ def stage_train(ctx: dict) -> None:
     spec = find_conditioning(str(ctx["ra_path"]))
     ctx["results"]["probe_pairs"] = len(hq)
     ctx["models"] = {}
-    for method in cfg.methods:
-        data_path = ctx["ra_path"] if method == "ra" else ctx["pairs_path"]
-        n_pairs = ctx["results"]["ra_pairs"] if method == "ra" else ctx["results"]["pairs"]
+    for method in [m for m in METHODS if m in cfg.methods]:
+        if method == "ira":
+            relabel_implicit(ctx)
+        data_path = ctx[f"{method}_path"] if method in ("ra", "ra-half", "ira") else ctx["pairs_path"]
+        n_pairs = ctx["results"][f"{method}_pairs"] if method in ("ra", "ra-half", "ira") else ctx["results"]["pairs"]
         steps = max(1, -(-n_pairs // cfg.batch_size))
         probes = {}
-        if len(hq):
+        if len(hq) and method in PROBED:
             if method == "ra":
                 probes["probe/hq_rejected_logp"] = rejected_logp_probe(hq, tok, spec=spec, goal="own")
                 probes["probe/hq_rejected_logp_goal10"] = rejected_logp_probe(hq, tok, spec=spec, goal=spec.best_goal)
@@ -136,19 +169,45 @@ def stage_train(ctx: dict) -> None:
 
 
 def stage_evaluate(ctx: dict) -> None:
+    """Gold reward on held-out prompts: the base policy without a goal and conditioned on the best
+    goal (the RA data's spec), each trained model (RA models conditioned on the best goal through
+    their prefkit_conditioning.json)."""
     from prefkit.evaluate.generation import evaluate_policy
+    from prefkit.relabel import find_conditioning
 
     cfg: DemoConfig = ctx["config"]
-    models = {"base": ctx["base"], **ctx["models"]}
-    for method, path in models.items():
+    spec = find_conditioning(str(ctx["ra_path"]))
+    policies = {"base": (ctx["base"], None), "base-conditioned": (ctx["base"], spec),
+                **{m: (path, "auto") for m, path in ctx["models"].items()}}
+    for method, (path, conditioning) in policies.items():
         res = evaluate_policy(path, ctx["eval_prompts"], task.gold_reward, n=cfg.eval_samples,
                               temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, batch_size=128,
-                              seed=10_000 + ctx["seed"], desc=f"evaluate {method}")
+                              seed=10_000 + ctx["seed"], conditioning=conditioning, desc=f"evaluate {method}")
         ctx["results"][f"gold_{method}"] = res["mean"]
         ctx["results"][f"gold_std_{method}"] = res["std"]
         ctx["results"][f"examples_{method}"] = [[p, res["samples"][i][0], res["scores"][i][0]]
                                                 for i, p in enumerate(ctx["eval_prompts"][:3])]
         log(f"seed {ctx['seed']}: {METHOD_LABELS[method]}: mean gold reward {res['mean']:.3f}")
+
+
+def stage_goal_curves(ctx: dict) -> None:
+    """Goal-following curves: mean gold reward conditioned on goals 2, 4, 6, 8, 10 (the RA data's
+    conditioning spec, the evaluation's prompts and seed) for the base policy, DPO and RA."""
+    from prefkit.relabel import find_conditioning
+
+    cfg: DemoConfig = ctx["config"]
+    spec = find_conditioning(str(ctx["ra_path"]))
+    policies = {"base": ctx["base"], **ctx["models"]}
+    for name in CURVE_POLICIES:
+        if name not in policies:
+            continue
+        curve = goal_following_curve(policies[name], ctx["eval_prompts"], CURVE_GOALS, n=cfg.eval_samples,
+                                     temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                                     seed=10_000 + ctx["seed"], spec=spec)
+        ctx["results"][f"curve_{name}"] = curve
+        log(f"seed {ctx['seed']}: goal-following of {name}: "
+            + ", ".join(f"{g}: {v:.2f}" for g, v in zip(curve["goals"], curve["gold"]))
+            + f" (slope {curve['slope']:.3f})")
 
 
 STAGES: list[tuple[str, Callable[[dict], None]]] = [
@@ -158,9 +217,12 @@ STAGES: list[tuple[str, Callable[[dict], None]]] = [
     ("relabel", stage_relabel),
     ("train", stage_train),
     ("evaluate", stage_evaluate),
+    ("goal curves", stage_goal_curves),
     ("select", stage_select),  # alignment-potential selection ablation (prefkit.toy.select_ablation)
     ("reward models", stage_reward_models),  # RMBoost vs baselines (prefkit.toy.rm_comparison)
 ]
+# The ablation world runs the main table's stages only.
+ABLATION_STAGES = ("sample", "judge", "binarize", "relabel", "train", "evaluate", "goal curves")
 
 
 def _corr(a, b) -> float:
@@ -173,14 +235,29 @@ def _corr(a, b) -> float:
 # ----------------------------------------------------------------------------------- driver
 
 def run_demo(out: str | Path = "demo_out", config: DemoConfig | None = None, progress: bool = True) -> Path:
-    """Run the demo; returns the path of the Markdown report."""
+    """Run the demo; returns the path of the Markdown report (results.json is written beside it).
+
+    The main world's seeds go to OUT/seed<N>; the ablation world's (`config.ablation_world`, the
+    main table's stages only) to OUT/<world key>/seed<N>."""
     config = config or DemoConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    log(f"toy world: base policy (config {config.world.key()})")
+    runs = [run_world(out, config, config.world, STAGES, progress)]
+    if config.ablation_world is not None:
+        stages = [(n, f) for n, f in STAGES if n in ABLATION_STAGES]
+        runs.append(run_world(out / f"world-{config.ablation_world.key()}", config, config.ablation_world, stages,
+                              progress))
+    report = write_report(out, config, runs, time.time() - t_start)
+    log(f"report: {report}")
+    return report
+
+
+def run_world(out: Path, config: DemoConfig, world, stages, progress: bool = True) -> dict:
+    """All seeds in one world: {world, base, base_seconds, reused, results (one dict per seed)}."""
+    log(f"toy world ({world_name(world)}): base policy (config {world.key()})")
     t0 = time.time()
-    base = base_policy(config.world, progress=progress)
+    base = base_policy(world, progress=progress)
     base_seconds = time.time() - t0
     log(f"base policy ready in {base_seconds:.1f}s: {base}")
     all_results = []
@@ -194,14 +271,13 @@ def run_demo(out: str | Path = "demo_out", config: DemoConfig | None = None, pro
             reused += 1
             continue
         seed_dir.mkdir(parents=True, exist_ok=True)
-        ctx = {"config": config, "seed": seed, "dir": seed_dir, "base": base, "results": {"seed": seed}}
-        for name, fn in STAGES:
+        ctx = {"config": config, "world": world, "seed": seed, "dir": seed_dir, "base": base,
+               "results": {"seed": seed}}
+        for name, fn in stages:
             t = time.time()
-            log(f"seed {seed}: stage {name}")
+            log(f"seed {seed} ({world_name(world)}): stage {name}")
             fn(ctx)
             ctx["results"][f"seconds_{name}"] = round(time.time() - t, 1)
         done.write_text(json.dumps(ctx["results"], indent=2, default=str))
         all_results.append(ctx["results"])
-    report = write_report(out, config, all_results, base, base_seconds, time.time() - t_start, reused)
-    log(f"report: {report}")
-    return report
+    return {"world": world, "base": base, "base_seconds": base_seconds, "reused": reused, "results": all_results}
