@@ -44,7 +44,7 @@ from prefkit.toy.demo_report import write_report
 from prefkit.toy.judge import JudgeConfig, judge, write_jsonl
 from prefkit.toy.rm_comparison import stage_reward_models
 from prefkit.toy.select_ablation import stage_select
-from prefkit.toy.world import CURVE_GOALS, base_policy, goal_following_curve
+from prefkit.toy.world import CURVE_GOALS, base_policy, default_cache_dir, goal_following_curve
 
 PROBED = ("dpo", "ra", "eps-dpo")   # methods whose training logs the unlearning probe
 
@@ -254,9 +254,10 @@ def run_demo(out: str | Path = "demo_out", config: DemoConfig | None = None, pro
 
 
 def run_world(out: Path, config: DemoConfig, world, stages, progress: bool = True) -> dict:
-    """All seeds in one world: {world, base, base_seconds, reused, results (one dict per seed)}."""
+    """All seeds in one world: {world, base, base_seconds, base_cached, reused, results (one dict per seed)}."""
     log(f"toy world ({world_name(world)}): base policy (config {world.key()})")
     t0 = time.time()
+    cached = (default_cache_dir() / f"base-{world.key()}" / "prefkit_toy_world.json").exists()
     base = base_policy(world, progress=progress)
     base_seconds = time.time() - t0
     log(f"base policy ready in {base_seconds:.1f}s: {base}")
@@ -280,4 +281,5 @@ def run_world(out: Path, config: DemoConfig, world, stages, progress: bool = Tru
             ctx["results"][f"seconds_{name}"] = round(time.time() - t, 1)
         done.write_text(json.dumps(ctx["results"], indent=2, default=str))
         all_results.append(ctx["results"])
-    return {"world": world, "base": base, "base_seconds": base_seconds, "reused": reused, "results": all_results}
+    return {"world": world, "base": base, "base_seconds": base_seconds, "base_cached": cached, "reused": reused,
+            "results": all_results}

@@ -292,7 +292,7 @@ def write_report(out: Path, config: DemoConfig, runs: list[dict], total_seconds:
         f"Generated {summary['generated_utc']} on {mach['platform']} ({mach['cpus']} CPUs, torch {mach['torch']} with "
         f"{mach['torch_threads']} threads; load average at the end {mach['load_average_at_end']}); this invocation "
         f"took {total_seconds:.0f}s (base policies: "
-        + ", ".join(f"{world_name(r['world'])} " + ("loaded from cache" if r["base_seconds"] < 5
+        + ", ".join(f"{world_name(r['world'])} " + ("loaded from cache" if r.get("base_cached")
                                                       else f"trained in {r['base_seconds']:.0f}s") for r in runs)
         + ("; finished seeds reused from an earlier run: " + ", ".join(str(r["reused"]) for r in runs)
            if any(r["reused"] for r in runs) else "")
