@@ -111,7 +111,11 @@ def relabel_implicit(ctx: dict) -> None:
     beta * (log pi_DPO - log pi_base) of each response, mapped onto 1-10 (`prefkit.relabel`)."""
     from prefkit.relabel import relabel_file
 
+    from prefkit.errors import ConfigError
+
     cfg: DemoConfig = ctx["config"]
+    if "dpo" not in ctx["models"]:
+        raise ConfigError("methods: ira relabels with the DPO model's implicit rewards; add dpo before it")
     ctx["ira_path"] = ctx["dir"] / "ira_pairs.jsonl"
     report = relabel_file(ctx["pairs_path"], ctx["ira_path"], placement="auto", tokenizer=str(ctx["base"]),
                           goal_from="implicit", model=str(ctx["models"]["dpo"]), reference=str(ctx["base"]),
