@@ -45,7 +45,7 @@ def test_base_policy_trains_caches_and_samples(tmp_path):
 def test_goal_prior_conditions_a_share_of_the_same_demonstrations_as_the_relabeler_would():
     from prefkit.relabel import condition, make_spec
 
-    plain = ToyWorldConfig(n_demos=400)
+    plain = ToyWorldConfig(n_demos=400, goal_prior=0.0, goal_noise=0.0)
     prior = ToyWorldConfig(n_demos=400, goal_prior=0.5, goal_noise=1.0)
     rows0 = world_demos(plain)
     rows = world_demos(prior)
