@@ -73,31 +73,20 @@ def encode(dataset, tokenizer, cfg, report: StageReport, *, max_prompt_length="c
 
 
 def load_tokenizer(cfg, tokenizer=None):
-    if tokenizer is not None:
-        return tokenizer
-    from transformers import AutoTokenizer
+    """The run's tokenizer (given, or from tokenizer_name_or_path / model_name_or_path through
+    prefkit.models), with EOS as pad when it has none."""
+    from prefkit.models import load_tokenizer as load
 
-    name = cfg.tokenizer_name_or_path or cfg.model_name_or_path
-    try:
-        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
-    except OSError as exc:
-        raise ConfigError(f"cannot load the tokenizer from {name!r}: {exc}") from None
-    if tok.pad_token is None and tok.eos_token is not None:
-        tok.pad_token = tok.eos_token
-    return tok
+    return load(tokenizer if tokenizer is not None else (cfg.tokenizer_name_or_path or cfg.model_name_or_path),
+                trust_remote_code=cfg.trust_remote_code, pad_with_eos=True)
 
 
-def load_model(cls_name: str, path: str, cfg, **kwargs):
-    import transformers
+def load_model(kind: str, path: str, cfg, **kwargs):
+    """A model of `kind` ('causal-lm' or 'sequence-classification') through prefkit.models, in
+    the run's torch_dtype."""
+    from prefkit.models import load_pretrained
 
-    cls = getattr(transformers, cls_name)
-    dtype = cfg.torch_dtype
-    if dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise ConfigError(f"torch_dtype must be auto, float32, bfloat16 or float16; got {dtype!r}")
-    try:
-        return cls.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **kwargs)
-    except OSError as exc:
-        raise ConfigError(f"cannot load the model from {path!r}: {exc}") from None
+    return load_pretrained(path, kind=kind, dtype=cfg.torch_dtype, trust_remote_code=cfg.trust_remote_code, **kwargs)
 
 
 def lora_config(cfg, task_type: str):

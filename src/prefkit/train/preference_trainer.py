@@ -280,7 +280,7 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
     read_report, data_report, eval_report = run.read_report, run.data_report, run.eval_report
 
     if model is None:
-        model = common.load_model("AutoModelForCausalLM", cfg.model_name_or_path, cfg)
+        model = common.load_model("causal-lm", cfg.model_name_or_path, cfg)
     settings = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length,
                 "truncation_mode": cfg.truncation_mode, "on_long": cfg.on_long,
                 "chat_template": getattr(tokenizer, "chat_template", None)}
@@ -295,7 +295,7 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
         if ref_model is None:
             ref_model = model
             if cfg.reference_model_name_or_path:
-                ref_model = common.load_model("AutoModelForCausalLM", cfg.reference_model_name_or_path, cfg)
+                ref_model = common.load_model("causal-lm", cfg.reference_model_name_or_path, cfg)
         train_enc, ref_info = _reference_logps(ref_model, tokenizer, train_enc, cfg, args, precision, settings,
                                                "reference log-probs (train)")
         if eval_enc is not None:
@@ -312,7 +312,7 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
         if ref_model is not None:
             reference = ref_model
         elif cfg.reference_model_name_or_path:
-            reference = common.load_model("AutoModelForCausalLM", cfg.reference_model_name_or_path, cfg)
+            reference = common.load_model("causal-lm", cfg.reference_model_name_or_path, cfg)
         else:
             reference = copy.deepcopy(model)
         ref_info["mode"] = "live: a frozen copy of the initial policy"

@@ -92,7 +92,7 @@ def train_rm(config, *, callbacks=None, model=None, tokenizer=None, train_datase
     read_report, data_report, eval_report = run.read_report, run.data_report, run.eval_report
 
     if model is None:
-        model = common.load_model("AutoModelForSequenceClassification", cfg.model_name_or_path, cfg, num_labels=1)
+        model = common.load_model("sequence-classification", cfg.model_name_or_path, cfg, num_labels=1)
     if getattr(model.config, "num_labels", 1) != 1:
         raise ConfigError(f"a reward model has one output; {cfg.model_name_or_path} has "
                           f"num_labels={model.config.num_labels}")
