@@ -72,7 +72,7 @@ def test_bad_input_error_mode_names_row_and_field(tiny_model_dir, tmp_path):
     from prefkit.train import train_dpo
 
     data = write_jsonl(tmp_path / "bad.jsonl", _bad_rows())
-    with pytest.raises(DataError, match=r"row 9.*chosen"):
+    with pytest.raises(DataError, match=r"line 10, field .chosen"):
         train_dpo(base_config(tiny_model_dir, data, tmp_path / "out", on_invalid="error"))
 
 

@@ -86,7 +86,7 @@ def test_bad_input_is_counted_never_a_crash(tiny_model_dir, tmp_path):
     rep = _report(train_dpo(base_config(tiny_model_dir, data, tmp_path / "trunc", **lim)))
     d = rep["data"]
     assert d["rows_in"] == 11 and d["rows_out"] == 10 and d["dropped"] == {"empty text": 1}
-    assert "row 10, field 'chosen'" in d["examples"]["empty text"][0]
+    assert "line 11, field 'chosen'" in d["examples"]["empty text"][0]
     assert d["notes"]["truncated_prompts"] == 1 and d["notes"]["truncated_chosen"] == 1
     assert all(map(math.isfinite, train_losses(tmp_path / "trunc")))
 
