@@ -134,7 +134,7 @@ def west_of_n(prompts, backend: Backend, *, n: int = 4, reward_model=None, judge
                 else:
                     skipped[f"sample request failed: {rec['reason']}"] += 1
         if reward_model is not None:
-            from prefkit.synth.reward_model import RewardModelScorer
+            from prefkit.reward_model import RewardModelScorer
 
             scorer = reward_model if isinstance(reward_model, RewardModelScorer) else \
                 RewardModelScorer(reward_model, batch_size=batch_size, max_length=max_length)
