@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from prefkit.data import records as R
 from prefkit.errors import ConfigError, DataError
 from prefkit.relabel.columns import condition_column, prompt_format
 from prefkit.models import load_causal_lm, load_tokenizer
@@ -244,6 +245,7 @@ def relabel_with_spec(dataset, *, placement="system", tokenizer=None, ties="drop
 
 IMPLICIT_CHOSEN = "implicit_reward_chosen"
 IMPLICIT_REJECTED = "implicit_reward_rejected"
+LOGPS = {"chosen": (R.LOGPS_CHOSEN, R.REF_LOGPS_CHOSEN), "rejected": (R.LOGPS_REJECTED, R.REF_LOGPS_REJECTED)}
 
 
 def _add_implicit_rewards(dataset, *, model, reference, tokenizer, beta, batch_size, report):
@@ -251,10 +253,8 @@ def _add_implicit_rewards(dataset, *, model, reference, tokenizer, beta, batch_s
     if model is None or tokenizer is None:
         raise ConfigError("goal_from='implicit' needs model= (the policy whose implicit rewards give the goals) "
                           "and tokenizer=")
-    try:
-        from prefkit.logprobs import score_logps
-    except ImportError as exc:
-        raise ConfigError("goal_from='implicit' needs prefkit.logprobs.score_logps, missing in this build") from exc
+    from prefkit.logprobs import score_logps
+
     model = load_causal_lm(model, need_tokenizer=False)[0]
     reference = load_causal_lm(reference, need_tokenizer=False)[0]
     sub = StageReport("score_logps")
@@ -263,9 +263,10 @@ def _add_implicit_rewards(dataset, *, model, reference, tokenizer, beta, batch_s
     t = scored.with_format("arrow")[:]
 
     def reward(side: str) -> np.ndarray:
-        lp = _to_float(t[f"logps_{side}"], f"logps_{side}")
+        policy, ref = LOGPS[side]
+        lp = _to_float(t[policy], policy)
         if reference is not None:
-            lp = lp - _to_float(t[f"ref_logps_{side}"], f"ref_logps_{side}")
+            lp = lp - _to_float(t[ref], ref)
         return float(beta) * lp
 
     for name, side in ((IMPLICIT_CHOSEN, "chosen"), (IMPLICIT_REJECTED, "rejected")):
@@ -302,11 +303,8 @@ def _take_blocks(column: pa.ChunkedArray, indices: np.ndarray):
 
 
 def _binarize(dataset, *, seed, ties, fine_grained_filter, report):
-    try:
-        from prefkit.data import binarize
-    except ImportError as exc:
-        raise ConfigError("multi-response input must be binarized first, and prefkit.data.binarize is not "
-                          "available in this build; run `prefkit data binarize` first") from exc
+    from prefkit.data import binarize
+
     sub = StageReport("binarize")
     pairs = binarize(dataset, seed=seed, ties=ties, fine_grained_filter=fine_grained_filter, report=sub)
     report.merge(sub)  # its drops and notes, under relabel's rows_in (the multi-response rows)
@@ -428,8 +426,6 @@ def relabel_file(input: str | os.PathLike, output: str | os.PathLike, *, split=N
     `options` are `relabel`'s keyword options. Returns the StageReport (also written beside OUTPUT)."""
     from prefkit import data as pdata
 
-    if not hasattr(pdata, "read") or not hasattr(pdata, "write"):
-        raise ConfigError("prefkit.data.read/write are not available in this build")
     report = StageReport("relabel")
     ds = pdata.read(str(input), split=split, subset=subset, revision=revision, format=input_format,
                     on_invalid=on_invalid, report=report)

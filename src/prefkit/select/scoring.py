@@ -25,7 +25,6 @@ Columns written (one row per pair, aligned with the input):
 
 from __future__ import annotations
 
-import inspect
 import math
 import shutil
 import tempfile
@@ -40,8 +39,12 @@ from prefkit.report import StageReport
 from prefkit.select import metrics as M
 from prefkit.select.cache import LogpCache, model_identity, row_key, tokenizer_identity
 
-POLICY_COLUMNS = ("policy_logps_chosen", "policy_logps_rejected", "len_chosen", "len_rejected")
-REFERENCE_COLUMNS = ("reference_logps_chosen", "reference_logps_rejected")
+POLICY_COLUMNS = (R.POLICY_LOGPS_CHOSEN, R.POLICY_LOGPS_REJECTED, R.LEN_CHOSEN, R.LEN_REJECTED)
+REFERENCE_COLUMNS = (R.REFERENCE_LOGPS_CHOSEN, R.REFERENCE_LOGPS_REJECTED)
+# score_logps's output column -> the column select writes (data/records.py, LOG-PROBS)
+_FROM_SCORE_LOGPS = {R.LOGPS_CHOSEN: R.POLICY_LOGPS_CHOSEN, R.LOGPS_REJECTED: R.POLICY_LOGPS_REJECTED,
+                     R.LEN_CHOSEN: R.LEN_CHOSEN, R.LEN_REJECTED: R.LEN_REJECTED}
+_FROM_SCORE_LOGPS_REF = {R.REF_LOGPS_CHOSEN: R.REFERENCE_LOGPS_CHOSEN, R.REF_LOGPS_REJECTED: R.REFERENCE_LOGPS_REJECTED}
 METRIC_COLUMNS = (
     "explicit_margin", *POLICY_COLUMNS, "implicit_margin", "abs_implicit_margin", *REFERENCE_COLUMNS,
     "dpo_implicit_margin", "z_explicit_margin", "z_abs_implicit_margin", "z_abs_dpo_implicit_margin",
@@ -75,27 +78,17 @@ class Scored:
         return self.stats["explicit_margin"]["n"]
 
 
-def _score_logps_fn():
-    try:
-        from prefkit.logprobs import score_logps
-    except ImportError as exc:  # pragma: no cover - only before CORE's module lands
-        raise ConfigError("implicit margins need prefkit.logprobs.score_logps, which is not available") from exc
-    return score_logps
-
-
 def _call_score_logps(model, tokenizer, pairs: list[dict], reference, batch_size: int, score_kwargs: dict):
-    """Score one chunk through CORE's API; returns {column: array} aligned with `pairs`, NaN where
-    the scorer dropped a row (e.g. a prompt that fills the whole max_length)."""
+    """Score one chunk with prefkit.logprobs.score_logps; returns {column: array} aligned with
+    `pairs`, NaN where the scorer dropped a row (e.g. a prompt that fills the whole max_length)."""
     from datasets import Dataset
 
-    score_logps = _score_logps_fn()
+    from prefkit.logprobs import score_logps
+
     rows = [{R.PROMPT: p[R.PROMPT], R.CHOSEN: p[R.CHOSEN], R.REJECTED: p[R.REJECTED], "_select_row": i}
             for i, p in enumerate(pairs)]
     ds = Dataset.from_list(rows)
-    kwargs = dict(score_kwargs)
-    params = inspect.signature(score_logps).parameters
-    if "progress" in params and "progress" not in kwargs:
-        kwargs["progress"] = False
+    kwargs = {"progress": False, **score_kwargs}
     if reference is not None:
         kwargs["reference"] = reference
     import datasets
@@ -111,23 +104,10 @@ def _call_score_logps(model, tokenizer, pairs: list[dict], reference, batch_size
     n = len(pairs)
     result = {c: np.full(n, np.nan) for c in POLICY_COLUMNS + (REFERENCE_COLUMNS if reference is not None else ())}
     idx = np.asarray(out["_select_row"], dtype=np.int64)
-    result["policy_logps_chosen"][idx] = np.asarray(out["logps_chosen"], dtype=np.float64)
-    result["policy_logps_rejected"][idx] = np.asarray(out["logps_rejected"], dtype=np.float64)
-    result["len_chosen"][idx] = np.asarray(out["len_chosen"], dtype=np.float64)
-    result["len_rejected"][idx] = np.asarray(out["len_rejected"], dtype=np.float64)
-    if reference is not None:
-        ref_c, ref_r = _reference_column_names(out.column_names)
-        result["reference_logps_chosen"][idx] = np.asarray(out[ref_c], dtype=np.float64)
-        result["reference_logps_rejected"][idx] = np.asarray(out[ref_r], dtype=np.float64)
+    names = {**_FROM_SCORE_LOGPS, **(_FROM_SCORE_LOGPS_REF if reference is not None else {})}
+    for theirs, ours in names.items():
+        result[ours][idx] = np.asarray(out[theirs], dtype=np.float64)
     return result
-
-
-def _reference_column_names(columns) -> tuple[str, str]:
-    for pair in (("ref_logps_chosen", "ref_logps_rejected"), ("reference_logps_chosen", "reference_logps_rejected"),
-                 ("ref_chosen_logps", "ref_rejected_logps")):
-        if set(pair) <= set(columns):
-            return pair
-    raise ConfigError(f"score_logps returned no reference log-prob columns (got {list(columns)})")
 
 
 def _scores_of(table, fld: str, row0: int, file, on_invalid: str, report: StageReport) -> np.ndarray:
