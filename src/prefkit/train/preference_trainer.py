@@ -29,19 +29,20 @@ from typing import Any, Callable
 import torch
 from transformers import TrainerCallback
 
+from prefkit.data import records as R
 from prefkit.errors import ConfigError
-from prefkit.losses import PairLogps, eps_dpo_beta, eps_dpo_update_beta, get_loss, pair_metrics
+from prefkit.losses import PairLogps, get_loss, pair_metrics
+from prefkit.train.beta_control import beta_control
 from prefkit.train.common import STATE_FILE
 from prefkit.train.trainer_base import MetricsTrainer
 
-EPS_DPO = "eps-dpo"
 REFERENCE_FREE = {"simpo"}
 
 
 def _loss_fn(cfg):
-    """The registered loss for cfg.loss_type with its options bound (eps-dpo trains the sigmoid
-    loss with a per-pair beta)."""
-    name = "sigmoid" if cfg.loss_type == EPS_DPO else cfg.loss_type
+    """The registered loss for cfg.loss_type with its options bound (the beta control names it:
+    eps-dpo trains the sigmoid loss with a per-pair beta)."""
+    name = beta_control(cfg).loss_name
     opts: dict[str, Any] = {}
     if cfg.label_smoothing:
         opts["label_smoothing"] = cfg.label_smoothing
@@ -68,17 +69,16 @@ class PreferenceTrainer(MetricsTrainer):
         self.model_accepts_loss_kwargs = False
         self.pk = prefkit_config
         self.loss_fn = _loss_fn(prefkit_config)
-        self.is_eps = prefkit_config.loss_type == EPS_DPO
-        self.base_beta = float(prefkit_config.beta)
+        self.beta_control = beta_control(prefkit_config)
         self.reference = reference
         if isinstance(reference, torch.nn.Module):
             reference.eval().requires_grad_(False)
             self.reference = reference.to(self.args.device)
-        if self.is_eps and reference in ("precomputed", "none"):
-            raise ConfigError("eps-dpo needs a live reference model (its logits), not precomputed log-probs")
+        if self.beta_control.needs_heads and reference in ("precomputed", "none"):
+            raise ConfigError(f"{prefkit_config.loss_type} needs a live reference model (its logits), "
+                              "not precomputed log-probs")
         self.probes = dict(probes or {})
         self.chunk_size = chunk_size
-        self._eps_pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.add_callback(_PrefkitState(self))
 
     # -- the loss ------------------------------------------------------------------------------
@@ -94,15 +94,15 @@ class PreferenceTrainer(MetricsTrainer):
 
     def pair_loss(self, model, batch: dict[str, Any], *, training: bool):
         """(mean loss, metrics dict) for one PairCollator batch."""
-        from prefkit.logprobs import concatenated_forward, perturbed_sequence_logps, sequence_logps
+        from prefkit.logprobs import concatenated_forward, sequence_logps
 
         meta = batch.get("meta", {})
         kw = {"chunk_size": self.chunk_size} if self.chunk_size else {}
-        fwd = concatenated_forward(model, batch, return_head=self.is_eps, **kw)
+        fwd = concatenated_forward(model, batch, return_head=self.beta_control.needs_heads, **kw)
         ref_c = ref_r = ref_head = None
         if self.reference == "precomputed":
-            ref_c = meta["ref_logps_chosen"].to(fwd.chosen_logps.dtype)
-            ref_r = meta["ref_logps_rejected"].to(fwd.chosen_logps.dtype)
+            ref_c = meta[R.REF_LOGPS_CHOSEN].to(fwd.chosen_logps.dtype)
+            ref_r = meta[R.REF_LOGPS_REJECTED].to(fwd.chosen_logps.dtype)
         elif self.reference != "none":
             with torch.no_grad(), self._reference_model(model) as ref:
                 seq, ref_head = sequence_logps(ref, batch["input_ids"], batch["response_mask"],
@@ -112,22 +112,8 @@ class PreferenceTrainer(MetricsTrainer):
         logps = PairLogps(fwd.chosen_logps, fwd.rejected_logps, ref_c, ref_r, fwd.chosen_lengths,
                           fwd.rejected_lengths)
 
-        beta: Any = self.base_beta
-        metrics: dict[str, float] = {}
-        if self.is_eps:
-            minus, plus = perturbed_sequence_logps(fwd.head, ref_head, batch["input_ids"], batch["response_mask"],
-                                                   self.pk.eps, **kw)
-            b = fwd.chosen_logps.shape[0]
-            # float64 so that the per-pair beta (and the base-beta average) is exact
-            z = (fwd.chosen_logps - fwd.rejected_logps).detach().double()
-            choice = eps_dpo_beta(z, (minus[:b] - minus[b:]).double(), (plus[:b] - plus[b:]).double(),
-                                  self.base_beta, self.pk.eps)
-            beta = choice.beta_tilde.to(fwd.chosen_logps.dtype)
-            if training:
-                self._eps_pending.append((choice.beta_tilde.detach().cpu(), choice.steps.detach().cpu()))
-            metrics["beta/mean"] = choice.beta_tilde.double().mean().item()
-            metrics["eps/frac_minus"] = (choice.steps == 1).double().mean().item()
-            metrics["eps/frac_plus"] = (choice.steps == -1).double().mean().item()
+        beta, metrics = self.beta_control.pair_beta(fwd, ref_head, batch, training=training,
+                                                    chunk_size=self.chunk_size)
 
         weights = meta.get("weight")
         if weights is not None:
@@ -153,8 +139,7 @@ class PreferenceTrainer(MetricsTrainer):
 
     def extra_logs(self, logs: dict[str, float], split: str) -> None:
         if split == "train" and "loss" in logs:
-            if self.is_eps:
-                logs["beta/base"] = self.base_beta
+            self.beta_control.log(logs)
             if self.probes:
                 was_training = self.model.training
                 self.model.eval()
@@ -165,50 +150,31 @@ class PreferenceTrainer(MetricsTrainer):
                 finally:
                     self.model.train(was_training)
 
-    # -- eps-DPO base beta -----------------------------------------------------------------------
-
-    def update_base_beta(self) -> None:
-        """After an optimiser step: base beta from every pair's choice since the last step,
-        over all micro-batches (gradient accumulation) and all processes."""
-        if not self.is_eps:
-            return
-        if self._eps_pending:
-            bt = torch.cat([b for b, _ in self._eps_pending]).double()
-            st = torch.cat([s for _, s in self._eps_pending]).double()
-        else:
-            bt = st = torch.zeros(0, dtype=torch.float64)
-        self._eps_pending.clear()
-        if self.accelerator.num_processes > 1:
-            from accelerate.utils import gather_object
-
-            bt = torch.tensor(gather_object(bt.tolist()), dtype=torch.float64)
-            st = torch.tensor(gather_object(st.tolist()), dtype=torch.float64)
-        self.base_beta = eps_dpo_update_beta(self.base_beta, beta_tilde=bt, steps=st, eps=self.pk.eps,
-                                             rule=self.pk.beta_update)
+    # -- beta control state ----------------------------------------------------------------------
 
     def train(self, resume_from_checkpoint=None, **kwargs):
         if resume_from_checkpoint:
             state = Path(resume_from_checkpoint) / STATE_FILE
             if state.exists():
-                self.base_beta = float(json.loads(state.read_text())["base_beta"])
+                self.beta_control.load_state_dict(json.loads(state.read_text()))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
 
 class _PrefkitState(TrainerCallback):
-    """Updates eps-DPO's base beta after each optimiser step and saves prefkit's state
-    (the base beta) in each checkpoint so that a resumed run continues exactly."""
+    """Lets the beta control act after each optimiser step (eps-DPO's base-beta update) and saves
+    its state in each checkpoint so that a resumed run continues exactly."""
 
     def __init__(self, trainer: PreferenceTrainer):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.trainer.update_base_beta()
+        self.trainer.beta_control.after_step(self.trainer.accelerator)
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
-                (ckpt / STATE_FILE).write_text(json.dumps({"base_beta": self.trainer.base_beta}))
+                (ckpt / STATE_FILE).write_text(json.dumps(self.trainer.beta_control.state_dict()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,16 +205,16 @@ def _reference_logps(ref_model, tokenizer, encoded, cfg, args, precision: str, s
                                                                                  "rejected_ids"]),
                                  batch_size=cfg.precompute_ref_batch_size or cfg.per_device_eval_batch_size,
                                  progress=not args.disable_tqdm)
-        return scored["logps_chosen"], scored["logps_rejected"]
+        return scored[R.LOGPS_CHOSEN], scored[R.LOGPS_REJECTED]
 
     with args.main_process_first(desc=desc):
         ref = rc.load_or_compute(key, compute, cache_dir=cfg.ref_cache_dir, expected_rows=len(encoded),
                                  meta={"model": identity, "dataset": fingerprint, "settings": settings})
-    for col in ("ref_logps_chosen", "ref_logps_rejected"):
+    for col in (R.REF_LOGPS_CHOSEN, R.REF_LOGPS_REJECTED):
         if col in encoded.column_names:
             encoded = encoded.remove_columns(col)
-    encoded = encoded.add_column("ref_logps_chosen", ref.chosen.tolist())
-    encoded = encoded.add_column("ref_logps_rejected", ref.rejected.tolist())
+    encoded = encoded.add_column(R.REF_LOGPS_CHOSEN, ref.chosen.tolist())
+    encoded = encoded.add_column(R.REF_LOGPS_REJECTED, ref.rejected.tolist())
     info = {"key": ref.key, "path": str(ref.path), "cache_hit": ref.hit, "seconds": round(ref.seconds, 3)}
     return encoded, info
 
@@ -287,7 +253,7 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
 
     # The reference.
     ref_info: dict[str, Any] = {}
-    needs_live = cfg.loss_type == EPS_DPO or not cfg.precompute_ref_log_probs
+    needs_live = beta_control(cfg).needs_heads or not cfg.precompute_ref_log_probs
     if cfg.loss_type in REFERENCE_FREE:
         reference: Any = "none"
         ref_info["mode"] = "none (reference-free loss)"
@@ -341,7 +307,7 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
         train_logs = [h for h in trainer.state.log_history if "loss" in h]
         last = train_logs[-1] if train_logs else {}
         summary = [f"prefkit train dpo: {cfg.loss_type} beta={cfg.beta}"
-                   + (f" (final base beta {trainer.base_beta:.6g})" if trainer.is_eps else "")
+                   + trainer.beta_control.summary()
                    + f", {trainer.state.global_step} steps in {time.time() - t0:.1f}s"
                    + (f" (resumed from {resume})" if resume else ""),
                    common.data_summary(data_report, len(eval_enc) if eval_enc is not None else None),
@@ -366,7 +332,7 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
             "global_step": trainer.state.global_step,
             "train_loss": result.training_loss,
             "resumed_from": resume,
-            "final_base_beta": trainer.base_beta,
+            "final_base_beta": trainer.beta_control.base_beta,
             "reference": ref_info,
             "data": data_report.to_dict(),
             "eval_data": eval_report.to_dict() if eval_enc is not None else None,
