@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -122,18 +121,6 @@ class PreferenceTrainer(MetricsTrainer):
         loss = out.losses.mean()
         metrics.update(pair_metrics(out, logps))
         return loss, metrics
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, metrics = self.pair_loss(model, inputs, training=True)
-        self.store_metrics(metrics, "train")
-        return (loss, metrics) if return_outputs else loss
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss, metrics = self.pair_loss(model, inputs, training=False)
-        self.store_metrics(metrics, "eval")
-        return loss.detach(), None, None
 
     # -- logging ----------------------------------------------------------------------------
 
@@ -235,110 +222,91 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
     checkpoints, `prefkit_train_report.json` (config, metrics history, truncated/dropped counts,
     reference cache use), and `prefkit_conditioning.json` when the data was relabeled.
     """
+    from prefkit.tokenize import PairCollator
     from prefkit.train import common
 
-    cfg = config
     # An unknown loss or option fails before any model is loaded.
-    run = common.prepare_run(cfg, model=model, tokenizer=tokenizer, train_dataset=train_dataset,
-                             eval_dataset=eval_dataset, renames={cfg.weight_column: "weight"}, check=_loss_fn)
-    precision, args, tokenizer, t0 = run.precision, run.args, run.tokenizer, run.t0
-    train_enc, eval_enc = run.train_enc, run.eval_enc
-    read_report, data_report, eval_report = run.read_report, run.data_report, run.eval_report
-
+    run = common.prepare_run(config, model=model, tokenizer=tokenizer, train_dataset=train_dataset,
+                             eval_dataset=eval_dataset, renames={config.weight_column: "weight"}, check=_loss_fn)
+    cfg, tokenizer = run.cfg, run.tokenizer
     if model is None:
         model = common.load_model("AutoModelForCausalLM", cfg.model_name_or_path, cfg)
-    settings = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length,
-                "truncation_mode": cfg.truncation_mode, "on_long": cfg.on_long,
-                "chat_template": getattr(tokenizer, "chat_template", None)}
-
-    # The reference.
-    ref_info: dict[str, Any] = {}
-    needs_live = beta_control(cfg).needs_heads or not cfg.precompute_ref_log_probs
-    if cfg.loss_type in REFERENCE_FREE:
-        reference: Any = "none"
-        ref_info["mode"] = "none (reference-free loss)"
-    elif not needs_live:
-        if ref_model is None:
-            ref_model = model
-            if cfg.reference_model_name_or_path:
-                ref_model = common.load_model("AutoModelForCausalLM", cfg.reference_model_name_or_path, cfg)
-        train_enc, ref_info = _reference_logps(ref_model, tokenizer, train_enc, cfg, args, precision, settings,
-                                               "reference log-probs (train)")
-        if eval_enc is not None:
-            eval_enc, ev_info = _reference_logps(ref_model, tokenizer, eval_enc, cfg, args, precision, settings,
-                                                 "reference log-probs (eval)")
-            ref_info["eval"] = ev_info
-        ref_model = None  # only the policy stays in memory
-        reference = "precomputed"
-        ref_info["mode"] = "precomputed (disk cache)"
-    elif cfg.use_peft and not cfg.reference_model_name_or_path and ref_model is None:
-        reference = "adapter"
-        ref_info["mode"] = "live: the adapter-disabled base model"
-    else:
-        if ref_model is not None:
-            reference = ref_model
-        elif cfg.reference_model_name_or_path:
-            reference = common.load_model("AutoModelForCausalLM", cfg.reference_model_name_or_path, cfg)
-        else:
-            reference = copy.deepcopy(model)
-        ref_info["mode"] = "live: a frozen copy of the initial policy"
-
+    reference, ref_info = _choose_reference(run, model, ref_model)
     if cfg.use_peft:
         from peft import get_peft_model
 
         model = get_peft_model(model, common.lora_config(cfg, "CAUSAL_LM"))
 
-    from prefkit.tokenize import PairCollator
-
     trainer = PreferenceTrainer(
-        model=model, args=args, train_dataset=train_enc, eval_dataset=eval_enc,
+        model=model, args=run.args, train_dataset=run.train_enc, eval_dataset=run.eval_enc,
         data_collator=PairCollator.for_tokenizer(tokenizer), processing_class=tokenizer,
         callbacks=list(callbacks or []), prefkit_config=cfg, reference=reference, probes=probes)
     resume = common.resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
-    final_eval = trainer.evaluate() if eval_enc is not None else None
-
+    final_eval = trainer.evaluate() if run.eval_enc is not None else None
     trainer.save_model(cfg.output_dir)
+
+    cond_path = None
     if trainer.is_world_process_zero():
         spec = conditioning if conditioning is not None else common.find_conditioning_spec(cfg, cfg.train_file)
         cond_path = str(spec.save(cfg.output_dir)) if spec is not None else None
-        data_report.rows_in = read_report.rows_in or data_report.rows_in
-        data_report.merge(read_report)
-        train_logs = [h for h in trainer.state.log_history if "loss" in h]
-        last = train_logs[-1] if train_logs else {}
-        summary = [f"prefkit train dpo: {cfg.loss_type} beta={cfg.beta}"
-                   + trainer.beta_control.summary()
-                   + f", {trainer.state.global_step} steps in {time.time() - t0:.1f}s"
-                   + (f" (resumed from {resume})" if resume else ""),
-                   common.data_summary(data_report, len(eval_enc) if eval_enc is not None else None),
-                   f"reference: {ref_info.get('mode')}"
-                   + (f", cache {'hit' if ref_info.get('cache_hit') else 'miss'} {ref_info.get('key')}"
-                      if "key" in ref_info else "")]
-        if last:
-            keys = ["loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"]
-            summary.append("last log: " + ", ".join(f"{k}={last[k]:.4g}" for k in keys if k in last))
-        if final_eval:
-            summary.append("eval: " + ", ".join(f"{k}={v:.4g}" for k, v in final_eval.items()
-                                                  if k in ("eval_loss", "eval_rewards/accuracies",
-                                                           "eval_rewards/margins")))
-        if cond_path:
-            summary.append(f"conditioning spec copied to {cond_path}")
-        common.write_report(cfg.output_dir, {
-            "kind": "dpo",
-            "summary": "\n".join(summary),
-            "config": cfg.to_dict(),
-            "precision": precision,
-            "world_size": trainer.accelerator.num_processes,
-            "global_step": trainer.state.global_step,
-            "train_loss": result.training_loss,
-            "resumed_from": resume,
-            "final_base_beta": trainer.beta_control.base_beta,
-            "reference": ref_info,
-            "data": data_report.to_dict(),
-            "eval_data": eval_report.to_dict() if eval_enc is not None else None,
-            "final_eval": final_eval,
-            "conditioning": cond_path,
-            "log_history": trainer.state.log_history,
-        })
-    trainer.accelerator.wait_for_everyone()
+    train_logs = [h for h in trainer.state.log_history if "loss" in h]
+    last = train_logs[-1] if train_logs else {}
+    summary = [f"reference: {ref_info.get('mode')}"
+               + (f", cache {'hit' if ref_info.get('cache_hit') else 'miss'} {ref_info.get('key')}"
+                  if "key" in ref_info else "")]
+    if last:
+        keys = ["loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"]
+        summary.append("last log: " + ", ".join(f"{k}={last[k]:.4g}" for k in keys if k in last))
+    if final_eval:
+        summary.append("eval: " + ", ".join(f"{k}={v:.4g}" for k, v in final_eval.items()
+                                              if k in ("eval_loss", "eval_rewards/accuracies",
+                                                       "eval_rewards/margins")))
+    if cond_path:
+        summary.append(f"conditioning spec copied to {cond_path}")
+    common.finish_run(trainer, run, kind="dpo", resume=resume, result=result, summary=summary,
+                      headline=f"prefkit train dpo: {cfg.loss_type} beta={cfg.beta}{trainer.beta_control.summary()}, ",
+                      run_fields={"final_base_beta": trainer.beta_control.base_beta, "reference": ref_info},
+                      eval_fields={"final_eval": final_eval, "conditioning": cond_path})
     return cfg.output_dir
+
+
+def _choose_reference(run, model, ref_model) -> tuple[Any, dict[str, Any]]:
+    """(reference for PreferenceTrainer, report entry). With precomputed log-probs the reference
+    columns are added to run.train_enc / run.eval_enc here, and no reference stays in memory.
+
+    - a reference-free loss (simpo): "none";
+    - precompute_ref_log_probs, unless the beta control needs the reference's logits (eps-dpo):
+      one pass of ref_model (default: the initial policy), cached on disk -> "precomputed";
+    - LoRA without a separate reference: the adapter-disabled base -> "adapter";
+    - otherwise a frozen model: ref_model, reference_model_name_or_path, or a copy of the policy."""
+    from prefkit.train import common
+
+    cfg = run.cfg
+    if cfg.loss_type in REFERENCE_FREE:
+        return "none", {"mode": "none (reference-free loss)"}
+    if cfg.precompute_ref_log_probs and not beta_control(cfg).needs_heads:
+        if ref_model is None:
+            ref_model = model
+            if cfg.reference_model_name_or_path:
+                ref_model = common.load_model("AutoModelForCausalLM", cfg.reference_model_name_or_path, cfg)
+        settings = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length,
+                    "truncation_mode": cfg.truncation_mode, "on_long": cfg.on_long,
+                    "chat_template": getattr(run.tokenizer, "chat_template", None)}
+        run.train_enc, ref_info = _reference_logps(ref_model, run.tokenizer, run.train_enc, cfg, run.args,
+                                                   run.precision, settings, "reference log-probs (train)")
+        if run.eval_enc is not None:
+            run.eval_enc, ev_info = _reference_logps(ref_model, run.tokenizer, run.eval_enc, cfg, run.args,
+                                                     run.precision, settings, "reference log-probs (eval)")
+            ref_info["eval"] = ev_info
+        ref_info["mode"] = "precomputed (disk cache)"
+        return "precomputed", ref_info
+    if cfg.use_peft and not cfg.reference_model_name_or_path and ref_model is None:
+        return "adapter", {"mode": "live: the adapter-disabled base model"}
+    if ref_model is not None:
+        reference = ref_model
+    elif cfg.reference_model_name_or_path:
+        reference = common.load_model("AutoModelForCausalLM", cfg.reference_model_name_or_path, cfg)
+    else:
+        reference = copy.deepcopy(model)
+    return reference, {"mode": "live: a frozen copy of the initial policy"}
