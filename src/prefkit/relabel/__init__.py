@@ -1,4 +1,4 @@
-"""Reward-augmented relabeling and goal conditioning (methods.md section 1).
+"""Reward-augmented relabeling and goal conditioning (docs/methods.md section 1).
 
     from prefkit.relabel import relabel, condition, load_conditioning
     ra = relabel(pairs, placement="auto", tokenizer=tok)      # D^w then D^l, twice the pairs

@@ -1,4 +1,4 @@
-"""Reward-augmented relabeling (Zhang et al., arXiv 2410.08067; methods.md section 1).
+"""Reward-augmented relabeling (Zhang et al., arXiv 2410.08067; docs/methods.md section 1).
 
 Each pair (x, y_w, y_l, r_w, r_l) becomes two training pairs:
   D^w: prompt S(r_w) + x, chosen y_w, rejected y_l

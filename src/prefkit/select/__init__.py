@@ -1,4 +1,5 @@
-"""Alignment-potential data selection (Huang et al., ICML 2025; shared/methods.md section 3).
+"""Alignment-potential data selection (Huang et al., arXiv 2503.01864;
+docs/methods.md section 3).
 
     from prefkit.select import select, score, selection_ablation
     kept = select(pairs, "alignment-potential", fraction=0.4, model=model, tokenizer=tok)

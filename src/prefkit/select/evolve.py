@@ -1,10 +1,10 @@
 """Evolve then select: the self-play extension of alignment-potential selection.
 
-Procedure (shared/methods.md section 3): take the selected prompts, rewrite each into a harder
+Procedure (docs/methods.md section 3): take the selected prompts, rewrite each into a harder
 variant with an Evol-Instruct-style instruction (add constraints, deepen, concretise, require
 more reasoning, broaden), drop failed and runaway rewrites, sample several responses to each
-evolved prompt and score them with a reward model or judge (SYNTH's West-of-N: best against
-worst score), select again with the same metric, and merge the kept pairs with the base set.
+evolved prompt and score them with a reward model or judge (`prefkit.synth.west_of_n`: best
+against worst score), select again with the same metric, and merge the kept pairs with the base set.
 
 The rewrite instructions are prefkit's own wording. Generation goes through any
 `prefkit.synth` backend (an OpenAI-compatible server or a local transformers model) inside a

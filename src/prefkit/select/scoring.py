@@ -2,7 +2,7 @@
 
 Pass 1 walks the pairs in chunks (`chunk_size` rows): it reads the explicit scores, takes the
 policy's (and reference's) sequence log-probs from the row cache or computes the missing ones
-through CORE's scoring API (`prefkit.logprobs.score_logps`), writes the raw margin columns to an
+with `prefkit.logprobs.score_logps`, writes the raw margin columns to an
 on-disk Arrow file, and accumulates streaming mean / variance of the margins.
 
 Pass 2 reads that file back chunk by chunk, standardises the margins with the dataset-wide

@@ -1,5 +1,5 @@
 """The synthetic-preference baselines RMBoost is compared against (Shen et al., section 2 of
-shared/methods.md), each producing canonical PAIRS with a `method` column:
+docs/methods.md), each producing canonical PAIRS with a `method` column:
 
 - rlaif: two samples per prompt, then a pairwise LLM judge picks the better one. The two answers
   are shown in a seeded random order (position bias); `both_orders=True` asks twice, swapped, and
