@@ -22,15 +22,14 @@ from prefkit.errors import ConfigError
 from prefkit.report import StageReport
 from prefkit.synth import prompts as P
 from prefkit.synth.backends import Backend, SamplingParams
-from prefkit.synth.inputs import pair_row, pairs_dataset
+from prefkit.synth.inputs import pair_row, pairs_dataset, prompt_rows
 from prefkit.synth.parsing import parse_verdict
-from prefkit.synth.rmboost import _prompt_rows
 from prefkit.synth.runs import Request, Run
 
 
 def _setup(prompts, report, name, run_dir):
     rep = report if report is not None else StageReport(f"synth {name}")
-    rows = _prompt_rows(prompts, rep)
+    rows = prompt_rows(prompts, rep)
     rep.rows_in += len(rows)
     if run_dir is None:
         run_dir = tempfile.mkdtemp(prefix=f"prefkit-{name}-")
