@@ -164,12 +164,34 @@ def test_multi_rows_are_paired_max_vs_min_then_scored(tiny_llama, llama3_tokeniz
 
 
 def test_every_metric_plots_its_boundary(tiny_llama, llama3_tokenizer, pairs, tmp_path):
+    """The line drawn on each plot is the metric's real selection boundary: every kept pair lies
+    on its kept side and every other pair on the far side (checked at each pair's own margins)."""
+    from prefkit.select.plot import _boundary
+    from prefkit.select.selection import selection_scores
+
     ref = tiny_causal_lm(llama3_tokenizer, arch="llama", seed=1)
     scored = score(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, reference=ref, progress=False)
-    sizes = set()
+    ds = scored.dataset
+    x = np.asarray(ds["explicit_margin"], dtype=np.float64)
     for metric in ("alignment-potential", "ap-paper", "dpo-implicit", "explicit", "implicit", "random"):
         png = tmp_path / f"{metric}.png"
-        kept = select(scored, metric, fraction=0.5, plot=png)
-        sizes.add(len(kept))
-        assert png.read_bytes()[:4] == b"\x89PNG"
-    assert sizes == {4}
+        report = StageReport("select")
+        kept_rows = select(scored, metric, fraction=0.5, plot=png, report=report)
+        assert len(kept_rows) == 4 and png.stat().st_size > 0
+        s = selection_scores(scored, metric)
+        threshold = report.notes["threshold (lowest kept score)"]
+        kept = s >= threshold
+        assert sorted(kept_rows["selection_score"]) == pytest.approx(sorted(s[kept])), metric
+        ycol = "dpo_implicit_margin" if metric == "dpo-implicit" else "implicit_margin"
+        y = np.abs(np.asarray(ds[ycol], dtype=np.float64))
+        b = _boundary(metric, threshold, scored.stats, scored.weight, x)
+        if metric == "random":
+            assert b is None  # random selection has no boundary in this plane
+            continue
+        kind, v = b
+        tol = 1e-9 * (1 + np.abs(v)).max()
+        if kind == "vline":  # kept: explicit margin at or right of the line
+            assert (x[kept] >= v - tol).all() and (x[~kept] <= v + tol).all(), metric
+        else:  # kept: |implicit margin| at or below the line
+            line = np.full_like(x, v) if kind == "hline" else v
+            assert (y[kept] <= line[kept] + tol).all() and (y[~kept] >= line[~kept] - tol).all(), metric
