@@ -10,7 +10,7 @@ import torch
 
 from prefkit.errors import ConfigError, DataError
 from prefkit.report import StageReport
-from prefkit.select import score, select, selection_ablation
+from prefkit.select import score_margins, select, selection_ablation
 from prefkit.tokenize import encode_pair
 from prefkit.toy.tiny import tiny_causal_lm
 
@@ -28,7 +28,7 @@ def _independent_logps(model, tokenizer, prompt, response):
 
 def test_metric_columns_match_hand_computation(tiny_llama, llama3_tokenizer, pairs):
     ref = tiny_causal_lm(llama3_tokenizer, arch="llama", seed=1)
-    scored = score(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, reference=ref, beta=0.1, weight=1.0,
+    scored = score_margins(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, reference=ref, beta=0.1, weight=1.0,
                    batch_size=3, chunk_size=3, progress=False)
     ds = scored.dataset
     lc, nc, lr, nr, rc, rr = [], [], [], [], [], []
@@ -68,7 +68,7 @@ def test_metric_columns_match_hand_computation(tiny_llama, llama3_tokenizer, pai
 
 def test_constant_explicit_margin_leaves_the_ranking_to_the_implicit_term(tiny_llama, llama3_tokenizer, pairs):
     const = pairs.map(lambda r: {"score_chosen": 7.0, "score_rejected": 5.0})
-    scored = score(const, model=tiny_llama, tokenizer=llama3_tokenizer, progress=False)
+    scored = score_margins(const, model=tiny_llama, tokenizer=llama3_tokenizer, progress=False)
     assert "explicit_margin constant" in scored.report.notes
     assert set(scored.dataset["z_explicit_margin"]) == {0.0}
     ap = select(scored, "alignment-potential", fraction=0.5)
@@ -78,7 +78,7 @@ def test_constant_explicit_margin_leaves_the_ranking_to_the_implicit_term(tiny_l
 
 def test_constant_implicit_margin_leaves_the_ranking_to_the_explicit_term(tiny_llama, llama3_tokenizer, pairs):
     same = pairs.map(lambda r: {"rejected": r["chosen"]})  # identical responses: m_i = 0 for every pair
-    scored = score(same, model=tiny_llama, tokenizer=llama3_tokenizer, progress=False)
+    scored = score_margins(same, model=tiny_llama, tokenizer=llama3_tokenizer, progress=False)
     assert "abs_implicit_margin constant" in scored.report.notes
     assert not np.isnan(scored.dataset["alignment_potential"]).any()
     assert select(scored, "alignment-potential", top_k=3)["pair_id"] == select(scored, "explicit", top_k=3)["pair_id"]
@@ -124,8 +124,8 @@ def test_equal_budgets_across_metrics(tiny_llama, llama3_tokenizer, pairs):
 
 
 def test_streaming_chunks_give_the_same_metrics_as_one_pass(tiny_llama, llama3_tokenizer, pairs, tmp_path):
-    one = score(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, chunk_size=100, progress=False).dataset
-    many = score(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, chunk_size=3, progress=False,
+    one = score_margins(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, chunk_size=100, progress=False).dataset
+    many = score_margins(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, chunk_size=3, progress=False,
                  work_dir=tmp_path / "work").dataset
     assert (tmp_path / "work" / "metrics.arrow").exists()  # memory-mapped from disk
     for col in ("alignment_potential", "implicit_margin", "random_score", "explicit_margin"):
@@ -170,7 +170,7 @@ def test_every_metric_plots_its_boundary(tiny_llama, llama3_tokenizer, pairs, tm
     from prefkit.select.selection import selection_scores
 
     ref = tiny_causal_lm(llama3_tokenizer, arch="llama", seed=1)
-    scored = score(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, reference=ref, progress=False)
+    scored = score_margins(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, reference=ref, progress=False)
     ds = scored.dataset
     x = np.asarray(ds["explicit_margin"], dtype=np.float64)
     for metric in ("alignment-potential", "ap-paper", "dpo-implicit", "explicit", "implicit", "random"):

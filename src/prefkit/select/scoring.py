@@ -145,7 +145,7 @@ def _count_bad_scores(sc, sr, row0, report) -> np.ndarray:
     return bad_c | bad_r
 
 
-def score(dataset, *, model=None, tokenizer=None, reference=None, beta: float = 0.1, weight: float = 1.0,
+def score_margins(dataset, *, model=None, tokenizer=None, reference=None, beta: float = 0.1, weight: float = 1.0,
           need_policy: bool = True, batch_size: int = 8, chunk_size: int = 512, cache_dir=None,
           score_kwargs: dict | None = None, seed: int = 42, work_dir=None, on_invalid: str = "error",
           report: StageReport | None = None, progress: bool = True, file: str | None = None,

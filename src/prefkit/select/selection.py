@@ -16,7 +16,7 @@ from prefkit.errors import ConfigError
 from prefkit.models import load_causal_lm
 from prefkit.report import StageReport
 from prefkit.select import metrics as M
-from prefkit.select.scoring import Scored, score
+from prefkit.select.scoring import Scored, score_margins
 
 #: metric -> (column ranked, what larger means), for the docs and the report
 RANKED_BY = {
@@ -82,7 +82,7 @@ def score_for(dataset, metrics, *, model=None, tokenizer=None, reference=None, *
             reference = load_causal_lm(reference, need_tokenizer=False)[0]
     else:
         reference = None
-    return score(dataset, model=model, tokenizer=tokenizer, reference=reference, need_policy=need_policy,
+    return score_margins(dataset, model=model, tokenizer=tokenizer, reference=reference, need_policy=need_policy,
                  **options)
 
 
@@ -93,14 +93,14 @@ def select(dataset, metric: str = M.ALIGNMENT_POTENTIAL, *, fraction: float = 0.
     """Select the most promising preference pairs; returns the kept rows with every metric column.
 
     dataset   PAIRS (with score_chosen / score_rejected) or MULTI rows (paired max vs min score),
-              or a `Scored` from `score()` / an earlier call (then nothing is rescored).
+              or a `Scored` from `score_margins()` / an earlier call (then nothing is rescored).
     metric    'alignment-potential' (default; z(m_e) - weight z(|m_i|)), 'ap-paper',
               'dpo-implicit' (needs `reference`, uses `beta`), 'explicit', 'implicit', 'random'.
     fraction  keep floor(fraction * n) rows (default 0.4); `top_k` keeps k rows instead.
     model, tokenizer   the policy about to be trained (objects or a model directory).
     plot      write a PNG of explicit against implicit margin with the selection boundary.
     scored_path   also write the full scored table (every row, with a `selected` column).
-    score_options pass to `prefkit.select.score` (batch_size, chunk_size, cache_dir, seed, work_dir,
+    score_options pass to `prefkit.select.score_margins` (batch_size, chunk_size, cache_dir, seed, work_dir,
               on_invalid, score_kwargs, progress, file).
     """
     _check_metric(metric)
