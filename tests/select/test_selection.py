@@ -195,3 +195,22 @@ def test_every_metric_plots_its_boundary(tiny_llama, llama3_tokenizer, pairs, tm
         else:  # kept: |implicit margin| at or below the line
             line = np.full_like(x, v) if kind == "hline" else v
             assert (y[kept] <= line[kept] + tol).all() and (y[~kept] >= line[~kept] - tol).all(), metric
+
+
+def test_one_options_object_or_its_fields_as_keywords(tiny_llama, llama3_tokenizer, pairs):
+    """select, score_margins and selection_ablation take one SelectOptions; keywords override it."""
+    from prefkit.select import SelectOptions
+
+    opts = SelectOptions(metric="implicit", fraction=0.5, seed=3, progress=False)
+    by_object = select(pairs, options=opts, model=tiny_llama, tokenizer=llama3_tokenizer)
+    by_keywords = select(pairs, "implicit", fraction=0.5, seed=3, progress=False, model=tiny_llama,
+                         tokenizer=llama3_tokenizer)
+    assert by_object.to_list() == by_keywords.to_list() and len(by_object) == 4
+    overridden = select(pairs, "explicit", opts, top_k=2, model=tiny_llama, tokenizer=llama3_tokenizer)
+    assert len(overridden) == 2
+    everything = [r["score_chosen"] - r["score_rejected"] for r in pairs]
+    assert sorted(overridden["explicit_margin"]) == pytest.approx(sorted(everything)[-2:])
+    ablation = selection_ablation(pairs, tiny_llama, llama3_tokenizer, options=opts, metrics=("implicit", "random"))
+    assert ablation["implicit"].to_list() == by_object.to_list()
+    with pytest.raises(ConfigError, match="on_invalid must be 'error' or 'skip'"):
+        SelectOptions(on_invalid="drop")

@@ -9,8 +9,9 @@ Modules: `metrics` (pure metric functions, z-scores, budgets), `cache` (row-leve
 """
 
 from prefkit.select.metrics import METRICS, RunningMoments, budget
+from prefkit.select.options import SelectOptions
 from prefkit.select.scoring import Scored, score_margins
 from prefkit.select.selection import select, selection_ablation, selection_scores
 
-__all__ = ["METRICS", "RunningMoments", "Scored", "budget", "score_margins", "select", "selection_ablation",
+__all__ = ["METRICS", "RunningMoments", "Scored", "SelectOptions", "budget", "score_margins", "select", "selection_ablation",
            "selection_scores"]
