@@ -44,6 +44,19 @@ def _samples(run: Run, backend: Backend, rows, n: int, params: SamplingParams, d
     return [recs[i * n:(i + 1) * n] for i in range(len(rows))]
 
 
+def _two_usable(rep: StageReport, row, a: dict, b: dict, *, failed: str, identical: str) -> bool:
+    """Whether two finished requests make a pair; if not, the row is dropped and counted with
+    the first failure's reason, or as `identical`."""
+    bad = [x for x in (a, b) if not x["ok"]]
+    if bad:
+        rep.drop(f"{failed}: {bad[0]['reason']}", 1, example=f"row {row.source_row}")
+        return False
+    if a["text"].strip() == b["text"].strip():
+        rep.drop(identical, 1, example=f"row {row.source_row}")
+        return False
+    return True
+
+
 def rlaif(prompts, backend: Backend, *, judge: Backend | None = None, run_dir=None, guideline="ultrafeedback",
           generation: SamplingParams | None = None, judge_params: SamplingParams | None = None,
           both_orders: bool = False, seed: int = 42, retry_failed: bool = False, progress: bool = True,
@@ -59,12 +72,7 @@ def rlaif(prompts, backend: Backend, *, judge: Backend | None = None, run_dir=No
         samples = _samples(run, backend, rows, 2, generation, "rlaif samples")
         todo = []
         for r, (a, b) in zip(rows, samples):
-            bad = [s for s in (a, b) if not s["ok"]]
-            if bad:
-                rep.drop(f"sample request failed: {bad[0]['reason']}", 1, example=f"row {r.source_row}")
-                continue
-            if a["text"].strip() == b["text"].strip():
-                rep.drop("the two samples are identical", 1, example=f"row {r.source_row}")
+            if not _two_usable(rep, r, a, b, failed="sample request failed", identical="the two samples are identical"):
                 continue
             swap = random.Random(f"{seed}:{r.source_row}").random() < 0.5
             first, second = (b, a) if swap else (a, b)  # first is shown as A
@@ -197,12 +205,8 @@ def rlcd(prompts, backend: Backend, *, run_dir=None, guideline="ultrafeedback", 
         stats = run.stats
     for k, r in enumerate(rows):
         pos, neg = recs[2 * k], recs[2 * k + 1]
-        bad = [x for x in (pos, neg) if not x["ok"]]
-        if bad:
-            rep.drop(f"request failed: {bad[0]['reason']}", 1, example=f"row {r.source_row}")
-            continue
-        if pos["text"].strip() == neg["text"].strip():
-            rep.drop("positive and negative responses are identical", 1, example=f"row {r.source_row}")
+        if not _two_usable(rep, r, pos, neg, failed="request failed",
+                           identical="positive and negative responses are identical"):
             continue
         out.append(pair_row(r, "rlcd", pos["text"], neg["text"], generator=backend.model,
                             rlcd_principle_role=principle_role))
