@@ -75,7 +75,7 @@ def test_trainer_picks_beta_minus_plus_and_base(eps_setup, tmp_path):
                                 prefkit_config=cfg, reference=ref)
     batch = PairCollator.for_tokenizer(tok)([enc[i] for i in range(len(enc))])
     loss, metrics = trainer.pair_loss(policy, batch, training=True)
-    beta_tilde, steps = trainer._eps_pending[0]
+    beta_tilde, steps = trainer.beta_control.pending[0]
     want = {"plus": BETA / (1 - EPS), "minus": BETA / (1 + EPS), "same": BETA}
     want_step = {"plus": -1, "minus": 1, "same": 0}
     for i, pair_index in enumerate(batch["meta"]["pair_index"].tolist()):
@@ -87,9 +87,9 @@ def test_trainer_picks_beta_minus_plus_and_base(eps_setup, tmp_path):
     assert torch.isfinite(loss)
 
     # the base beta after the optimiser step: paper rule = mean of the per-pair beta
-    trainer.update_base_beta()
-    assert trainer.base_beta == pytest.approx(sum(want[k] for k in kinds) / len(kinds), rel=1e-6)
-    assert trainer._eps_pending == []
+    trainer.beta_control.after_step(trainer.accelerator)
+    assert trainer.beta_control.base_beta == pytest.approx(sum(want[k] for k in kinds) / len(kinds), rel=1e-6)
+    assert trainer.beta_control.pending == []
 
 
 @pytest.mark.parametrize("rule", ["paper", "code"])

@@ -1,7 +1,7 @@
 """Multi-response rows (MULTI) to preference pairs (PAIRS).
 
 Methods
-  published      the UltraFeedback recipe used by Zhang et al. (methods.md section 1): per prompt,
+  published      the UltraFeedback recipe used by Zhang et al. (docs/methods.md section 1): per prompt,
                  responses with an 'N/A' aspect rating or no overall score are skipped; chosen = the
                  highest overall score (the first one in file order when several share it);
                  rejected = a uniformly random other remaining response, drawn with

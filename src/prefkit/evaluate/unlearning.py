@@ -38,6 +38,7 @@ def condition_pairs(pairs, spec, goal="own", tokenizer=None):
 
 def mean_rejected_logp(model, tokenizer, pairs, batch_size: int = 32) -> float:
     """Mean over pairs of log pi(rejected | prompt) (sum over response tokens)."""
+    from prefkit.data import records as R
     from prefkit.logprobs import score_logps
 
     was_training = model.training
@@ -46,7 +47,7 @@ def mean_rejected_logp(model, tokenizer, pairs, batch_size: int = 32) -> float:
         scored = score_logps(model, tokenizer, pairs, batch_size=batch_size, progress=False)
     finally:
         model.train(was_training)
-    vals = [v for v in scored["logps_rejected"] if v is not None]
+    vals = [v for v in scored[R.LOGPS_REJECTED] if v is not None]
     return statistics.fmean(vals) if vals else float("nan")
 
 

@@ -1,5 +1,7 @@
 """Scoring (prompt, response) with a Hugging Face sequence-classification reward model.
 
+It sits below both stages that use it (synth and evaluate), next to `prefkit.logprobs`.
+
 Used by West-of-N, `prefkit score --reward-model` and `prefkit eval rm`. Each (prompt, response)
 is tokenized by `prefkit.tokenize.encode_pair`, the same layout the trainers use (chat template
 for message lists; prompt + response + EOS for strings; the same truncation), so a reward model
