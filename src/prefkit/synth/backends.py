@@ -236,10 +236,10 @@ class OpenAIBackend(Backend):
                 out.append(value)
                 out.extend(value.split()[1:])  # "Bearer XYZ" -> also XYZ alone
         out += [ep.password for ep in self._endpoint_specs if ep.password]
-        if self.proxy:
-            from urllib.parse import urlsplit
+        from urllib.parse import urlsplit
 
-            pw = urlsplit(self.proxy).password
+        for proxy in [self.proxy, *getattr(self, "_proxies", {}).values()]:
+            pw = urlsplit(proxy).password if proxy else None
             if pw:
                 out.append(pw)
         return sorted({s for s in out if s and len(s) >= 4}, key=len, reverse=True)
@@ -279,12 +279,38 @@ class OpenAIBackend(Backend):
         self._loop = loop
         ssl_ctx = ssl.create_default_context(cafile=self.ca_bundle)  # SSL_CERT_FILE/DIR apply too
         connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0, ssl=ssl_ctx)
+        # trust_env=False: we resolve HTTP(S)_PROXY/NO_PROXY once per base URL in _proxy_for
+        # (aiohttp's own lookup runs in a thread for every request: twice the client CPU).
         self._session = aiohttp.ClientSession(
-            connector=connector, trust_env=self.trust_env, auto_decompress=True,
+            connector=connector, trust_env=False, auto_decompress=True,
             timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=self.connect_timeout))
         self._endpoints = [_Endpoint(url, self.api_version) for url in self.base_urls]
         self._headers = {id(ep): self._request_headers(ep) for ep in self._endpoints}
+        self._proxies = {id(ep): self._proxy_for(ep) for ep in self._endpoints}
         self._sem = asyncio.Semaphore(self.concurrency)
+
+    def _proxy_for(self, ep: _Endpoint) -> str | None:
+        """`proxy`, else (with `trust_env`) the HTTP_PROXY/HTTPS_PROXY for the URL's scheme
+        unless NO_PROXY names its host (either case of the variable names)."""
+        import urllib.request
+
+        if self.proxy:
+            return self.proxy
+        if not self.trust_env:
+            return None
+        proxies = urllib.request.getproxies_environment()
+        scheme = ep.chat_url.split(":", 1)[0]
+        proxy = proxies.get(scheme)
+        if not proxy or urllib.request.proxy_bypass_environment(ep.host, proxies):
+            return None
+        if "://" not in proxy:
+            proxy = f"http://{proxy}"
+        if not proxy.startswith(("http://", "https://")):
+            from prefkit.errors import ConfigError
+
+            raise ConfigError(f"{scheme.upper()}_PROXY={_redact_url(proxy)!r}: only http:// and https:// "
+                              "proxies are supported")
+        return proxy
 
     def _pick(self) -> _Endpoint:
         eps = self._endpoints
@@ -309,7 +335,7 @@ class OpenAIBackend(Backend):
         """One try: the 2xx body, or _HTTPStatus / an aiohttp or timeout error. The session's
         total timeout covers the whole try (no asyncio.timeout, which Python 3.10 lacks)."""
         async with self._session.post(ep.chat_url, data=body, headers=self._headers[id(ep)],
-                                      proxy=self.proxy, max_redirects=10) as resp:
+                                      proxy=self._proxies[id(ep)], max_redirects=10) as resp:
             payload = await resp.read()
             if not 200 <= resp.status < 300:
                 raise _HTTPStatus(resp.status, payload, resp.headers.get("Retry-After"))
