@@ -470,3 +470,28 @@ def test_backend_on_a_real_python_310(tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("reply "), out.stdout
+
+
+def test_cli_transport_options_reach_the_wire(tmp_path, capsys):
+    from prefkit.cli import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "question"}) + "\n")
+
+    async def serve_and_run():
+        async with Upstream([resp(200, OK)]) as up:
+            argv = ["synth", "rlcd", str(prompts), "-o", str(tmp_path / "pairs.jsonl"), "--base-url",
+                    f"http://127.0.0.1:{up.port}/openai/deployments/d", "--model", "m", "--api-key", "k-0123456",
+                    "--auth", "api-key", "--api-version", "2024-10-21", "--header", "X-Trace-Id: abc: 1",
+                    "--connect-timeout", "3", "--no-progress"]
+            rc = await asyncio.to_thread(main, argv)
+            return rc, up.seen
+
+    rc, seen = asyncio.run(serve_and_run())
+    assert rc == 0 and len(seen) == 2
+    for line, headers, _ in seen:
+        assert line == "POST /openai/deployments/d/chat/completions?api-version=2024-10-21 HTTP/1.1"
+        assert headers["api-key"] == "k-0123456" and headers["x-trace-id"] == "abc: 1"
+    capsys.readouterr()
+    rc = main(["synth", "rlcd", str(prompts), "-o", str(tmp_path / "x.jsonl"), "--model", "m", "--header", "no-colon"])
+    assert rc != 0 and "--header 'no-colon': expected 'NAME: VALUE'" in capsys.readouterr().err
