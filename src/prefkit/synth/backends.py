@@ -273,6 +273,7 @@ class OpenAIBackend(Backend):
         import ssl
 
         import aiohttp
+        import yarl
 
         # First use, or a new event loop: a session belongs to the loop that opened it. An
         # abandoned session of an earlier (closed) loop is dropped without touching that loop.
@@ -287,6 +288,7 @@ class OpenAIBackend(Backend):
         self._endpoints = [_Endpoint(url, self.api_version) for url in self.base_urls]
         self._headers = {id(ep): self._request_headers(ep) for ep in self._endpoints}
         self._proxies = {id(ep): self._proxy_for(ep) for ep in self._endpoints}
+        self._yurls = {id(ep): yarl.URL(ep.chat_url, encoded=True) for ep in self._endpoints}  # parsed once
         self._sem = asyncio.Semaphore(self.concurrency)
 
     def _proxy_for(self, ep: _Endpoint) -> str | None:
@@ -334,7 +336,7 @@ class OpenAIBackend(Backend):
     async def _post(self, ep: _Endpoint, body: bytes) -> bytes:
         """One try: the 2xx body, or _HTTPStatus / an aiohttp or timeout error. The session's
         total timeout covers the whole try (no asyncio.timeout, which Python 3.10 lacks)."""
-        async with self._session.post(ep.chat_url, data=body, headers=self._headers[id(ep)],
+        async with self._session.post(self._yurls[id(ep)], data=body, headers=self._headers[id(ep)],
                                       proxy=self._proxies[id(ep)], max_redirects=10) as resp:
             payload = await resp.read()
             if not 200 <= resp.status < 300:
