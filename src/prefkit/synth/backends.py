@@ -283,7 +283,7 @@ class OpenAIBackend(Backend):
         # trust_env=False: we resolve HTTP(S)_PROXY/NO_PROXY once per base URL in _proxy_for
         # (aiohttp's own lookup runs in a thread for every request: twice the client CPU).
         self._session = aiohttp.ClientSession(
-            connector=connector, trust_env=False, auto_decompress=True,
+            connector=connector, trust_env=False, auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=self.connect_timeout))
         self._endpoints = [_Endpoint(url, self.api_version) for url in self.base_urls]
         self._headers = {id(ep): self._request_headers(ep) for ep in self._endpoints}
