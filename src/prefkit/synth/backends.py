@@ -86,8 +86,8 @@ class Backend:
 # OpenAI-compatible HTTP
 # --------------------------------------------------------------------------------------------
 
-# The transport is aiohttp (chosen by client CPU per request, benchmarks/http_client_cpu.py and
-# docs/synth.md: aiohttp 0.19 ms, httpx2 1.2 ms, the openai SDK 2.2 ms, httpx 3.0 ms). It brings
+# The transport is aiohttp, chosen by client CPU per request (benchmarks/http_client_cpu.py,
+# docs/synth.md: aiohttp 0.19 ms, httpx2 1.3 ms, httpx 2.6 ms, the openai SDK 2.6 ms). It brings
 # proxies from HTTP(S)_PROXY/NO_PROXY, TLS with the system or a given CA bundle, gzip/deflate
 # bodies, redirects and IPv6; prefkit keeps its own retries, balancing and stdlib-json parsing.
 
