@@ -495,3 +495,28 @@ def test_cli_transport_options_reach_the_wire(tmp_path, capsys):
     capsys.readouterr()
     rc = main(["synth", "rlcd", str(prompts), "-o", str(tmp_path / "x.jsonl"), "--model", "m", "--header", "no-colon"])
     assert rc != 0 and "--header 'no-colon': expected 'NAME: VALUE'" in capsys.readouterr().err
+
+
+def test_redirects_keep_secrets_on_their_origin_and_301_says_what_to_do():
+    async def go():
+        async with Upstream([resp(200, OK)]) as other:
+            target = f"http://127.0.0.1:{other.port}/v1/chat/completions"
+            async with Upstream([resp(308, b"", f"Location: {target}\r\n")]) as first:
+                moved = await complete(f"http://127.0.0.1:{first.port}/v1", auth="api-key",
+                                       headers={"X-Api-Token": "tok-123456", "X-Trace-Id": "t1"})
+            async with Upstream([resp(301, b"", "Location: https://elsewhere.example/v1/chat/completions\r\n")]) as up:
+                gone = await complete(f"http://127.0.0.1:{up.port}/v1")
+            async with Upstream([resp(307, b"", "Location: /v1/chat/completions\r\n")]) as loop:
+                looping = await complete(f"http://127.0.0.1:{loop.port}/v1")
+            return moved, other.seen, first.seen, gone, looping, loop.seen
+
+    moved, other_seen, first_seen, gone, looping, loop_seen = asyncio.run(go())
+    assert moved.text == "hi"
+    assert first_seen[0][1]["api-key"] == "sk-test-key-1234" and first_seen[0][1]["x-api-token"] == "tok-123456"
+    headers = other_seen[0][1]
+    assert "api-key" not in headers and "x-api-token" not in headers and "authorization" not in headers
+    assert headers["x-trace-id"] == "t1" and other_seen[0][2] == first_seen[0][2]
+    assert isinstance(gone, RequestFailed) and gone.reason == "HTTP 301" and gone.attempts == 1
+    assert "use that URL as the base URL" in gone.detail and "https://elsewhere.example/v1" in gone.detail
+    assert isinstance(looping, RequestFailed) and "more than 10 redirects" in looping.detail
+    assert len(loop_seen) == 11

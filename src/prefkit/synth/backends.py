@@ -96,6 +96,7 @@ _AZURE_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com")
 _SECRET_HEADER_WORDS = ("auth", "key", "token", "secret", "cookie", "password", "signature")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{4,}")
 _REDACTED = "[REDACTED]"
+_MAX_REDIRECTS = 10
 
 
 class _HTTPStatus(Exception):
@@ -291,7 +292,7 @@ class OpenAIBackend(Backend):
         self._yurls = {id(ep): yarl.URL(ep.chat_url, encoded=True) for ep in self._endpoints}  # parsed once
         self._sem = asyncio.Semaphore(self.concurrency)
 
-    def _proxy_for(self, ep: _Endpoint) -> str | None:
+    def _proxy_for(self, ep: _Endpoint, chat_url: str | None = None) -> str | None:
         """`proxy`, else (with `trust_env`) the HTTP_PROXY/HTTPS_PROXY for the URL's scheme
         unless NO_PROXY names its host (either case of the variable names)."""
         import urllib.request
@@ -301,7 +302,7 @@ class OpenAIBackend(Backend):
         if not self.trust_env:
             return None
         proxies = urllib.request.getproxies_environment()
-        scheme = ep.chat_url.split(":", 1)[0]
+        scheme = (chat_url or ep.chat_url).split(":", 1)[0]
         proxy = proxies.get(scheme)
         if not proxy or urllib.request.proxy_bypass_environment(ep.host, proxies):
             return None
@@ -335,13 +336,42 @@ class OpenAIBackend(Backend):
 
     async def _post(self, ep: _Endpoint, body: bytes) -> bytes:
         """One try: the 2xx body, or _HTTPStatus / an aiohttp or timeout error. The session's
-        total timeout covers the whole try (no asyncio.timeout, which Python 3.10 lacks)."""
-        async with self._session.post(self._yurls[id(ep)], data=body, headers=self._headers[id(ep)],
-                                      proxy=self._proxies[id(ep)], max_redirects=10) as resp:
-            payload = await resp.read()
-            if not 200 <= resp.status < 300:
-                raise _HTTPStatus(resp.status, payload, resp.headers.get("Retry-After"))
-            return payload
+        total timeout bounds each hop (no asyncio.timeout, which Python 3.10 lacks), and a
+        deadline bounds the try when it follows redirects."""
+        url, headers, proxy = self._yurls[id(ep)], self._headers[id(ep)], self._proxies[id(ep)]
+        timeout, deadline = self._session.timeout, None  # (an explicit None would mean no timeout)
+        for _hop in range(_MAX_REDIRECTS + 1):
+            async with self._session.post(url, data=body, headers=headers, proxy=proxy, allow_redirects=False,
+                                          timeout=timeout) as resp:
+                payload = await resp.read()
+                status, location = resp.status, resp.headers.get("Location")
+                if 200 <= status < 300:
+                    return payload
+                if status not in (307, 308) or not location:
+                    if status in (301, 302, 303) and location:
+                        payload = (f"the server redirects to {location} with HTTP {status}, which turns a POST "
+                                   "into a GET; use that URL as the base URL").encode()
+                    raise _HTTPStatus(status, payload, resp.headers.get("Retry-After"))
+            import aiohttp
+            import yarl
+
+            if deadline is None:  # the first redirect: the rest of the try shares one deadline
+                deadline = asyncio.get_running_loop().time() + self.timeout
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise asyncio.TimeoutError()
+            timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=self.connect_timeout)
+            new = url.join(yarl.URL(location))
+            if new.scheme not in ("http", "https"):
+                raise _HTTPStatus(status, f"redirect to a non-HTTP URL {new.scheme}:...".encode(), None)
+            if (new.scheme, new.host, new.port) != (url.scheme, url.host, url.port):
+                # Another origin never sees the key or secret-looking headers (as browsers and
+                # other HTTP clients do for Authorization); its proxy follows the environment.
+                headers = {k: v for k, v in headers.items()
+                           if not any(w in k.lower() for w in _SECRET_HEADER_WORDS)}
+                proxy = self._proxy_for(_Endpoint(str(new)), chat_url=str(new))
+            url = new
+        raise _HTTPStatus(status, f"more than {_MAX_REDIRECTS} redirects".encode(), None)
 
     async def complete(self, messages: list[dict], params: SamplingParams) -> Completion:
         self._setup()
