@@ -151,7 +151,8 @@ class OpenAIBackend(Backend):
     Transport: one aiohttp session per event loop (keep-alive pool of at most `concurrency`
     connections over all base URLs). It honours HTTP_PROXY/HTTPS_PROXY/NO_PROXY (or `proxy`),
     verifies TLS against the system store, SSL_CERT_FILE or `ca_bundle`, decodes gzip/deflate,
-    follows redirects (307/308 keep the POST body) and takes IPv6 literals (`http://[::1]:8000/v1`).
+    follows 307/308 redirects with the POST body (secrets stay on their origin) and takes IPv6
+    literals (`http://[::1]:8000/v1`). No HTTP/2: aiohttp does not offer it.
     Bodies are built and read with stdlib `json` (no typed response models).
 
     Auth: `Authorization: Bearer KEY`, or Azure OpenAI's `api-key: KEY` header (`auth="api-key"`;
