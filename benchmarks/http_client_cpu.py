@@ -1,7 +1,7 @@
 """Client CPU per chat-completion request for the HTTP clients prefkit could use.
 
 Each candidate sends the same N chat completions, 64 in flight, to a local OpenAI-compatible
-server (prefkit.synth.fake_server in its own process, no added latency) and we report the client
+server (prefkit.testing in its own process, no added latency) and we report the client
 process's CPU milliseconds per request (time.process_time over the batch, after a warm-up batch).
 Candidates: `prefkit` (OpenAIBackend as shipped: the transport plus prefkit's retry loop and
 stdlib-json parsing), the bare `httpx`, `httpx2` and `aiohttp` clients posting the same JSON and
@@ -143,7 +143,7 @@ def main() -> int:
             names.append(name)
         except ImportError:
             print(f"{name}: not installed, skipped")
-    proc = subprocess.Popen([sys.executable, "-m", "prefkit.synth.fake_server", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "prefkit.testing", "--port", "0",
                              "--max-lifetime", "900"], stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     if not line.startswith("READY"):

@@ -457,7 +457,7 @@ def test_backend_on_a_real_python_310(tmp_path):
     script.write_text(
         "import asyncio\n"
         "from prefkit.synth.backends import OpenAIBackend, SamplingParams\n"
-        "from prefkit.synth.fake_server import FakeServer\n"
+        "from prefkit.testing import FakeServer\n"
         "async def go(url):\n"
         "    be = OpenAIBackend(model='m', base_urls=[url], max_retries=0, timeout=5)\n"
         "    try:\n"
