@@ -396,6 +396,7 @@ def evaluate_policies(policies, prompts, *, output_dir=None, run_dir=None, n: in
                     vals[k] = gr.score
                     recs[k]["judge_score"] = gr.score
                     recs[k]["judge_failure"] = gr.failure
+                    recs[k]["judge_raw"] = gr.raw
                     if gr.failure:
                         key = gr.failure.split(":")[0]
                         fails[key] = fails.get(key, 0) + 1
@@ -461,7 +462,8 @@ def _pairwise(specs, rows, n, gen, run, judge, judge_params, reference, referenc
             rec = by_key[(spec.name, i, j)]
             rec["pairwise"] = {"verdicts": dict(zip(("policy_first", "policy_second"), c.verdicts)),
                                "preferences": c.preferences, "preference": c.preference,
-                               "failures": c.failures, "reference_length": len(refs[i])}
+                               "failures": c.failures, "reference_length": len(refs[i]),
+                               "judge_raw": dict(zip(("policy_first", "policy_second"), c.raw))}
             for order, (v, f) in enumerate(zip(c.verdicts, c.failures)):
                 orders_asked += 1
                 if f:

@@ -92,7 +92,7 @@ def unlearning_probe(model, pairs, *, tokenizer=None, threshold: float = 5.0, li
         pairs = read(pairs)
     if R.kind_of(pairs.column_names) != "pairs":
         raise ConfigError("the unlearning probe needs preference pairs (prompt, chosen, rejected)")
-    if R.SCORE_REJECTED not in pairs.column_names:
+    if R.SCORE_REJECTED not in pairs.column_names or all(v is None for v in pairs[R.SCORE_REJECTED]):
         raise ConfigError(f"the unlearning probe needs the field '{R.SCORE_REJECTED}' (the rejected response's "
                           "judge score) to pick the high-quality rejected responses; score the pairs first "
                           "(prefkit score)")
