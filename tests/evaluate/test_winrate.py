@@ -147,3 +147,18 @@ def test_without_alpaca_eval_the_official_path_says_why():
         pass
     metrics, why = official_length_controlled(["Say hi."], [], policy="p", reference="r")
     assert metrics is None and "alpaca-eval" in why
+
+
+def test_judge_readers_accept_a_bare_verdict_or_rating_and_nothing_vaguer():
+    from prefkit.evaluate.judging import read_score, read_verdict
+
+    for text, want in (("A", "A"), ("**B**", "B"), ("Tie.", "tie"), (" b\n", "B"), ("Verdict: A", "A"),
+                       ("reasoning...\n<verdict>B</verdict>", "B"), ("[[tie]]", "tie")):
+        assert read_verdict(text) == (want, None), text
+    for text in ("A is better than B, but B", "The answer that is more helpful is:", "", None, "AB"):
+        v, issue = read_verdict(text)
+        assert v is None and issue, text
+    for text, want in (("7", 7.0), ("7/10", 7.0), ("**9**", 9.0), ("<score>3</score>", 3.0), ("score: 4", 4.0)):
+        assert read_score(text) == (want, None), text
+    assert read_score("11")[0] is None and "outside" in read_score("11")[1]
+    assert read_score("The answer is 10.")[0] is None

@@ -105,6 +105,8 @@ def _register_policy(whats) -> None:
     s.add_argument("--reference", default=None, metavar="NAME", help="the policy whose outputs are the reference")
     s.add_argument("--reference-outputs", default=None, metavar="FILE",
                    help="reference outputs: AlpacaEval format ({instruction, output}) or prefkit outputs")
+    s.add_argument("--judge-verdict-only", action="store_true",
+                   help="ask the judge for the verdict / rating alone, without an explanation (small judges)")
     s.add_argument("--no-official-lc", action="store_true",
                    help="do not try AlpacaEval's own length-controlled GLM (see docs/evaluate.md)")
     add_backend_arguments(p, prefix="judge-", what="judge")
@@ -154,7 +156,8 @@ def run_policy(args) -> int:
         batch_size=args.batch_size, reward_fn=args.reward_fn, reward_model=args.reward_model, judge=judge,
         judge_modes=modes, reference=args.reference, reference_outputs=args.reference_outputs,
         judge_params=sampling_from_args(args, "judge-", temperature=0.0, max_tokens=512, seed=0),
-        official_lc=not args.no_official_lc, retry_failed=args.retry_failed, progress=not args.no_progress)
+        judge_explain=not args.judge_verdict_only, official_lc=not args.no_official_lc,
+        retry_failed=args.retry_failed, progress=not args.no_progress)
     from prefkit.evaluate.report import markdown_tables
     from prefkit.synth.runs import RunStats
 

@@ -308,13 +308,15 @@ def evaluate_policies(policies, prompts, *, output_dir=None, run_dir=None, n: in
                       batch_size: int = 16, reward_fn=None, reward_model=None, judge: Backend | None = None,
                       judge_modes: Sequence[str] = ("single",), reference: str | None = None,
                       reference_outputs=None, judge_params: SamplingParams | None = None,
-                      official_lc: bool | str = "auto", retry_failed: bool = False, progress: bool = True,
+                      judge_explain: bool = True, official_lc: bool | str = "auto", retry_failed: bool = False,
+                      progress: bool = True,
                       prompt_options: dict | None = None, rm_options: dict | None = None) -> dict:
     """Generate with every policy on `prompts`, score, and (with `output_dir`) write the report.
 
     judge_modes: any of 'single' (1-10 grading) and 'pairwise' (against `reference`, the name of
     one of the policies, whose sample 0 is the reference, or `reference_outputs`, a file or a list
-    aligned with the prompts). official_lc: 'auto' calls AlpacaEval's own length-controlled GLM
+    aligned with the prompts). judge_explain=False asks the judge for the verdict / rating alone.
+    official_lc: 'auto' calls AlpacaEval's own length-controlled GLM
     when its inputs are present (see `prefkit.evaluate.winrate`), False never.
 
     Returns {"prompts", "n", "generation", "policies": {name: metrics}, "per_prompt": [rows],
@@ -389,7 +391,7 @@ def evaluate_policies(policies, prompts, *, output_dir=None, run_dir=None, n: in
 
                 grades = grade_single(
                     run, judge, [(rows[flat[k][0]].messages, texts[k]) for k in ok], judge_params,
-                    desc=f"judge {spec.name}")
+                    desc=f"judge {spec.name}", explain=judge_explain)
                 vals = [None] * len(texts)
                 fails = {}
                 for k, gr in zip(ok, grades):
@@ -408,7 +410,7 @@ def evaluate_policies(policies, prompts, *, output_dir=None, run_dir=None, n: in
 
         if "pairwise" in modes:
             _pairwise(specs, rows, n, gen, run, judge, judge_params, reference, reference_outputs, results,
-                      per_prompt, official_lc)
+                      per_prompt, official_lc, judge_explain)
         run_stats = run.stats.to_dict()
 
     out = {"prompts": len(rows), "n": n,
@@ -427,7 +429,7 @@ def evaluate_policies(policies, prompts, *, output_dir=None, run_dir=None, n: in
 
 
 def _pairwise(specs, rows, n, gen, run, judge, judge_params, reference, reference_outputs, results, per_prompt,
-              official_lc) -> None:
+              official_lc, judge_explain=True) -> None:
     from prefkit.evaluate.judging import compare_pairwise
     from prefkit.evaluate.winrate import official_length_controlled
 
@@ -453,7 +455,8 @@ def _pairwise(specs, rows, n, gen, run, judge, judge_params, reference, referenc
                     continue
                 items.append((rows[i].messages, outs[i][j], refs[i]))
                 where.append((i, j))
-        cmps = compare_pairwise(run, judge, items, judge_params, desc=f"judge {spec.name} vs {ref_name}")
+        cmps = compare_pairwise(run, judge, items, judge_params, desc=f"judge {spec.name} vs {ref_name}",
+                                explain=judge_explain)
         per_prompt_pref: list[list[float]] = [[] for _ in rows]
         rows_glm = []
         fails: dict[str, int] = {}
