@@ -7,6 +7,7 @@ choose, including unreadable answers and position bias); the real SmolLM2 judge 
 import json
 import math
 import re
+import statistics
 
 import pytest
 
@@ -99,6 +100,8 @@ def test_gold_reward_single_and_pairwise_judging_files_and_resume(tiny_dirs, tmp
         gold = [task.gold_reward(prompts[r["prompt_index"]], r["output"]) for r in recs]
         assert pol["reward_fn"]["mean"] == pytest.approx(sum(gold) / 12) and pol["reward_fn"]["n"] == 12
         assert [r["reward_fn"] for r in recs] == pytest.approx(gold)
+        assert [v for row in res["scores"][name]["reward_fn"] for v in row] == pytest.approx(gold)
+        assert pol["reward_fn"]["std"] == pytest.approx(statistics.pstdev(gold))
         # single grades: the scripted score, the garbled prompt's two samples counted as unparseable
         single = pol["judge_single"]
         assert single["failed"] == 2 and single["failures"] == {"unparseable": 2}

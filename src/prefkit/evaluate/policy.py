@@ -320,7 +320,8 @@ def evaluate_policies(policies, prompts, *, output_dir=None, run_dir=None, n: in
     when its inputs are present (see `prefkit.evaluate.winrate`), False never.
 
     Returns {"prompts", "n", "generation", "policies": {name: metrics}, "per_prompt": [rows],
-    "outputs": {name: [[text] * n]}, "run": request stats}.
+    "outputs": {name: [[text] * n per prompt]}, "scores": {name: {"reward_fn" | "reward_model" |
+    "judge_single": [[value] * n per prompt]}}, "run": request stats}.
     """
     specs = policy_specs(policies)
     rows = load_prompts(prompts, **(prompt_options or {}))
@@ -412,6 +413,7 @@ def evaluate_policies(policies, prompts, *, output_dir=None, run_dir=None, n: in
             _pairwise(specs, rows, n, gen, run, judge, judge_params, reference, reference_outputs, results,
                       per_prompt, official_lc, judge_explain)
         run_stats = run.stats.to_dict()
+    by_key = {(r["policy"], r["prompt_index"], r["sample"]): r for r in per_prompt}
 
     out = {"prompts": len(rows), "n": n,
            "generation": {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed},
@@ -420,7 +422,12 @@ def evaluate_policies(policies, prompts, *, output_dir=None, run_dir=None, n: in
                                                                  if isinstance(reference_outputs, (str, Path))
                                                                  else ("outputs given" if reference_outputs else None)),
            "policies": results, "per_prompt": per_prompt,
-           "outputs": {name: g["outputs"] for name, g in gen.items()}, "run": run_stats, "run_dir": str(run_dir)}
+           "outputs": {name: g["outputs"] for name, g in gen.items()},
+           "scores": {spec.name: {m: [[by_key[(spec.name, i, j)].get(k) for j in range(n)] for i in range(len(rows))]
+                                  for m, k in (("reward_fn", "reward_fn"), ("reward_model", "reward_model"),
+                                               ("judge_single", "judge_score"))
+                                  if m in results[spec.name]} for spec in specs},
+           "run": run_stats, "run_dir": str(run_dir)}
     if output_dir is not None:
         from prefkit.evaluate.report import write_report
 

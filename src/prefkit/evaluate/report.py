@@ -154,7 +154,7 @@ def write_report(res: dict, rows: list, output_dir: Path) -> dict:
     (output_dir / "report.md").write_text("\n".join(md))
     files["report"] = str(output_dir / "report.md")
     files["results"] = str(output_dir / "results.json")
-    slim = {k: v for k, v in res.items() if k not in ("per_prompt", "outputs")}
+    slim = {k: v for k, v in res.items() if k not in ("per_prompt", "outputs", "scores")}
     slim["files"] = files
     (output_dir / "results.json").write_text(json.dumps(slim, indent=2, default=str))
     return files
