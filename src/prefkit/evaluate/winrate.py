@@ -297,7 +297,7 @@ def official_length_controlled(instructions: Sequence[str], comparisons: list[di
                                reference: str, annotator: str = "prefkit-judge") -> tuple[dict | None, str]:
     """AlpacaEval's own `get_length_controlled_winrate`, when its inputs are present: the
     `alpaca_eval` package importable, the prompts exactly its 805 evaluation instructions in
-    their canonical order (read from the `tatsu-lab/alpaca_eval` dataset through `datasets`),
+    their canonical order (`alpaca_eval.json` of the `tatsu-lab/alpaca_eval` hub dataset),
     and its precomputed difficulty files reachable. Returns (metrics or None, why not)."""
     try:
         import alpaca_eval  # noqa: F401
@@ -305,10 +305,13 @@ def official_length_controlled(instructions: Sequence[str], comparisons: list[di
     except ImportError:
         return None, "the alpaca-eval package is not installed (pip install 'prefkit[alpaca-eval]')"
     try:
-        import datasets
+        import json
 
-        canonical = datasets.load_dataset("tatsu-lab/alpaca_eval", "alpaca_eval", trust_remote_code=True)["eval"]
-        canonical = list(canonical["instruction"])
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download("tatsu-lab/alpaca_eval", "alpaca_eval.json", repo_type="dataset")
+        with open(path) as fh:
+            canonical = [row["instruction"] for row in json.load(fh)]
     except Exception as exc:  # noqa: BLE001 - absent offline; reported, not raised
         return None, f"AlpacaEval's evaluation set is not available ({type(exc).__name__})"
     if list(instructions) != canonical:
