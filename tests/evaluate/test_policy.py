@@ -271,3 +271,29 @@ def test_cli_eval_unlearning_conditions_on_the_rejected_responses_own_goal(tiny_
     no_scores.write_text("".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in rows))
     assert main(["eval", "unlearning", str(tiny_dirs["ra"]), str(no_scores), "--no-progress"]) == 2
     assert "score_rejected" in capsys.readouterr().err
+
+
+def test_reward_model_scores_each_output_as_scored_by_hand(tiny_dirs, tmp_path):
+    import torch
+
+    from prefkit.toy.tiny import build_tokenizer, tiny_reward_model
+
+    tok = build_tokenizer(template="chatml")
+    rm = tiny_reward_model(tok, hidden=32, layers=1, heads=2, seed=3)
+    rm_dir = tmp_path / "rm"
+    rm.save_pretrained(rm_dir)
+    tok.save_pretrained(rm_dir)
+    prompts = [[{"role": "user", "content": p}] for p in task.make_prompts(3, seed=23)]  # conversational
+    res = evaluate_policies({"base": str(tiny_dirs["base"])}, prompts, max_new_tokens=6, temperature=1.0, n=2,
+                            reward_model=str(rm_dir), progress=False)
+    by_hand = []
+    for i, p in enumerate(prompts):
+        for text in res["outputs"]["base"][i]:
+            ids = tok.apply_chat_template(p + [{"role": "assistant", "content": text}], tokenize=True,
+                                          return_dict=True)["input_ids"]
+            with torch.no_grad():
+                by_hand.append(float(rm(input_ids=torch.tensor([ids])).logits[0, 0]))
+    got = [v for row in res["scores"]["base"]["reward_model"] for v in row]
+    assert got == pytest.approx(by_hand, abs=1e-4)
+    assert res["policies"]["base"]["reward_model"]["mean"] == pytest.approx(sum(by_hand) / 6, abs=1e-4)
+    assert res["policies"]["base"]["reward_model"]["name"] == str(rm_dir)
