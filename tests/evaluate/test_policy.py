@@ -125,7 +125,8 @@ def test_gold_reward_single_and_pairwise_judging_files_and_resume(tiny_dirs, tmp
             i = r["prompt_index"]
             if i not in (1, 2):
                 lp, lr = len(r["output"]), len(refs[i])
-                assert prefs == [1.0, 1.0] if lp > lr else [0.0, 0.0] if lp < lr else [0.5, 0.5]
+                want = [1.0, 1.0] if lp > lr else [0.0, 0.0] if lp < lr else [0.5, 0.5]
+                assert prefs == want
             elif i == 1:
                 assert prefs == [1.0, 0.0]  # always 'A': one order for the policy, one against
         vals = [sum(v) / len(v) for v in per_prompt.values()]
