@@ -2,15 +2,17 @@
 
 - Single-answer grading (MT-Bench style, Zheng et al. 2023, arXiv:2306.05685): the judge rates
   one answer from 1 to 10 and ends with <score>N</score>; `prefkit.synth.parsing.parse_score`
-  reads it (or a reply that is nothing but the number). An unreadable answer is a counted parse failure, never a score.
+  reads it (or a reply that is nothing but the number). An unreadable answer is a counted parse
+  failure, never a score.
 - Pairwise comparison against a reference output, asked in both orders (the policy's answer
   shown first, then second) to cancel position bias; the judge may call a tie. Verdicts are read
-  by `prefkit.synth.parsing.parse_verdict` (or a reply that is nothing but the verdict) and turned into the policy's preference by
-  `prefkit.evaluate.winrate.policy_preference`.
+  by `prefkit.synth.parsing.parse_verdict` (or a reply that is nothing but the verdict) and
+  turned into the policy's preference by `prefkit.evaluate.winrate.policy_preference`.
 
 The prompts are prefkit's own wording. `explain=False` asks for the verdict or rating alone (for
-small judges that do not finish an explanation within a short token budget). Every request goes through a `prefkit.synth.runs.Run`:
-finished answers are kept in the run directory and never asked twice.
+small judges that do not finish an explanation within a short token budget). Every request goes
+through a `prefkit.synth.runs.Run`: finished answers are kept in the run directory and never
+asked twice.
 """
 
 from __future__ import annotations

@@ -65,19 +65,23 @@ def markdown_tables(res: dict) -> str:
             off_txt = _fmt(off["length_controlled_winrate"] / 100, pct=True) if "length_controlled_winrate" in off \
                 else "n/a"
             fails = ", ".join(f"{k}: {v}" for k, v in w["failures"].items()) or "0"
+            first = _fmt(w["first_shown_preferred"], pct=True)
             lines.append(f"| {name} | {_pm(w, 'win_rate', pct=True)} | {w['wins']} / {w['ties']} / {w['losses']} | "
                          f"{w['unjudged']} | {w['verdicts_read']} / {w['orders_asked']} | {fails} | "
-                         f"{w['position_consistent']} / {w['both_orders_read']} | {_fmt(w['first_shown_preferred'], pct=True)} | "
+                         f"{w['position_consistent']} / {w['both_orders_read']} | {first} | "
                          f"{_fmt(lc.get('length_controlled_win_rate'), pct=True)} | {off_txt} |")
         variants = sorted({r["length_controlled"]["variant"] for _, r in rows if "length_controlled" in r})
         for v in variants:
             lines.append("")
             lines.append(f"Length-controlled column: **{LC_LABELS[v]}**. It is not the AlpacaEval 2 leaderboard "
-                         "figure" + (" (that needs AlpacaEval's instruction difficulties and its judge)." if v != "official" else "."))
+                         "figure (that needs AlpacaEval's instruction difficulties and its judge).")
+        if any("length_controlled_winrate" in r.get("length_controlled_official", {}) for _, r in rows):
+            lines.append("")
+            lines.append(f"Official LC column: **{LC_LABELS['official']}**, with the judge used here.")
         for name, r in rows:
             off = r.get("length_controlled_official")
             if off and not off.get("available", True):
-                lines.append(f"")
+                lines.append("")
                 lines.append(f"Official LC for {name}: not computed: {off['why']}.")
                 break
     return "\n".join(lines)
@@ -92,12 +96,17 @@ def plot_lengths(res: dict, path: Path) -> Path | None:
 
     pol = res["policies"]
     panels = []
-    for key, label, get in (
-            ("pairwise", "win rate (%)", lambda r: None if r["pairwise"]["win_rate"] is None
-             else (100 * r["pairwise"]["win_rate"], 100 * (r["pairwise"]["standard_error"] or 0))),
-            ("judge_single", "judge grade (1-10)", lambda r: (r["judge_single"]["mean"], r["judge_single"]["standard_error"] or 0)),
-            ("reward_model", "reward model score", lambda r: (r["reward_model"]["mean"], r["reward_model"]["standard_error"] or 0)),
-            ("reward_fn", "reward function", lambda r: (r["reward_fn"]["mean"], r["reward_fn"]["standard_error"] or 0))):
+    def stat(key, scale=1.0):
+        def get(r):
+            d = r[key]
+            m = d.get("win_rate", d.get("mean"))
+            return None if m is None else (scale * m, scale * (d.get("standard_error") or 0))
+        return get
+
+    for key, label, get in (("pairwise", "win rate (%)", stat("pairwise", 100.0)),
+                            ("judge_single", "judge grade (1-10)", stat("judge_single")),
+                            ("reward_model", "reward model score", stat("reward_model")),
+                            ("reward_fn", "reward function", stat("reward_fn"))):
         pts = [(n, r["mean_length"], get(r)) for n, r in pol.items() if key in r and r["mean_length"] is not None]
         pts = [(n, x, v) for n, x, v in pts if v is not None and v[0] is not None]
         if pts:
@@ -149,7 +158,7 @@ def write_report(res: dict, rows: list, output_dir: Path) -> dict:
     md = ["# Policy evaluation", "", markdown_tables(res), ""]
     if plot is not None:
         md += ["![score against output length](length.png)", ""]
-    md += [f"Per-prompt results: `per_prompt.jsonl`; outputs: `outputs/` (AlpacaEval format: `*.alpaca_eval.json`).",
+    md += ["Per-prompt results: `per_prompt.jsonl`; outputs: `outputs/` (AlpacaEval format: `*.alpaca_eval.json`).",
            f"Requests: {json.dumps(res['run'])}", ""]
     (output_dir / "report.md").write_text("\n".join(md))
     files["report"] = str(output_dir / "report.md")

@@ -300,7 +300,6 @@ def official_length_controlled(instructions: Sequence[str], comparisons: list[di
     their canonical order (`alpaca_eval.json` of the `tatsu-lab/alpaca_eval` hub dataset),
     and its precomputed difficulty files reachable. Returns (metrics or None, why not)."""
     try:
-        import alpaca_eval  # noqa: F401
         from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate
     except ImportError:
         return None, "the alpaca-eval package is not installed (pip install 'prefkit[alpaca-eval]')"
