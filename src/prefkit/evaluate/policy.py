@@ -167,11 +167,9 @@ def policy_backend(spec: PolicySpec, *, batch_size: int = 16) -> tuple[Backend, 
 
 
 def _goal_for(spec: PolicySpec, cond) -> float | None:
-    from prefkit.generate import best_goal
-
     if cond is None:
         return None
-    return spec.goal if spec.goal is not None else best_goal(cond)
+    return spec.goal if spec.goal is not None else cond.best_goal
 
 
 # -- prompts ----------------------------------------------------------------------------------------
