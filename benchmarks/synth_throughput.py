@@ -1,12 +1,14 @@
 """Request throughput of prefkit's durable runs against a local OpenAI-compatible server.
 
-The server (prefkit.synth.fake_server, its own process) answers every chat completion after a
+The server (prefkit.testing, its own process) answers every chat completion after a
 fixed 200 ms. With 64 requests in flight the concurrency-limited ideal is 64 / 0.2 s = 320
 requests/s. We run N requests through `Run.generate` (OpenAIBackend + the fsynced JSONL store +
 progress accounting) and report achieved / ideal; target >= 0.9. As a peer measured in the same
 run, the same requests go through the bare `openai` async client under a semaphore (no store, no
 retries). Client and server share the machine, so both sides' CPU milliseconds per request are
-printed (the server's from /proc on Linux) to show which one limits the rate.
+printed (the server's from /proc on Linux) to show which one limits the rate. The client figure
+for prefkit is what its transport (aiohttp, see benchmarks/http_client_cpu.py) plus the retry loop,
+JSON parsing and the durable store cost per request.
 
     python benchmarks/synth_throughput.py [--requests 1600] [--concurrency 64] [--latency 0.2]
 """
@@ -39,7 +41,7 @@ def server_cpu_s() -> float:
 
 
 def start_server(latency: float):
-    proc = subprocess.Popen([sys.executable, "-m", "prefkit.synth.fake_server", "--port", "0", "--latency",
+    proc = subprocess.Popen([sys.executable, "-m", "prefkit.testing", "--port", "0", "--latency",
                              str(latency), "--max-lifetime", "300"], stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     if not line.startswith("READY"):

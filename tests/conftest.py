@@ -45,3 +45,17 @@ def tiny_qwen2(chatml_tokenizer):
     from prefkit.toy.tiny import tiny_causal_lm
 
     return tiny_causal_lm(chatml_tokenizer, arch="qwen2")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """The real SmolLM2-135M-Instruct, imported once from the bundled GGUF file into the prefkit
+    model cache (`make test` installs the package and imports it). Not skipped when missing: the
+    real-model tests are part of the suite."""
+    from prefkit.errors import ConfigError
+    from prefkit.models import resolve_model_path
+
+    try:
+        return resolve_model_path("smollm2")
+    except ConfigError as exc:
+        pytest.fail(f"the real model is not available ({exc}); run `make install`")

@@ -1,4 +1,4 @@
-"""Reward-augmented relabeling: hand-built pairs checked field by field (methods.md section 1)."""
+"""Reward-augmented relabeling: hand-built pairs checked field by field (docs/methods.md section 1)."""
 
 from __future__ import annotations
 
@@ -404,7 +404,7 @@ def test_spec_save_load_round_trip_and_find_beside_data(tmp_path):
 # -- property: the columnar code agrees with a plain per-row reference ---------------------------
 
 def _reference(rows, placement, text_of):
-    """The method written row by row, as in methods.md section 1 (ties dropped)."""
+    """The method written row by row, as in docs/methods.md section 1 (ties dropped)."""
     import copy
 
     def cond(prompt, goal):

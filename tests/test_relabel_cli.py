@@ -71,3 +71,33 @@ def test_multi_response_input_is_binarized_first(tmp_path):
     assert rep.rows_in == 2 and len(out) == 2 and rep.n_dropped >= 1  # q1 has one response only
     assert out["prompt"] == ["G 9\n\nq0", "G 2\n\nq0"]
     assert out["chosen"] == ["best", "worst"] and out["rejected"] == ["worst", "best"]
+
+
+def test_cli_and_python_share_one_options_object(tmp_path):
+    """Every RelabelOptions field is a `prefkit relabel` flag, parsed under the field's own name, and
+    an options object gives the same rows as the same options passed as keywords."""
+    import argparse
+    import dataclasses
+
+    from datasets import Dataset
+
+    from prefkit.commands import relabel as cmd
+    from prefkit.errors import ConfigError
+    from prefkit.relabel import RelabelOptions, relabel
+
+    parser = argparse.ArgumentParser()
+    cmd.register(parser.add_subparsers(), "relabel", "relabel")
+    args = parser.parse_args(["relabel", "in.jsonl", "-o", "out.jsonl"])
+    for f in dataclasses.fields(RelabelOptions):
+        assert hasattr(args, f.name), f"RelabelOptions.{f.name} has no CLI flag"
+        if f.name != "scale":  # the flag is the text MIN,MAX
+            assert getattr(args, f.name) == f.default, f.name
+
+    rows = [{"prompt": f"Sort {i}", "chosen": "a b", "rejected": "b a", "score_chosen": 8 - i % 3,
+             "score_rejected": 2 + i % 2} for i in range(6)]
+    ds = Dataset.from_list(rows)
+    opts = RelabelOptions(half=True, seed=7, placement="user")
+    assert relabel(ds, opts).to_list() == relabel(ds, half=True, seed=7, placement="user").to_list()
+    assert relabel(ds, opts, seed=8)["pair_id"] == relabel(ds, half=True, seed=8, placement="user")["pair_id"]
+    with pytest.raises(ConfigError, match="ties must be 'drop' or 'keep'"):
+        RelabelOptions(ties="maybe")

@@ -21,6 +21,7 @@ COMMANDS = [
     ("select", "prefkit.commands.select", "alignment-potential data selection (Huang et al. 2025)"),
     ("train", "prefkit.commands.train", "train a policy (DPO family, eps-DPO) or a reward model"),
     ("eval", "prefkit.commands.eval", "evaluate reward models and policies"),
+    ("models", "prefkit.commands.models", "import GGUF models; list the bundled ones (smollm2)"),
     ("demo", "prefkit.commands.demo", "run the whole pipeline in the embedded toy world"),
 ]
 

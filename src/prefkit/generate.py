@@ -26,15 +26,6 @@ from prefkit.errors import ConfigError
 from prefkit.models import load_causal_lm
 
 
-def best_goal(spec) -> float:
-    """The best score on a conditioning spec's scale (10 for UltraFeedback's 1-10 scale)."""
-    for attr in ("best_goal", "best_score", "max_score", "scale_max", "goal_max"):
-        value = getattr(spec, attr, None)
-        if value is not None and not callable(value):
-            return value
-    return 10
-
-
 def resolve_conditioning(model, conditioning: Any = "auto"):
     """The conditioning spec to apply for `model`: 'auto' reads the model directory's file."""
     if conditioning is None or conditioning is False:
@@ -59,7 +50,7 @@ def render_prompts(prompts: Sequence, tokenizer, spec=None, goal=None) -> list[s
     if spec is not None:
         from prefkit.relabel import condition
 
-        g = best_goal(spec) if goal is None else goal
+        g = spec.best_goal if goal is None else goal
         conversations = [condition(m, goal=g, spec=spec, tokenizer=tokenizer) for m in conversations]
     texts = []
     for messages in conversations:

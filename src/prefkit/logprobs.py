@@ -23,7 +23,7 @@ Public API:
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -314,6 +314,7 @@ def score_logps(model, tokenizer, dataset, *, batch_size: int = 8, max_length: i
     """
     from tqdm.auto import tqdm
 
+    from prefkit.data import records as R
     from prefkit.report import StageReport
     from prefkit.tokenize import _DROP, _TRUNC, PairCollator, _check_options, _count, _encode_with_reasons
 
@@ -336,28 +337,30 @@ def score_logps(model, tokenizer, dataset, *, batch_size: int = 8, max_length: i
     order = sorted(keep, key=lambda i: -cost[i]) if sort_by_length else keep
 
     n = len(dataset)
-    cols: dict[str, list] = {"logps_chosen": [None] * n, "logps_rejected": [None] * n,
-                             "len_chosen": [None] * n, "len_rejected": [None] * n}
+    cols: dict[str, list] = {R.LOGPS_CHOSEN: [None] * n, R.LOGPS_REJECTED: [None] * n,
+                             R.LEN_CHOSEN: [None] * n, R.LEN_REJECTED: [None] * n}
     if reference is not None:
-        cols["ref_logps_chosen"], cols["ref_logps_rejected"] = [None] * n, [None] * n
+        cols[R.REF_LOGPS_CHOSEN], cols[R.REF_LOGPS_REJECTED] = [None] * n, [None] * n
     collate = PairCollator.for_tokenizer(tokenizer, meta_columns=())
-    models = [("", model)] + ([("ref_", reference)] if reference is not None else [])
+    models = [(R.LOGPS_CHOSEN, R.LOGPS_REJECTED, model, True)]  # (columns, model, with lengths)
+    if reference is not None:
+        models.append((R.REF_LOGPS_CHOSEN, R.REF_LOGPS_REJECTED, reference, False))
     bar = tqdm(total=len(order), desc="Scoring pairs", unit="pair", disable=not progress)
-    with torch.no_grad(), _eval_mode(model), (_eval_mode(reference) if reference is not None else _null()):
+    with torch.no_grad(), _eval_mode(model), (_eval_mode(reference) if reference is not None else nullcontext()):
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             batch = collate([{"prompt_ids": prompt_ids[i], "chosen_ids": chosen_ids[i],
                               "rejected_ids": rejected_ids[i]} for i in idx])
-            for prefix, m in models:
+            for col_c, col_r, m, with_lengths in models:
                 dev = _device_of(m)
                 b = {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor)}
                 out = concatenated_forward(m, b, chunk_size=chunk_size)
                 for j, i in enumerate(idx):
-                    cols[f"{prefix}logps_chosen"][i] = float(out.chosen_logps[j])
-                    cols[f"{prefix}logps_rejected"][i] = float(out.rejected_logps[j])
-                    if not prefix:
-                        cols["len_chosen"][i] = int(out.chosen_lengths[j])
-                        cols["len_rejected"][i] = int(out.rejected_lengths[j])
+                    cols[col_c][i] = float(out.chosen_logps[j])
+                    cols[col_r][i] = float(out.rejected_logps[j])
+                    if with_lengths:
+                        cols[R.LEN_CHOSEN][i] = int(out.chosen_lengths[j])
+                        cols[R.LEN_REJECTED][i] = int(out.rejected_lengths[j])
             bar.update(len(idx))
     bar.close()
     report.rows_out += len(keep)
@@ -369,7 +372,3 @@ def score_logps(model, tokenizer, dataset, *, batch_size: int = 8, max_length: i
         dataset = dataset.add_column(name, values)
     return dataset
 
-
-@contextmanager
-def _null():
-    yield

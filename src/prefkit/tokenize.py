@@ -36,7 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from prefkit.data.records import CHOSEN, PROMPT, REJECTED, is_conversational
+from prefkit.data.records import CHOSEN, PROMPT, REF_LOGPS_CHOSEN, REF_LOGPS_REJECTED, REJECTED, is_conversational
 from prefkit.errors import ConfigError, DataError
 from prefkit.report import StageReport
 
@@ -48,7 +48,7 @@ ENCODED_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids", "pair_index")
 #: Per-pair columns the collator moves into ``batch["meta"]`` when present.
 DEFAULT_META_COLUMNS = (
     "pair_index", "weight", "beta", "goal_score", "score_chosen", "score_rejected",
-    "ref_logps_chosen", "ref_logps_rejected",
+    REF_LOGPS_CHOSEN, REF_LOGPS_REJECTED,
 )
 
 _DROP = "_prefkit_drop_reason"

@@ -7,7 +7,7 @@ import pytest
 
 import prefkit.logprobs
 from prefkit.cli import main
-from prefkit.select import score
+from prefkit.select import score_margins
 
 
 class _Counting:
@@ -26,17 +26,17 @@ class _Counting:
 
 def test_interrupted_scoring_resumes_from_the_cache(tiny_llama, llama3_tokenizer, pairs, tmp_path, monkeypatch):
     real = prefkit.logprobs.score_logps
-    fresh = score(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, progress=False).dataset
+    fresh = score_margins(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, progress=False).dataset
 
     first = _Counting(real, fail_after=2)
     monkeypatch.setattr(prefkit.logprobs, "score_logps", first)
     with pytest.raises(KeyboardInterrupt):
-        score(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, chunk_size=3, cache_dir=tmp_path, progress=False)
+        score_margins(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, chunk_size=3, cache_dir=tmp_path, progress=False)
     assert first.rows == 6  # two chunks of 3 were scored and cached before the interruption
 
     second = _Counting(real)
     monkeypatch.setattr(prefkit.logprobs, "score_logps", second)
-    resumed = score(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, chunk_size=3, cache_dir=tmp_path,
+    resumed = score_margins(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, chunk_size=3, cache_dir=tmp_path,
                     progress=False)
     assert second.rows == len(pairs) - 6  # only the remaining rows
     assert resumed.report.notes["pairs scored from cache"] == 6
@@ -46,7 +46,7 @@ def test_interrupted_scoring_resumes_from_the_cache(tiny_llama, llama3_tokenizer
     # another chunking, a subset in another order: all from the cache (rows are keyed by content)
     third = _Counting(real)
     monkeypatch.setattr(prefkit.logprobs, "score_logps", third)
-    score(pairs.select([7, 2, 5]), model=tiny_llama, tokenizer=llama3_tokenizer, chunk_size=2, cache_dir=tmp_path,
+    score_margins(pairs.select([7, 2, 5]), model=tiny_llama, tokenizer=llama3_tokenizer, chunk_size=2, cache_dir=tmp_path,
           progress=False)
     assert third.rows == 0
 
@@ -54,13 +54,13 @@ def test_interrupted_scoring_resumes_from_the_cache(tiny_llama, llama3_tokenizer
 def test_cache_is_keyed_by_model_weights_and_settings(tiny_llama, llama3_tokenizer, pairs, tmp_path, monkeypatch):
     from prefkit.toy.tiny import tiny_causal_lm
 
-    score(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, cache_dir=tmp_path, progress=False)
+    score_margins(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, cache_dir=tmp_path, progress=False)
     counting = _Counting(prefkit.logprobs.score_logps)
     monkeypatch.setattr(prefkit.logprobs, "score_logps", counting)
     other = tiny_causal_lm(llama3_tokenizer, seed=3)  # same architecture, other weights
-    score(pairs, model=other, tokenizer=llama3_tokenizer, cache_dir=tmp_path, progress=False)
+    score_margins(pairs, model=other, tokenizer=llama3_tokenizer, cache_dir=tmp_path, progress=False)
     assert counting.rows == len(pairs)
-    score(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, cache_dir=tmp_path, progress=False,
+    score_margins(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, cache_dir=tmp_path, progress=False,
           score_kwargs={"max_length": 64, "max_prompt_length": 32})
     assert counting.rows == 2 * len(pairs)
 

@@ -84,8 +84,8 @@ def _responder():
 def test_evolve_then_select_through_a_real_local_server(tiny_llama, llama3_tokenizer, pairs, tmp_path):
     from prefkit.select import select
     from prefkit.synth import OpenAIBackend
-    from prefkit.synth.fake_server import FakeServer
-    from prefkit.synth.reward_model import RewardModelScorer
+    from prefkit.testing import FakeServer
+    from prefkit.reward_model import RewardModelScorer
     from prefkit.toy.tiny import tiny_reward_model
 
     base = select(pairs, "explicit", fraction=0.75, progress=False)  # 6 rows incl. the 'fruit' and 'briefly' prompts
@@ -124,7 +124,7 @@ def test_cli_select_evolve_end_to_end(tiny_llama, llama3_tokenizer, pairs, tmp_p
     import json
 
     from prefkit.cli import main
-    from prefkit.synth.fake_server import FakeServer
+    from prefkit.testing import FakeServer
     from prefkit.toy.tiny import tiny_reward_model
 
     policy, rm = tmp_path / "policy", tmp_path / "rm"

@@ -10,7 +10,7 @@ import torch
 
 from prefkit.errors import ConfigError, DataError
 from prefkit.report import StageReport
-from prefkit.select import score, select, selection_ablation
+from prefkit.select import score_margins, select, selection_ablation
 from prefkit.tokenize import encode_pair
 from prefkit.toy.tiny import tiny_causal_lm
 
@@ -28,7 +28,7 @@ def _independent_logps(model, tokenizer, prompt, response):
 
 def test_metric_columns_match_hand_computation(tiny_llama, llama3_tokenizer, pairs):
     ref = tiny_causal_lm(llama3_tokenizer, arch="llama", seed=1)
-    scored = score(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, reference=ref, beta=0.1, weight=1.0,
+    scored = score_margins(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, reference=ref, beta=0.1, weight=1.0,
                    batch_size=3, chunk_size=3, progress=False)
     ds = scored.dataset
     lc, nc, lr, nr, rc, rr = [], [], [], [], [], []
@@ -68,7 +68,7 @@ def test_metric_columns_match_hand_computation(tiny_llama, llama3_tokenizer, pai
 
 def test_constant_explicit_margin_leaves_the_ranking_to_the_implicit_term(tiny_llama, llama3_tokenizer, pairs):
     const = pairs.map(lambda r: {"score_chosen": 7.0, "score_rejected": 5.0})
-    scored = score(const, model=tiny_llama, tokenizer=llama3_tokenizer, progress=False)
+    scored = score_margins(const, model=tiny_llama, tokenizer=llama3_tokenizer, progress=False)
     assert "explicit_margin constant" in scored.report.notes
     assert set(scored.dataset["z_explicit_margin"]) == {0.0}
     ap = select(scored, "alignment-potential", fraction=0.5)
@@ -78,7 +78,7 @@ def test_constant_explicit_margin_leaves_the_ranking_to_the_implicit_term(tiny_l
 
 def test_constant_implicit_margin_leaves_the_ranking_to_the_explicit_term(tiny_llama, llama3_tokenizer, pairs):
     same = pairs.map(lambda r: {"rejected": r["chosen"]})  # identical responses: m_i = 0 for every pair
-    scored = score(same, model=tiny_llama, tokenizer=llama3_tokenizer, progress=False)
+    scored = score_margins(same, model=tiny_llama, tokenizer=llama3_tokenizer, progress=False)
     assert "abs_implicit_margin constant" in scored.report.notes
     assert not np.isnan(scored.dataset["alignment_potential"]).any()
     assert select(scored, "alignment-potential", top_k=3)["pair_id"] == select(scored, "explicit", top_k=3)["pair_id"]
@@ -124,8 +124,8 @@ def test_equal_budgets_across_metrics(tiny_llama, llama3_tokenizer, pairs):
 
 
 def test_streaming_chunks_give_the_same_metrics_as_one_pass(tiny_llama, llama3_tokenizer, pairs, tmp_path):
-    one = score(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, chunk_size=100, progress=False).dataset
-    many = score(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, chunk_size=3, progress=False,
+    one = score_margins(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, chunk_size=100, progress=False).dataset
+    many = score_margins(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, chunk_size=3, progress=False,
                  work_dir=tmp_path / "work").dataset
     assert (tmp_path / "work" / "metrics.arrow").exists()  # memory-mapped from disk
     for col in ("alignment_potential", "implicit_margin", "random_score", "explicit_margin"):
@@ -164,12 +164,53 @@ def test_multi_rows_are_paired_max_vs_min_then_scored(tiny_llama, llama3_tokeniz
 
 
 def test_every_metric_plots_its_boundary(tiny_llama, llama3_tokenizer, pairs, tmp_path):
+    """The line drawn on each plot is the metric's real selection boundary: every kept pair lies
+    on its kept side and every other pair on the far side (checked at each pair's own margins)."""
+    from prefkit.select.plot import _boundary
+    from prefkit.select.selection import selection_scores
+
     ref = tiny_causal_lm(llama3_tokenizer, arch="llama", seed=1)
-    scored = score(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, reference=ref, progress=False)
-    sizes = set()
+    scored = score_margins(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, reference=ref, progress=False)
+    ds = scored.dataset
+    x = np.asarray(ds["explicit_margin"], dtype=np.float64)
     for metric in ("alignment-potential", "ap-paper", "dpo-implicit", "explicit", "implicit", "random"):
         png = tmp_path / f"{metric}.png"
-        kept = select(scored, metric, fraction=0.5, plot=png)
-        sizes.add(len(kept))
-        assert png.read_bytes()[:4] == b"\x89PNG"
-    assert sizes == {4}
+        report = StageReport("select")
+        kept_rows = select(scored, metric, fraction=0.5, plot=png, report=report)
+        assert len(kept_rows) == 4 and png.stat().st_size > 0
+        s = selection_scores(scored, metric)
+        threshold = report.notes["threshold (lowest kept score)"]
+        kept = s >= threshold
+        assert sorted(kept_rows["selection_score"]) == pytest.approx(sorted(s[kept])), metric
+        ycol = "dpo_implicit_margin" if metric == "dpo-implicit" else "implicit_margin"
+        y = np.abs(np.asarray(ds[ycol], dtype=np.float64))
+        b = _boundary(metric, threshold, scored.stats, scored.weight, x)
+        if metric == "random":
+            assert b is None  # random selection has no boundary in this plane
+            continue
+        kind, v = b
+        tol = 1e-9 * (1 + np.abs(v)).max()
+        if kind == "vline":  # kept: explicit margin at or right of the line
+            assert (x[kept] >= v - tol).all() and (x[~kept] <= v + tol).all(), metric
+        else:  # kept: |implicit margin| at or below the line
+            line = np.full_like(x, v) if kind == "hline" else v
+            assert (y[kept] <= line[kept] + tol).all() and (y[~kept] >= line[~kept] - tol).all(), metric
+
+
+def test_one_options_object_or_its_fields_as_keywords(tiny_llama, llama3_tokenizer, pairs):
+    """select, score_margins and selection_ablation take one SelectOptions; keywords override it."""
+    from prefkit.select import SelectOptions
+
+    opts = SelectOptions(metric="implicit", fraction=0.5, seed=3, progress=False)
+    by_object = select(pairs, options=opts, model=tiny_llama, tokenizer=llama3_tokenizer)
+    by_keywords = select(pairs, "implicit", fraction=0.5, seed=3, progress=False, model=tiny_llama,
+                         tokenizer=llama3_tokenizer)
+    assert by_object.to_list() == by_keywords.to_list() and len(by_object) == 4
+    overridden = select(pairs, "explicit", opts, top_k=2, model=tiny_llama, tokenizer=llama3_tokenizer)
+    assert len(overridden) == 2
+    everything = [r["score_chosen"] - r["score_rejected"] for r in pairs]
+    assert sorted(overridden["explicit_margin"]) == pytest.approx(sorted(everything)[-2:])
+    ablation = selection_ablation(pairs, tiny_llama, llama3_tokenizer, options=opts, metrics=("implicit", "random"))
+    assert ablation["implicit"].to_list() == by_object.to_list()
+    with pytest.raises(ConfigError, match="on_invalid must be 'error' or 'skip'"):
+        SelectOptions(on_invalid="drop")

@@ -1,4 +1,4 @@
-"""A deterministic fake LLM behind a real local HTTP server (prefkit.synth.fake_server).
+"""A deterministic fake LLM behind a real local HTTP server (prefkit.testing).
 
 Every generated answer carries a hidden quality marker `q=N` (1-9). The fake LLM follows prefkit's
 prompts the way a capable model would: a rewrite asked to be better raises q, one asked to be worse
@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from prefkit.synth.fake_server import FakeServer
+from prefkit.testing import FakeServer
 from synth_testkit import make_backend
 
 _rng = random.Random(1234)

@@ -13,7 +13,7 @@ N_PROMPTS = 40
 
 
 def _start_server(*extra):
-    proc = subprocess.Popen([sys.executable, "-m", "prefkit.synth.fake_server", "--port", "0", "--max-lifetime", "90",
+    proc = subprocess.Popen([sys.executable, "-m", "prefkit.testing", "--port", "0", "--max-lifetime", "90",
                              *extra], stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     assert line.startswith("READY"), line

@@ -117,7 +117,7 @@ def test_west_of_n_with_judge_pairs_best_and_worst(llm, tmp_path):
 
 
 def test_west_of_n_with_reward_model(llm, tmp_path, chatml_tokenizer):
-    from prefkit.synth.reward_model import RewardModelScorer
+    from prefkit.reward_model import RewardModelScorer
     from prefkit.toy.tiny import tiny_reward_model
 
     rm = tiny_reward_model(chatml_tokenizer, hidden=32, layers=1, heads=2)

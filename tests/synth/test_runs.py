@@ -8,7 +8,7 @@ import pytest
 
 from prefkit.errors import PrefkitError
 from prefkit.synth.backends import SamplingParams
-from prefkit.synth.fake_server import FakeServer, Faults, echo_responder
+from prefkit.testing import FakeServer, Faults, echo_responder
 from prefkit.synth.runs import Request, Run, RunStore, request_key
 
 from synth_testkit import make_backend

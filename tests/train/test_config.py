@@ -102,3 +102,25 @@ def test_example_recipes_parse():
         text = r.read_text()
         cls = RMConfig if r.name.startswith("rm_") else DPOConfig
         load_config(cls, r)
+
+
+def test_prepare_run_leaves_the_callers_config_alone(tiny_model_dir, tmp_path):
+    """In-memory inputs are named in the run's own copy of the config (what the report shows);
+    the caller's DPOConfig keeps its empty fields, so it can be reused for another run."""
+    import dataclasses
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from prefkit.train import common
+    from train_helpers import base_config, make_pairs
+
+    cfg = base_config("", None, tmp_path / "out", tokenizer_name_or_path=tiny_model_dir)
+    before = dataclasses.asdict(cfg)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    run = common.prepare_run(cfg, model=model, train_dataset=Dataset.from_list(make_pairs(4)))
+    assert dataclasses.asdict(cfg) == before
+    assert run.cfg is not cfg
+    assert run.cfg.model_name_or_path == tiny_model_dir  # the in-memory model's own _name_or_path
+    assert run.cfg.train_file == "<in-memory dataset>"
+    assert len(run.train_enc) == 4

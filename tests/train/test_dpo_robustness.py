@@ -1,4 +1,4 @@
-"""eps-DPO resume reproduces the uninterrupted loss curve and base beta; on_invalid=error names
+"""Resume reproduces the uninterrupted loss curve (and eps-DPO's base beta); on_invalid=error names
 the row and field; LoRA uses the adapter-disabled base model as its reference; per-pair weights."""
 
 from __future__ import annotations
@@ -30,13 +30,17 @@ class _StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
-def test_resume_reproduces_uninterrupted_loss_curve(tiny_model_dir, tmp_path):
-    """eps-DPO (so prefkit's own state, the base beta, must survive too), gradient accumulation 2."""
+@pytest.mark.parametrize("loss_type", ["sigmoid", "eps-dpo"])
+def test_resume_reproduces_uninterrupted_loss_curve(tiny_model_dir, tmp_path, loss_type):
+    """Stopped after step 3 and resumed from its checkpoint, a run logs the same steps 4-6 as an
+    uninterrupted one (gradient accumulation 2): sigmoid with the precomputed (cached) reference,
+    and eps-DPO, whose own state (the base beta) must survive too."""
     from prefkit.train import train_dpo
 
     data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(24))
-    kw = dict(loss_type="eps-dpo", beta=0.1, eps=0.05, max_steps=6, save_steps=3, per_device_train_batch_size=2,
+    kw = dict(loss_type=loss_type, beta=0.1, eps=0.05, max_steps=6, save_steps=3, per_device_train_batch_size=2,
               gradient_accumulation_steps=2, learning_rate=5e-3)
+    keys = ["loss", "rewards/margins", "logps/chosen"] + (["beta/base"] if loss_type == "eps-dpo" else [])
     full = _logs(train_dpo(base_config(tiny_model_dir, data, tmp_path / "full", **kw)))
     part_dir = tmp_path / "part"
     stopped = _logs(train_dpo(base_config(tiny_model_dir, data, part_dir, **kw), callbacks=[_StopAt(3)]))
@@ -47,9 +51,13 @@ def test_resume_reproduces_uninterrupted_loss_curve(tiny_model_dir, tmp_path):
     resumed = _logs(resumed_out)
     assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
     for step in (4, 5, 6):
-        for key in ("loss", "rewards/margins", "logps/chosen", "beta/base"):
+        for key in keys:
             assert resumed[step][key] == pytest.approx(full[step][key], abs=1e-5), (step, key)
-    assert len({full[s]["beta/base"] for s in full}) > 1   # the base beta actually moved
+    assert len({round(full[s]["loss"], 6) for s in full}) > 1   # the curve moves
+    if loss_type == "eps-dpo":
+        assert len({full[s]["beta/base"] for s in full}) > 1   # the base beta actually moved
+    else:
+        assert rep["reference"]["mode"].startswith("precomputed")
 
 
 def _bad_rows():
@@ -72,7 +80,7 @@ def test_bad_input_error_mode_names_row_and_field(tiny_model_dir, tmp_path):
     from prefkit.train import train_dpo
 
     data = write_jsonl(tmp_path / "bad.jsonl", _bad_rows())
-    with pytest.raises(DataError, match=r"row 9.*chosen"):
+    with pytest.raises(DataError, match=r"line 10, field .chosen"):
         train_dpo(base_config(tiny_model_dir, data, tmp_path / "out", on_invalid="error"))
 
 

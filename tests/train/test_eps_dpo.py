@@ -30,14 +30,18 @@ def _biased_reference(policy, token_id: int, bias: float):
     return ref
 
 
-def _pairs():
+def _pairs(kinds_per_prompt=("plus", "minus", "same")):
     """Per pair type, the check must pick:
     'plus'  chosen = x (the token the reference favours): z- < z < z+  -> beta+ = beta/(1-eps)
     'minus' rejected = x:                                  z- > z > z+  -> beta- = beta/(1+eps)
-    'same'  chosen == rejected: z = z- = z+ = 0                         -> beta"""
+    'same'  chosen == rejected: z = z- = z+ = 0                         -> beta
+    ('same' pairs exist only in the trainer-level test: reading data drops pairs whose chosen
+    equals rejected.)"""
+    texts = {"plus": ("x", "y"), "minus": ("y", "x"), "same": ("y", "y")}
     rows, kinds = [], []
     for i in range(4):
-        for kind, (c, r) in (("plus", ("x", "y")), ("minus", ("y", "x")), ("same", ("y", "y"))):
+        for kind in kinds_per_prompt:
+            c, r = texts[kind]
             rows.append({"prompt": [{"role": "user", "content": f"Sort {i} items."}],
                          "chosen": [{"role": "assistant", "content": c}],
                          "rejected": [{"role": "assistant", "content": r}]})
@@ -71,7 +75,7 @@ def test_trainer_picks_beta_minus_plus_and_base(eps_setup, tmp_path):
                                 prefkit_config=cfg, reference=ref)
     batch = PairCollator.for_tokenizer(tok)([enc[i] for i in range(len(enc))])
     loss, metrics = trainer.pair_loss(policy, batch, training=True)
-    beta_tilde, steps = trainer._eps_pending[0]
+    beta_tilde, steps = trainer.beta_control.pending[0]
     want = {"plus": BETA / (1 - EPS), "minus": BETA / (1 + EPS), "same": BETA}
     want_step = {"plus": -1, "minus": 1, "same": 0}
     for i, pair_index in enumerate(batch["meta"]["pair_index"].tolist()):
@@ -83,19 +87,23 @@ def test_trainer_picks_beta_minus_plus_and_base(eps_setup, tmp_path):
     assert torch.isfinite(loss)
 
     # the base beta after the optimiser step: paper rule = mean of the per-pair beta
-    trainer.update_base_beta()
-    assert trainer.base_beta == pytest.approx(sum(want[k] for k in kinds) / len(kinds), rel=1e-6)
-    assert trainer._eps_pending == []
+    trainer.beta_control.after_step(trainer.accelerator)
+    assert trainer.beta_control.base_beta == pytest.approx(sum(want[k] for k in kinds) / len(kinds), rel=1e-6)
+    assert trainer.beta_control.pending == []
 
 
 @pytest.mark.parametrize("rule", ["paper", "code"])
 def test_base_beta_update_over_accumulated_micro_batches(eps_setup, tmp_path, rule):
-    """A real run: 12 pairs, micro-batches of 3 (mixed kinds) x 4 accumulation = one step of 12.
-    With learning_rate 0 the policy stays put, so every step sees 1/3 plus, 1/3 minus, 1/3 same,
-    and the logged base beta must follow the update rule over ALL micro-batches of the step."""
+    """A real run: 12 pairs (8 plus, 4 minus), micro-batches of 3 x 4 accumulation = one step of
+    12. With learning_rate 0 the policy stays put, so every step sees 2/3 plus and 1/3 minus, and
+    the logged base beta must follow the update rule over ALL micro-batches of the step."""
+    from datasets import Dataset
+
     from prefkit.train import train_dpo
 
-    tok, policy, ref, ds, kinds = eps_setup
+    tok, policy, ref, _, _ = eps_setup
+    rows, _ = _pairs(("plus", "minus", "plus"))
+    ds = Dataset.from_list(rows)
     cfg = base_config("<mem>", None, tmp_path / "out", loss_type="eps-dpo", beta=BETA, eps=EPS,
                       beta_update=rule, learning_rate=0.0, per_device_train_batch_size=3,
                       gradient_accumulation_steps=4, max_steps=2)
@@ -109,11 +117,11 @@ def test_base_beta_update_over_accumulated_micro_batches(eps_setup, tmp_path, ru
     assert [h["step"] for h in logs] == [1, 2]
     beta = BETA
     for h in logs:
-        assert h["eps/frac_plus"] == pytest.approx(1 / 3) and h["eps/frac_minus"] == pytest.approx(1 / 3)
-        if rule == "paper":
-            beta = beta * (1 / (1 + EPS) + 1 / (1 - EPS) + 1) / 3
-        else:
-            beta = beta / (1 + EPS * (1 / 3 - 1 / 3))
+        assert h["eps/frac_plus"] == pytest.approx(2 / 3) and h["eps/frac_minus"] == pytest.approx(1 / 3)
+        if rule == "paper":   # mean of the per-pair beta
+            beta = beta * (2 / (1 - EPS) + 1 / (1 + EPS)) / 3
+        else:                 # beta / (1 + eps * mean(s)), s = -1 (plus) or +1 (minus)
+            beta = beta / (1 + EPS * (2 * -1 + 1) / 3)
         assert h["beta/base"] == pytest.approx(beta, rel=1e-6)
     assert rep["final_base_beta"] == pytest.approx(beta, rel=1e-6)
     assert rep["reference"]["mode"].startswith("live")

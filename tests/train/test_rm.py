@@ -54,6 +54,10 @@ def test_rm_learns_and_reports_pairwise_accuracy(rm_dir, chatml_tokenizer, tmp_p
     rep = json.loads((out / "prefkit_train_report.json").read_text())
     after = _accuracy(str(out), chatml_tokenizer, held_out)
     assert rep["eval_accuracy"] == pytest.approx(after, abs=1e-6)   # the report is the saved model's accuracy
+    assert rep["initial_eval"]["initial_accuracy"] == pytest.approx(before, abs=1e-6)   # and the initial model's
+    from transformers import AutoModelForSequenceClassification
+
+    assert AutoModelForSequenceClassification.from_pretrained(out).config.num_labels == 1
     print(f"held-out pairwise accuracy: before {before:.3f}, after {after:.3f}")
     assert after >= 0.9 and after > before + 0.2, (before, after)
     assert rep["final_eval"]["eval_loss"] < math.log(2)

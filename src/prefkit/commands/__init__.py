@@ -21,18 +21,3 @@ def add_io_arguments(p: argparse.ArgumentParser, output: bool = True) -> None:
                    help="invalid rows: stop with an error naming file, row and field (default), "
                         "or skip them and count them in the summary")
 
-
-def placeholder(name: str):
-    """Registers a command that is not built yet; replaced as each stage lands."""
-
-    def register(sub, cmd_name, help_text):
-        p = sub.add_parser(cmd_name, help=help_text + " (not yet available)", description=help_text)
-        p.set_defaults(func=lambda args: _not_yet(name), _parser=p)
-
-    return register
-
-
-def _not_yet(name: str) -> int:
-    from prefkit.errors import PrefkitError
-
-    raise PrefkitError(f"'{name}' is not available in this build yet")

@@ -45,21 +45,20 @@ def register(sub, name, help_text):
 
 
 def run(args) -> int:
+    import dataclasses
+
     from prefkit.errors import ConfigError
-    from prefkit.relabel import relabel_file
+    from prefkit.relabel import RelabelOptions, relabel_file
 
     try:
         lo, hi = (float(v) for v in args.scale.split(","))
     except ValueError as exc:
         raise ConfigError(f"--scale must be MIN,MAX (e.g. 1,10), got {args.scale!r}") from exc
-    report = relabel_file(
-        args.input, args.output, split=args.split, subset=args.subset, revision=args.revision,
-        input_format=args.input_format, on_invalid=args.on_invalid,
-        placement=args.placement, tokenizer=args.tokenizer, ties=args.ties, half=args.half, seed=args.seed,
-        template=args.template, attributes=args.attributes, fine_grained_filter=args.fine_grained_filter,
-        round_scores=args.round_scores, scale=(lo, hi), goal_from=args.goal_from,
-        model=args.model, reference=args.reference, beta=args.beta, batch_size=args.batch_size,
-    )
+    # one flag per RelabelOptions field, under the field's own name
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(RelabelOptions) if f.name != "scale"}
+    options = RelabelOptions(scale=(lo, hi), **fields)
+    report = relabel_file(args.input, args.output, options, split=args.split, subset=args.subset,
+                          revision=args.revision, input_format=args.input_format, on_invalid=args.on_invalid)
     print(report.summary())
     print(f"wrote {args.output} (+ conditioning spec {report.notes.get('conditioning_spec')})")
     return 0

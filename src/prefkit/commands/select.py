@@ -113,8 +113,15 @@ def _read(args, report):
                 format=args.input_format, on_invalid=args.on_invalid, report=report)
 
 
-def _score_kwargs(args) -> dict:
-    return {"max_length": args.max_length, "max_prompt_length": args.max_prompt_length}
+def _select_options(args, **extra):
+    """The SelectOptions of `_selection_options`' flags (one flag per field, same name)."""
+    from prefkit.select import SelectOptions
+
+    return SelectOptions(
+        metric=args.metric, fraction=args.fraction if args.fraction is not None else 0.4, top_k=args.top_k,
+        weight=args.weight, beta=args.beta, batch_size=args.batch_size, chunk_size=args.chunk_size,
+        cache_dir=args.cache_dir, seed=args.seed, plot=args.plot,
+        score_kwargs={"max_length": args.max_length, "max_prompt_length": args.max_prompt_length}, **extra)
 
 
 def _run_select(args) -> int:
@@ -124,11 +131,9 @@ def _run_select(args) -> int:
 
     report = StageReport("select")
     ds = _read(args, report)
-    kept = select(ds, args.metric, fraction=args.fraction if args.fraction is not None else 0.4, top_k=args.top_k,
-                  weight=args.weight, model=args.model, reference=args.reference, beta=args.beta, plot=args.plot,
-                  scored_path=args.scored, report=report, cache_dir=args.cache_dir, batch_size=args.batch_size,
-                  chunk_size=args.chunk_size, seed=args.seed, work_dir=args.work_dir, on_invalid=args.on_invalid,
-                  score_kwargs=_score_kwargs(args), file=str(args.input))
+    options = _select_options(args, scored_path=args.scored, work_dir=args.work_dir, on_invalid=args.on_invalid)
+    kept = select(ds, options=options, model=args.model, reference=args.reference, report=report,
+                  file=str(args.input))
     out = write(kept, args.output)
     print(report.summary())
     report.write_beside(out)
@@ -137,11 +142,14 @@ def _run_select(args) -> int:
 
 
 def _run_evolve(args) -> int:
+    import dataclasses
+
+    from prefkit.select import SelectOptions
     from prefkit.commands.synth import backend_from_args, sampling_from_args
     from prefkit.data import write
     from prefkit.errors import ConfigError
     from prefkit.report import StageReport
-    from prefkit.select.evolve import evolve_then_select
+    from prefkit.select.evolve import EvolveOptions, evolve_then_select
 
     report = StageReport("select evolve")
     ds = _read(args, report)
@@ -153,18 +161,18 @@ def _run_evolve(args) -> int:
     if (args.reward_model is None) == (judge is None):
         raise ConfigError("evolve needs exactly one scorer: --reward-model DIR, or a judge (--judge-model / --judge-local)")
     run_dir = args.run_dir or (str(args.output).rstrip("/") + ".run")
-    result = evolve_then_select(
-        ds, backend, reward_model=args.reward_model, judge=judge, n_responses=args.n_responses,
-        metric=args.metric, fraction=args.fraction if args.fraction is not None else 0.4, top_k=args.top_k,
-        weight=args.weight, model=args.model, reference=args.reference, beta=args.beta,
-        operations=[o.strip() for o in args.operations.split(",") if o.strip()], seed=args.seed,
-        min_ratio=args.min_ratio, max_ratio=args.max_ratio,
+    evolve = EvolveOptions(
+        n_responses=args.n_responses, operations=tuple(o.strip() for o in args.operations.split(",") if o.strip()),
+        seed=args.seed, min_ratio=args.min_ratio, max_ratio=args.max_ratio,
         rewrite_params=sampling_from_args(args, "generator-", temperature=0.7, max_tokens=1024),
         generation=sampling_from_args(args, "generator-", temperature=1.0),
         judge_params=sampling_from_args(args, "judge-", temperature=0.0, max_tokens=1024),
-        run_dir=run_dir, retry_failed=args.retry_failed, progress=not args.no_progress, report=report,
-        cache_dir=args.cache_dir, batch_size=args.batch_size, chunk_size=args.chunk_size,
-        score_kwargs=_score_kwargs(args), plot=args.plot)
+        run_dir=run_dir, retry_failed=args.retry_failed, progress=not args.no_progress)
+    # the second selection: its seed stays the default (args.seed seeds the prompt evolution)
+    selection = _select_options(args)
+    selection = dataclasses.replace(selection, seed=SelectOptions().seed)
+    result = evolve_then_select(ds, backend, evolve, selection, reward_model=args.reward_model, judge=judge,
+                                model=args.model, reference=args.reference, report=report)
     out = write(result.merged, args.output)
     print(report.summary())
     report.write_beside(out)

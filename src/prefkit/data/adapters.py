@@ -211,7 +211,7 @@ def from_trl(row: dict, index: int) -> dict:
             if not prompt:
                 raise V.fail(R.PROMPT, "missing, and 'chosen' and 'rejected' share no leading messages; "
                              "expected a 'prompt' column or a shared user turn", V.MISSING)
-            V.messages(prompt, R.PROMPT, need_user=True)
+            V.prompt_messages(prompt, R.PROMPT)
     if isinstance(prompt, str):
         prompt = V.text(prompt, R.PROMPT)
         for col, val in ((R.CHOSEN, chosen), (R.REJECTED, rejected)):
@@ -220,7 +220,7 @@ def from_trl(row: dict, index: int) -> dict:
                              V.WRONG_TYPE)
         chosen, rejected = V.text(chosen, R.CHOSEN), V.text(rejected, R.REJECTED)
     elif isinstance(prompt, list):
-        prompt = V.messages(prompt, R.PROMPT, need_user=True)
+        prompt = V.prompt_messages(prompt, R.PROMPT)
         for col, val in ((R.CHOSEN, chosen), (R.REJECTED, rejected)):
             if not isinstance(val, list):
                 raise V.fail(col, "expected a list of messages like 'prompt' (conversational format), got "
@@ -241,7 +241,7 @@ RESPONSE_KEYS = ("text", "score", "fine_grained", "aspects", "model")
 def from_multi(row: dict, index: int) -> dict:
     prompt = V.require(row, R.PROMPT, "the prompt (a string or a list of messages)")
     if isinstance(prompt, list):
-        prompt = V.messages(prompt, R.PROMPT, need_user=True)
+        prompt = V.prompt_messages(prompt, R.PROMPT)
     else:
         prompt = V.text(prompt, R.PROMPT)
     resps = V.require(row, R.RESPONSES, "a list of {text, score, ...} responses")

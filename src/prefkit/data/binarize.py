@@ -1,7 +1,7 @@
 """Multi-response rows (MULTI) to preference pairs (PAIRS).
 
 Methods
-  published      the UltraFeedback recipe used by Zhang et al. (methods.md section 1): per prompt,
+  published      the UltraFeedback recipe used by Zhang et al. (docs/methods.md section 1): per prompt,
                  responses with an 'N/A' aspect rating or no overall score are skipped; chosen = the
                  highest overall score (the first one in file order when several share it);
                  rejected = a uniformly random other remaining response, drawn with
@@ -37,6 +37,7 @@ DROP_FEW = "prompt: fewer than 2 eligible responses"
 SKIP_NA = "response: an 'N/A' aspect rating (skipped)"
 SKIP_UNSCORED = "response: no overall score (skipped)"
 DROP_TIE = "pair: tie (equal overall scores)"
+DROP_IDENTICAL = "pair: chosen equals rejected (two completions with the same text)"
 DROP_FG_MISSING = "pair: fine-grained rating missing (fine_grained_filter)"
 DROP_FG_LOWER = "pair: chosen's fine-grained rating below rejected's (fine_grained_filter)"
 
@@ -95,6 +96,7 @@ def binarize(dataset, *, method: str = "published", seed: int = 42, ties: str = 
 
     rng = random.Random(seed)
     elig_l, score_l, fg_l = eligible.tolist(), scores.tolist(), fg.tolist()
+    text_l = flat.field("text").to_pylist()
     rows_out, chosen_out, rejected_out, pair_ids = [], [], [], []
     n_ties = 0
     for r in range(n_rows):
@@ -118,6 +120,9 @@ def binarize(dataset, *, method: str = "published", seed: int = 42, ties: str = 
                 for b in idx[a_pos + 1:]:
                     candidates.append((b, a) if score_l[b] > score_l[a] else (a, b))
         for c, rj in candidates:
+            if text_l[c] == text_l[rj]:   # two completions with the same text: no preference to learn
+                rep.drop(DROP_IDENTICAL, 1, example=f"source_row {src_rows[r]}")
+                continue
             if score_l[c] == score_l[rj]:
                 n_ties += 1
                 if ties == "drop":

@@ -23,11 +23,12 @@ log = logging.getLogger("prefkit.data")
 _DETECT_ROWS = 100
 
 
-def _located(err: DataError, label: str, row: int) -> DataError:
-    if err.file is not None and err.row is not None:
+def _located(err: DataError, source, row: int) -> DataError:
+    """`err` with the file and the row's place in it (line or row index, per the source)."""
+    if err.file is not None and (err.line is not None or err.row is not None):
         return err
-    return DataError(err.detail, file=err.file or label, row=row if err.row is None else err.row,
-                     field=err.field, reason=err.reason)
+    where = source.locate(row if err.row is None else err.row)
+    return DataError(err.detail, file=err.file or source.label, field=err.field, reason=err.reason, **where)
 
 
 def _kind(value) -> str | None:
@@ -109,7 +110,7 @@ def read(path, *, split: str | None = None, subset: str | None = None, revision:
     if format == "auto":
         parsed = [r for _, r in head if isinstance(r, dict)]
         if not parsed and head and on_invalid == "error":
-            raise _located(head[0][1], label, head[0][0])  # the first row is unreadable: say so
+            raise _located(head[0][1], source, head[0][0])  # the first row is unreadable: say so
         format = detect(parsed, label)
     adapter, known = ADAPTERS[format]
     passthrough = format in PASSTHROUGH
@@ -125,8 +126,14 @@ def read(path, *, split: str | None = None, subset: str | None = None, revision:
             rec = adapter(raw, i)
             extras = {k: v for k, v in raw.items() if k not in known and k not in rec} if passthrough else {}
             cons.check(rec, extras, i)
+            if R.CHOSEN in rec and rec[R.CHOSEN] == rec[R.REJECTED]:
+                # Not malformed, but no preference either: the loss is constant on such a pair.
+                # Dropped in every on_invalid mode, and counted.
+                rep.drop(V.IDENTICAL, 1, example=str(DataError("chosen equals rejected", file=label,
+                                                               **source.locate(i))))
+                continue
         except DataError as err:
-            err = _located(err, label, i)
+            err = _located(err, source, i)
             if on_invalid == "error":
                 raise err from None
             rep.drop(err.reason, 1, example=str(err))

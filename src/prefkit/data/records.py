@@ -19,6 +19,15 @@ MULTI (prompt-centric multi-response: what judges and synthesis produce)
   prompt          str | list[{role, content}]
   responses       list[{text, score, fine_grained, aspects, model}]
   prompt_id, source_row, source   as above
+
+LOG-PROBS (per sequence: the sum of response-token log-probs, and the response tokens scored)
+  logps_chosen / logps_rejected           under the model being scored (prefkit.logprobs.score_logps)
+  ref_logps_chosen / ref_logps_rejected   under its reference (score_logps with reference=; the
+                                          trainer's precomputed reference log-probs)
+  len_chosen / len_rejected               response tokens scored
+  `prefkit select` writes the policy's and the reference's log-probs beside its margins under
+  longer names, so that they are not mistaken for a training input:
+  policy_logps_chosen / policy_logps_rejected, reference_logps_chosen / reference_logps_rejected
 """
 
 from __future__ import annotations
@@ -37,6 +46,17 @@ PAIR_ID = "pair_id"
 SOURCE_ROW = "source_row"
 SOURCE = "source"
 RESPONSES = "responses"
+
+LOGPS_CHOSEN = "logps_chosen"
+LOGPS_REJECTED = "logps_rejected"
+REF_LOGPS_CHOSEN = "ref_logps_chosen"
+REF_LOGPS_REJECTED = "ref_logps_rejected"
+LEN_CHOSEN = "len_chosen"
+LEN_REJECTED = "len_rejected"
+POLICY_LOGPS_CHOSEN = "policy_logps_chosen"
+POLICY_LOGPS_REJECTED = "policy_logps_rejected"
+REFERENCE_LOGPS_CHOSEN = "reference_logps_chosen"
+REFERENCE_LOGPS_REJECTED = "reference_logps_rejected"
 
 PAIR_COLUMNS = (PROMPT, CHOSEN, REJECTED)
 ROLES = ("system", "user", "assistant", "tool")

@@ -4,6 +4,8 @@ from, before any adapter looks at them.
 Each source yields ``(row_index, row)`` where ``row`` is a dict or, for a row that cannot even be
 parsed (a bad JSON line), a `DataError` the reader counts or raises. Whole-file problems (a
 truncated Parquet footer, a missing split) raise `DataError` at once with a one-line message.
+`locate(row_index)` says where a row is in terms a user can open: the 1-based line of a JSON
+lines or CSV file (blank lines and quoted newlines counted), the row index of anything else.
 
 JSON lines are parsed here rather than by Arrow so that a bad line or a value whose type differs
 from the rows before it is reported with its own row number instead of a schema-cast traceback.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from array import array
 from pathlib import Path
 from typing import Iterator
 
@@ -29,29 +32,43 @@ def _first_line(exc: BaseException) -> str:
 
 
 class Source:
-    """A place rows come from: `label` for messages, `rows()` to iterate them."""
+    """A place rows come from: `label` for messages, `rows()` to iterate them, `locate(row)` for
+    the keyword arguments of a `DataError` that points at a row."""
 
     label: str
+    row_word = "row index"
 
     def rows(self) -> Iterator[tuple[int, dict | DataError]]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def locate(self, row: int) -> dict:
+        return {"row": row, "row_word": self.row_word}
 
 
 class JsonLinesSource(Source):
     def __init__(self, path: Path, label: str):
         self.path, self.label = path, label
+        self._lines = array("q")     # 1-based line of each row (blank lines are not rows)
+
+    def locate(self, row: int) -> dict:
+        if row < len(self._lines):
+            return {"row": row, "line": self._lines[row]}
+        return super().locate(row)
 
     def rows(self):
         row = 0
+        self._lines = array("q")
         with open(self.path, "rb") as f:
             for lineno, raw in enumerate(f, start=1):
                 if not raw.strip():
                     continue
+                self._lines.append(lineno)
+                where = {"file": self.label, "row": row, "line": lineno}
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    yield row, DataError(f"line {lineno} is not valid UTF-8 (byte {exc.start}); "
-                                         "expected UTF-8 text", file=self.label, row=row, reason=UNDECODABLE)
+                    yield row, DataError(f"not valid UTF-8 (byte {exc.start}); expected UTF-8 text", **where,
+                                         reason=UNDECODABLE)
                     row += 1
                     continue
                 try:
@@ -59,13 +76,13 @@ class JsonLinesSource(Source):
                 except json.JSONDecodeError as exc:
                     truncated = not raw.endswith(b"\n") or exc.pos >= len(line.rstrip())
                     hint = " (truncated?)" if truncated else ""
-                    yield row, DataError(f"line {lineno} is not valid JSON{hint}: {exc.msg} at column {exc.colno}",
-                                         file=self.label, row=row, reason=BAD_JSON)
+                    yield row, DataError(f"not valid JSON{hint}: {exc.msg} at column {exc.colno}", **where,
+                                         reason=BAD_JSON)
                     row += 1
                     continue
                 if not isinstance(value, dict):
-                    yield row, DataError(f"line {lineno} is a JSON {type(value).__name__}; expected an object "
-                                         "(one record per line)", file=self.label, row=row, reason=BAD_JSON)
+                    yield row, DataError(f"is a JSON {type(value).__name__}; expected an object (one record "
+                                         "per line)", **where, reason=BAD_JSON)
                 else:
                     yield row, value
                 row += 1
@@ -73,6 +90,8 @@ class JsonLinesSource(Source):
 
 class JsonArraySource(Source):
     """A .json file holding one array of records (or JSON lines, which is handled by the caller)."""
+
+    row_word = "element"
 
     def __init__(self, path: Path, label: str):
         self.path, self.label = path, label
@@ -94,15 +113,15 @@ class JsonArraySource(Source):
             if isinstance(value, dict):
                 yield i, value
             else:
-                yield i, DataError(f"element {i} is a JSON {type(value).__name__}; expected an object",
-                                   file=self.label, row=i, reason=BAD_JSON)
+                yield i, DataError(f"is a JSON {type(value).__name__}; expected an object",
+                                   file=self.label, row=i, row_word="element", reason=BAD_JSON)
 
 
 class ArrowSource(Source):
     """Rows of an Arrow table or a `datasets.Dataset`, read in batches."""
 
-    def __init__(self, table, label: str):
-        self.table, self.label = table, label
+    def __init__(self, table, label: str, *, row_word: str = "row index"):
+        self.table, self.label, self.row_word = table, label, row_word
 
     def rows(self):
         row = 0
@@ -116,6 +135,39 @@ class ArrowSource(Source):
             for value in batch:
                 yield row, value
                 row += 1
+
+
+class CsvSource(ArrowSource):
+    """A CSV file read by Arrow; rows are located by their 1-based starting line, found with the
+    standard `csv` module (quoted fields may span lines, so line = row + 2 does not hold). The scan
+    runs once, on the first error."""
+
+    def __init__(self, table, label: str, path: Path):
+        super().__init__(table, label)
+        self.path = path
+        self._starts: list[int] | None = None
+
+    def locate(self, row: int) -> dict:
+        if self._starts is None:
+            self._starts = _csv_record_lines(self.path)
+        if row < len(self._starts):
+            return {"row": row, "line": self._starts[row]}
+        return super().locate(row)
+
+
+def _csv_record_lines(path: Path) -> list[int]:
+    """The 1-based line on which each data record (after the header) starts; blank lines skipped."""
+    import csv
+
+    starts: list[int] = []
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.reader(f)
+        before = 0
+        for i, rec in enumerate(reader):
+            if i > 0 and rec:
+                starts.append(before + 1)
+            before = reader.line_num
+    return starts
 
 
 def _read_parquet(path: Path, label: str):
@@ -160,7 +212,7 @@ def open_source(path, *, split=None, subset=None, revision=None) -> Source:
 
     if isinstance(path, (datasets.Dataset, datasets.DatasetDict)):
         ds = _pick_split(path, split, "<dataset>") if isinstance(path, datasets.DatasetDict) else path
-        return ArrowSource(ds, "<dataset>")
+        return ArrowSource(ds, "<dataset>", row_word="row")
     label = str(path)
     p = Path(os.path.expanduser(label))
     if p.is_file():
@@ -178,7 +230,7 @@ def open_source(path, *, split=None, subset=None, revision=None) -> Source:
         if suffix == ".parquet":
             return ArrowSource(_read_parquet(p, label), label)
         if suffix == ".csv":
-            return ArrowSource(_read_csv(p, label), label)
+            return CsvSource(_read_csv(p, label), label, p)
         raise DataError(f"unknown file type {suffix!r}; expected one of {', '.join(FILE_SUFFIXES)}",
                         file=label)
     if _is_saved_dataset(p):

@@ -18,6 +18,8 @@ BAD_MESSAGES = "invalid message list"
 UNDECODABLE = "undecodable text"
 BAD_JSON = "invalid JSON line"
 DUPLICATE = "duplicate pair_id"
+IDENTICAL = "chosen equals rejected"
+PROMPT_ENDS_WITH_ANSWER = "prompt ends with an assistant turn"
 
 
 def _type_name(value) -> str:
@@ -87,6 +89,16 @@ def messages(value, field: str, *, need_user: bool, assistant_only: bool = False
         raise fail(field, "has no user turn; expected at least one message with role 'user'", BAD_MESSAGES)
     if assistant_only and not any(m["content"].strip() for m in out):
         raise fail(field, "is empty; expected non-empty assistant text", EMPTY)
+    return out
+
+
+def prompt_messages(value, field: str) -> list[dict]:
+    """A prompt conversation: valid messages with a user turn, ending before the answer (a prompt
+    whose last turn is the assistant's would be trained and generated as if the model spoke twice)."""
+    out = messages(value, field, need_user=True)
+    if out[-1]["role"] == "assistant":
+        raise fail(f"{field}[{len(out) - 1}].role", "ends the prompt with an assistant turn; expected the turns "
+                   "before the answer (the answer belongs in chosen/rejected)", PROMPT_ENDS_WITH_ANSWER)
     return out
 
 

@@ -19,7 +19,7 @@ def rm_accuracy(model, pairs, *, tokenizer=None, batch_size: int = 16, max_lengt
 
     Returns {"accuracy", "n", "correct", "ties", "skipped", "mean_margin", "per_source":
     {source: {"accuracy", "n"}}, "model"}; per-pair rewards are not kept (use `prefkit score`)."""
-    from prefkit.synth.reward_model import RewardModelScorer
+    from prefkit.reward_model import RewardModelScorer
 
     if not hasattr(pairs, "column_names"):
         from prefkit.data import read

@@ -1,11 +1,11 @@
-"""Reward-augmented relabeling and goal conditioning (methods.md section 1).
+"""Reward-augmented relabeling and goal conditioning (docs/methods.md section 1).
 
     from prefkit.relabel import relabel, condition, load_conditioning
     ra = relabel(pairs, placement="auto", tokenizer=tok)      # D^w then D^l, twice the pairs
     prompt = condition("Sort 3 1 2", goal=10, spec=load_conditioning(model_dir))
 """
 
-from prefkit.relabel.augment import relabel, relabel_file, relabel_with_spec
+from prefkit.relabel.augment import RelabelOptions, relabel, relabel_file, relabel_with_spec
 from prefkit.relabel.conditioning import (
     CONDITIONING_FILE,
     DEFAULT_TEMPLATE,
@@ -19,7 +19,7 @@ from prefkit.relabel.conditioning import (
 from prefkit.relabel.inference import condition
 
 __all__ = [
-    "CONDITIONING_FILE", "DEFAULT_TEMPLATE", "ConditioningSpec", "accepts_system_role", "condition",
+    "CONDITIONING_FILE", "DEFAULT_TEMPLATE", "ConditioningSpec", "RelabelOptions", "accepts_system_role", "condition",
     "find_conditioning", "format_goal", "load_conditioning", "make_spec", "relabel", "relabel_file",
     "relabel_with_spec",
 ]

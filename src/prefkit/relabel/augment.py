@@ -1,4 +1,4 @@
-"""Reward-augmented relabeling (Zhang et al., arXiv 2410.08067; methods.md section 1).
+"""Reward-augmented relabeling (Zhang et al., arXiv 2410.08067; docs/methods.md section 1).
 
 Each pair (x, y_w, y_l, r_w, r_l) becomes two training pairs:
   D^w: prompt S(r_w) + x, chosen y_w, rejected y_l
@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from prefkit.data import records as R
 from prefkit.errors import ConfigError, DataError
 from prefkit.relabel.columns import condition_column, prompt_format
 from prefkit.models import load_causal_lm, load_tokenizer
@@ -33,12 +35,10 @@ SOURCE_PAIR_ID = "source_pair_id"
 RELABEL_HALF = "relabel_half"
 
 
-def relabel(dataset, *, placement: str = "system", tokenizer=None, ties: str = "drop",
-            fine_grained_filter: bool = False, half: bool = False, seed: int = 42,
-            round_scores: int | None = None, template=None, attributes=None, goal_from: str = "scores",
-            scale: tuple[float, float] = (1, 10), model=None, reference=None, beta: float = 0.1,
-            batch_size: int = 8, report: StageReport | None = None):
-    """Relabel a PAIRS dataset into reward-augmented pairs (D^w then D^l); returns a `datasets.Dataset`.
+@dataclass(frozen=True)
+class RelabelOptions:
+    """Every option of relabeling, shared by `relabel`, `relabel_with_spec`, `relabel_file` and
+    the `prefkit relabel` command (one flag per field).
 
     placement: 'system' (a system message before the first user turn; for string prompts S(g)
         then a blank line before the prompt text), 'user' (S(g), a blank line, then the first user
@@ -62,6 +62,41 @@ def relabel(dataset, *, placement: str = "system", tokenizer=None, ties: str = "
         (the lowest reward in the data -> scale min, the highest -> scale max) and rounded to
         `round_scores` decimals (default 1). The rewards are kept as implicit_reward_chosen/_rejected.
     scale: (min, max) of the goal scale stated in S(g); max is the goal used at inference.
+    """
+
+    placement: str = "system"
+    tokenizer: Any = None
+    ties: str = "drop"
+    fine_grained_filter: bool = False
+    half: bool = False
+    seed: int = 42
+    round_scores: int | None = None
+    template: Any = None
+    attributes: Any = None
+    goal_from: str = "scores"
+    scale: tuple[float, float] = (1, 10)
+    model: Any = None
+    reference: Any = None
+    beta: float = 0.1
+    batch_size: int = 8
+
+    def __post_init__(self):
+        if self.ties not in ("drop", "keep"):
+            raise ConfigError(f"ties must be 'drop' or 'keep', got {self.ties!r}")
+        if self.goal_from not in ("scores", "implicit"):
+            raise ConfigError(f"goal_from must be 'scores' or 'implicit', got {self.goal_from!r}")
+
+    @classmethod
+    def of(cls, options: RelabelOptions | None = None, **overrides) -> RelabelOptions:
+        """`options` (default: all defaults) with `overrides` (field=value) applied."""
+        return replace(options if options is not None else cls(), **overrides)
+
+
+def relabel(dataset, options: RelabelOptions | None = None, *, report: StageReport | None = None, **overrides):
+    """Relabel a PAIRS dataset into reward-augmented pairs (D^w then D^l); returns a `datasets.Dataset`.
+
+    options: a `RelabelOptions` (every field is documented there); its fields may also be given
+    as keywords (`relabel(pairs, placement="auto", tokenizer=tok)`), which override `options`.
 
     Output columns: the input's columns (prompt conditioned; chosen/rejected pairs swapped in D^l;
     pair_id made unique as '<pair_id>:w' / '<pair_id>:l'), plus `goal_score` (when 'overall' is an
@@ -69,37 +104,29 @@ def relabel(dataset, *, placement: str = "system", tokenizer=None, ties: str = "
     `relabel_half` ('w' or 'l'). Multi-response (MULTI) input is binarized first with
     `prefkit.data.binarize(..., seed=seed, ties=ties, fine_grained_filter=fine_grained_filter)`.
     """
-    out, _ = relabel_with_spec(dataset, placement=placement, tokenizer=tokenizer, ties=ties,
-                               fine_grained_filter=fine_grained_filter, half=half, seed=seed,
-                               round_scores=round_scores, template=template, attributes=attributes,
-                               goal_from=goal_from, scale=scale, model=model, reference=reference, beta=beta,
-                               batch_size=batch_size, report=report)
+    out, _ = relabel_with_spec(dataset, options, report=report, **overrides)
     return out
 
 
-def relabel_with_spec(dataset, *, placement="system", tokenizer=None, ties="drop", fine_grained_filter=False,
-                      half=False, seed=42, round_scores=None, template=None, attributes=None,
-                      goal_from="scores", scale=(1, 10), model=None, reference=None, beta=0.1, batch_size=8,
-                      report: StageReport | None = None):
+def relabel_with_spec(dataset, options: RelabelOptions | None = None, *, report: StageReport | None = None,
+                      **overrides):
     """`relabel`, also returning the resolved `ConditioningSpec` (to save beside the output)."""
+    o = RelabelOptions.of(options, **overrides)
     import datasets
     from datasets.table import InMemoryTable
 
     from prefkit.data.records import CHOSEN, PAIR_ID, PROMPT, REJECTED, RESPONSES
 
     report = report if report is not None else StageReport("relabel")
-    if ties not in ("drop", "keep"):
-        raise ConfigError(f"ties must be 'drop' or 'keep', got {ties!r}")
-    if goal_from not in ("scores", "implicit"):
-        raise ConfigError(f"goal_from must be 'scores' or 'implicit', got {goal_from!r}")
     if not isinstance(dataset, datasets.Dataset):
         raise ConfigError(f"relabel expects a datasets.Dataset, got {type(dataset).__name__}")
 
     cols = set(dataset.column_names)
     report.rows_in = len(dataset)
     if RESPONSES in cols and not {CHOSEN, REJECTED} <= cols:
-        dataset = _binarize(dataset, seed=seed, ties=ties, fine_grained_filter=fine_grained_filter, report=report)
-        fine_grained_filter = False  # applied by binarize
+        dataset = _binarize(dataset, seed=o.seed, ties=o.ties, fine_grained_filter=o.fine_grained_filter,
+                            report=report)
+        o = replace(o, fine_grained_filter=False)  # applied by binarize
         cols = set(dataset.column_names)
     missing = [c for c in (PROMPT, CHOSEN, REJECTED) if c not in cols]
     if missing:
@@ -107,21 +134,20 @@ def relabel_with_spec(dataset, *, placement="system", tokenizer=None, ties="drop
                         f"(columns: {sorted(cols)})", field=missing[0])
     if RELABEL_HALF in cols:
         raise DataError("input is already relabeled (it has a 'relabel_half' column)", field=RELABEL_HALF)
-    if goal_from == "implicit":
-        if parse_attributes(attributes) != [OVERALL]:
+    if o.goal_from == "implicit":
+        if parse_attributes(o.attributes) != [OVERALL]:
             raise ConfigError("goal_from='implicit' gives one overall goal; attributes cannot be used with it")
-        if round_scores is None:
-            round_scores = 1
-        tokenizer = load_tokenizer(tokenizer)
-        dataset = _add_implicit_rewards(dataset, model=model, reference=reference, tokenizer=tokenizer, beta=beta,
-                                        batch_size=batch_size, report=report)
+        o = replace(o, round_scores=1 if o.round_scores is None else o.round_scores,
+                    tokenizer=load_tokenizer(o.tokenizer))
+        dataset = _add_implicit_rewards(dataset, model=o.model, reference=o.reference, tokenizer=o.tokenizer,
+                                        beta=o.beta, batch_size=o.batch_size, report=report)
 
     table: pa.Table = dataset.with_format("arrow")[:]
     n = table.num_rows
     report.notes["pairs_in"] = n
     fmt = prompt_format(table.schema.field(PROMPT).type)
-    spec = make_spec(placement=placement, tokenizer=tokenizer, template=template, attributes=attributes,
-                     scale=scale, round_scores=round_scores, prompt_format=fmt)
+    spec = make_spec(placement=o.placement, tokenizer=o.tokenizer, template=o.template, attributes=o.attributes,
+                     scale=o.scale, round_scores=o.round_scores, prompt_format=fmt)
     _check_prompts(table[PROMPT], fmt)
 
     # Source ids (for examples in the report and the output's source_pair_id).
@@ -135,7 +161,7 @@ def relabel_with_spec(dataset, *, placement="system", tokenizer=None, ties="drop
     # Goals per attribute for the chosen (r_w) and rejected (r_l) responses: (n, k) float arrays.
     goals_w = np.empty((n, len(spec.attributes)))
     goals_l = np.empty((n, len(spec.attributes)))
-    if goal_from == "implicit":
+    if o.goal_from == "implicit":
         goals_w[:, 0], goals_l[:, 0] = _implicit_goals(table, spec)
     else:
         for j, attr in enumerate(spec.attributes):
@@ -162,20 +188,20 @@ def relabel_with_spec(dataset, *, placement="system", tokenizer=None, ties="drop
                         "score the pairs first (`prefkit score`)",
                         field="score_chosen" if spec.attributes[0] == OVERALL else spec.attributes[0])
     drop(missing_goal, "missing score (" + ", ".join(spec.attributes) + ")")
-    if fine_grained_filter:
+    if o.fine_grained_filter:
         fg_w, fg_l = _fine_grained(table)
         drop(np.isnan(fg_w) | np.isnan(fg_l), "fine-grained rating missing (pre-filter)")
         with np.errstate(invalid="ignore"):
             drop(fg_w < fg_l, "fine-grained chosen < rejected (pre-filter)")
     tie = (goals_w == goals_l).all(axis=1)
-    if ties == "drop":
+    if o.ties == "drop":
         drop(tie, "tie: goal of chosen == goal of rejected")
     else:
         report.notes["ties_kept"] = int((tie & keep).sum())
 
     kept = np.flatnonzero(keep)
-    if half:
-        take_w = np.random.default_rng(seed).random(len(kept)) < 0.5
+    if o.half:
+        take_w = np.random.default_rng(o.seed).random(len(kept)) < 0.5
         w_idx, l_idx = kept[take_w], kept[~take_w]
     else:
         w_idx = l_idx = kept
@@ -222,7 +248,7 @@ def relabel_with_spec(dataset, *, placement="system", tokenizer=None, ties="drop
     order = [c for c in table.column_names] + [c for c in columns if c not in table.column_names]
     out_table = pa.table({c: columns[c] for c in order})
     # A fingerprint from the input's and the options' (hashing a large output table costs seconds).
-    options = (spec.to_dict(), ties, bool(fine_grained_filter), bool(half), seed, goal_from, beta)
+    options = (spec.to_dict(), o.ties, bool(o.fine_grained_filter), bool(o.half), o.seed, o.goal_from, o.beta)
     fingerprint = hashlib.sha256(f"relabel|{dataset._fingerprint}|{options!r}".encode()).hexdigest()[:16]
     out = datasets.Dataset(InMemoryTable(out_table), fingerprint=fingerprint)
 
@@ -234,7 +260,7 @@ def relabel_with_spec(dataset, *, placement="system", tokenizer=None, ties="drop
         "placement": spec.placement,
         "prompt_format": fmt,
         "attributes": ",".join(spec.attributes),
-        "half": bool(half),
+        "half": bool(o.half),
         "distinct_goals": n_goals,
     })
     return out, spec
@@ -244,6 +270,7 @@ def relabel_with_spec(dataset, *, placement="system", tokenizer=None, ties="drop
 
 IMPLICIT_CHOSEN = "implicit_reward_chosen"
 IMPLICIT_REJECTED = "implicit_reward_rejected"
+LOGPS = {"chosen": (R.LOGPS_CHOSEN, R.REF_LOGPS_CHOSEN), "rejected": (R.LOGPS_REJECTED, R.REF_LOGPS_REJECTED)}
 
 
 def _add_implicit_rewards(dataset, *, model, reference, tokenizer, beta, batch_size, report):
@@ -251,10 +278,8 @@ def _add_implicit_rewards(dataset, *, model, reference, tokenizer, beta, batch_s
     if model is None or tokenizer is None:
         raise ConfigError("goal_from='implicit' needs model= (the policy whose implicit rewards give the goals) "
                           "and tokenizer=")
-    try:
-        from prefkit.logprobs import score_logps
-    except ImportError as exc:
-        raise ConfigError("goal_from='implicit' needs prefkit.logprobs.score_logps, missing in this build") from exc
+    from prefkit.logprobs import score_logps
+
     model = load_causal_lm(model, need_tokenizer=False)[0]
     reference = load_causal_lm(reference, need_tokenizer=False)[0]
     sub = StageReport("score_logps")
@@ -263,9 +288,10 @@ def _add_implicit_rewards(dataset, *, model, reference, tokenizer, beta, batch_s
     t = scored.with_format("arrow")[:]
 
     def reward(side: str) -> np.ndarray:
-        lp = _to_float(t[f"logps_{side}"], f"logps_{side}")
+        policy, ref = LOGPS[side]
+        lp = _to_float(t[policy], policy)
         if reference is not None:
-            lp = lp - _to_float(t[f"ref_logps_{side}"], f"ref_logps_{side}")
+            lp = lp - _to_float(t[ref], ref)
         return float(beta) * lp
 
     for name, side in ((IMPLICIT_CHOSEN, "chosen"), (IMPLICIT_REJECTED, "rejected")):
@@ -302,11 +328,8 @@ def _take_blocks(column: pa.ChunkedArray, indices: np.ndarray):
 
 
 def _binarize(dataset, *, seed, ties, fine_grained_filter, report):
-    try:
-        from prefkit.data import binarize
-    except ImportError as exc:
-        raise ConfigError("multi-response input must be binarized first, and prefkit.data.binarize is not "
-                          "available in this build; run `prefkit data binarize` first") from exc
+    from prefkit.data import binarize
+
     sub = StageReport("binarize")
     pairs = binarize(dataset, seed=seed, ties=ties, fine_grained_filter=fine_grained_filter, report=sub)
     report.merge(sub)  # its drops and notes, under relabel's rows_in (the multi-response rows)
@@ -421,19 +444,20 @@ def _goal_texts(spec: ConditioningSpec, goals: np.ndarray) -> tuple[pa.Array, in
     return rendered.take(pa.array(inverse)), len(uniq)
 
 
-def relabel_file(input: str | os.PathLike, output: str | os.PathLike, *, split=None, subset=None, revision=None,
-                 input_format: str = "auto", on_invalid: str = "error", **options) -> StageReport:
+def relabel_file(input: str | os.PathLike, output: str | os.PathLike, options: RelabelOptions | None = None, *,
+                 split=None, subset=None, revision=None, input_format: str = "auto", on_invalid: str = "error",
+                 **overrides) -> StageReport:
     """Read INPUT, relabel it, write OUTPUT, and beside it the conditioning spec and the report.
 
-    `options` are `relabel`'s keyword options. Returns the StageReport (also written beside OUTPUT)."""
+    options / overrides: as for `relabel` (a `RelabelOptions`, and/or its fields as keywords).
+    Returns the StageReport (also written beside OUTPUT)."""
     from prefkit import data as pdata
 
-    if not hasattr(pdata, "read") or not hasattr(pdata, "write"):
-        raise ConfigError("prefkit.data.read/write are not available in this build")
+    options = RelabelOptions.of(options, **overrides)  # a bad option fails before anything is read
     report = StageReport("relabel")
     ds = pdata.read(str(input), split=split, subset=subset, revision=revision, format=input_format,
                     on_invalid=on_invalid, report=report)
-    out, spec = relabel_with_spec(ds, report=report, **options)
+    out, spec = relabel_with_spec(ds, options, report=report)
     pdata.write(out, str(output))
     spec_path = spec.write_beside(output)
     report.notes["conditioning_spec"] = str(spec_path)

@@ -33,7 +33,7 @@ BESIDE_SUFFIX = ".conditioning.json"
 PLACEMENTS = ("system", "user", "auto")
 OVERALL = "overall"
 
-# Our own wording of the method's instruction (methods.md section 1): answer while aiming,
+# Our own wording of the method's instruction (docs/methods.md section 1): answer while aiming,
 # implicitly, at the target scores on the scale, then one line per goal.
 DEFAULT_TEMPLATE = (
     "Write a response to the instruction below. Without referring to them, aim for the quality "

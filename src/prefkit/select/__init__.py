@@ -1,6 +1,7 @@
-"""Alignment-potential data selection (Huang et al., ICML 2025; shared/methods.md section 3).
+"""Alignment-potential data selection (Huang et al., arXiv 2503.01864;
+docs/methods.md section 3).
 
-    from prefkit.select import select, score, selection_ablation
+    from prefkit.select import select, score_margins, selection_ablation
     kept = select(pairs, "alignment-potential", fraction=0.4, model=model, tokenizer=tok)
 
 Modules: `metrics` (pure metric functions, z-scores, budgets), `cache` (row-level log-prob cache), `scoring` (the two streaming passes), `selection`
@@ -8,8 +9,9 @@ Modules: `metrics` (pure metric functions, z-scores, budgets), `cache` (row-leve
 """
 
 from prefkit.select.metrics import METRICS, RunningMoments, budget
-from prefkit.select.scoring import Scored, score
+from prefkit.select.options import SelectOptions
+from prefkit.select.scoring import Scored, score_margins
 from prefkit.select.selection import select, selection_ablation, selection_scores
 
-__all__ = ["METRICS", "RunningMoments", "Scored", "budget", "score", "select", "selection_ablation",
+__all__ = ["METRICS", "RunningMoments", "Scored", "SelectOptions", "budget", "score_margins", "select", "selection_ablation",
            "selection_scores"]

@@ -35,30 +35,11 @@ def row_key(prompt, chosen, rejected) -> str:
 
 
 def model_identity(model) -> dict:
-    """What distinguishes one set of weights from another, cheaply (no full pass over the weights).
+    """The scored model's identity (`prefkit.models.model_identity`, adapters included: a trained
+    LoRA policy scores differently from its base)."""
+    from prefkit.models import model_identity as identity
 
-    The weight fingerprint hashes the first and last 16 values of every parameter tensor: two
-    different random initialisations or two checkpoints of a training run differ there.
-    """
-    import torch
-
-    cfg = getattr(model, "config", None)
-    h = hashlib.sha1()
-    n_params = 0
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            flat = p.detach().reshape(-1)
-            n_params += flat.numel()
-            sample = torch.cat([flat[:16], flat[-16:]]).to(device="cpu", dtype=torch.float32)
-            h.update(name.encode())
-            h.update(sample.numpy().tobytes())
-    return {
-        "name_or_path": getattr(cfg, "_name_or_path", None) if cfg is not None else None,
-        "class": type(model).__name__,
-        "dtype": str(next(model.parameters()).dtype),
-        "n_params": n_params,
-        "weights_sha1": h.hexdigest(),
-    }
+    return identity(model)
 
 
 def tokenizer_identity(tokenizer) -> dict:

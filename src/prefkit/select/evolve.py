@@ -1,10 +1,10 @@
 """Evolve then select: the self-play extension of alignment-potential selection.
 
-Procedure (shared/methods.md section 3): take the selected prompts, rewrite each into a harder
+Procedure (docs/methods.md section 3): take the selected prompts, rewrite each into a harder
 variant with an Evol-Instruct-style instruction (add constraints, deepen, concretise, require
 more reasoning, broaden), drop failed and runaway rewrites, sample several responses to each
-evolved prompt and score them with a reward model or judge (SYNTH's West-of-N: best against
-worst score), select again with the same metric, and merge the kept pairs with the base set.
+evolved prompt and score them with a reward model or judge (`prefkit.synth.west_of_n`: best
+against worst score), select again with the same metric, and merge the kept pairs with the base set.
 
 The rewrite instructions are prefkit's own wording. Generation goes through any
 `prefkit.synth` backend (an OpenAI-compatible server or a local transformers model) inside a
@@ -14,13 +14,15 @@ durable request run, so an interrupted evolve resumes without redoing finished r
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 
 from prefkit.data import records as R
 from prefkit.errors import ConfigError
 from prefkit.report import StageReport
+from prefkit.select.options import SelectOptions
 
 # Our own Evol-Instruct-style operations: name -> what the rewrite must do.
 OPERATIONS = {
@@ -231,29 +233,55 @@ class EvolveResult:
     report: StageReport
 
 
-def evolve_then_select(selected, backend, *, reward_model=None, judge=None, n_responses: int = 4,
-                       metric: str = "alignment-potential", fraction: float = 0.4, top_k: int | None = None,
-                       weight: float = 1.0, model=None, tokenizer=None, reference=None, beta: float = 0.1,
-                       operations=tuple(OPERATIONS), seed: int = 42, min_ratio: float = 0.5, max_ratio: float = 3.0,
-                       rewrite_params=None, generation=None, judge_params=None, run_dir=None,
-                       retry_failed: bool = False, progress: bool = True, report: StageReport | None = None,
-                       **select_options) -> EvolveResult:
+@dataclass(frozen=True)
+class EvolveOptions:
+    """The evolve half of `evolve_then_select` (the selection half is a `SelectOptions`).
+
+    n_responses: responses sampled per evolved prompt. operations / seed / min_ratio / max_ratio:
+    as for `evolve_prompts`. rewrite_params / generation / judge_params: SamplingParams of the
+    prompt rewrites, the responses and the judge. run_dir: keeps every finished request
+    (subdirectories evolve/ and responses/). retry_failed: retry requests that failed before.
+    progress: progress bars (of the second selection too)."""
+
+    n_responses: int = 4
+    operations: tuple = tuple(OPERATIONS)
+    seed: int = 42
+    min_ratio: float = 0.5
+    max_ratio: float = 3.0
+    rewrite_params: Any = None
+    generation: Any = None
+    judge_params: Any = None
+    run_dir: Any = None
+    retry_failed: bool = False
+    progress: bool = True
+
+
+def evolve_then_select(selected, backend, options: EvolveOptions | None = None,
+                       select_options: SelectOptions | None = None, *, reward_model=None, judge=None, model=None,
+                       tokenizer=None, reference=None, report: StageReport | None = None,
+                       **overrides) -> EvolveResult:
     """Evolve the prompts of `selected`, regenerate and rescore responses, select again, merge.
 
-    backend       a `prefkit.synth` Backend: rewrites the prompts and samples `n_responses` per
-                  evolved prompt.
-    reward_model  reward-model directory (or `RewardModelScorer`) scoring the responses; or
-    judge         a Backend used as an UltraFeedback-style judge instead.
+    backend        a `prefkit.synth` Backend: rewrites the prompts and samples `n_responses` per
+                   evolved prompt.
+    reward_model   reward-model directory (or `RewardModelScorer`) scoring the responses; or
+    judge          a Backend used as an UltraFeedback-style judge instead.
+    options        `EvolveOptions`; select_options: `SelectOptions` of the second selection. Fields of
+                   either may also be given as keywords (`n_responses=3, fraction=0.5`), which override.
     The new responses are paired best against worst score (`prefkit.synth.west_of_n`), then
-    selected with `metric` / `fraction` (of the evolved pairs) / `weight` under the policy `model`,
+    selected with the selection options (fraction of the evolved pairs) under the policy `model`,
     and appended to `selected` (columns aligned; `evolved_from` names each parent prompt).
-    `run_dir` keeps every finished request (subdirectories evolve/ and responses/).
     """
     from pathlib import Path
 
     from prefkit.select.selection import select
     from prefkit.synth import SamplingParams, west_of_n
 
+    evolve_fields = {f.name for f in fields(EvolveOptions)}
+    o = replace(options or EvolveOptions(), **{k: v for k, v in overrides.items() if k in evolve_fields})
+    sel = SelectOptions.of(select_options, **{k: v for k, v in overrides.items() if k not in evolve_fields})
+    sel = replace(sel, progress=o.progress)
+    n_responses, run_dir, retry_failed, progress = o.n_responses, o.run_dir, o.retry_failed, o.progress
     if n_responses < 2:
         raise ConfigError("n_responses must be at least 2 (pairs are best against worst score)")
     if (reward_model is None) == (judge is None):
@@ -261,8 +289,8 @@ def evolve_then_select(selected, backend, *, reward_model=None, judge=None, n_re
     report = report if report is not None else StageReport("select evolve")
     report.rows_in = len(selected)
     sub = (lambda name: str(Path(run_dir) / name)) if run_dir is not None else (lambda name: None)
-    evolved = evolve_prompts(selected, backend, operations=operations, seed=seed, min_ratio=min_ratio,
-                             max_ratio=max_ratio, params=rewrite_params, run_dir=sub("evolve"),
+    evolved = evolve_prompts(selected, backend, operations=o.operations, seed=o.seed, min_ratio=o.min_ratio,
+                             max_ratio=o.max_ratio, params=o.rewrite_params, run_dir=sub("evolve"),
                              retry_failed=retry_failed, progress=progress, report=report)
     if len(evolved) == 0:
         report.rows_out = len(selected)
@@ -271,7 +299,7 @@ def evolve_then_select(selected, backend, *, reward_model=None, judge=None, n_re
             for i, r in enumerate(evolved)]
     won = StageReport("west-of-n")
     pairs = west_of_n(rows, backend, n=n_responses, reward_model=reward_model, judge=judge, run_dir=sub("responses"),
-                      generation=generation or SamplingParams(temperature=1.0), judge_params=judge_params,
+                      generation=o.generation or SamplingParams(temperature=1.0), judge_params=o.judge_params,
                       retry_failed=retry_failed, progress=progress, report=won)
     for reason, n in won.dropped.items():
         report.drop(f"evolved prompt: {reason}", n)
@@ -281,8 +309,7 @@ def evolve_then_select(selected, backend, *, reward_model=None, judge=None, n_re
     report.notes["evolved pairs (best vs worst)"] = len(pairs)
     if len(pairs):
         second = StageReport("select (evolved)")
-        kept = select(pairs, metric, fraction=fraction, top_k=top_k, weight=weight, model=model, tokenizer=tokenizer,
-                      reference=reference, beta=beta, report=second, progress=progress, **select_options)
+        kept = select(pairs, options=sel, model=model, tokenizer=tokenizer, reference=reference, report=second)
         for reason, n in second.dropped.items():
             report.drop(f"evolved pair: {reason}", n)
     else:

@@ -1,6 +1,6 @@
 """Selection metrics as pure functions of per-pair columns (numpy arrays).
 
-Notation follows shared/methods.md section 3 (Huang et al., "Larger or Smaller Reward Margins
+Notation follows docs/methods.md section 3 (Huang et al., "Larger or Smaller Reward Margins
 to Select Preferences for Alignment?", ICML 2025):
 
 - explicit margin    m_e = r(x, y_w) - r(x, y_l)                       (judge / reward model)

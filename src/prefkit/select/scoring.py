@@ -2,7 +2,7 @@
 
 Pass 1 walks the pairs in chunks (`chunk_size` rows): it reads the explicit scores, takes the
 policy's (and reference's) sequence log-probs from the row cache or computes the missing ones
-through CORE's scoring API (`prefkit.logprobs.score_logps`), writes the raw margin columns to an
+with `prefkit.logprobs.score_logps`, writes the raw margin columns to an
 on-disk Arrow file, and accumulates streaming mean / variance of the margins.
 
 Pass 2 reads that file back chunk by chunk, standardises the margins with the dataset-wide
@@ -25,12 +25,12 @@ Columns written (one row per pair, aligned with the input):
 
 from __future__ import annotations
 
-import inspect
 import math
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,9 +39,14 @@ from prefkit.errors import ConfigError, DataError
 from prefkit.report import StageReport
 from prefkit.select import metrics as M
 from prefkit.select.cache import LogpCache, model_identity, row_key, tokenizer_identity
+from prefkit.select.options import SelectOptions
 
-POLICY_COLUMNS = ("policy_logps_chosen", "policy_logps_rejected", "len_chosen", "len_rejected")
-REFERENCE_COLUMNS = ("reference_logps_chosen", "reference_logps_rejected")
+POLICY_COLUMNS = (R.POLICY_LOGPS_CHOSEN, R.POLICY_LOGPS_REJECTED, R.LEN_CHOSEN, R.LEN_REJECTED)
+REFERENCE_COLUMNS = (R.REFERENCE_LOGPS_CHOSEN, R.REFERENCE_LOGPS_REJECTED)
+# score_logps's output column -> the column select writes (data/records.py, LOG-PROBS)
+_FROM_SCORE_LOGPS = {R.LOGPS_CHOSEN: R.POLICY_LOGPS_CHOSEN, R.LOGPS_REJECTED: R.POLICY_LOGPS_REJECTED,
+                     R.LEN_CHOSEN: R.LEN_CHOSEN, R.LEN_REJECTED: R.LEN_REJECTED}
+_FROM_SCORE_LOGPS_REF = {R.REF_LOGPS_CHOSEN: R.REFERENCE_LOGPS_CHOSEN, R.REF_LOGPS_REJECTED: R.REFERENCE_LOGPS_REJECTED}
 METRIC_COLUMNS = (
     "explicit_margin", *POLICY_COLUMNS, "implicit_margin", "abs_implicit_margin", *REFERENCE_COLUMNS,
     "dpo_implicit_margin", "z_explicit_margin", "z_abs_implicit_margin", "z_abs_dpo_implicit_margin",
@@ -75,27 +80,17 @@ class Scored:
         return self.stats["explicit_margin"]["n"]
 
 
-def _score_logps_fn():
-    try:
-        from prefkit.logprobs import score_logps
-    except ImportError as exc:  # pragma: no cover - only before CORE's module lands
-        raise ConfigError("implicit margins need prefkit.logprobs.score_logps, which is not available") from exc
-    return score_logps
-
-
 def _call_score_logps(model, tokenizer, pairs: list[dict], reference, batch_size: int, score_kwargs: dict):
-    """Score one chunk through CORE's API; returns {column: array} aligned with `pairs`, NaN where
-    the scorer dropped a row (e.g. a prompt that fills the whole max_length)."""
+    """Score one chunk with prefkit.logprobs.score_logps; returns {column: array} aligned with
+    `pairs`, NaN where the scorer dropped a row (e.g. a prompt that fills the whole max_length)."""
     from datasets import Dataset
 
-    score_logps = _score_logps_fn()
+    from prefkit.logprobs import score_logps
+
     rows = [{R.PROMPT: p[R.PROMPT], R.CHOSEN: p[R.CHOSEN], R.REJECTED: p[R.REJECTED], "_select_row": i}
             for i, p in enumerate(pairs)]
     ds = Dataset.from_list(rows)
-    kwargs = dict(score_kwargs)
-    params = inspect.signature(score_logps).parameters
-    if "progress" in params and "progress" not in kwargs:
-        kwargs["progress"] = False
+    kwargs = {"progress": False, **score_kwargs}
     if reference is not None:
         kwargs["reference"] = reference
     import datasets
@@ -111,23 +106,10 @@ def _call_score_logps(model, tokenizer, pairs: list[dict], reference, batch_size
     n = len(pairs)
     result = {c: np.full(n, np.nan) for c in POLICY_COLUMNS + (REFERENCE_COLUMNS if reference is not None else ())}
     idx = np.asarray(out["_select_row"], dtype=np.int64)
-    result["policy_logps_chosen"][idx] = np.asarray(out["logps_chosen"], dtype=np.float64)
-    result["policy_logps_rejected"][idx] = np.asarray(out["logps_rejected"], dtype=np.float64)
-    result["len_chosen"][idx] = np.asarray(out["len_chosen"], dtype=np.float64)
-    result["len_rejected"][idx] = np.asarray(out["len_rejected"], dtype=np.float64)
-    if reference is not None:
-        ref_c, ref_r = _reference_column_names(out.column_names)
-        result["reference_logps_chosen"][idx] = np.asarray(out[ref_c], dtype=np.float64)
-        result["reference_logps_rejected"][idx] = np.asarray(out[ref_r], dtype=np.float64)
+    names = {**_FROM_SCORE_LOGPS, **(_FROM_SCORE_LOGPS_REF if reference is not None else {})}
+    for theirs, ours in names.items():
+        result[ours][idx] = np.asarray(out[theirs], dtype=np.float64)
     return result
-
-
-def _reference_column_names(columns) -> tuple[str, str]:
-    for pair in (("ref_logps_chosen", "ref_logps_rejected"), ("reference_logps_chosen", "reference_logps_rejected"),
-                 ("ref_chosen_logps", "ref_rejected_logps")):
-        if set(pair) <= set(columns):
-            return pair
-    raise ConfigError(f"score_logps returned no reference log-prob columns (got {list(columns)})")
 
 
 def _scores_of(table, fld: str, row0: int, file, on_invalid: str, report: StageReport) -> np.ndarray:
@@ -165,29 +147,31 @@ def _count_bad_scores(sc, sr, row0, report) -> np.ndarray:
     return bad_c | bad_r
 
 
-def score(dataset, *, model=None, tokenizer=None, reference=None, beta: float = 0.1, weight: float = 1.0,
-          need_policy: bool = True, batch_size: int = 8, chunk_size: int = 512, cache_dir=None,
-          score_kwargs: dict | None = None, seed: int = 42, work_dir=None, on_invalid: str = "error",
-          report: StageReport | None = None, progress: bool = True, file: str | None = None,
-          model_id: dict | str | None = None, reference_id: dict | str | None = None) -> Scored:
+def score_margins(dataset, options: SelectOptions | None = None, *, model=None, tokenizer=None, reference=None,
+                  need_policy: bool = True, report: StageReport | None = None, file: str | None = None,
+                  model_id: dict | str | None = None, reference_id: dict | str | None = None,
+                  **overrides) -> Scored:
     """Compute every selection metric for a PAIRS (or MULTI) dataset; see the module docstring.
 
+    options: a `SelectOptions` (its scoring fields: beta, weight, batch_size, chunk_size,
+    cache_dir, score_kwargs, seed, work_dir, on_invalid, progress), or its fields as keywords.
     MULTI rows are first paired max score against min score (`prefkit.data.binarize`,
     method "best-vs-worst": ties dropped and counted; a NaN score is an error).
     `model`/`tokenizer` are needed unless `need_policy=False` (explicit and random metrics);
     `reference` adds the DPO-form implicit margin with `beta`. `cache_dir` turns on the row
-    cache (resumable scoring). `work_dir` keeps the metric table on disk memory-mapped there
-    (datasets larger than memory); without it the float columns are loaded into memory and
-    the temporary files removed. `score_kwargs` pass through to `score_logps` (max_length...).
+    cache (resumable scoring); `model_id` / `reference_id` name the models in its key (default:
+    their identity). `work_dir` keeps the metric table on disk memory-mapped there (datasets
+    larger than memory); without it the float columns are loaded into memory and the temporary
+    files removed. `file` names the input in errors.
     """
     from datasets import Dataset, concatenate_datasets
     from tqdm.auto import tqdm
 
     from prefkit.data import binarize
 
+    o = SelectOptions.of(options, **overrides)
+    on_invalid, work_dir, cache_dir = o.on_invalid, o.work_dir, o.cache_dir
     report = report if report is not None else StageReport("select")
-    if on_invalid not in ("error", "skip"):
-        raise ConfigError(f"on_invalid must be 'error' or 'skip', not {on_invalid!r}")
     kind = R.kind_of(dataset.column_names)
     if kind == "multi":
         # the authors' pairing: max score against min score per prompt (ties dropped, counted)
@@ -206,7 +190,7 @@ def score(dataset, *, model=None, tokenizer=None, reference=None, beta: float = 
                             "see `prefkit score`)", file=file, field=col)
     if need_policy and (model is None or tokenizer is None):
         raise ConfigError("this metric needs a model and its tokenizer (the policy about to be trained)")
-    score_kwargs = dict(score_kwargs or {})
+    score_kwargs = dict(o.score_kwargs or {})
 
     cache = ref_cache = None
     if need_policy and cache_dir is not None:
@@ -227,7 +211,7 @@ def score(dataset, *, model=None, tokenizer=None, reference=None, beta: float = 
                    "abs_dpo_implicit_margin": M.RunningMoments()}
         counts = {"cached": 0, "scored": 0}
         n = len(dataset)
-        bar = tqdm(total=n, desc="select: scoring pairs", unit="pair", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(total=n, desc="select: scoring pairs", unit="pair", disable=not o.progress, dynamic_ncols=True)
         import pyarrow as pa
 
         writer = sink = None
@@ -235,9 +219,10 @@ def score(dataset, *, model=None, tokenizer=None, reference=None, beta: float = 
         try:
             # only the columns the metrics read; texts are converted to Python only for the model
             needed = [R.SCORE_CHOSEN, R.SCORE_REJECTED] + ([R.PROMPT, R.CHOSEN, R.REJECTED] if need_policy else [])
-            for table in dataset.select_columns(needed).with_format("arrow").iter(batch_size=chunk_size):
-                cols = _pass1_chunk(table, row0, model, tokenizer, reference, beta, need_policy, batch_size,
-                                    score_kwargs, cache, ref_cache, counts, on_invalid, report, file)
+            ctx = _Pass1(model, tokenizer, reference, need_policy, o.beta, o.batch_size, score_kwargs, cache,
+                         ref_cache, counts, on_invalid, report, file)
+            for table in dataset.select_columns(needed).with_format("arrow").iter(batch_size=o.chunk_size):
+                cols = _pass1_chunk(table, row0, ctx)
                 n_rows = table.num_rows
                 for name, mom in moments.items():
                     if name in cols:
@@ -268,7 +253,7 @@ def score(dataset, *, model=None, tokenizer=None, reference=None, beta: float = 
                                                     "so it does not affect the ranking")
 
         metrics_path = work / "metrics.arrow"
-        _pass2(raw_path, metrics_path, stats, weight, seed, need_policy, reference is not None, progress, n)
+        _pass2(raw_path, metrics_path, stats, o.weight, o.seed, need_policy, reference is not None, o.progress, n)
         metrics_ds = Dataset.from_file(str(metrics_path)) if n else None
         if metrics_ds is not None and own_work:
             metrics_ds = Dataset.from_dict(metrics_ds.to_dict(), features=metrics_ds.features)
@@ -281,7 +266,7 @@ def score(dataset, *, model=None, tokenizer=None, reference=None, beta: float = 
     report.notes["pairs scored from cache"] = counts["cached"]
     report.notes["pairs scored by the model"] = counts["scored"]
     return Scored(dataset=full, stats=stats, report=report, has_policy=need_policy,
-                  has_reference=reference is not None, weight=weight, beta=beta if reference is not None else None,
+                  has_reference=reference is not None, weight=o.weight, beta=o.beta if reference is not None else None,
                   work_dir=None if own_work else str(work))
 
 
@@ -303,18 +288,38 @@ def _check_multi_scores(dataset, file) -> None:
             raise DataError("score is NaN", file=file, row=start + row, field=f"responses[{j}].score")
 
 
-def _pass1_chunk(table, row0, model, tokenizer, reference, beta, need_policy, batch_size, score_kwargs,
-                 cache, ref_cache, counts, on_invalid, report, file) -> dict:
+@dataclass
+class _Pass1:
+    """What pass 1 needs for every chunk: the models, the scoring settings, the caches, the
+    running counts and where drops and errors are reported."""
+
+    model: Any
+    tokenizer: Any
+    reference: Any
+    need_policy: bool
+    beta: float
+    batch_size: int
+    score_kwargs: dict
+    cache: LogpCache | None
+    ref_cache: LogpCache | None
+    counts: dict
+    on_invalid: str
+    report: StageReport
+    file: str | None
+
+
+def _pass1_chunk(table, row0: int, ctx: _Pass1) -> dict:
+    """Explicit margins and (with a policy) log-probs and implicit margins of one chunk."""
+    reference, on_invalid, report, file = ctx.reference, ctx.on_invalid, ctx.report, ctx.file
     n = table.num_rows
     sc = _scores_of(table, R.SCORE_CHOSEN, row0, file, on_invalid, report)
     sr = _scores_of(table, R.SCORE_REJECTED, row0, file, on_invalid, report)
     scorable = ~_count_bad_scores(sc, sr, row0, report)
     explicit = M.explicit_margin(sc, sr)
-    rows = table.select([R.PROMPT, R.CHOSEN, R.REJECTED]).to_pylist() if need_policy else None
+    rows = table.select([R.PROMPT, R.CHOSEN, R.REJECTED]).to_pylist() if ctx.need_policy else None
     cols: dict = {"explicit_margin": explicit}
-    if need_policy:
-        pol = _logps_for_chunk(rows, scorable, model, tokenizer, reference, batch_size, score_kwargs, cache,
-                               ref_cache, counts)
+    if ctx.need_policy:
+        pol = _logps_for_chunk(rows, scorable, ctx)
         for i in range(n):
             if not scorable[i]:
                 continue
@@ -346,7 +351,7 @@ def _pass1_chunk(table, row0, model, tokenizer, reference, beta, need_policy, ba
         cols["abs_implicit_margin"] = np.abs(im)
         if reference is not None:
             dm = M.dpo_implicit_margin(pol["policy_logps_chosen"], pol["policy_logps_rejected"],
-                                       pol["reference_logps_chosen"], pol["reference_logps_rejected"], beta)
+                                       pol["reference_logps_chosen"], pol["reference_logps_rejected"], ctx.beta)
             dm[~scorable] = np.nan
             cols["dpo_implicit_margin"] = dm
             cols["abs_dpo_implicit_margin"] = np.abs(dm)
@@ -355,10 +360,10 @@ def _pass1_chunk(table, row0, model, tokenizer, reference, beta, need_policy, ba
     return cols
 
 
-def _logps_for_chunk(rows, scorable, model, tokenizer, reference, batch_size, score_kwargs, cache, ref_cache,
-                     counts) -> dict:
+def _logps_for_chunk(rows, scorable, ctx: _Pass1) -> dict:
     """Policy (and reference) log-probs for a chunk: cached rows from the cache, the rest scored in
     one call and written to the cache as one shard before anything else happens."""
+    reference, cache, ref_cache, counts = ctx.reference, ctx.cache, ctx.ref_cache, ctx.counts
     n = len(rows)
     names = POLICY_COLUMNS + (REFERENCE_COLUMNS if reference is not None else ())
     out = {c: np.full(n, np.nan) for c in names}
@@ -378,7 +383,8 @@ def _logps_for_chunk(rows, scorable, model, tokenizer, reference, batch_size, sc
         else:
             todo.append(i)
     if todo:
-        res = _call_score_logps(model, tokenizer, [rows[i] for i in todo], reference, batch_size, score_kwargs)
+        res = _call_score_logps(ctx.model, ctx.tokenizer, [rows[i] for i in todo], reference, ctx.batch_size,
+                                ctx.score_kwargs)
         for c in names:
             out[c][todo] = res[c]
         counts["scored"] += len(todo)

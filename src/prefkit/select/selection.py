@@ -8,7 +8,7 @@ comparisons between metrics are at an equal budget.
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 
@@ -16,7 +16,8 @@ from prefkit.errors import ConfigError
 from prefkit.models import load_causal_lm
 from prefkit.report import StageReport
 from prefkit.select import metrics as M
-from prefkit.select.scoring import Scored, score
+from prefkit.select.options import SelectOptions
+from prefkit.select.scoring import Scored, score_margins
 
 #: metric -> (column ranked, what larger means), for the docs and the report
 RANKED_BY = {
@@ -69,8 +70,10 @@ def selection_scores(scored: Scored, metric: str, weight: float | None = None) -
     return np.where(np.isnan(s), -np.inf, s)
 
 
-def score_for(dataset, metrics, *, model=None, tokenizer=None, reference=None, **options) -> Scored:
-    """Score once for every metric in `metrics` (loads model directories given as paths)."""
+def score_for(dataset, metrics, options: SelectOptions | None = None, *, model=None, tokenizer=None, reference=None,
+              **kwargs) -> Scored:
+    """Score once for every metric in `metrics` (loads model directories given as paths);
+    `options` and `kwargs` go to `score_margins`."""
     for m in metrics:
         _check_metric(m)
     need_policy = any(m in M.NEEDS_MODEL for m in metrics)
@@ -82,37 +85,37 @@ def score_for(dataset, metrics, *, model=None, tokenizer=None, reference=None, *
             reference = load_causal_lm(reference, need_tokenizer=False)[0]
     else:
         reference = None
-    return score(dataset, model=model, tokenizer=tokenizer, reference=reference, need_policy=need_policy,
-                 **options)
+    return score_margins(dataset, options, model=model, tokenizer=tokenizer, reference=reference,
+                         need_policy=need_policy, **kwargs)
 
 
-def select(dataset, metric: str = M.ALIGNMENT_POTENTIAL, *, fraction: float = 0.4, top_k: int | None = None,
-           weight: float = 1.0, model=None, tokenizer=None, reference=None, beta: float = 0.1,
-           plot: str | Path | None = None, scored_path: str | Path | None = None,
-           report: StageReport | None = None, **score_options):
+def select(dataset, metric: str | None = None, options: SelectOptions | None = None, *, model=None, tokenizer=None,
+           reference=None, report: StageReport | None = None, file: str | None = None, **overrides):
     """Select the most promising preference pairs; returns the kept rows with every metric column.
 
     dataset   PAIRS (with score_chosen / score_rejected) or MULTI rows (paired max vs min score),
-              or a `Scored` from `score()` / an earlier call (then nothing is rescored).
-    metric    'alignment-potential' (default; z(m_e) - weight z(|m_i|)), 'ap-paper',
-              'dpo-implicit' (needs `reference`, uses `beta`), 'explicit', 'implicit', 'random'.
-    fraction  keep floor(fraction * n) rows (default 0.4); `top_k` keeps k rows instead.
+              or a `Scored` from `score_margins()` / an earlier call (then nothing is rescored).
+    metric    overrides options.metric: 'alignment-potential' (default; z(m_e) - weight z(|m_i|)),
+              'ap-paper', 'dpo-implicit' (needs `reference`, uses `beta`), 'explicit', 'implicit',
+              'random'.
+    options   a `SelectOptions` (fraction or top_k, weight, beta, plot, scored_path and the scoring
+              options); its fields may also be given as keywords, which override it.
     model, tokenizer   the policy about to be trained (objects or a model directory).
-    plot      write a PNG of explicit against implicit margin with the selection boundary.
-    scored_path   also write the full scored table (every row, with a `selected` column).
-    score_options pass to `prefkit.select.score` (batch_size, chunk_size, cache_dir, seed, work_dir,
-              on_invalid, score_kwargs, progress, file).
+    file      names the input in errors.
     """
-    _check_metric(metric)
-    _check_budget(fraction, top_k)
+    o = SelectOptions.of(options, **overrides)
+    if metric is not None:
+        o = replace(o, metric=metric)
+    _check_metric(o.metric)
+    _check_budget(o.fraction, o.top_k)
     if isinstance(dataset, Scored):
         scored = dataset
         if report is not None:
             report.merge(scored.report)
     else:
-        scored = score_for(dataset, [metric], model=model, tokenizer=tokenizer, reference=reference, beta=beta,
-                           weight=weight, report=report, **score_options)
-    return _keep(scored, metric, fraction, top_k, weight, plot, scored_path, report or scored.report)
+        scored = score_for(dataset, [o.metric], o, model=model, tokenizer=tokenizer, reference=reference,
+                           report=report, file=file)
+    return _keep(scored, o.metric, o.fraction, o.top_k, o.weight, o.plot, o.scored_path, report or scored.report)
 
 
 def _keep(scored: Scored, metric, fraction, top_k, weight, plot, scored_path, report: StageReport):
@@ -152,18 +155,21 @@ def _keep(scored: Scored, metric, fraction, top_k, weight, plot, scored_path, re
     return out
 
 
-def selection_ablation(dataset, model=None, tokenizer=None, fraction: float = 0.4, *,
-                       metrics=(M.ALIGNMENT_POTENTIAL, M.EXPLICIT, M.IMPLICIT, M.RANDOM), top_k: int | None = None,
-                       weight: float = 1.0, reference=None, beta: float = 0.1, **score_options) -> dict:
+def selection_ablation(dataset, model=None, tokenizer=None, fraction: float | None = None, *,
+                       metrics=(M.ALIGNMENT_POTENTIAL, M.EXPLICIT, M.IMPLICIT, M.RANDOM),
+                       options: SelectOptions | None = None, reference=None, **overrides) -> dict:
     """One scoring pass, then each metric's selection at the same budget: {metric: Dataset}.
 
     For the toy-world ablation: alignment potential against explicit margin, implicit margin
-    and random, each keeping exactly the same number of rows.
+    and random, each keeping exactly the same number of rows. `fraction` (default 0.4) overrides
+    options.fraction; the other options as for `select` (metric, plot and scored_path unused).
     """
-    _check_budget(fraction, top_k)
-    scored = score_for(dataset, list(metrics), model=model, tokenizer=tokenizer, reference=reference, beta=beta,
-                       weight=weight, **score_options)
+    o = SelectOptions.of(options, **overrides)
+    if fraction is not None:
+        o = replace(o, fraction=fraction)
+    _check_budget(o.fraction, o.top_k)
+    scored = score_for(dataset, list(metrics), o, model=model, tokenizer=tokenizer, reference=reference)
     out = {}
     for m in metrics:
-        out[m] = _keep(scored, m, fraction, top_k, weight, None, None, StageReport(f"select:{m}"))
+        out[m] = _keep(scored, m, o.fraction, o.top_k, o.weight, None, None, StageReport(f"select:{m}"))
     return out

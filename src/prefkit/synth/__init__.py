@@ -6,7 +6,8 @@
 
 Backends (`backends`), durable resumable request runs (`runs`), RMBoost (`rmboost`), the
 RLAIF / West-of-N / RLCD baselines (`baselines`), the UltraFeedback-style judge and reward-model
-scoring (`judge.score`, `reward_model`). See docs/synth.md.
+scoring (`judge.score`; the reward-model scorer itself is `prefkit.reward_model`, shared with
+`prefkit.evaluate`). See docs/synth.md.
 """
 
 from prefkit.synth.backends import Backend, Completion, LocalBackend, OpenAIBackend, RequestFailed, SamplingParams

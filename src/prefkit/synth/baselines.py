@@ -1,5 +1,5 @@
 """The synthetic-preference baselines RMBoost is compared against (Shen et al., section 2 of
-shared/methods.md), each producing canonical PAIRS with a `method` column:
+docs/methods.md), each producing canonical PAIRS with a `method` column:
 
 - rlaif: two samples per prompt, then a pairwise LLM judge picks the better one. The two answers
   are shown in a seeded random order (position bias); `both_orders=True` asks twice, swapped, and
@@ -22,15 +22,14 @@ from prefkit.errors import ConfigError
 from prefkit.report import StageReport
 from prefkit.synth import prompts as P
 from prefkit.synth.backends import Backend, SamplingParams
-from prefkit.synth.inputs import pair_row, pairs_dataset
+from prefkit.synth.inputs import pair_row, pairs_dataset, prompt_rows
 from prefkit.synth.parsing import parse_verdict
-from prefkit.synth.rmboost import _prompt_rows
 from prefkit.synth.runs import Request, Run
 
 
 def _setup(prompts, report, name, run_dir):
     rep = report if report is not None else StageReport(f"synth {name}")
-    rows = _prompt_rows(prompts, rep)
+    rows = prompt_rows(prompts, rep)
     rep.rows_in += len(rows)
     if run_dir is None:
         run_dir = tempfile.mkdtemp(prefix=f"prefkit-{name}-")
@@ -43,6 +42,19 @@ def _samples(run: Run, backend: Backend, rows, n: int, params: SamplingParams, d
     reqs = [Request(r.messages, params, k, "sample") for r in rows for k in range(n)]
     recs = run.generate(backend, reqs, desc=desc)
     return [recs[i * n:(i + 1) * n] for i in range(len(rows))]
+
+
+def _two_usable(rep: StageReport, row, a: dict, b: dict, *, failed: str, identical: str) -> bool:
+    """Whether two finished requests make a pair; if not, the row is dropped and counted with
+    the first failure's reason, or as `identical`."""
+    bad = [x for x in (a, b) if not x["ok"]]
+    if bad:
+        rep.drop(f"{failed}: {bad[0]['reason']}", 1, example=f"row {row.source_row}")
+        return False
+    if a["text"].strip() == b["text"].strip():
+        rep.drop(identical, 1, example=f"row {row.source_row}")
+        return False
+    return True
 
 
 def rlaif(prompts, backend: Backend, *, judge: Backend | None = None, run_dir=None, guideline="ultrafeedback",
@@ -60,12 +72,7 @@ def rlaif(prompts, backend: Backend, *, judge: Backend | None = None, run_dir=No
         samples = _samples(run, backend, rows, 2, generation, "rlaif samples")
         todo = []
         for r, (a, b) in zip(rows, samples):
-            bad = [s for s in (a, b) if not s["ok"]]
-            if bad:
-                rep.drop(f"sample request failed: {bad[0]['reason']}", 1, example=f"row {r.source_row}")
-                continue
-            if a["text"].strip() == b["text"].strip():
-                rep.drop("the two samples are identical", 1, example=f"row {r.source_row}")
+            if not _two_usable(rep, r, a, b, failed="sample request failed", identical="the two samples are identical"):
                 continue
             swap = random.Random(f"{seed}:{r.source_row}").random() < 0.5
             first, second = (b, a) if swap else (a, b)  # first is shown as A
@@ -134,7 +141,7 @@ def west_of_n(prompts, backend: Backend, *, n: int = 4, reward_model=None, judge
                 else:
                     skipped[f"sample request failed: {rec['reason']}"] += 1
         if reward_model is not None:
-            from prefkit.synth.reward_model import RewardModelScorer
+            from prefkit.reward_model import RewardModelScorer
 
             scorer = reward_model if isinstance(reward_model, RewardModelScorer) else \
                 RewardModelScorer(reward_model, batch_size=batch_size, max_length=max_length)
@@ -198,12 +205,8 @@ def rlcd(prompts, backend: Backend, *, run_dir=None, guideline="ultrafeedback", 
         stats = run.stats
     for k, r in enumerate(rows):
         pos, neg = recs[2 * k], recs[2 * k + 1]
-        bad = [x for x in (pos, neg) if not x["ok"]]
-        if bad:
-            rep.drop(f"request failed: {bad[0]['reason']}", 1, example=f"row {r.source_row}")
-            continue
-        if pos["text"].strip() == neg["text"].strip():
-            rep.drop("positive and negative responses are identical", 1, example=f"row {r.source_row}")
+        if not _two_usable(rep, r, pos, neg, failed="request failed",
+                           identical="positive and negative responses are identical"):
             continue
         out.append(pair_row(r, "rlcd", pos["text"], neg["text"], generator=backend.model,
                             rlcd_principle_role=principle_role))

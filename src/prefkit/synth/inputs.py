@@ -99,6 +99,14 @@ def read_prompts(source, *, split=None, subset=None, revision=None, format: str 
     return out
 
 
+def prompt_rows(prompts, report=None) -> list[PromptRow]:
+    """The PromptRows of a synthesis method's `prompts`: already read rows as they are, anything
+    else (a path, a hub id, a `datasets.Dataset`, a list of prompts) through `read_prompts`."""
+    if isinstance(prompts, list) and prompts and isinstance(prompts[0], PromptRow):
+        return prompts
+    return read_prompts(prompts, report=report)
+
+
 def answer(prompt_row: PromptRow, text: str):
     """A response in the prompt's format: a string, or one assistant message."""
     if isinstance(prompt_row.prompt, str):

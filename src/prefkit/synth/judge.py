@@ -114,7 +114,7 @@ def score(dataset, *, judge: Backend | None = None, reward_model=None, run_dir=N
 
     failures = Counter()
     if reward_model is not None:
-        from prefkit.synth.reward_model import RewardModelScorer
+        from prefkit.reward_model import RewardModelScorer
 
         scorer = reward_model if isinstance(reward_model, RewardModelScorer) else \
             RewardModelScorer(reward_model, batch_size=batch_size, max_length=max_length)

@@ -20,7 +20,7 @@ from prefkit.errors import ConfigError
 from prefkit.report import StageReport
 from prefkit.synth import prompts as P
 from prefkit.synth.backends import Backend, SamplingParams
-from prefkit.synth.inputs import PromptRow, pair_row, pairs_dataset, read_prompts
+from prefkit.synth.inputs import pair_row, pairs_dataset, prompt_rows
 from prefkit.synth.parsing import extract_tag, parse_aspect_list, similarity
 from prefkit.synth.runs import Request, Run
 
@@ -40,12 +40,6 @@ def sample_aspects(guideline: dict[str, str], k: int, seed: int, row: int) -> li
     return sorted(rng.sample(names, k), key=names.index)
 
 
-def _prompt_rows(prompts, report) -> list[PromptRow]:
-    if isinstance(prompts, list) and prompts and isinstance(prompts[0], PromptRow):
-        return prompts
-    return read_prompts(prompts, report=report)
-
-
 def rmboost(prompts, backend: Backend, *, run_dir=None, guideline="ultrafeedback", aspects: str = "llm",
             num_aspects: int = 2, max_aspects: int = 3, seed: int = 42,
             generation: SamplingParams | None = None, rewrite: SamplingParams | None = None,
@@ -63,7 +57,7 @@ def rmboost(prompts, backend: Backend, *, run_dir=None, guideline="ultrafeedback
         raise ConfigError(f"aspects must be 'llm' or 'sample', not {aspects!r}")
     guide = P.load_guideline(guideline)
     rep = report if report is not None else StageReport("synth rmboost")
-    rows = _prompt_rows(prompts, rep)
+    rows = prompt_rows(prompts, rep)
     rep.rows_in += len(rows)
     generation = generation or SamplingParams(temperature=0.7)
     rewrite = rewrite or SamplingParams(temperature=0.7, max_tokens=max(generation.max_tokens * 2, 1024))

@@ -73,31 +73,20 @@ def encode(dataset, tokenizer, cfg, report: StageReport, *, max_prompt_length="c
 
 
 def load_tokenizer(cfg, tokenizer=None):
-    if tokenizer is not None:
-        return tokenizer
-    from transformers import AutoTokenizer
+    """The run's tokenizer (given, or from tokenizer_name_or_path / model_name_or_path through
+    prefkit.models), with EOS as pad when it has none."""
+    from prefkit.models import load_tokenizer as load
 
-    name = cfg.tokenizer_name_or_path or cfg.model_name_or_path
-    try:
-        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
-    except OSError as exc:
-        raise ConfigError(f"cannot load the tokenizer from {name!r}: {exc}") from None
-    if tok.pad_token is None and tok.eos_token is not None:
-        tok.pad_token = tok.eos_token
-    return tok
+    return load(tokenizer if tokenizer is not None else (cfg.tokenizer_name_or_path or cfg.model_name_or_path),
+                trust_remote_code=cfg.trust_remote_code, pad_with_eos=True)
 
 
-def load_model(cls_name: str, path: str, cfg, **kwargs):
-    import transformers
+def load_model(kind: str, path: str, cfg, **kwargs):
+    """A model of `kind` ('causal-lm' or 'sequence-classification') through prefkit.models, in
+    the run's torch_dtype."""
+    from prefkit.models import load_pretrained
 
-    cls = getattr(transformers, cls_name)
-    dtype = cfg.torch_dtype
-    if dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise ConfigError(f"torch_dtype must be auto, float32, bfloat16 or float16; got {dtype!r}")
-    try:
-        return cls.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **kwargs)
-    except OSError as exc:
-        raise ConfigError(f"cannot load the model from {path!r}: {exc}") from None
+    return load_pretrained(path, kind=kind, dtype=cfg.torch_dtype, trust_remote_code=cfg.trust_remote_code, **kwargs)
 
 
 def lora_config(cfg, task_type: str):
@@ -161,8 +150,10 @@ def data_summary(report: StageReport, eval_pairs: int | None = None) -> str:
 
 @dataclass
 class PreparedRun:
-    """What both trainers set up before a model is loaded: settings, tokenizer, encoded splits."""
+    """What both trainers set up before a model is loaded: the run's own copy of the config
+    (in-memory inputs named), settings, tokenizer, encoded splits."""
 
+    cfg: Any
     precision: str
     args: Any
     tokenizer: Any
@@ -179,11 +170,15 @@ def prepare_run(cfg, *, model=None, tokenizer=None, train_dataset=None, eval_dat
     """Check the config, fix precision and TrainingArguments, seed, load the tokenizer, read the
     train/eval splits (renaming `renames` columns in both) and encode them, counting drops.
 
-    `check(cfg)` runs right after the config's own check, before anything is loaded."""
+    `check(cfg)` runs right after the config's own check, before anything is loaded. The caller's
+    config is left as it is: the run works on (and reports) a copy that names in-memory inputs."""
+    import copy
+
     from transformers import set_seed
 
     from prefkit.train.config import resolve_precision, training_arguments
 
+    cfg = copy.copy(cfg)
     if model is not None and not cfg.model_name_or_path:
         cfg.model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", "") or "<in-memory model>"
     if train_dataset is not None and not cfg.train_file:
@@ -212,4 +207,38 @@ def prepare_run(cfg, *, model=None, tokenizer=None, train_dataset=None, eval_dat
         raise ConfigError(f"no training pairs left after tokenisation:\n{data_summary(data_report)}")
     eval_report = StageReport("eval data")
     eval_enc = encode(eval_raw, tokenizer, cfg, eval_report) if eval_raw is not None else None
-    return PreparedRun(precision, args, tokenizer, train_enc, eval_enc, read_report, data_report, eval_report, t0)
+    return PreparedRun(cfg, precision, args, tokenizer, train_enc, eval_enc, read_report, data_report, eval_report, t0)
+
+
+def finish_run(trainer, run: PreparedRun, *, kind: str, headline: str, resume: str | None, result,
+               summary: list[str], run_fields: dict[str, Any], eval_fields: dict[str, Any]) -> None:
+    """Write `prefkit_train_report.json` (on the main process) and wait for every process.
+
+    headline: the summary's first line up to "N steps in Ts"; summary: the lines after the
+    data summary; run_fields / eval_fields: the trainer's own entries, placed before `data` /
+    after `eval_data`."""
+    cfg = run.cfg
+    if trainer.is_world_process_zero():
+        data_report = run.data_report
+        data_report.rows_in = run.read_report.rows_in or data_report.rows_in
+        data_report.merge(run.read_report)
+        eval_enc = run.eval_enc
+        lines = [f"{headline}{trainer.state.global_step} steps in {time.time() - run.t0:.1f}s"
+                 + (f" (resumed from {resume})" if resume else ""),
+                 data_summary(data_report, len(eval_enc) if eval_enc is not None else None), *summary]
+        write_report(cfg.output_dir, {
+            "kind": kind,
+            "summary": "\n".join(lines),
+            "config": cfg.to_dict(),
+            "precision": run.precision,
+            "world_size": trainer.accelerator.num_processes,
+            "global_step": trainer.state.global_step,
+            "train_loss": result.training_loss,
+            "resumed_from": resume,
+            **run_fields,
+            "data": data_report.to_dict(),
+            "eval_data": run.eval_report.to_dict() if eval_enc is not None else None,
+            **eval_fields,
+            "log_history": trainer.state.log_history,
+        })
+    trainer.accelerator.wait_for_everyone()

@@ -22,26 +22,26 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from transformers import TrainerCallback
 
+from prefkit.data import records as R
 from prefkit.errors import ConfigError
-from prefkit.losses import PairLogps, eps_dpo_beta, eps_dpo_update_beta, get_loss, pair_metrics
+from prefkit.losses import PairLogps, get_loss, pair_metrics
+from prefkit.train.beta_control import beta_control
 from prefkit.train.common import STATE_FILE
 from prefkit.train.trainer_base import MetricsTrainer
 
-EPS_DPO = "eps-dpo"
 REFERENCE_FREE = {"simpo"}
 
 
 def _loss_fn(cfg):
-    """The registered loss for cfg.loss_type with its options bound (eps-dpo trains the sigmoid
-    loss with a per-pair beta)."""
-    name = "sigmoid" if cfg.loss_type == EPS_DPO else cfg.loss_type
+    """The registered loss for cfg.loss_type with its options bound (the beta control names it:
+    eps-dpo trains the sigmoid loss with a per-pair beta)."""
+    name = beta_control(cfg).loss_name
     opts: dict[str, Any] = {}
     if cfg.label_smoothing:
         opts["label_smoothing"] = cfg.label_smoothing
@@ -68,17 +68,16 @@ class PreferenceTrainer(MetricsTrainer):
         self.model_accepts_loss_kwargs = False
         self.pk = prefkit_config
         self.loss_fn = _loss_fn(prefkit_config)
-        self.is_eps = prefkit_config.loss_type == EPS_DPO
-        self.base_beta = float(prefkit_config.beta)
+        self.beta_control = beta_control(prefkit_config)
         self.reference = reference
         if isinstance(reference, torch.nn.Module):
             reference.eval().requires_grad_(False)
             self.reference = reference.to(self.args.device)
-        if self.is_eps and reference in ("precomputed", "none"):
-            raise ConfigError("eps-dpo needs a live reference model (its logits), not precomputed log-probs")
+        if self.beta_control.needs_heads and reference in ("precomputed", "none"):
+            raise ConfigError(f"{prefkit_config.loss_type} needs a live reference model (its logits), "
+                              "not precomputed log-probs")
         self.probes = dict(probes or {})
         self.chunk_size = chunk_size
-        self._eps_pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.add_callback(_PrefkitState(self))
 
     # -- the loss ------------------------------------------------------------------------------
@@ -94,15 +93,15 @@ class PreferenceTrainer(MetricsTrainer):
 
     def pair_loss(self, model, batch: dict[str, Any], *, training: bool):
         """(mean loss, metrics dict) for one PairCollator batch."""
-        from prefkit.logprobs import concatenated_forward, perturbed_sequence_logps, sequence_logps
+        from prefkit.logprobs import concatenated_forward, sequence_logps
 
         meta = batch.get("meta", {})
         kw = {"chunk_size": self.chunk_size} if self.chunk_size else {}
-        fwd = concatenated_forward(model, batch, return_head=self.is_eps, **kw)
+        fwd = concatenated_forward(model, batch, return_head=self.beta_control.needs_heads, **kw)
         ref_c = ref_r = ref_head = None
         if self.reference == "precomputed":
-            ref_c = meta["ref_logps_chosen"].to(fwd.chosen_logps.dtype)
-            ref_r = meta["ref_logps_rejected"].to(fwd.chosen_logps.dtype)
+            ref_c = meta[R.REF_LOGPS_CHOSEN].to(fwd.chosen_logps.dtype)
+            ref_r = meta[R.REF_LOGPS_REJECTED].to(fwd.chosen_logps.dtype)
         elif self.reference != "none":
             with torch.no_grad(), self._reference_model(model) as ref:
                 seq, ref_head = sequence_logps(ref, batch["input_ids"], batch["response_mask"],
@@ -112,22 +111,8 @@ class PreferenceTrainer(MetricsTrainer):
         logps = PairLogps(fwd.chosen_logps, fwd.rejected_logps, ref_c, ref_r, fwd.chosen_lengths,
                           fwd.rejected_lengths)
 
-        beta: Any = self.base_beta
-        metrics: dict[str, float] = {}
-        if self.is_eps:
-            minus, plus = perturbed_sequence_logps(fwd.head, ref_head, batch["input_ids"], batch["response_mask"],
-                                                   self.pk.eps, **kw)
-            b = fwd.chosen_logps.shape[0]
-            # float64 so that the per-pair beta (and the base-beta average) is exact
-            z = (fwd.chosen_logps - fwd.rejected_logps).detach().double()
-            choice = eps_dpo_beta(z, (minus[:b] - minus[b:]).double(), (plus[:b] - plus[b:]).double(),
-                                  self.base_beta, self.pk.eps)
-            beta = choice.beta_tilde.to(fwd.chosen_logps.dtype)
-            if training:
-                self._eps_pending.append((choice.beta_tilde.detach().cpu(), choice.steps.detach().cpu()))
-            metrics["beta/mean"] = choice.beta_tilde.double().mean().item()
-            metrics["eps/frac_minus"] = (choice.steps == 1).double().mean().item()
-            metrics["eps/frac_plus"] = (choice.steps == -1).double().mean().item()
+        beta, metrics = self.beta_control.pair_beta(fwd, ref_head, batch, training=training,
+                                                    chunk_size=self.chunk_size)
 
         weights = meta.get("weight")
         if weights is not None:
@@ -137,24 +122,11 @@ class PreferenceTrainer(MetricsTrainer):
         metrics.update(pair_metrics(out, logps))
         return loss, metrics
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, metrics = self.pair_loss(model, inputs, training=True)
-        self.store_metrics(metrics, "train")
-        return (loss, metrics) if return_outputs else loss
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss, metrics = self.pair_loss(model, inputs, training=False)
-        self.store_metrics(metrics, "eval")
-        return loss.detach(), None, None
-
     # -- logging ----------------------------------------------------------------------------
 
     def extra_logs(self, logs: dict[str, float], split: str) -> None:
         if split == "train" and "loss" in logs:
-            if self.is_eps:
-                logs["beta/base"] = self.base_beta
+            self.beta_control.log(logs)
             if self.probes:
                 was_training = self.model.training
                 self.model.eval()
@@ -165,50 +137,31 @@ class PreferenceTrainer(MetricsTrainer):
                 finally:
                     self.model.train(was_training)
 
-    # -- eps-DPO base beta -----------------------------------------------------------------------
-
-    def update_base_beta(self) -> None:
-        """After an optimiser step: base beta from every pair's choice since the last step,
-        over all micro-batches (gradient accumulation) and all processes."""
-        if not self.is_eps:
-            return
-        if self._eps_pending:
-            bt = torch.cat([b for b, _ in self._eps_pending]).double()
-            st = torch.cat([s for _, s in self._eps_pending]).double()
-        else:
-            bt = st = torch.zeros(0, dtype=torch.float64)
-        self._eps_pending.clear()
-        if self.accelerator.num_processes > 1:
-            from accelerate.utils import gather_object
-
-            bt = torch.tensor(gather_object(bt.tolist()), dtype=torch.float64)
-            st = torch.tensor(gather_object(st.tolist()), dtype=torch.float64)
-        self.base_beta = eps_dpo_update_beta(self.base_beta, beta_tilde=bt, steps=st, eps=self.pk.eps,
-                                             rule=self.pk.beta_update)
+    # -- beta control state ----------------------------------------------------------------------
 
     def train(self, resume_from_checkpoint=None, **kwargs):
         if resume_from_checkpoint:
             state = Path(resume_from_checkpoint) / STATE_FILE
             if state.exists():
-                self.base_beta = float(json.loads(state.read_text())["base_beta"])
+                self.beta_control.load_state_dict(json.loads(state.read_text()))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
 
 class _PrefkitState(TrainerCallback):
-    """Updates eps-DPO's base beta after each optimiser step and saves prefkit's state
-    (the base beta) in each checkpoint so that a resumed run continues exactly."""
+    """Lets the beta control act after each optimiser step (eps-DPO's base-beta update) and saves
+    its state in each checkpoint so that a resumed run continues exactly."""
 
     def __init__(self, trainer: PreferenceTrainer):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.trainer.update_base_beta()
+        self.trainer.beta_control.after_step(self.trainer.accelerator)
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
-                (ckpt / STATE_FILE).write_text(json.dumps({"base_beta": self.trainer.base_beta}))
+                (ckpt / STATE_FILE).write_text(json.dumps(self.trainer.beta_control.state_dict()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,16 +192,16 @@ def _reference_logps(ref_model, tokenizer, encoded, cfg, args, precision: str, s
                                                                                  "rejected_ids"]),
                                  batch_size=cfg.precompute_ref_batch_size or cfg.per_device_eval_batch_size,
                                  progress=not args.disable_tqdm)
-        return scored["logps_chosen"], scored["logps_rejected"]
+        return scored[R.LOGPS_CHOSEN], scored[R.LOGPS_REJECTED]
 
     with args.main_process_first(desc=desc):
         ref = rc.load_or_compute(key, compute, cache_dir=cfg.ref_cache_dir, expected_rows=len(encoded),
                                  meta={"model": identity, "dataset": fingerprint, "settings": settings})
-    for col in ("ref_logps_chosen", "ref_logps_rejected"):
+    for col in (R.REF_LOGPS_CHOSEN, R.REF_LOGPS_REJECTED):
         if col in encoded.column_names:
             encoded = encoded.remove_columns(col)
-    encoded = encoded.add_column("ref_logps_chosen", ref.chosen.tolist())
-    encoded = encoded.add_column("ref_logps_rejected", ref.rejected.tolist())
+    encoded = encoded.add_column(R.REF_LOGPS_CHOSEN, ref.chosen.tolist())
+    encoded = encoded.add_column(R.REF_LOGPS_REJECTED, ref.rejected.tolist())
     info = {"key": ref.key, "path": str(ref.path), "cache_hit": ref.hit, "seconds": round(ref.seconds, 3)}
     return encoded, info
 
@@ -269,110 +222,91 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
     checkpoints, `prefkit_train_report.json` (config, metrics history, truncated/dropped counts,
     reference cache use), and `prefkit_conditioning.json` when the data was relabeled.
     """
+    from prefkit.tokenize import PairCollator
     from prefkit.train import common
 
-    cfg = config
     # An unknown loss or option fails before any model is loaded.
-    run = common.prepare_run(cfg, model=model, tokenizer=tokenizer, train_dataset=train_dataset,
-                             eval_dataset=eval_dataset, renames={cfg.weight_column: "weight"}, check=_loss_fn)
-    precision, args, tokenizer, t0 = run.precision, run.args, run.tokenizer, run.t0
-    train_enc, eval_enc = run.train_enc, run.eval_enc
-    read_report, data_report, eval_report = run.read_report, run.data_report, run.eval_report
-
+    run = common.prepare_run(config, model=model, tokenizer=tokenizer, train_dataset=train_dataset,
+                             eval_dataset=eval_dataset, renames={config.weight_column: "weight"}, check=_loss_fn)
+    cfg, tokenizer = run.cfg, run.tokenizer
     if model is None:
-        model = common.load_model("AutoModelForCausalLM", cfg.model_name_or_path, cfg)
-    settings = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length,
-                "truncation_mode": cfg.truncation_mode, "on_long": cfg.on_long,
-                "chat_template": getattr(tokenizer, "chat_template", None)}
-
-    # The reference.
-    ref_info: dict[str, Any] = {}
-    needs_live = cfg.loss_type == EPS_DPO or not cfg.precompute_ref_log_probs
-    if cfg.loss_type in REFERENCE_FREE:
-        reference: Any = "none"
-        ref_info["mode"] = "none (reference-free loss)"
-    elif not needs_live:
-        if ref_model is None:
-            ref_model = model
-            if cfg.reference_model_name_or_path:
-                ref_model = common.load_model("AutoModelForCausalLM", cfg.reference_model_name_or_path, cfg)
-        train_enc, ref_info = _reference_logps(ref_model, tokenizer, train_enc, cfg, args, precision, settings,
-                                               "reference log-probs (train)")
-        if eval_enc is not None:
-            eval_enc, ev_info = _reference_logps(ref_model, tokenizer, eval_enc, cfg, args, precision, settings,
-                                                 "reference log-probs (eval)")
-            ref_info["eval"] = ev_info
-        ref_model = None  # only the policy stays in memory
-        reference = "precomputed"
-        ref_info["mode"] = "precomputed (disk cache)"
-    elif cfg.use_peft and not cfg.reference_model_name_or_path and ref_model is None:
-        reference = "adapter"
-        ref_info["mode"] = "live: the adapter-disabled base model"
-    else:
-        if ref_model is not None:
-            reference = ref_model
-        elif cfg.reference_model_name_or_path:
-            reference = common.load_model("AutoModelForCausalLM", cfg.reference_model_name_or_path, cfg)
-        else:
-            reference = copy.deepcopy(model)
-        ref_info["mode"] = "live: a frozen copy of the initial policy"
-
+        model = common.load_model("causal-lm", cfg.model_name_or_path, cfg)
+    reference, ref_info = _choose_reference(run, model, ref_model)
     if cfg.use_peft:
         from peft import get_peft_model
 
         model = get_peft_model(model, common.lora_config(cfg, "CAUSAL_LM"))
 
-    from prefkit.tokenize import PairCollator
-
     trainer = PreferenceTrainer(
-        model=model, args=args, train_dataset=train_enc, eval_dataset=eval_enc,
+        model=model, args=run.args, train_dataset=run.train_enc, eval_dataset=run.eval_enc,
         data_collator=PairCollator.for_tokenizer(tokenizer), processing_class=tokenizer,
         callbacks=list(callbacks or []), prefkit_config=cfg, reference=reference, probes=probes)
     resume = common.resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
-    final_eval = trainer.evaluate() if eval_enc is not None else None
-
+    final_eval = trainer.evaluate() if run.eval_enc is not None else None
     trainer.save_model(cfg.output_dir)
+
+    cond_path = None
     if trainer.is_world_process_zero():
         spec = conditioning if conditioning is not None else common.find_conditioning_spec(cfg, cfg.train_file)
         cond_path = str(spec.save(cfg.output_dir)) if spec is not None else None
-        data_report.rows_in = read_report.rows_in or data_report.rows_in
-        data_report.merge(read_report)
-        train_logs = [h for h in trainer.state.log_history if "loss" in h]
-        last = train_logs[-1] if train_logs else {}
-        summary = [f"prefkit train dpo: {cfg.loss_type} beta={cfg.beta}"
-                   + (f" (final base beta {trainer.base_beta:.6g})" if trainer.is_eps else "")
-                   + f", {trainer.state.global_step} steps in {time.time() - t0:.1f}s"
-                   + (f" (resumed from {resume})" if resume else ""),
-                   common.data_summary(data_report, len(eval_enc) if eval_enc is not None else None),
-                   f"reference: {ref_info.get('mode')}"
-                   + (f", cache {'hit' if ref_info.get('cache_hit') else 'miss'} {ref_info.get('key')}"
-                      if "key" in ref_info else "")]
-        if last:
-            keys = ["loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"]
-            summary.append("last log: " + ", ".join(f"{k}={last[k]:.4g}" for k in keys if k in last))
-        if final_eval:
-            summary.append("eval: " + ", ".join(f"{k}={v:.4g}" for k, v in final_eval.items()
-                                                  if k in ("eval_loss", "eval_rewards/accuracies",
-                                                           "eval_rewards/margins")))
-        if cond_path:
-            summary.append(f"conditioning spec copied to {cond_path}")
-        common.write_report(cfg.output_dir, {
-            "kind": "dpo",
-            "summary": "\n".join(summary),
-            "config": cfg.to_dict(),
-            "precision": precision,
-            "world_size": trainer.accelerator.num_processes,
-            "global_step": trainer.state.global_step,
-            "train_loss": result.training_loss,
-            "resumed_from": resume,
-            "final_base_beta": trainer.base_beta,
-            "reference": ref_info,
-            "data": data_report.to_dict(),
-            "eval_data": eval_report.to_dict() if eval_enc is not None else None,
-            "final_eval": final_eval,
-            "conditioning": cond_path,
-            "log_history": trainer.state.log_history,
-        })
-    trainer.accelerator.wait_for_everyone()
+    train_logs = [h for h in trainer.state.log_history if "loss" in h]
+    last = train_logs[-1] if train_logs else {}
+    summary = [f"reference: {ref_info.get('mode')}"
+               + (f", cache {'hit' if ref_info.get('cache_hit') else 'miss'} {ref_info.get('key')}"
+                  if "key" in ref_info else "")]
+    if last:
+        keys = ["loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"]
+        summary.append("last log: " + ", ".join(f"{k}={last[k]:.4g}" for k in keys if k in last))
+    if final_eval:
+        summary.append("eval: " + ", ".join(f"{k}={v:.4g}" for k, v in final_eval.items()
+                                              if k in ("eval_loss", "eval_rewards/accuracies",
+                                                       "eval_rewards/margins")))
+    if cond_path:
+        summary.append(f"conditioning spec copied to {cond_path}")
+    common.finish_run(trainer, run, kind="dpo", resume=resume, result=result, summary=summary,
+                      headline=f"prefkit train dpo: {cfg.loss_type} beta={cfg.beta}{trainer.beta_control.summary()}, ",
+                      run_fields={"final_base_beta": trainer.beta_control.base_beta, "reference": ref_info},
+                      eval_fields={"final_eval": final_eval, "conditioning": cond_path})
     return cfg.output_dir
+
+
+def _choose_reference(run, model, ref_model) -> tuple[Any, dict[str, Any]]:
+    """(reference for PreferenceTrainer, report entry). With precomputed log-probs the reference
+    columns are added to run.train_enc / run.eval_enc here, and no reference stays in memory.
+
+    - a reference-free loss (simpo): "none";
+    - precompute_ref_log_probs, unless the beta control needs the reference's logits (eps-dpo):
+      one pass of ref_model (default: the initial policy), cached on disk -> "precomputed";
+    - LoRA without a separate reference: the adapter-disabled base -> "adapter";
+    - otherwise a frozen model: ref_model, reference_model_name_or_path, or a copy of the policy."""
+    from prefkit.train import common
+
+    cfg = run.cfg
+    if cfg.loss_type in REFERENCE_FREE:
+        return "none", {"mode": "none (reference-free loss)"}
+    if cfg.precompute_ref_log_probs and not beta_control(cfg).needs_heads:
+        if ref_model is None:
+            ref_model = model
+            if cfg.reference_model_name_or_path:
+                ref_model = common.load_model("causal-lm", cfg.reference_model_name_or_path, cfg)
+        settings = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length,
+                    "truncation_mode": cfg.truncation_mode, "on_long": cfg.on_long,
+                    "chat_template": getattr(run.tokenizer, "chat_template", None)}
+        run.train_enc, ref_info = _reference_logps(ref_model, run.tokenizer, run.train_enc, cfg, run.args,
+                                                   run.precision, settings, "reference log-probs (train)")
+        if run.eval_enc is not None:
+            run.eval_enc, ev_info = _reference_logps(ref_model, run.tokenizer, run.eval_enc, cfg, run.args,
+                                                     run.precision, settings, "reference log-probs (eval)")
+            ref_info["eval"] = ev_info
+        ref_info["mode"] = "precomputed (disk cache)"
+        return "precomputed", ref_info
+    if cfg.use_peft and not cfg.reference_model_name_or_path and ref_model is None:
+        return "adapter", {"mode": "live: the adapter-disabled base model"}
+    if ref_model is not None:
+        reference = ref_model
+    elif cfg.reference_model_name_or_path:
+        reference = common.load_model("causal-lm", cfg.reference_model_name_or_path, cfg)
+    else:
+        reference = copy.deepcopy(model)
+    return reference, {"mode": "live: a frozen copy of the initial policy"}

@@ -8,8 +8,8 @@ them keyed by
 
 - dataset fingerprint: a hash of the token ids that the reference reads (prompt, chosen and
   rejected ids, in row order), so any change of data, chat template or truncation changes it;
-- model identity: name_or_path, a hash of the config, and a hash of the weights (every byte for
-  small models; a fixed strided sample of every tensor beyond `FULL_HASH_NUMEL`);
+- model identity: `prefkit.models.model_identity` with LoRA adapters left out (a PEFT model
+  stands for its frozen base): name, class, dtype, config hash and weights hash;
 - tokenisation settings: whatever the caller passes (max_length, max_prompt_length, ...).
 
 Training then holds one model in memory. A second run with the same key loads the cached
@@ -28,9 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-CACHE_VERSION = 1
-FULL_HASH_NUMEL = 50_000_000      # hash all weights below this many parameters
-SAMPLE_PER_TENSOR = 4096          # elements hashed per tensor above it
+CACHE_VERSION = 2    # 2: identity from prefkit.models (class, dtype, integer sampling)
 
 
 def default_cache_dir() -> Path:
@@ -42,38 +40,11 @@ def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def model_identity(model, *, skip_substrings: tuple[str, ...] = ("lora_",)) -> dict[str, str]:
-    """Who the reference is: name_or_path, config hash, weights hash.
+def model_identity(model) -> dict:
+    """The reference's identity: a PEFT model hashes as its frozen base model."""
+    from prefkit.models import model_identity as identity
 
-    Parameters whose names contain any of `skip_substrings` (LoRA adapters, by default) are
-    left out, so a PEFT model hashes as its frozen base model, the reference it stands for.
-    """
-    import torch
-
-    cfg = getattr(model, "config", None)
-    name = str(getattr(cfg, "_name_or_path", "") or getattr(model, "name_or_path", "") or "")
-    try:
-        cfg_dict = cfg.to_dict() if cfg is not None else {}
-    except Exception:  # pragma: no cover - exotic configs
-        cfg_dict = {"repr": repr(cfg)}
-    for volatile in ("_name_or_path", "transformers_version", "_commit_hash", "torch_dtype", "dtype"):
-        cfg_dict.pop(volatile, None)
-    named = [(n, p) for n, p in model.state_dict().items() if not any(s in n for s in skip_substrings)]
-    total = sum(p.numel() for _, p in named)
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for n, p in named:
-            # PEFT wraps base layers as `...base_layer.weight`; strip wrapper names so the base
-            # model hashes the same inside and outside a PeftModel.
-            key = n.replace("base_model.model.", "").replace(".base_layer", "")
-            h.update(f"{key}:{tuple(p.shape)}:{p.dtype}".encode())
-            flat = p.detach().reshape(-1)
-            if total > FULL_HASH_NUMEL and flat.numel() > SAMPLE_PER_TENSOR:
-                idx = torch.linspace(0, flat.numel() - 1, SAMPLE_PER_TENSOR, device=flat.device).long()
-                flat = flat[idx]
-            h.update(flat.to("cpu", torch.float32).numpy().tobytes())
-    return {"name_or_path": name, "config_sha": _sha(cfg_dict)[:16], "weights_sha": h.hexdigest()[:16],
-            "weights_hashed": "all" if total <= FULL_HASH_NUMEL else f"sample/{SAMPLE_PER_TENSOR}"}
+    return identity(model, skip_substrings=("lora_",))
 
 
 def dataset_fingerprint(dataset, columns: list[str] | None = None, batch_size: int = 4096) -> str:

@@ -10,7 +10,6 @@ Pairwise accuracy (r_w > r_l; ties count 1/2) is logged as `accuracy` (eval: `ev
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -43,7 +42,7 @@ class RewardTrainer(MetricsTrainer):
         self.model_accepts_loss_kwargs = False
         self.pk = prefkit_config
 
-    def pair_loss(self, model, batch):
+    def pair_loss(self, model, batch, *, training: bool = True):
         meta = batch.get("meta", {})
         rc, rr = pair_rewards(model, batch)
         margin = meta.get(MARGIN)
@@ -60,18 +59,6 @@ class RewardTrainer(MetricsTrainer):
                    "rewards/margins": (rc - rr).detach().double().mean().item()}
         return out.losses.mean(), metrics
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, metrics = self.pair_loss(model, inputs)
-        self.store_metrics(metrics, "train")
-        return (loss, metrics) if return_outputs else loss
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss, metrics = self.pair_loss(model, inputs)
-        self.store_metrics(metrics, "eval")
-        return loss.detach(), None, None
-
 
 def train_rm(config, *, callbacks=None, model=None, tokenizer=None, train_dataset=None, eval_dataset=None) -> str:
     """Train a Bradley-Terry reward model; returns the output directory.
@@ -84,15 +71,14 @@ def train_rm(config, *, callbacks=None, model=None, tokenizer=None, train_datase
     from prefkit.tokenize import DEFAULT_META_COLUMNS, PairCollator
     from prefkit.train import common
 
-    cfg = config
-    run = common.prepare_run(cfg, model=model, tokenizer=tokenizer, train_dataset=train_dataset,
-                             eval_dataset=eval_dataset, renames={cfg.margin_column: MARGIN, cfg.weight_column: "weight"})
-    precision, args, tokenizer, t0 = run.precision, run.args, run.tokenizer, run.t0
+    run = common.prepare_run(config, model=model, tokenizer=tokenizer, train_dataset=train_dataset,
+                             eval_dataset=eval_dataset,
+                             renames={config.margin_column: MARGIN, config.weight_column: "weight"})
+    cfg, args, tokenizer = run.cfg, run.args, run.tokenizer
     train_enc, eval_enc = run.train_enc, run.eval_enc
-    read_report, data_report, eval_report = run.read_report, run.data_report, run.eval_report
 
     if model is None:
-        model = common.load_model("AutoModelForSequenceClassification", cfg.model_name_or_path, cfg, num_labels=1)
+        model = common.load_model("sequence-classification", cfg.model_name_or_path, cfg, num_labels=1)
     if getattr(model.config, "num_labels", 1) != 1:
         raise ConfigError(f"a reward model has one output; {cfg.model_name_or_path} has "
                           f"num_labels={model.config.num_labels}")
@@ -112,31 +98,13 @@ def train_rm(config, *, callbacks=None, model=None, tokenizer=None, train_datase
     result = trainer.train(resume_from_checkpoint=resume)
     final_eval = trainer.evaluate() if eval_enc is not None else None
     trainer.save_model(cfg.output_dir)
-    if trainer.is_world_process_zero():
-        data_report.rows_in = read_report.rows_in or data_report.rows_in
-        data_report.merge(read_report)
-        summary = [f"prefkit train rm: {trainer.state.global_step} steps in {time.time() - t0:.1f}s"
-                   + (f" (resumed from {resume})" if resume else ""),
-                   common.data_summary(data_report, len(eval_enc) if eval_enc is not None else None)]
-        if final_eval:
-            before = (f" (before training {initial_eval['initial_accuracy']:.4f})" if initial_eval else "")
-            summary.append(f"eval: pairwise accuracy {final_eval['eval_accuracy']:.4f}{before} on {len(eval_enc)} pairs, "
-                           f"loss {final_eval['eval_loss']:.4g}, margin {final_eval['eval_rewards/margins']:.4g}")
-        common.write_report(cfg.output_dir, {
-            "kind": "rm",
-            "summary": "\n".join(summary),
-            "config": cfg.to_dict(),
-            "precision": precision,
-            "world_size": trainer.accelerator.num_processes,
-            "global_step": trainer.state.global_step,
-            "train_loss": result.training_loss,
-            "resumed_from": resume,
-            "data": data_report.to_dict(),
-            "eval_data": eval_report.to_dict() if eval_enc is not None else None,
-            "initial_eval": initial_eval,
-            "final_eval": final_eval,
-            "eval_accuracy": final_eval["eval_accuracy"] if final_eval else None,
-            "log_history": trainer.state.log_history,
-        })
-    trainer.accelerator.wait_for_everyone()
+    summary = []
+    if final_eval:
+        before = (f" (before training {initial_eval['initial_accuracy']:.4f})" if initial_eval else "")
+        summary.append(f"eval: pairwise accuracy {final_eval['eval_accuracy']:.4f}{before} on {len(eval_enc)} pairs, "
+                       f"loss {final_eval['eval_loss']:.4g}, margin {final_eval['eval_rewards/margins']:.4g}")
+    common.finish_run(trainer, run, kind="rm", headline="prefkit train rm: ", resume=resume, result=result,
+                      summary=summary, run_fields={},
+                      eval_fields={"initial_eval": initial_eval, "final_eval": final_eval,
+                                   "eval_accuracy": final_eval["eval_accuracy"] if final_eval else None})
     return cfg.output_dir

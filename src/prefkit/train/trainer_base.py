@@ -1,10 +1,12 @@
-"""`MetricsTrainer`: a `transformers.Trainer` that averages per-batch metrics between logging
-steps (over every micro-batch, and over processes under DDP) and logs them under their own names
-(eval metrics with the Trainer's `eval_` prefix). Both prefkit trainers build on it."""
+"""`MetricsTrainer`: a `transformers.Trainer` whose loss is `pair_loss(model, batch, training=)`
+-> (mean loss, metrics), and that averages those per-batch metrics between logging steps (over
+every micro-batch, and over processes under DDP) and logs them under their own names (eval
+metrics with the Trainer's `eval_` prefix). Both prefkit trainers build on it."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 import torch
 from transformers import Trainer
@@ -14,6 +16,22 @@ class MetricsTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._stored: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def pair_loss(self, model, batch: dict[str, Any], *, training: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        """(mean loss, metrics dict) for one PairCollator batch."""
+        raise NotImplementedError
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, metrics = self.pair_loss(model, inputs, training=True)
+        self.store_metrics(metrics, "train")
+        return (loss, metrics) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, metrics = self.pair_loss(model, inputs, training=False)
+        self.store_metrics(metrics, "eval")
+        return loss.detach(), None, None
 
     def store_metrics(self, metrics: dict[str, float], split: str) -> None:
         for k, v in metrics.items():

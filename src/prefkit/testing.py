@@ -1,4 +1,7 @@
-"""A small OpenAI-compatible chat server for tests, benchmarks and dry runs.
+"""prefkit.testing: a small OpenAI-compatible chat server for tests, benchmarks and dry runs.
+
+It is tooling, not a pipeline stage: nothing in prefkit imports it. It ships with the package
+so that users can rehearse a `prefkit synth` run (and its failure handling) without a model.
 
 It is a real HTTP/1.1 server (asyncio streams, keep-alive) bound to 127.0.0.1 that answers
 `POST /v1/chat/completions`, `GET /v1/models` and `GET /health`. Replies come from a
@@ -11,7 +14,7 @@ bodies and dropped connections. Every server stops itself after `max_lifetime` s
 
 From a shell (used by the kill -9 test and the throughput benchmark):
 
-    python -m prefkit.synth.fake_server --port 0 --latency 0.2   # prints "READY <port>"
+    python -m prefkit.testing --port 0 --latency 0.2   # prints "READY <port>"
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """Scoring (prompt, response) with a Hugging Face sequence-classification reward model.
 
+It sits below both stages that use it (synth and evaluate), next to `prefkit.logprobs`.
+
 Used by West-of-N, `prefkit score --reward-model` and `prefkit eval rm`. Each (prompt, response)
 is tokenized by `prefkit.tokenize.encode_pair`, the same layout the trainers use (chat template
 for message lists; prompt + response + EOS for strings; the same truncation), so a reward model
@@ -25,12 +27,14 @@ class RewardModelScorer:
                  max_prompt_length: int | None = 512,
                  device: str | None = None):
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if isinstance(model, (str, os.PathLike)):
             self.name = str(model)
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(model))
-            model = AutoModelForSequenceClassification.from_pretrained(str(model))
+            from prefkit.models import load_pretrained, load_tokenizer, resolve_model_path
+
+            path = resolve_model_path(model)
+            tokenizer = load_tokenizer(tokenizer if tokenizer is not None else path)
+            model = load_pretrained(path, kind="sequence-classification")
         else:
             if tokenizer is None:
                 from prefkit.errors import ConfigError

@@ -1,0 +1,51 @@
+"""`prefkit models`: import a GGUF file into a Hugging Face directory, list the bundled models
+(calls prefkit.models)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def register(sub, name, help_text):
+    p = sub.add_parser(name, help=help_text, description=help_text + ".")
+    msub = p.add_subparsers(dest="models_command", metavar="ACTION")
+    imp = msub.add_parser(
+        "import-gguf", help="turn a GGUF file (or a bundled model's name) into a normal model directory",
+        description="Dequantise a GGUF file into a Hugging Face model directory (safetensors weights, "
+        "tokenizer, chat template), once; later calls with the same file reuse it. Prints the directory.")
+    imp.add_argument("gguf", help="a .gguf file, or a bundled model's name (see `prefkit models list`)")
+    imp.add_argument("-o", "--output", default=None, metavar="DIR",
+                     help="directory to write (default: <PREFKIT_CACHE>/models/<name>-<hash>, the cache "
+                          "that --model shortcuts use)")
+    imp.add_argument("--force", action="store_true", help="import again even when DIR already holds this file")
+    imp.set_defaults(func=_import, _parser=imp)
+    lst = msub.add_parser("list", help="bundled models and whether they are installed and imported",
+                          description="Models that ship inside Python packages; any stage takes their name "
+                          "as --model (for example --model smollm2).")
+    lst.set_defaults(func=_list, _parser=lst)
+    p.set_defaults(func=None, _parser=p)
+
+
+def _import(args) -> int:
+    from prefkit.models import BUNDLED_MODELS, bundled_gguf, import_gguf
+
+    src = bundled_gguf(args.gguf) if args.gguf in BUNDLED_MODELS else args.gguf
+    out = import_gguf(src, args.output, force=args.force, log=lambda m: print(m, file=sys.stderr))
+    print(out)
+    return 0
+
+
+def _list(args) -> int:
+    from prefkit.errors import ConfigError
+    from prefkit.models import BUNDLED_MODELS, bundled_gguf, import_gguf_target
+
+    for name, spec in BUNDLED_MODELS.items():
+        try:
+            gguf = bundled_gguf(name)
+        except ConfigError:
+            print(f"{name:<10} {spec.description}\n{'':<10} not installed: {spec.install}")
+            continue
+        target, imported = import_gguf_target(gguf)
+        state = f"imported at {target}" if imported else f"installed at {gguf}; imported on first use"
+        print(f"{name:<10} {spec.description}\n{'':<10} {state}")
+    return 0
