@@ -1,5 +1,6 @@
 """`prefkit demo [--out DIR] [--seeds N] [--quick] [--methods ...] [--world W] [--no-ablation-world]`:
-the whole pipeline in the toy world."""
+the whole pipeline in the toy world; `prefkit demo --model smollm2 [--quick] [--only-seed N]`: the same
+pipeline on a real model (prefkit.toy.real_model, docs/real_lab.md)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,13 @@ def register(sub, name, help_text):
                         "one runs as the ablation world")
     p.add_argument("--no-ablation-world", action="store_true",
                    help="skip the ablation world (the main table in the other world)")
+    p.add_argument("--model", default=None,
+                   help="run the pipeline on a real model instead of the toy world: a shortcut (smollm2), a "
+                        "directory or a hub id; trains dpo, ra and eps-dpo with LoRA (docs/real_lab.md). "
+                        "--methods, --world and --no-ablation-world do not apply")
+    p.add_argument("--only-seed", type=int, default=None,
+                   help="with --model: run this one seed and write no report (to run seeds in parallel; a "
+                        "later run with --seeds finds its results and writes the report)")
     p.set_defaults(func=run, _parser=p)
 
 
@@ -29,6 +37,10 @@ def run(args) -> int:
 
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.model is not None:
+        return run_real(args)
+    if args.only_seed is not None:
+        raise ConfigError("--only-seed applies to the real-model demo (--model)")
     if args.quick:
         config = quick_config(seeds=args.seeds or 1)
     else:
@@ -46,4 +58,21 @@ def run(args) -> int:
         config.ablation_world = None
     report = run_demo(args.out, config)
     print(report.read_text().split("## Goal-following curves")[0].split("## Unlearning probe")[0])
+    return 0
+
+
+def run_real(args) -> int:
+    from prefkit.errors import ConfigError
+    from prefkit.toy.real_model import real_config, real_quick_config, run_real_demo
+
+    seeds = args.seeds or (1 if args.quick else 2)
+    config = (real_quick_config if args.quick else real_config)(seeds=seeds, model=args.model)
+    if args.only_seed is not None:
+        if args.only_seed < 0:
+            raise ConfigError(f"--only-seed must be >= 0, got {args.only_seed}")
+        out = run_real_demo(args.out, config, seeds=[args.only_seed], report=False)
+        print(f"seed {args.only_seed}: {out / f'seed{args.only_seed}' / 'results.json'}")
+        return 0
+    report = run_real_demo(args.out, config)
+    print(report.read_text().split("## Unlearning probe")[0])
     return 0

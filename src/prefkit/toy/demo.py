@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from prefkit.toy import task
-from prefkit.toy.demo_config import (CURVE_POLICIES, METHOD_LABELS, METHODS, PROBE_THRESHOLD, DemoConfig, log,
+from prefkit.toy.demo_config import (METHOD_LABELS, METHODS, DemoConfig, log,
                                       world_name)
 from prefkit.toy.demo_report import write_report
 from prefkit.toy.judge import JudgeConfig, judge, write_jsonl
@@ -133,7 +133,7 @@ def stage_train(ctx: dict) -> None:
 
     cfg: DemoConfig = ctx["config"]
     tok = AutoTokenizer.from_pretrained(str(ctx["base"]))
-    hq = high_quality_rejected(ctx["pairs"], threshold=PROBE_THRESHOLD, limit=cfg.probe_pairs, seed=ctx["seed"])
+    hq = high_quality_rejected(ctx["pairs"], threshold=cfg.probe_threshold, limit=cfg.probe_pairs, seed=ctx["seed"])
     spec = find_conditioning(str(ctx["ra_path"]))
     ctx["results"]["probe_pairs"] = len(hq)
     ctx["models"] = {}
@@ -151,12 +151,13 @@ def stage_train(ctx: dict) -> None:
             else:
                 probes["probe/hq_rejected_logp"] = rejected_logp_probe(hq, tok)
         out = ctx["dir"] / method
-        dcfg = DPOConfig(model_name_or_path=str(ctx["base"]), train_file=str(data_path), output_dir=str(out),
+        dcfg = DPOConfig(**{**dict(
+                         model_name_or_path=str(ctx["base"]), train_file=str(data_path), output_dir=str(out),
                          loss_type="eps-dpo" if method == "eps-dpo" else "sigmoid", beta=cfg.beta, learning_rate=cfg.learning_rate,
                          lr_scheduler_type="cosine", warmup_ratio=0.1, num_train_epochs=1,
                          per_device_train_batch_size=cfg.batch_size, logging_steps=max(1, steps // cfg.probe_points),
                          save_strategy="no", seed=ctx["seed"], max_length=256, max_prompt_length=192,
-                         ref_cache_dir=str(ctx["dir"] / "ref_cache"), disable_tqdm=False)
+                         ref_cache_dir=str(ctx["dir"] / "ref_cache"), disable_tqdm=False), **cfg.train_options})
         log(f"seed {ctx['seed']}: training {METHOD_LABELS[method]} on {n_pairs} pairs ({steps} steps)")
         t0 = time.time()
         # The probe before any update, then at every logging step (train_dpo's probes).
@@ -169,6 +170,10 @@ def stage_train(ctx: dict) -> None:
         last = [h for h in history if "loss" in h]
         ctx["results"][f"last_log_{method}"] = {k: last[-1][k] for k in ("loss", "rewards/accuracies", "rewards/margins")
                                                 if last and k in last[-1]}
+        if dcfg.use_peft:   # a LoRA adapter: the later stages load the merged model
+            from prefkit.toy.real_model import merge_lora
+
+            out = merge_lora(out, ctx["dir"] / f"{method}-merged", base=ctx["base"])
         ctx["models"][method] = out
 
 
@@ -202,7 +207,7 @@ def stage_goal_curves(ctx: dict) -> None:
     cfg: DemoConfig = ctx["config"]
     spec = find_conditioning(str(ctx["ra_path"]))
     policies = {"base": ctx["base"], **ctx["models"]}
-    for name in CURVE_POLICIES:
+    for name in cfg.curve_policies:
         if name not in policies:
             continue
         curve = goal_following_curve(policies[name], ctx["eval_prompts"], CURVE_GOALS, n=cfg.eval_samples,
@@ -257,17 +262,24 @@ def run_demo(out: str | Path = "demo_out", config: DemoConfig | None = None, pro
     return report
 
 
-def run_world(out: Path, config: DemoConfig, world, stages, progress: bool = True) -> dict:
-    """All seeds in one world: {world, base, base_seconds, base_cached, reused, results (one dict per seed)}."""
-    log(f"toy world ({world_name(world)}): base policy (config {world.key()})")
+def run_world(out: Path, config: DemoConfig, world, stages, progress: bool = True, seeds=None) -> dict:
+    """All seeds in one world: {world, base, base_seconds, base_cached, reused, results (one dict per seed)}.
+
+    seeds: the seeds to run (default range(config.seeds)). A world with its own `base_policy()`
+    method (the real model, prefkit.toy.real_model) supplies its base policy that way."""
+    log(f"{'world' if hasattr(world, 'base_policy') else 'toy world'} ({world_name(world)}): base policy "
+        f"(config {world.key()})")
     t0 = time.time()
-    cached = (default_cache_dir() / f"base-{world.key()}" / "prefkit_toy_world.json").exists()
-    base = base_policy(world, progress=progress)
+    if hasattr(world, "base_policy"):
+        cached, base = True, world.base_policy()
+    else:
+        cached = (default_cache_dir() / f"base-{world.key()}" / "prefkit_toy_world.json").exists()
+        base = base_policy(world, progress=progress)
     base_seconds = time.time() - t0
     log(f"base policy ready in {base_seconds:.1f}s: {base}")
     all_results = []
     reused = 0
-    for seed in range(config.seeds):
+    for seed in (range(config.seeds) if seeds is None else seeds):
         seed_dir = out / f"seed{seed}"
         done = seed_dir / "results.json"
         if done.exists():

@@ -58,6 +58,12 @@ class DemoConfig:
     # The ablation world: the main table again (no selection or reward-model stage) in this world;
     # None skips it. Default: the main world without its goal prior.
     ablation_world: ToyWorldConfig | None = field(default_factory=lambda: no_prior(ToyWorldConfig()))
+    # Hooks for other worlds (the real model, prefkit.toy.real_model): extra DPOConfig fields for
+    # every trained method (e.g. use_peft), the policies that get a goal-following curve, and the
+    # judged score from which a rejected response counts as high quality in the unlearning probe.
+    train_options: dict = field(default_factory=dict)
+    curve_policies: tuple[str, ...] = CURVE_POLICIES
+    probe_threshold: float = PROBE_THRESHOLD
 
 
 def quick_config(seeds: int = 1) -> DemoConfig:
@@ -67,6 +73,8 @@ def quick_config(seeds: int = 1) -> DemoConfig:
 
 
 def world_name(world: ToyWorldConfig) -> str:
+    if getattr(world, "name", None):   # a world that names itself (the real model's)
+        return world.name
     return "goal prior" if world.goal_prior > 0 else "no goal prior"
 
 
