@@ -44,7 +44,7 @@ from prefkit.toy.demo_report import write_report
 from prefkit.toy.judge import JudgeConfig, judge, write_jsonl
 from prefkit.toy.rm_comparison import stage_reward_models
 from prefkit.toy.select_ablation import stage_select
-from prefkit.toy.world import CURVE_GOALS, base_policy, default_cache_dir, goal_following_curve
+from prefkit.toy.world import base_policy, default_cache_dir, goal_following_curve
 
 PROBED = ("dpo", "ra", "eps-dpo")   # methods whose training logs the unlearning probe
 
@@ -210,7 +210,7 @@ def stage_goal_curves(ctx: dict) -> None:
     for name in cfg.curve_policies:
         if name not in policies:
             continue
-        curve = goal_following_curve(policies[name], ctx["eval_prompts"], CURVE_GOALS, n=cfg.eval_samples,
+        curve = goal_following_curve(policies[name], ctx["eval_prompts"], cfg.curve_goals, n=cfg.eval_samples,
                                      temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                                      seed=10_000 + ctx["seed"], spec=spec)
         ctx["results"][f"curve_{name}"] = curve

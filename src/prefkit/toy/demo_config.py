@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from prefkit.toy.judge import JudgeConfig
-from prefkit.toy.world import QUICK_CONFIG, ToyWorldConfig
+from prefkit.toy.world import CURVE_GOALS, QUICK_CONFIG, ToyWorldConfig
 
 PROBE_THRESHOLD = 5.0
 
@@ -63,6 +63,7 @@ class DemoConfig:
     # judged score from which a rejected response counts as high quality in the unlearning probe.
     train_options: dict = field(default_factory=dict)
     curve_policies: tuple[str, ...] = CURVE_POLICIES
+    curve_goals: tuple[float, ...] = CURVE_GOALS
     probe_threshold: float = PROBE_THRESHOLD
 
 

@@ -4,7 +4,7 @@ The same stages as the toy demo (`prefkit.toy.demo`): sample, judge, binarize, r
 (DPO, DPO on reward-augmented data (RA, arXiv:2410.08067), eps-DPO (arXiv:2409.08696 is the
 policy's own DPO loss with an adaptive beta; docs/methods.md)), evaluate (gold reward, RA
 conditioned on the best goal), the unlearning probe during training, and goal-following curves
-(mean gold reward conditioned on goals 2, 4, 6, 8, 10) before training (the base policy) and
+(mean gold reward conditioned on goals 2, 6 and 10) before training (the base policy) and
 after RA training. The task is still the toy task (`prefkit.toy.task`: sort fruit names
 alphabetically) with its gold reward and noisy judge, which read any text.
 
@@ -31,6 +31,7 @@ from prefkit.toy.demo_config import METHOD_LABELS, DemoConfig, log
 # The methods the issue names, in training order.
 REAL_METHODS = ("dpo", "ra", "eps-dpo")
 REAL_CURVE_POLICIES = ("base", "ra")     # before training / after RA training
+REAL_CURVE_GOALS = (2, 6, 10)
 REAL_STAGES = ("sample", "judge", "binarize", "relabel", "train", "evaluate", "goal curves")
 
 # LoRA on every linear layer (prefkit.train.config's defaults for r, alpha and dropout).
@@ -62,10 +63,11 @@ class RealWorld:
 
 def real_config(seeds: int = 2, model: str = "smollm2") -> DemoConfig:
     """The fixed design of the real-model lab (docs/real_lab.md, "Design")."""
-    return DemoConfig(seeds=seeds, n_train_prompts=32, n_eval_prompts=24, samples_per_prompt=4, eval_samples=2,
-                      temperature=1.0, max_new_tokens=32, beta=0.1, learning_rate=5e-4, batch_size=4,
+    return DemoConfig(seeds=seeds, n_train_prompts=16, n_eval_prompts=12, samples_per_prompt=4, eval_samples=2,
+                      temperature=1.0, max_new_tokens=32, beta=0.1, learning_rate=5e-4, batch_size=2,
                       probe_pairs=8, probe_points=3, methods=REAL_METHODS, world=RealWorld(model=model),
                       ablation_world=None, train_options=dict(LORA_OPTIONS), curve_policies=REAL_CURVE_POLICIES,
+                      curve_goals=REAL_CURVE_GOALS,
                       probe_threshold=4.0)
 
 
