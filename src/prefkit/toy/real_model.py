@@ -151,7 +151,7 @@ def write_real_report(out: Path, config: DemoConfig, run: dict, total_seconds: f
            if config.train_options.get("use_peft") else "full-parameter")
         + f", learning rate {config.learning_rate:g} (cosine, 10% warmup), beta {config.beta:g}, batch "
         f"{config.batch_size}, one epoch (docs/real_lab.md).", "",
-        f"## Gold reward on held-out prompts", "",
+        "## Gold reward on held-out prompts", "",
         *main_table(world["methods"]), "", "**Verdict:**", "", *verdict_lines(world["methods"]), "",
         "![gold reward](gold_reward.png)", "",
         "## Goal-following curves (mean gold reward conditioned on each goal)", "",
