@@ -165,7 +165,10 @@ def write_real_report(out: Path, config: DemoConfig, run: dict, total_seconds: f
               f"Mean log-prob of the rejected responses that the judge scored >= {config.probe_threshold:g} "
               "(at most " + f"{config.probe_pairs} pairs per seed), before training and at each logging step.", ""]
     for r in results:
-        lines.append(f"- seed {r['seed']}: {r.get('probe_pairs', 0)} probe pairs; "
+        if not r.get("probe_pairs"):
+            lines.append(f"- seed {r['seed']}: no rejected response scored >= {config.probe_threshold:g}, no probe")
+            continue
+        lines.append(f"- seed {r['seed']}: {r['probe_pairs']} probe pairs; "
                      + "; ".join(f"{m}: " + ", ".join(f"{name.split('/')[-1]} {pts[0][1]:.2f} -> {pts[-1][1]:.2f}"
                                                     for name, pts in r.get(f"probe_{m}", {}).items())
                                  for m in config.methods if r.get(f"probe_{m}")))
