@@ -88,7 +88,8 @@ class PairForward(NamedTuple):
     """One concatenated forward's result, each (B,): chosen rows first, then rejected rows.
 
     ``head`` is the policy's :class:`HiddenHead` (hidden states detached) when requested, for
-    :func:`perturbed_sequence_logps`; otherwise None.
+    :func:`perturbed_sequence_logps`; otherwise None. ``perturbed`` is eps-DPO's ``(minus, plus)``
+    (each (2B,)) when the forward already computed them (prefkit.packed); otherwise None.
     """
 
     chosen_logps: torch.Tensor
@@ -96,6 +97,7 @@ class PairForward(NamedTuple):
     chosen_lengths: torch.Tensor
     rejected_lengths: torch.Tensor
     head: HiddenHead | None = None
+    perturbed: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,6 +280,18 @@ def perturbed_sequence_logps(policy, reference, input_ids: torch.Tensor, respons
 # scoring API
 
 
+def _pair_forward(model, batch, *, forward: str, chunk_size: int, pad_tolerance: float) -> PairForward:
+    if forward == "packed":
+        from prefkit.packed import packed_logps, packing_supported, plan_pairs, scored_hidden
+
+        plan = plan_pairs(batch, pad_tolerance=pad_tolerance)
+        if packing_supported(model, plan)[0]:
+            out = packed_logps(scored_hidden(model, plan), plan, chunk_size=chunk_size)
+            b = plan.n_pairs
+            return PairForward(out.logps[:b], out.logps[b:], out.lengths[:b], out.lengths[b:])
+    return concatenated_forward(model, batch, chunk_size=chunk_size)
+
+
 @contextmanager
 def _eval_mode(model):
     was_training = getattr(model, "training", False)
@@ -299,7 +313,8 @@ def _device_of(model) -> torch.device:
 def score_logps(model, tokenizer, dataset, *, batch_size: int = 8, max_length: int | None = 1024,
                 max_prompt_length: int | None = 512, reference=None, progress: bool = True,
                 sort_by_length: bool = True, chunk_size: int = DEFAULT_CHUNK_SIZE, report=None,
-                prompt_truncation: str = "keep_end", chat_template_kwargs: dict | None = None):
+                prompt_truncation: str = "keep_end", chat_template_kwargs: dict | None = None,
+                forward: str = "packed", pad_tolerance: float = 0.0):
     """Score every pair of a PAIRS dataset under `model` (and `reference` when given).
 
     Returns `dataset` with the same rows, in the same order, plus float columns ``logps_chosen``,
@@ -311,7 +326,14 @@ def score_logps(model, tokenizer, dataset, *, batch_size: int = 8, max_length: i
     and is counted in `report` by reason. A dataset that already has ``prompt_ids``/``chosen_ids``/
     ``rejected_ids`` is scored as encoded. Batches of `batch_size` pairs, longest first when
     `sort_by_length`, under ``torch.no_grad`` with a tqdm progress bar (pairs/s, ETA).
+    ``forward="packed"`` (default) runs one prefix-shared, unpadded sequence per pair
+    (:mod:`prefkit.packed`; `pad_tolerance` as there), falling back to ``"padded"`` (chosen and
+    rejected rows padded, :func:`concatenated_forward`) for a model whose attention cannot take it.
     """
+    if forward not in ("packed", "padded"):
+        from prefkit.errors import ConfigError
+
+        raise ConfigError(f"forward must be 'packed' or 'padded', got {forward!r}")
     from tqdm.auto import tqdm
 
     from prefkit.data import records as R
@@ -354,7 +376,7 @@ def score_logps(model, tokenizer, dataset, *, batch_size: int = 8, max_length: i
             for col_c, col_r, m, with_lengths in models:
                 dev = _device_of(m)
                 b = {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-                out = concatenated_forward(m, b, chunk_size=chunk_size)
+                out = _pair_forward(m, b, forward=forward, chunk_size=chunk_size, pad_tolerance=pad_tolerance)
                 for j, i in enumerate(idx):
                     cols[col_c][i] = float(out.chosen_logps[j])
                     cols[col_r][i] = float(out.rejected_logps[j])

@@ -136,6 +136,8 @@ class DPOConfig(BaseTrainConfig):
     precompute_ref_log_probs: bool = True   # one pass, cached on disk; a live reference when a loss needs logits
     precompute_ref_batch_size: int | None = None
     ref_cache_dir: str | None = None        # default: $PREFKIT_CACHE or ~/.cache/prefkit/ref_logps
+    forward_mode: str = "packed"            # 'packed': one prefix-shared, unpadded sequence per pair; 'padded': chosen and rejected rows padded
+    pad_tolerance: float = 0.0              # packed rows share a forward only when at most this fraction of its tokens is padding
     learning_rate: float = 1e-6
 
     def check(self) -> None:
@@ -147,6 +149,9 @@ class DPOConfig(BaseTrainConfig):
         if not 0.0 < self.eps < 1.0:
             raise ConfigError(f"eps must be in (0, 1), got {self.eps}")
         _choice("beta_update", self.beta_update, ("paper", "code"))
+        _choice("forward_mode", self.forward_mode, ("packed", "padded"))
+        if not 0.0 <= self.pad_tolerance < 1.0:
+            raise ConfigError(f"pad_tolerance must be in [0, 1), got {self.pad_tolerance}")
 
 
 @dataclass

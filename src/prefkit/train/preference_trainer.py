@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import torch
 from transformers import TrainerCallback
+from transformers.utils import logging
 
 from prefkit.data import records as R
 from prefkit.errors import ConfigError
@@ -36,6 +37,8 @@ from prefkit.train.common import STATE_FILE
 from prefkit.train.trainer_base import MetricsTrainer
 
 REFERENCE_FREE = {"simpo"}
+
+logger = logging.get_logger(__name__)
 
 
 def _loss_fn(cfg):
@@ -78,6 +81,7 @@ class PreferenceTrainer(MetricsTrainer):
                               "not precomputed log-probs")
         self.probes = dict(probes or {})
         self.chunk_size = chunk_size
+        self._warned_packing = False
         self.add_callback(_PrefkitState(self))
 
     # -- the loss ------------------------------------------------------------------------------
@@ -91,8 +95,9 @@ class PreferenceTrainer(MetricsTrainer):
         else:
             yield self.reference
 
-    def pair_loss(self, model, batch: dict[str, Any], *, training: bool):
-        """(mean loss, metrics dict) for one PairCollator batch."""
+    def _padded_forward(self, model, batch: dict[str, Any]):
+        """(policy PairForward, reference chosen, rejected, reference head): chosen and rejected
+        rows padded into one concatenated forward (forward_mode='padded')."""
         from prefkit.logprobs import concatenated_forward, sequence_logps
 
         meta = batch.get("meta", {})
@@ -108,6 +113,48 @@ class PreferenceTrainer(MetricsTrainer):
                                                batch.get("attention_mask"), return_head=True, **kw)
             b = fwd.chosen_logps.shape[0]
             ref_c, ref_r = seq.logps[:b].detach(), seq.logps[b:].detach()
+        return fwd, ref_c, ref_r, ref_head
+
+    def _packed_forward(self, model, batch: dict[str, Any]):
+        """As `_padded_forward`, through one prefix-shared, unpadded sequence per pair
+        (prefkit.packed); None when the model's attention cannot take the packed mask. The
+        reference runs first (no gradient); with eps-DPO its hidden rows feed the policy's logits
+        chunks, which yield the reference's and the perturbed policies' log-probs as well."""
+        from prefkit.logprobs import PairForward
+        from prefkit.packed import packed_logps, packing_supported, plan_pairs, scored_hidden
+
+        plan = plan_pairs(batch, pad_tolerance=self.pk.pad_tolerance)
+        ok, why = packing_supported(model, plan)
+        if not ok:
+            if not self._warned_packing:
+                logger.warning("forward_mode=packed: %s; this run uses the padded forward", why)
+                self._warned_packing = True
+            return None
+        kw = {"chunk_size": self.chunk_size} if self.chunk_size else {}
+        meta, b, needs = batch.get("meta", {}), plan.n_pairs, self.beta_control.needs_heads
+        ref_c = ref_r = ref_head = None
+        if self.reference not in ("precomputed", "none"):
+            with torch.no_grad(), self._reference_model(model) as ref:
+                ref_head = scored_hidden(ref, plan)
+                if not needs:
+                    seq = packed_logps(ref_head, plan, **kw)
+                    ref_c, ref_r, ref_head = seq.logps[:b], seq.logps[b:], None
+        out = packed_logps(scored_hidden(model, plan), plan, ref_head=ref_head,
+                           eps=getattr(self.beta_control, "eps", None) if needs else None, **kw)
+        if self.reference == "precomputed":
+            ref_c = meta[R.REF_LOGPS_CHOSEN].to(out.logps.dtype)
+            ref_r = meta[R.REF_LOGPS_REJECTED].to(out.logps.dtype)
+        elif ref_head is not None:
+            ref_c, ref_r = out.ref_logps[:b], out.ref_logps[b:]
+        perturbed = (out.minus, out.plus) if out.minus is not None else None
+        fwd = PairForward(out.logps[:b], out.logps[b:], out.lengths[:b], out.lengths[b:], None, perturbed)
+        return fwd, ref_c, ref_r, ref_head
+
+    def pair_loss(self, model, batch: dict[str, Any], *, training: bool):
+        """(mean loss, metrics dict) for one PairCollator batch."""
+        meta = batch.get("meta", {})
+        res = self._packed_forward(model, batch) if self.pk.forward_mode == "packed" else None
+        fwd, ref_c, ref_r, ref_head = res if res is not None else self._padded_forward(model, batch)
         logps = PairLogps(fwd.chosen_logps, fwd.rejected_logps, ref_c, ref_r, fwd.chosen_lengths,
                           fwd.rejected_lengths)
 
@@ -175,6 +222,12 @@ def _autocast(precision: str, device):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+def ref_batch_size(cfg) -> int:
+    """Pairs per batch of the reference pass: precompute_ref_batch_size, else four training
+    batches (no gradient, so a larger batch fits)."""
+    return cfg.precompute_ref_batch_size or 4 * cfg.per_device_train_batch_size
+
+
 def _reference_logps(ref_model, tokenizer, encoded, cfg, args, precision: str, settings: dict,
                      desc: str) -> tuple[Any, dict]:
     """Add ref_logps_chosen/ref_logps_rejected to `encoded`, from the disk cache or one pass."""
@@ -190,8 +243,8 @@ def _reference_logps(ref_model, tokenizer, encoded, cfg, args, precision: str, s
         with _autocast(precision, args.device):
             scored = score_logps(ref_model, tokenizer, encoded.select_columns(["prompt_ids", "chosen_ids",
                                                                                  "rejected_ids"]),
-                                 batch_size=cfg.precompute_ref_batch_size or cfg.per_device_eval_batch_size,
-                                 progress=not args.disable_tqdm)
+                                 batch_size=ref_batch_size(cfg), progress=not args.disable_tqdm,
+                                 forward=cfg.forward_mode, pad_tolerance=cfg.pad_tolerance)
         return scored[R.LOGPS_CHOSEN], scored[R.LOGPS_REJECTED]
 
     with args.main_process_first(desc=desc):
@@ -292,7 +345,7 @@ def _choose_reference(run, model, ref_model) -> tuple[Any, dict[str, Any]]:
                 ref_model = common.load_model("causal-lm", cfg.reference_model_name_or_path, cfg)
         settings = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length,
                     "truncation_mode": cfg.truncation_mode, "on_long": cfg.on_long,
-                    "chat_template": getattr(run.tokenizer, "chat_template", None)}
+                    "chat_template": getattr(run.tokenizer, "chat_template", None), "forward": cfg.forward_mode}
         run.train_enc, ref_info = _reference_logps(ref_model, run.tokenizer, run.train_enc, cfg, run.args,
                                                    run.precision, settings, "reference log-probs (train)")
         if run.eval_enc is not None:
