@@ -123,7 +123,10 @@ class PreferenceTrainer(MetricsTrainer):
         from prefkit.logprobs import PairForward
         from prefkit.packed import packed_logps, packing_supported, plan_pairs, scored_hidden
 
-        plan = plan_pairs(batch, pad_tolerance=self.pk.pad_tolerance)
+        # Under DDP (several processes) the policy runs ONE forward per batch, as DDP's gradient
+        # reduction expects: every packed row shares it, padded to the longest (still prefix-shared).
+        tol = 1.0 if self.accelerator.num_processes > 1 else self.pk.pad_tolerance
+        plan = plan_pairs(batch, pad_tolerance=tol)
         ok, why = packing_supported(model, plan)
         if not ok:
             if not self._warned_packing:
