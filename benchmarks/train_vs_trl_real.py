@@ -16,7 +16,8 @@ max_length, torch threads and precision (fp32, CPU, gradient checkpointing off):
 
 Each training child reports the wall time of the whole training call (tokenization, reference
 pass, steps, final save), its mean optimizer-step time, and its peak RSS (ru_maxrss). pairs/s =
-steps * batch / whole time. The table ends with the ratios the issue sets targets for, and the
+steps * batch / whole time; pairs/CPU-s the same per CPU second of the process (on a shared
+machine, with one thread, CPU time is the steadier measure of the work done). The table ends with the ratios the issue sets targets for, and the
 load average next to each run (the machine is shared).
 
     .venv/bin/python benchmarks/train_vs_trl_real.py                 # 4 steps of 4 pairs
@@ -90,13 +91,15 @@ def _step_timer():
     class StepTimer(TrainerCallback):
         def __init__(self):
             self.times: list[float] = []
-            self._t = 0.0
+            self.cpu: list[float] = []
+            self._t = self._c = 0.0
 
         def on_step_begin(self, args, state, control, **kw):
-            self._t = time.perf_counter()
+            self._t, self._c = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
             self.times.append(time.perf_counter() - self._t)
+            self.cpu.append(time.process_time() - self._c)
 
     return StepTimer()
 
@@ -113,9 +116,10 @@ def run_prefkit(a, mode: str) -> dict:
         logging_steps=a.steps, save_strategy="no", report_to=["none"], disable_tqdm=True,
         ref_cache_dir=str(a.workdir / f"ref_cache_{mode}_{time.time_ns()}")), **extra})
     timer = _step_timer()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     train_dpo(cfg, callbacks=[timer])
-    return {"seconds": time.perf_counter() - t0, "step_s": _steady(timer.times)}
+    return {"seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "step_s": _steady(timer.times),
+            "step_cpu_s": _steady(timer.cpu)}
 
 
 def _steady(times: list[float]) -> float:
@@ -137,28 +141,30 @@ def run_trl(a, precompute: bool) -> dict:
                      logging_steps=a.steps, save_strategy="no", report_to=[], disable_tqdm=True,
                      precompute_ref_log_probs=precompute, dataloader_num_workers=0)
     timer = _step_timer()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(a.model)
     data = datasets.Dataset.from_json(str(a.workdir / "pairs.jsonl"), cache_dir=str(out / "hf_cache"))
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[timer])
     trainer.train()
     trainer.save_model(str(out))
-    return {"seconds": time.perf_counter() - t0, "step_s": _steady(timer.times)}
+    return {"seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "step_s": _steady(timer.times),
+            "step_cpu_s": _steady(timer.cpu)}
 
 
 def matmul_gflops(threads: int, n: int = 2048, reps: int = 6) -> float:
-    """This machine's fp32 matmul rate (best of `reps` n x n x n products), GFLOP/s."""
+    """This machine's fp32 matmul rate (best of `reps` n x n x n products), GFLOP/s per CPU
+    second of this process times `threads` (CPU time, not wall time: the machine is shared)."""
     import torch
 
     x, y = torch.randn(n, n), torch.randn(n, n)
     x @ y
     best = float("inf")
     for _ in range(reps):
-        t = time.perf_counter()
+        t = time.process_time()
         x @ y
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+        best = min(best, time.process_time() - t)
+    return 2 * n ** 3 / best / 1e9 * threads
 
 
 def run_score(a) -> dict:
@@ -178,9 +184,9 @@ def run_score(a) -> dict:
     out = {}
     for forward in ("packed", "padded"):
         score_logps(model, tok, enc.select(range(min(2, len(enc)))), progress=False, forward=forward)  # warm-up
-        t = time.perf_counter()
+        t = time.process_time()
         score_logps(model, tok, enc, batch_size=a.batch * 4, progress=False, forward=forward)
-        out[forward] = time.perf_counter() - t
+        out[forward] = (time.process_time() - t) / a.threads  # CPU seconds per thread
     gf = max(gf_before, matmul_gflops(a.threads))
     cfg = model.config
     n_body = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
@@ -193,10 +199,19 @@ def run_score(a) -> dict:
     tokens = sum(2 * pi + ci + ri for pi, ci, ri in zip(p, c, r))  # sequence tokens (prompt counted twice)
     attn = sum(4 * h * layers * (((pi + ci) ** 2 + (pi + ri) ** 2) / 2) for pi, ci, ri in zip(p, c, r))
     flops = 2 * n_body * tokens + attn + 2 * h * v * (sum(c) + sum(r))
+    # the work the packed forward executes: each prompt once, attention over the allowed
+    # (query, key) pairs of the shared mask, the same LM-head work
+    executed = {
+        "packed": 2 * n_body * sum(pi + ci + ri for pi, ci, ri in zip(p, c, r))
+        + sum(4 * h * layers * (pi * pi / 2 + ci * (pi + ci / 2) + ri * (pi + ri / 2)) for pi, ci, ri in zip(p, c, r))
+        + 2 * h * v * (sum(c) + sum(r)),
+        "padded": flops,  # padding not counted: a lower bound of what the padded forward executes
+    }
     res = {"tokens": tokens, "gflop": flops / 1e9, "matmul_gflops": gf}
     for forward, secs in out.items():
         res[forward] = {"seconds": secs, "tokens_per_s": tokens / secs, "gflops": flops / secs / 1e9,
-                        "fraction_of_matmul": flops / secs / 1e9 / gf}
+                        "fraction_of_matmul": flops / secs / 1e9 / gf,
+                        "executed_fraction_of_matmul": executed[forward] / secs / 1e9 / gf}
     return res
 
 
@@ -267,23 +282,27 @@ def main(argv=None) -> int:
         print("  " + json.dumps(results[mode]), flush=True)
 
     print()
-    print(f"{'run':<16} {'pairs/s':>8} {'seconds':>8} {'step s':>7} {'peak RSS MiB':>13} {'load (start, end)':>18}")
+    print(f"{'run':<16} {'pairs/s':>8} {'seconds':>8} {'CPU s':>7} {'pairs/CPU-s':>11} {'step s':>7} {'step CPU s':>10} "
+          f"{'peak RSS MiB':>13} {'load (start, end)':>18}")
     for mode, r in results.items():
         if mode == "score":
             continue
         r["pairs_per_s"] = r["pairs"] / r["seconds"]
-        print(f"{mode:<16} {r['pairs_per_s']:>8.3f} {r['seconds']:>8.1f} {r['step_s']:>7.2f} {r['peak_rss_mb']:>13.0f} "
-              f"{str(r['load']):>18}")
+        r["pairs_per_cpu_s"] = r["pairs"] / r["cpu_s"]
+        print(f"{mode:<16} {r['pairs_per_s']:>8.3f} {r['seconds']:>8.1f} {r['cpu_s']:>7.1f} {r['pairs_per_cpu_s']:>11.4f} "
+              f"{r['step_s']:>7.2f} {r['step_cpu_s']:>10.2f} {r['peak_rss_mb']:>13.0f} {str(r['load']):>18}")
     pk = results.get("prefkit")
     if pk:
         for peer in ("trl", "trl_precompute", "prefkit_padded"):
             if peer in results:
                 q = results[peer]
-                print(f"prefkit vs {peer:<15} throughput x{pk['pairs_per_s'] / q['pairs_per_s']:.2f}, "
+                print(f"prefkit vs {peer:<15} throughput x{pk['pairs_per_s'] / q['pairs_per_s']:.2f} (wall), "
+                      f"x{pk['pairs_per_cpu_s'] / q['pairs_per_cpu_s']:.2f} (CPU time), "
                       f"peak RSS x{pk['peak_rss_mb'] / q['peak_rss_mb']:.2f}")
     if "prefkit_eps" in results and "prefkit_live" in results:
-        print(f"eps-DPO step time / DPO (live reference) step time: "
-              f"x{results['prefkit_eps']['step_s'] / results['prefkit_live']['step_s']:.2f}")
+        e, d = results["prefkit_eps"], results["prefkit_live"]
+        print(f"eps-DPO step time / DPO (live reference) step time: x{e['step_s'] / d['step_s']:.2f} (wall), "
+              f"x{e['step_cpu_s'] / d['step_cpu_s']:.2f} (CPU time)")
     if "score" in results:
         s = results["score"]
         print(f"scoring (no gradient, {s['tokens']} sequence tokens, {s['gflop']:.0f} GFLOP of unshared work; "
@@ -291,7 +310,8 @@ def main(argv=None) -> int:
         for fw in ("packed", "padded"):
             x = s[fw]
             print(f"  {fw:<7} {x['tokens_per_s']:>7.0f} tokens/s, {x['gflops']:>6.0f} GFLOP/s = "
-                  f"{x['fraction_of_matmul']:.2f} of the matmul rate")
+                  f"{x['fraction_of_matmul']:.2f} of the matmul rate (work it executes: "
+                  f"{x['executed_fraction_of_matmul']:.2f})")
     if a.json:
         a.json.write_text(json.dumps(results, indent=2))
     print(f"(data and outputs in {a.workdir})")
