@@ -182,3 +182,17 @@ def test_packed_equals_padded_on_the_real_model(smollm2_dir):
         assert (g_pack[name] - g).abs().max() / scale < 1e-3, name
     with torch.no_grad():
         assert torch.allclose(packed_pair_logps(model, batch).logps, padded, atol=1e-3, rtol=1e-5)
+
+
+def test_identical_responses_are_computed_once_and_equal(llama3_tokenizer, tiny_llama):
+    rows = [dict(ROWS[0], rejected=ROWS[0]["chosen"]), ROWS[1]]
+    enc = encode_pairs(datasets.Dataset.from_list(rows), llama3_tokenizer)
+    batch = PairCollator.for_tokenizer(llama3_tokenizer)(list(enc))
+    plan = plan_pairs(batch)
+    assert plan.same.tolist() == [0]
+    real = batch["attention_mask"].sum(1)
+    assert sorted(plan.packed_lengths)[0] == int(real[0])  # prompt + chosen only
+    out = packed_pair_logps(tiny_llama, batch)
+    assert out.logps[0] == out.logps[2] and out.lengths[0] == out.lengths[2]
+    f = concatenated_forward(tiny_llama, batch)
+    assert torch.allclose(out.logps, torch.cat([f.chosen_logps, f.rejected_logps]), atol=2e-5)

@@ -9,7 +9,9 @@ with position ids 0..P-1, P..P+C-1, P..P+R-1 (the rejected positions restart aft
 and a 4D attention mask that is causal except that rejected tokens do not see chosen tokens. Every
 token then sees exactly what it sees in its own unshared sequence, so the log-probs are those of
 the padded path within float tolerance (tests/test_packed.py checks values, gradients, losses and
-metrics), while the prompt is computed once per pair instead of twice.
+metrics), while the prompt is computed once per pair instead of twice. A pair whose rejected
+response equals its chosen one is packed as prompt + chosen and both get the same (bit-equal)
+log-probs, as in the padded path.
 
 No padding waste: packed rows are grouped by length and a group only shares one forward when its
 padding is at most ``pad_tolerance`` of its tokens (0.0, the default: only rows of equal length
@@ -64,6 +66,13 @@ class PackedPlan:
     lengths: torch.Tensor   # (2B,) long
     tokens: int             # tokens the forwards process (padding included)
     packed_lengths: list[int]
+    same: torch.Tensor      # pairs whose rejected equals chosen: packed as prompt + chosen, rejected copied
+
+    def complete(self, per_row: torch.Tensor) -> torch.Tensor:
+        """Fill the rejected rows of pairs in ``same`` with their chosen rows' values (2B,)."""
+        if self.same.numel() == 0:
+            return per_row
+        return per_row.index_copy(0, self.same + self.n // 2, per_row[self.same])
 
     @property
     def n_pairs(self) -> int:
@@ -84,7 +93,7 @@ def plan_pairs(batch: dict[str, Any], *, pad_tolerance: float = 0.0, max_rows: i
     resp_b = resp.bool() & real
     tot = real.sum(1).tolist()
     rlen = resp_b.sum(1).tolist()
-    pairs = []
+    pairs, same = [], []
     for i in range(b):
         pc, pr = tot[i] - rlen[i], tot[b + i] - rlen[b + i]
         c, r = rlen[i], rlen[b + i]
@@ -93,7 +102,11 @@ def plan_pairs(batch: dict[str, Any], *, pad_tolerance: float = 0.0, max_rows: i
                              "a packed forward needs a PairCollator batch")
         if pc < 1:
             raise ValueError(f"pair {i}: empty prompt (no token to condition the response on)")
-        pairs.append((ids[i, :pc], ids[i, pc:pc + c], ids[b + i, pr:pr + r]))
+        chosen, rejected = ids[i, pc:pc + c], ids[b + i, pr:pr + r]
+        if c == r and torch.equal(chosen, rejected):  # identical responses: computed once, copied
+            same.append(i)
+            rejected = rejected[:0]
+        pairs.append((ids[i, :pc], chosen, rejected))
     order = sorted(range(b), key=lambda i: -sum(len(x) for x in pairs[i]))
     lens = {i: sum(len(x) for x in pairs[i]) for i in range(b)}
     chunks: list[list[int]] = []
@@ -128,7 +141,7 @@ def plan_pairs(batch: dict[str, Any], *, pad_tolerance: float = 0.0, max_rows: i
                 idx = torch.arange(L, t, device=dev)
                 allowed[k, idx, idx] = True               # a padding query sees itself only (no empty softmax row)
             src_c = torch.cat([torch.tensor([P - 1], device=dev), torch.arange(P, P + C - 1, device=dev)])
-            src_r = torch.cat([torch.tensor([P - 1], device=dev), torch.arange(P + C, P + C + R - 1, device=dev)])
+            src_r = torch.cat([torch.tensor([P - 1], device=dev), torch.arange(P + C, P + C + max(R - 1, 0), device=dev)])[:R]
             flat += [k * t + src_c, k * t + src_r]
             rows_all += [torch.full((C,), i, dtype=torch.long, device=dev),
                          torch.full((R,), b + i, dtype=torch.long, device=dev)]
@@ -137,7 +150,7 @@ def plan_pairs(batch: dict[str, Any], *, pad_tolerance: float = 0.0, max_rows: i
         tokens += len(g) * t
     lengths = torch.tensor(rlen, dtype=torch.long, device=dev)
     return PackedPlan(groups, torch.cat(rows_all), torch.cat(labels_all), n, lengths, tokens,
-                      [lens[i] for i in range(b)])
+                      [lens[i] for i in range(b)], torch.tensor(same, dtype=torch.long, device=dev))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,7 +335,7 @@ def packed_logps(head: HiddenHead, plan: PackedPlan, *, chunk_size: int = DEFAUL
                 sink(z)
 
     def total(xs):
-        return _sum_rows(torch.cat(xs) if xs else h.new_zeros(0, dtype=torch.float32), rows, plan.n)
+        return plan.complete(_sum_rows(torch.cat(xs) if xs else h.new_zeros(0, dtype=torch.float32), rows, plan.n))
 
     return PackedLogps(total(pol), plan.lengths,
                        total(ref_l) if ref_head is not None else None,
