@@ -37,6 +37,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/relabel.py
 	$(PY) benchmarks/train_vs_trl.py
+	$(PY) benchmarks/train_vs_trl_real.py
 	$(PY) benchmarks/synth_throughput.py
 	$(PY) benchmarks/select_streaming.py
 	$(PY) benchmarks/data_binarize.py
