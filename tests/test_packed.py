@@ -56,13 +56,14 @@ def padded_and_packed(model, batch, pad_tolerance):
     b = batch["input_ids"].shape[0] // 2
     f = concatenated_forward(model, batch, chunk_size=5)
     (f.chosen_logps.sum() - 0.5 * f.rejected_logps.sum()).backward()
-    g_pad = {n: p.grad.clone() for n, p in model.named_parameters()}
+    g_pad = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
     plan = plan_pairs(batch, pad_tolerance=pad_tolerance)
     out = packed_logps(scored_hidden(model, plan), plan, chunk_size=5)
     (out.logps[:b].sum() - 0.5 * out.logps[b:].sum()).backward()
-    g_pack = {n: p.grad.clone() for n, p in model.named_parameters()}
+    g_pack = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
+    assert g_pack.keys() == g_pad.keys()
     return torch.cat([f.chosen_logps, f.rejected_logps]), g_pad, out, g_pack, plan, f
 
 
@@ -196,3 +197,22 @@ def test_identical_responses_are_computed_once_and_equal(llama3_tokenizer, tiny_
     assert out.logps[0] == out.logps[2] and out.lengths[0] == out.lengths[2]
     f = concatenated_forward(tiny_llama, batch)
     assert torch.allclose(out.logps, torch.cat([f.chosen_logps, f.rejected_logps]), atol=2e-5)
+
+
+def test_lora_and_gradient_checkpointing_go_through_the_packed_path(llama3_tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny(llama3_tokenizer, "llama", "sdpa")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    batch = make_batch(llama3_tokenizer)
+    padded, g_pad, out, g_pack, _, _ = padded_and_packed(peft_model, batch, 0.0)
+    assert torch.allclose(out.logps, padded, atol=2e-5)
+    lora = [n for n in g_pad if "lora_" in n]
+    assert lora and all(torch.allclose(g_pack[n], g_pad[n], atol=1e-4, rtol=1e-3) for n in lora)
+    with torch.no_grad(), peft_model.disable_adapter():  # the reference
+        ref = packed_pair_logps(peft_model, batch)
+        ref_pad = concatenated_forward(peft_model, batch)
+    assert torch.allclose(ref.logps, torch.cat([ref_pad.chosen_logps, ref_pad.rejected_logps]), atol=2e-5)
+    assert not torch.allclose(ref.logps, out.logps.detach())
