@@ -40,4 +40,4 @@ def run(args) -> int:
                 params=sampling_from_args(args, temperature=0.0, max_tokens=1024),
                 retry_failed=args.retry_failed, batch_size=args.batch_size, max_length=args.max_length,
                 progress=not args.no_progress, report=report)
-    return finish(out, args.output, report)
+    return finish(out, args.output, report, args)
