@@ -204,7 +204,9 @@ def prepare_run(cfg, *, model=None, tokenizer=None, train_dataset=None, eval_dat
     data_report = StageReport("train data")
     train_enc = encode(train_raw, tokenizer, cfg, data_report)
     if len(train_enc) == 0:
-        raise ConfigError(f"no training pairs left after tokenisation:\n{data_summary(data_report)}")
+        from prefkit.errors import EmptyResultError  # a run-time failure (exit 1), not a usage error
+
+        raise EmptyResultError(f"no training pairs left after tokenisation:\n{data_summary(data_report)}")
     eval_report = StageReport("eval data")
     eval_enc = encode(eval_raw, tokenizer, cfg, eval_report) if eval_raw is not None else None
     return PreparedRun(cfg, precision, args, tokenizer, train_enc, eval_enc, read_report, data_report, eval_report, t0)
