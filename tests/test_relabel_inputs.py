@@ -159,3 +159,15 @@ def test_an_unreadable_raw_dataset_is_refused_with_its_row():
     rows[1]["rejected"] = [{"role": "user", "content": "something else"}, {"role": "assistant", "content": "x"}]
     with pytest.raises(DataError, match=r"<dataset>, row 1, field 'chosen'"):
         relabel(Dataset.from_list(rows))
+
+
+def test_drop_truthfulqa_without_a_source_column_says_so():
+    from prefkit.errors import ConfigError
+
+    ds = Dataset.from_list([{"prompt": TQA_ELSEWHERE, "chosen": "a", "rejected": "b", "score_chosen": 8.0,
+                             "score_rejected": 3.0}])
+    with pytest.raises(ConfigError, match="needs a 'source' column"):
+        relabel(ds, drop_truthfulqa=True)  # would otherwise drop nothing, silently
+    rep = StageReport("relabel")
+    assert len(relabel(ds, truthfulqa_prompts=[TQA_ELSEWHERE], report=rep)) == 0
+    assert rep.dropped == {"prompt: listed in truthfulqa_prompts (drop_truthfulqa)": 1}

@@ -102,7 +102,14 @@ def truthfulqa_prompt_set(prompts) -> frozenset[str]:
 
 def truthfulqa_drops(prompts, sources, listed: frozenset[str] | None) -> list[str | None]:
     """Per row: the drop reason for drop_truthfulqa (TruthfulQA source, or a prompt in `listed`),
-    or None to keep it."""
+    or None to keep it. `sources` None: the data has no source column, so only a list can tell."""
+    from prefkit.errors import ConfigError
+
+    if sources is None:
+        if not listed:
+            raise ConfigError("drop_truthfulqa needs a 'source' column to find TruthfulQA prompts, and this data "
+                              "has none; give the TruthfulQA questions (truthfulqa_prompts / --truthfulqa-prompts)")
+        sources = [None] * len(prompts)
     out: list[str | None] = []
     for prompt, source in zip(prompts, sources):
         if is_truthfulqa(source):
@@ -158,11 +165,13 @@ def binarize(dataset, *, method: str = "published", seed: int = 42, ties: str = 
     rep.drop(SKIP_NA, int(na.sum()))
     rep.drop(SKIP_UNSCORED, int((unscored & ~na).sum()))
 
-    sources = table.column(R.SOURCE).to_pylist() if R.SOURCE in table.column_names else [None] * n_rows
+    has_source = R.SOURCE in table.column_names
+    sources = table.column(R.SOURCE).to_pylist() if has_source else [None] * n_rows
     prompt_ids = table.column(R.PROMPT_ID).to_pylist()
     listed = truthfulqa_prompt_set(truthfulqa_prompts) if truthfulqa_prompts is not None else None
     if listed is not None or drop_truthfulqa:
-        tqa = truthfulqa_drops(table.column(R.PROMPT).to_pylist() if listed else [None] * n_rows, sources, listed)
+        tqa = truthfulqa_drops(table.column(R.PROMPT).to_pylist() if listed else [None] * n_rows,
+                               sources if has_source else None, listed)
     else:
         tqa = [None] * n_rows
     src_rows = table.column(R.SOURCE_ROW).to_pylist()

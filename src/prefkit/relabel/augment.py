@@ -213,7 +213,7 @@ def relabel_with_spec(dataset, options: RelabelOptions | None = None, *, report:
     if o.drop_truthfulqa or listed is not None:
         from prefkit.data.binarize import truthfulqa_drops
 
-        sources = table[R.SOURCE].to_pylist() if R.SOURCE in cols else [None] * n
+        sources = table[R.SOURCE].to_pylist() if R.SOURCE in cols else None
         reasons = np.array(truthfulqa_drops(table[PROMPT].to_pylist() if listed else [None] * n, sources, listed),
                            dtype=object)
         for reason in sorted({r for r in reasons if r is not None}):
