@@ -221,3 +221,16 @@ def _leaf_parsers():
         if not any(a.__class__.__name__ == "_SubParsersAction" for a in p._actions):
             out.append(p)
     return out
+
+
+def test_quiet_reaches_the_trainer_bars(tmp_path, monkeypatch):
+    """The Trainer draws its own bars (TrainingArguments.disable_tqdm): TQDM_DISABLE (which
+    --quiet sets) turns them off unless the config says otherwise."""
+    from prefkit.commands.train import config_from_args
+
+    src = _jsonl(tmp_path / "in.jsonl", [GOOD])
+    argv = ["train", "dpo", str(src), str(tmp_path / "run"), "--model", "m"]
+    assert not config_from_args(build_parser().parse_args(argv)).disable_tqdm
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert config_from_args(build_parser().parse_args(argv)).disable_tqdm is True
+    assert config_from_args(build_parser().parse_args(argv + ["--disable-tqdm", "false"])).disable_tqdm is False
