@@ -69,6 +69,8 @@ def generate(model, prompts: Sequence, *, tokenizer=None, n: int = 1, temperatur
     import torch
     from tqdm.auto import tqdm
 
+    from prefkit.report import progress_enabled
+
     if n < 1:
         raise ConfigError(f"generate: n must be >= 1, got {n}")
     spec = resolve_conditioning(model, conditioning)
@@ -91,7 +93,7 @@ def generate(model, prompts: Sequence, *, tokenizer=None, n: int = 1, temperatur
     out: list[list[str]] = [[""] * n for _ in texts]
     torch.manual_seed(seed)
     device = next(model.parameters()).device
-    bar = tqdm(total=len(jobs), desc=desc, unit="sample", disable=not progress)
+    bar = tqdm(total=len(jobs), desc=desc, unit="sample", disable=not progress_enabled(progress))
     with torch.inference_mode():
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start:start + batch_size]

@@ -314,6 +314,8 @@ def score_logps(model, tokenizer, dataset, *, batch_size: int = 8, max_length: i
     """
     from tqdm.auto import tqdm
 
+    from prefkit.report import progress_enabled
+
     from prefkit.data import records as R
     from prefkit.report import StageReport
     from prefkit.tokenize import _DROP, _TRUNC, PairCollator, _check_options, _count, _encode_with_reasons
@@ -345,7 +347,7 @@ def score_logps(model, tokenizer, dataset, *, batch_size: int = 8, max_length: i
     models = [(R.LOGPS_CHOSEN, R.LOGPS_REJECTED, model, True)]  # (columns, model, with lengths)
     if reference is not None:
         models.append((R.REF_LOGPS_CHOSEN, R.REF_LOGPS_REJECTED, reference, False))
-    bar = tqdm(total=len(order), desc="Scoring pairs", unit="pair", disable=not progress)
+    bar = tqdm(total=len(order), desc="Scoring pairs", unit="pair", disable=not progress_enabled(progress))
     with torch.no_grad(), _eval_mode(model), (_eval_mode(reference) if reference is not None else nullcontext()):
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]

@@ -83,6 +83,10 @@ def config_from_args(args):
     if args.split is not None:
         values["train_split"] = args.split
     values.update(_parse_overrides(args.overrides))
+    from prefkit.report import progress_enabled
+
+    if not progress_enabled() and "disable_tqdm" not in values:  # --quiet or TQDM_DISABLE
+        values["disable_tqdm"] = True
     return load_config(args._config_cls, args.config, overrides=values)
 
 

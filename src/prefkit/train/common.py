@@ -201,10 +201,15 @@ def prepare_run(cfg, *, model=None, tokenizer=None, train_dataset=None, eval_dat
             train_raw = train_raw.rename_column(old, new)
         if eval_raw is not None and old in eval_raw.column_names:
             eval_raw = eval_raw.rename_column(old, new)
+    from prefkit.errors import EmptyResultError  # no pair left: a run-time failure (exit 1), not a usage error
+
+    if len(train_raw) == 0:  # every row dropped on reading (encoding an empty table fails in datasets.map)
+        raise EmptyResultError(f"no training pairs left after reading {cfg.train_file}:\n"
+                               f"{data_summary(read_report)}")
     data_report = StageReport("train data")
     train_enc = encode(train_raw, tokenizer, cfg, data_report)
     if len(train_enc) == 0:
-        raise ConfigError(f"no training pairs left after tokenisation:\n{data_summary(data_report)}")
+        raise EmptyResultError(f"no training pairs left after tokenisation:\n{data_summary(data_report)}")
     eval_report = StageReport("eval data")
     eval_enc = encode(eval_raw, tokenizer, cfg, eval_report) if eval_raw is not None else None
     return PreparedRun(cfg, precision, args, tokenizer, train_enc, eval_enc, read_report, data_report, eval_report, t0)
