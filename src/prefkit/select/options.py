@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from prefkit.errors import ConfigError
 
 
 @dataclass(frozen=True)
