@@ -203,3 +203,95 @@ def test_a_nan_in_the_cache_stops_the_run_naming_the_pair_and_the_file(tiny_mode
     with pytest.raises(DataError, match=r"pair_index 7, field 'rejected': rejected log-prob is -inf \(read from "
                                         r"the cache file .*ref_logps.npz"):
         train_dpo(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# a full disk: a real small tmpfs (mounted when this process may), and a file-size limit
+# (RLIMIT_FSIZE: writes past it fail with EFBIG), which needs no privileges
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (a checkpoint of the tiny model takes about 0.7 MiB)."""
+    d = tmp_path / "small"
+    d.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); the RLIMIT_FSIZE test covers EFBIG")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def _cli(tiny_model_dir, data, out, cache, *extra, limit: int | None = None):
+    argv = [sys.executable, "-m", "prefkit", "train", "dpo", str(data), str(out), "--model", tiny_model_dir,
+            "--max-length", "64", "--max-prompt-length", "32", "--per-device-train-batch-size", "4",
+            "--precision", "fp32", "--disable-tqdm", "true", "--ref-cache-dir", str(cache), "--learning-rate",
+            "0.001", "--seed", "0", *extra]
+
+    def limit_file_size():
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=600,
+                          preexec_fn=limit_file_size if limit else None)
+
+
+def _one_error_line(proc) -> str:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("prefkit train: error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
+
+
+def test_disk_full_while_saving_a_checkpoint_keeps_the_last_one_and_resume_continues(
+        tiny_model_dir, pairs_file, tmp_path, small_disk):
+    import shutil
+
+    from prefkit.train.integrity import checkpoint_problem
+
+    out = small_disk / "run"
+    proc = _cli(tiny_model_dir, pairs_file, out, tmp_path / "cache", "--max-steps", "4", "--save-steps", "2")
+    line = _one_error_line(proc)
+    assert f"{out}: no space left on device while writing a checkpoint" in line
+    assert checkpoint_problem(out / "checkpoint-2", required=("prefkit_trainer_state.json",)) is None
+    assert checkpoint_problem(out / "checkpoint-4")[0] == "incomplete"
+    # moved to a disk with room, the run resumes from the last good checkpoint
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    proc = _cli(tiny_model_dir, pairs_file, moved, tmp_path / "cache", "--max-steps", "4", "--save-steps", "2",
+                "--resume-from-checkpoint", "auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = _report(moved)
+    assert rep["resumed_from"] == str(moved / "checkpoint-2") and rep["global_step"] == 4
+
+
+def test_disk_full_while_saving_the_model_leaves_the_earlier_model_intact(tiny_model_dir, pairs_file, tmp_path,
+                                                                          small_disk):
+    out = small_disk / "run"
+    proc = _cli(tiny_model_dir, pairs_file, out, tmp_path / "cache", "--max-steps", "2", "--save-strategy", "no")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    (small_disk / "filler").write_bytes(b"\0" * (free - 100_000))    # less room than one model file
+    proc = _cli(tiny_model_dir, pairs_file, out, tmp_path / "cache", "--max-steps", "3", "--save-strategy", "no")
+    line = _one_error_line(proc)
+    assert f"{out}: no space left on device while writing the trained model" in line
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before                       # the first run's model, tokenizer and report, unchanged
+    assert not (out / ".prefkit-saving").exists()
+
+
+def test_a_file_size_limit_while_saving_the_model_is_one_line(tiny_model_dir, pairs_file, tmp_path):
+    out = tmp_path / "run"
+    # the model file (about 216 kB) is the only file of this run over 100 kB
+    proc = _cli(tiny_model_dir, pairs_file, out, tmp_path / "cache", "--max-steps", "1", "--save-strategy", "no",
+                limit=100_000)
+    line = _one_error_line(proc)
+    assert f"{out}: no space left on device while writing the trained model" in line
+    assert not (out / "model.safetensors").exists() and not (out / ".prefkit-saving").exists()

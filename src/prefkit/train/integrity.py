@@ -160,10 +160,25 @@ def is_disk_full(exc: BaseException, where: str | os.PathLike | None = None) -> 
         text = str(e).lower()
         if any(w in text for w in _FULL_WORDS):
             return True
-        if "file write failed" in text and where is not None and _free_bytes(where) < (1 << 20):
-            return True   # torch's writer: trust it when the device really is (nearly) full
+        if any(w in text for w in _TORCH_WRITER) and where is not None and _nearly_full(where):
+            return True   # torch's zip writer says no errno: trust it when the device really is (nearly) full
         e = e.__cause__ or e.__context__
     return False
+
+
+_TORCH_WRITER = ("file write failed", "inline_container", "unexpected pos")
+
+
+def _nearly_full(where) -> bool:
+    """Under 1 MiB free where `where` lives, or a file-size limit (RLIMIT_FSIZE) in force."""
+    try:
+        import resource
+
+        if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+            return True
+    except (ImportError, OSError, ValueError):
+        pass
+    return _free_bytes(where) < (1 << 20)
 
 
 def _free_bytes(where) -> int:
