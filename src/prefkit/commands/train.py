@@ -73,6 +73,8 @@ FIELD_HELP = {
     "precompute_ref_log_probs": "compute reference log-probs once before training, cached on disk",
     "precompute_ref_batch_size": "batch size of that pass (unset: per_device_eval_batch_size)",
     "ref_cache_dir": "reference log-prob cache directory (unset: $PREFKIT_CACHE or ~/.cache/prefkit/ref_logps)",
+    "export_chat_template": "write the reward conditioning into the saved tokenizer's chat template, so that "
+                            "servers (transformers serve, vLLM) condition plain messages as prefkit.generate does",
     # RMConfig
     "margin_column": "column of per-pair margins m in -log sigmoid(r_w - r_l - m), used when present",
     "center_rewards_coefficient": "c in c * mean((r_w + r_l)^2), which keeps rewards centred",

@@ -144,6 +144,26 @@ def find_conditioning_spec(cfg, data_source):
     return None
 
 
+RELABEL_COLUMNS = ("relabel_half", "goal_score", "goal_scores")   # columns prefkit.relabel adds
+
+
+def warn_if_relabeled(data, cfg) -> None:
+    """Warn when the training data was relabeled (it has prefkit.relabel's columns) but no
+    conditioning spec goes with it: the trained model would then be used without the
+    conditioning it was trained on (no prefkit_conditioning.json in the output)."""
+    if cfg.conditioning == "none":
+        return
+    cols = getattr(data, "column_names", None)
+    if cols is None:
+        return
+    found = [c for c in RELABEL_COLUMNS if c in cols]
+    if found:
+        warnings.warn(f"the training data looks relabeled (column {found[0]!r}) but has no conditioning spec: "
+                      "the output will have no prefkit_conditioning.json, so generate and servers will not "
+                      "condition prompts as in training. Pass conditioning=spec (relabel_with_spec returns it), "
+                      "or set conditioning: none to silence this", stacklevel=3)
+
+
 def write_report(output_dir: str, payload: dict[str, Any]) -> Path:
     path = Path(output_dir) / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)

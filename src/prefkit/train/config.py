@@ -139,6 +139,7 @@ class DPOConfig(BaseTrainConfig):
     precompute_ref_log_probs: bool = True   # one pass, cached on disk; a live reference when a loss needs logits
     precompute_ref_batch_size: int | None = None
     ref_cache_dir: str | None = None        # default: $PREFKIT_CACHE or ~/.cache/prefkit/ref_logps
+    export_chat_template: bool = False      # write the conditioning into the saved tokenizer's chat template
     learning_rate: float = 1e-6
 
     def check(self) -> None:

@@ -263,6 +263,12 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
     run = common.prepare_run(config, model=model, tokenizer=tokenizer, train_dataset=train_dataset,
                              eval_dataset=eval_dataset, renames={config.weight_column: "weight"}, check=_loss_fn)
     cfg, tokenizer = run.cfg, run.tokenizer
+    spec = conditioning if conditioning is not None else common.find_conditioning_spec(cfg, cfg.train_file)
+    if spec is None:
+        common.warn_if_relabeled(train_dataset if train_dataset is not None else run.train_enc, cfg)
+        if cfg.export_chat_template:
+            raise ConfigError("export_chat_template: the training data has no conditioning spec (relabeled data "
+                              "written by prefkit relabel has one beside it; in memory, pass conditioning=spec)")
     skipped: list = []
     resume = common.resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir, required=(STATE_FILE,),
                                    skipped=skipped)
@@ -284,10 +290,13 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
         common.save_final(trainer, cfg.output_dir)
 
     cond_path = None
-    if trainer.is_world_process_zero():
-        spec = conditioning if conditioning is not None else common.find_conditioning_spec(cfg, cfg.train_file)
+    if trainer.is_world_process_zero() and spec is not None:
         with common.guard(cfg, "the conditioning spec"):
-            cond_path = str(spec.save(cfg.output_dir)) if spec is not None else None
+            cond_path = str(spec.save(cfg.output_dir))
+            if cfg.export_chat_template:
+                from prefkit.relabel import export_chat_template
+
+                export_chat_template(cfg.output_dir, spec=spec)
     train_logs = [h for h in trainer.state.log_history if "loss" in h]
     last = train_logs[-1] if train_logs else {}
     summary = [f"reference: {ref_info.get('mode')}"
@@ -301,7 +310,8 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
                                               if k in ("eval_loss", "eval_rewards/accuracies",
                                                        "eval_rewards/margins")))
     if cond_path:
-        summary.append(f"conditioning spec copied to {cond_path}")
+        summary.append(f"conditioning spec copied to {cond_path}"
+                       + ("; written into the chat template" if cfg.export_chat_template else ""))
     common.finish_run(trainer, run, kind="dpo", resume=resume, result=result, summary=summary,
                       headline=f"prefkit train dpo: {cfg.loss_type} beta={cfg.beta}{trainer.beta_control.summary()}, ",
                       run_fields={"final_base_beta": trainer.beta_control.base_beta, "reference": ref_info,
