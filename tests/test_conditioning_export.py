@@ -143,3 +143,19 @@ def test_export_switch_without_a_spec_fails_before_training(tiny_model_dir, tmp_
     ra, _ = _relabeled()
     with pytest.raises(ConfigError, match="export_chat_template: the training data has no conditioning spec"):
         train_dpo(_cfg(tiny_model_dir, tmp_path / "a", export_chat_template=True), train_dataset=ra)
+
+
+def test_models_export_chat_template_command(tmp_path, chatml_tokenizer, capsys):
+    from transformers import AutoTokenizer
+
+    from prefkit.cli import main
+
+    chatml_tokenizer.save_pretrained(tmp_path)
+    spec = make_spec(placement="user", template="Aim for {goal} of {scale_max}.")
+    spec.save(tmp_path)
+    assert main(["models", "export-chat-template", str(tmp_path), "--goal", "8"]) == 0
+    assert "Aim for 8 of 10." in capsys.readouterr().out
+    served = AutoTokenizer.from_pretrained(tmp_path)
+    msgs = [{"role": "user", "content": "Sort 2 1"}]
+    assert _served(served, served.chat_template, msgs) == render_prompts([msgs], chatml_tokenizer, spec=spec,
+                                                                         goal=8)[0]
