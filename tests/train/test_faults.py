@@ -295,3 +295,20 @@ def test_a_file_size_limit_while_saving_the_model_is_one_line(tiny_model_dir, pa
     line = _one_error_line(proc)
     assert f"{out}: no space left on device while writing the trained model" in line
     assert not (out / "model.safetensors").exists() and not (out / ".prefkit-saving").exists()
+
+
+def test_a_new_model_replaces_the_shards_of_an_earlier_save(tiny_model_dir, pairs_file, tmp_path):
+    from prefkit.models import load_causal_lm
+    from prefkit.train import train_dpo
+
+    out = tmp_path / "run"
+    out.mkdir()
+    # an earlier, sharded save in the same directory (its index would win over model.safetensors)
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {
+        "lm_head.weight": "model-00002-of-00002.safetensors"}}))
+    (out / "model-00002-of-00002.safetensors").write_bytes(b"old")
+    (out / "notes.txt").write_text("mine")
+    train_dpo(base_config(tiny_model_dir, pairs_file, out, max_steps=1, save_strategy="no"))
+    assert sorted(p.name for p in out.iterdir() if "model" in p.name) == ["model.safetensors"]
+    assert (out / "notes.txt").read_text() == "mine"
+    load_causal_lm(str(out))

@@ -110,3 +110,13 @@ def test_train_help_describes_every_option_once(kind, cls):
         if f.name not in ("train_file", "output_dir", "train_split", "trainer_args"):
             assert "--" + f.name.replace("_", "-") in flags
     assert "passes through to the Trainer" in text
+
+
+def test_liger_kernel_without_the_package_fails_at_start():
+    from transformers.utils import is_liger_kernel_available
+
+    if is_liger_kernel_available():
+        pytest.skip("liger-kernel is installed here")
+    cfg = load_config(DPOConfig, overrides=REQUIRED + ["use_liger_kernel=true"])
+    with pytest.raises(ConfigError, match=r"use_liger_kernel: liger-kernel is not installed"):
+        training_arguments(cfg)

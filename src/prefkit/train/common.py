@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -298,6 +299,9 @@ def train_guarded(trainer, cfg, resume: str | None):
         return trainer.train(resume_from_checkpoint=resume)
 
 
+_WEIGHT_FILES = r"^(model|adapter_model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?$"
+
+
 def save_final(trainer, output_dir: str) -> None:
     """trainer.save_model(output_dir), written into a temp directory first and moved into place
     file by file: a failure while writing (a full disk) leaves the files of an earlier save
@@ -313,6 +317,14 @@ def save_final(trainer, output_dir: str) -> None:
         trainer.save_model(str(tmp))
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
+            fresh = {f.relative_to(tmp) for f in tmp.rglob("*") if f.is_file()}
+            kinds = {m.group(1) for f in fresh if (m := re.match(_WEIGHT_FILES, f.name))}
+            # weight files of the same kind from an earlier save that this one does not have (its
+            # shards) would be read with the new ones; save_pretrained into the directory removes them too
+            for old in out.glob("*"):
+                m = re.match(_WEIGHT_FILES, old.name)
+                if old.is_file() and m and m.group(1) in kinds and old.relative_to(out) not in fresh:
+                    old.unlink()
             for f in sorted(tmp.rglob("*")):
                 if f.is_file():
                     dest = out / f.relative_to(tmp)

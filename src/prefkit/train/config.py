@@ -420,6 +420,11 @@ def training_arguments(cfg: BaseTrainConfig, **extra):
         if passthrough.get(name) is not None:
             os.environ[env] = str(passthrough[name])
         passthrough.pop(name, None)
+    if passthrough.get("use_liger_kernel"):
+        from transformers.utils import is_liger_kernel_available
+
+        if not is_liger_kernel_available():   # the Trainer would find out only inside train()
+            raise ConfigError("use_liger_kernel: liger-kernel is not installed (pip install liger-kernel)")
     kw.update(passthrough)
     kw.update(extra)
     try:
