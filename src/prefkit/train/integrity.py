@@ -29,8 +29,6 @@ from prefkit.errors import PrefkitError
 
 TRAINER_STATE = "trainer_state.json"       # transformers.trainer_callback.TRAINER_STATE_NAME
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
-            "pytorch_model.bin", "adapter_model.bin")
 
 
 class DiskFullError(PrefkitError):
@@ -77,11 +75,11 @@ def checkpoint_problem(ckpt: str | os.PathLike, *, required: tuple[str, ...] = (
     when the checkpoint can be resumed from. `required`: files the trainer writes after the
     Trainer's own (prefkit_trainer_state.json)."""
     d = Path(ckpt)
+    # trainer_state.json is written after the weights, optimizer, scheduler and RNG states (in
+    # whatever layout: safetensors, FSDP or DeepSpeed folders), so its presence means they are there
     for name in (TRAINER_STATE, *required):
         if not (d / name).is_file():
             return "incomplete", d / name
-    if not any((d / w).is_file() for w in _WEIGHTS):
-        return "incomplete", d / _WEIGHTS[0]
     for f in sorted(d.iterdir()):
         if f.is_file():
             why = file_problem(f)
