@@ -52,9 +52,14 @@ def render_prompts(prompts: Sequence, tokenizer, spec=None, goal=None) -> list[s
 
         g = spec.best_goal if goal is None else goal
         conversations = [condition(m, goal=g, spec=spec, tokenizer=tokenizer) for m in conversations]
+    from prefkit.relabel.serving import base_chat_template
+
+    # the model's own template (an exported one conditions by itself, for servers)
+    template = base_chat_template(getattr(tokenizer, "chat_template", None))
     texts = []
     for messages in conversations:
-        texts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        texts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                                   chat_template=template))
     return texts
 
 

@@ -53,7 +53,8 @@ class HiddenHead:
 
     ``hidden`` (N, T, H); ``weight`` (V, H); ``bias`` (V,) or None; ``softcap`` the model's
     ``final_logit_softcapping`` (Gemma-2) or None; ``scale`` a multiplier applied to the logits
-    before softcapping (1.0 for Llama/Qwen2).
+    before softcapping (1.0 for Llama/Qwen2). ``adapters``: the active LoRA adapters of a PEFT
+    LM head, each (A (r, H), B (V, r), scaling, dropout module), added as the PEFT layer adds them.
     """
 
     hidden: torch.Tensor
@@ -61,10 +62,14 @@ class HiddenHead:
     bias: torch.Tensor | None = None
     softcap: float | None = None
     scale: float = 1.0
+    adapters: tuple = ()
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """float32 logits for hidden rows ``h`` (M, H) -> (M, V)."""
-        z = F.linear(h, self.weight, self.bias).float()
+        z = F.linear(h, self.weight, self.bias)
+        for a, b, scaling, dropout in self.adapters:   # LoRA on the LM head: W h + s B A dropout(h)
+            z = z + F.linear(F.linear(dropout(h.to(a.dtype)), a), b).to(z.dtype) * scaling
+        z = z.float()
         if self.scale != 1.0:
             z = z * self.scale
         if self.softcap:
@@ -121,13 +126,33 @@ def _decoder(inner):
     return dec
 
 
+def _lora_head(head) -> tuple[torch.nn.Module, tuple]:
+    """(base linear, active adapters) of an LM head that PEFT wrapped with LoRA (`lm_head` in
+    target_modules), so that the hidden-state path scores with the adapter as the model's own
+    forward does; (head, ()) for a plain head. LoRA variants (DoRA, ...) are refused."""
+    if not (hasattr(head, "base_layer") and hasattr(head, "lora_A")):
+        return head, ()
+    if getattr(head, "disable_adapters", False) or getattr(head, "merged", False):
+        return head.base_layer, ()   # disabled: the base; merged: the base weight holds the adapter
+    adapters = []
+    for name in head.active_adapters:
+        if name not in head.lora_A:
+            continue
+        if name in getattr(head, "lora_variant", {}):
+            raise TypeError(f"a LoRA variant ({type(head.lora_variant[name]).__name__}) on the LM head is not "
+                            "supported by prefkit's log-prob path; leave lm_head out of lora_target_modules")
+        adapters.append((head.lora_A[name].weight, head.lora_B[name].weight, head.scaling[name],
+                         head.lora_dropout[name]))
+    return head.base_layer, tuple(adapters)
+
+
 def _head_of(inner, hidden: torch.Tensor) -> HiddenHead:
-    head = inner.get_output_embeddings()
+    head, adapters = _lora_head(inner.get_output_embeddings())
     cfg = inner.config.get_text_config() if hasattr(inner.config, "get_text_config") else inner.config
     scale = getattr(cfg, "logit_scale", None)
     return HiddenHead(hidden=hidden, weight=head.weight, bias=getattr(head, "bias", None),
                       softcap=getattr(cfg, "final_logit_softcapping", None),
-                      scale=1.0 if scale is None else float(scale))
+                      scale=1.0 if scale is None else float(scale), adapters=adapters)
 
 
 def forward_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> HiddenHead:
@@ -172,7 +197,8 @@ def _selected(response_mask: torch.Tensor, input_ids: torch.Tensor):
 def _token_logps_from_head(head: HiddenHead, rows, pos, labels, chunk_size: int) -> torch.Tensor:
     h = head.hidden[:, :-1][rows, pos]  # (M, H)
     pieces = []
-    grad = torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad)
+    grad = torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad
+                                        or any(a.requires_grad or b.requires_grad for a, b, _, _ in head.adapters))
     for start in range(0, h.shape[0], chunk_size):
         sl = slice(start, start + chunk_size)
         if grad:
@@ -233,7 +259,8 @@ def concatenated_forward(model, batch: dict[str, Any], *, chunk_size: int = DEFA
     b = batch["input_ids"].shape[0] // 2
     if return_head and head is not None:
         head = HiddenHead(head.hidden.detach(), head.weight.detach(),
-                          None if head.bias is None else head.bias.detach(), head.softcap, head.scale)
+                          None if head.bias is None else head.bias.detach(), head.softcap, head.scale,
+                          tuple((a.detach(), b.detach(), s, d) for a, b, s, d in head.adapters))
     else:
         head = None
     return PairForward(seq.logps[:b], seq.logps[b:], seq.lengths[:b], seq.lengths[b:], head)

@@ -242,6 +242,13 @@ def load_tokenizer(tokenizer, *, trust_remote_code: bool = False, pad_with_eos: 
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local, trust_remote_code=trust_remote_code)
         except Exception as exc:  # noqa: BLE001 - reported as a user error
             raise ConfigError(f"tokenizer {path}: cannot load a tokenizer from it ({_first_line(exc)})") from None
+        # A template exported by prefkit.relabel.export_chat_template conditions prompts for
+        # servers; prefkit conditions from prefkit_conditioning.json itself, so it reads the
+        # model's own template.
+        from prefkit.relabel.serving import base_chat_template
+
+        if isinstance(getattr(tokenizer, "chat_template", None), str):
+            tokenizer.chat_template = base_chat_template(tokenizer.chat_template)
     if pad_with_eos and tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -270,7 +270,17 @@ def write(dataset, path) -> Path:
     """Write `dataset` to `path`; the extension picks the format: .jsonl (one JSON object per
     line), .json (one JSON array), .parquet, .csv (flat columns only), or no extension for a
     directory written with `save_to_disk` (a `DatasetDict` is allowed there). Files are written
-    to a temporary name and renamed, so a crash never leaves a half-written output."""
+    to a temporary name and renamed, so a crash never leaves a half-written output; a full disk
+    is one DiskFullError line naming the directory (the temporary file is removed and an earlier
+    `path` stays as it was)."""
+    from prefkit.train.integrity import disk_guard
+
+    p = Path(os.path.expanduser(str(path)))
+    with disk_guard(p.name, p.parent, kept=f"{p} is as it was before"):
+        return _write(dataset, path)
+
+
+def _write(dataset, path) -> Path:
     import datasets
 
     p = Path(os.path.expanduser(str(path)))
