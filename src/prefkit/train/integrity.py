@@ -102,7 +102,7 @@ def latest_complete_checkpoint(output_dir, *, required: tuple[str, ...] = (),
     """The newest checkpoint whose save finished (incomplete ones, e.g. from a run killed while
     saving, are skipped and appended to `skipped`). A finished checkpoint with an unreadable file
     raises ConfigError naming the file: resuming from an older one would silently lose steps."""
-    from prefkit.errors import ConfigError
+    from prefkit.errors import DataError
 
     for ckpt in checkpoints(output_dir):
         problem = checkpoint_problem(ckpt, required=required)
@@ -113,8 +113,9 @@ def latest_complete_checkpoint(output_dir, *, required: tuple[str, ...] = (),
             if skipped is not None:
                 skipped.append(ckpt)
             continue
-        raise ConfigError(f"{f}: checkpoint file is {kind.split(': ', 1)[1]}; delete {ckpt} to resume from "
-                          "the checkpoint before it")
+        # A damaged file found at run time (exit 1), not a bad option.
+        raise DataError(f"{f}: checkpoint file is {kind.split(': ', 1)[1]}; delete {ckpt} to resume from "
+                        "the checkpoint before it")
     return None
 
 
