@@ -52,7 +52,7 @@ def render_prompts(prompts: Sequence, tokenizer, spec=None, goal=None) -> list[s
 
         g = spec.best_goal if goal is None else goal
         conversations = [condition(m, goal=g, spec=spec, tokenizer=tokenizer) for m in conversations]
-    from prefkit.relabel.serving import base_chat_template
+    from prefkit.models import base_chat_template
 
     # the model's own template (an exported one conditions by itself, for servers)
     template = base_chat_template(getattr(tokenizer, "chat_template", None))

@@ -273,7 +273,7 @@ def write(dataset, path) -> Path:
     to a temporary name and renamed, so a crash never leaves a half-written output; a full disk
     is one DiskFullError line naming the directory (the temporary file is removed and an earlier
     `path` stays as it was)."""
-    from prefkit.train.integrity import disk_guard
+    from prefkit.files import disk_guard
 
     p = Path(os.path.expanduser(str(path)))
     with disk_guard(p.name, p.parent, kept=f"{p} is as it was before"):

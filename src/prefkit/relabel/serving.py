@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Mapping
 
 from prefkit.errors import ConfigError
+from prefkit.models import HEADER_BEGIN, HEADER_END, base_chat_template
 from prefkit.relabel.columns import SEPARATOR
 from prefkit.relabel.conditioning import _PLACEHOLDER, ConditioningSpec, load_conditioning
 
-HEADER_BEGIN = "{#- prefkit conditioning (prefkit.relabel.export_chat_template):"
-HEADER_END = "{#- prefkit conditioning end -#}\n"
 _MIN_MARK = 12   # a fixed text shorter than this could occur in a user's own prompt
 
 
@@ -54,20 +53,6 @@ def conditioning_mark(spec: ConditioningSpec) -> str | None:
     literals = [p.replace("{{", "{").replace("}}", "}") for p in pieces]
     best = max((p.strip() for p in literals), key=len, default="")
     return best if len(best) >= _MIN_MARK else None
-
-
-def is_conditioned_template(template: str | None) -> bool:
-    return isinstance(template, str) and template.startswith(HEADER_BEGIN)
-
-
-def base_chat_template(template: str | None) -> str | None:
-    """The model's own chat template inside an exported one (any other template as it is)."""
-    if not is_conditioned_template(template):
-        return template
-    end = template.find(HEADER_END)
-    if end < 0:
-        raise ConfigError("chat template: prefkit conditioning header without its end marker")
-    return template[end + len(HEADER_END):]
 
 
 def conditioned_chat_template(spec: ConditioningSpec, base_template: str,

@@ -169,7 +169,7 @@ def write_report(output_dir: str, payload: dict[str, Any]) -> Path:
     path = Path(output_dir) / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **payload}
-    from prefkit.train.integrity import atomic_write_text, disk_guard
+    from prefkit.files import atomic_write_text, disk_guard
 
     with disk_guard(REPORT_FILE, output_dir, kept="the trained model was saved before it"):
         return atomic_write_text(path, json.dumps(payload, indent=2, default=str))
@@ -290,7 +290,7 @@ def finish_run(trainer, run: PreparedRun, *, kind: str, headline: str, resume: s
 
 def guard(cfg, what: str):
     """disk_guard for writes into the run's output directory."""
-    from prefkit.train.integrity import disk_guard
+    from prefkit.files import disk_guard
 
     return disk_guard(what, cfg.output_dir,
                       kept="completed checkpoints and files written before are intact; free space and rerun "

@@ -33,7 +33,7 @@ from prefkit.errors import ConfigError, DataError
 from prefkit.losses import PairLogps, get_loss, pair_metrics
 from prefkit.train.beta_control import beta_control
 from prefkit.train.common import STATE_FILE
-from prefkit.train.integrity import atomic_write_text
+from prefkit.files import atomic_write_text
 from prefkit.train.trainer_base import MetricsTrainer
 
 REFERENCE_FREE = {"simpo"}

@@ -166,7 +166,7 @@ def load_or_compute(key: str, compute: Callable[[], tuple[np.ndarray, np.ndarray
     bad = first_nonfinite(chosen, rejected)
     if bad is not None:
         raise NonFiniteLogps(*bad, cached=False, path=arrays)
-    from prefkit.train.integrity import atomic_write_text, is_disk_full
+    from prefkit.files import atomic_write_text, is_disk_full
 
     tmp = entry / f".tmp-{os.getpid()}.npz"
     try:
