@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import datasets
 import pytest
 
-from conftest import pair_rows
+from real_testkit import pair_rows
 
 pytestmark = pytest.mark.slow
 
