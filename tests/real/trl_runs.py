@@ -1,5 +1,5 @@
 """Run TRL 1.16's DPOTrainer and prefkit's train_dpo on the same real model, data and settings,
-and compare what both log at every step (tests/real/test_train_*.py)."""
+and compare what both log at every step (tests/real/test_real_train_*.py)."""
 
 from __future__ import annotations
 
