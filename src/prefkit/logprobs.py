@@ -294,7 +294,10 @@ def perturbed_sequence_logps(policy, reference, input_ids: torch.Tensor, respons
         sl = slice(start, start + chunk_size)
         fp, fr, lab = pol(sl), ref(sl), labels[sl, None]
         for coef, out in ((1.0 + eps, minus), (1.0 - eps, plus)):
-            z = coef * fp + (1.0 - coef) * fr  # (1+eps) fp - eps fr  |  (1-eps) fp + eps fr
+            # (1+eps) fp - eps fr  |  (1-eps) fp + eps fr, written as fp + (coef-1)(fp - fr) so that a
+            # policy equal to its reference (step 1 of every run) gives exactly fp: otherwise rounding
+            # alone decides eps-DPO's per-pair beta there (seen on SmolLM2, whose logits reach ~30)
+            z = fp + (coef - 1.0) * (fp - fr)
             out.append(z.gather(-1, lab).squeeze(-1) - torch.logsumexp(z, -1))
     dev = input_ids.device
     cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, device=dev)  # noqa: E731
