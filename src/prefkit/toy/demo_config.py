@@ -58,6 +58,8 @@ class DemoConfig:
     # The ablation world: the main table again (no selection or reward-model stage) in this world;
     # None skips it. Default: the main world without its goal prior.
     ablation_world: ToyWorldConfig | None = field(default_factory=lambda: no_prior(ToyWorldConfig()))
+    # Run the ablation world in a second process beside the main one (when there are 2+ cores).
+    parallel_worlds: bool = True
 
 
 def quick_config(seeds: int = 1) -> DemoConfig:
