@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/train_vs_trl.py
 	$(PY) benchmarks/train_vs_trl_real.py
 	$(PY) benchmarks/synth_throughput.py
+	$(PY) benchmarks/http_client_cpu.py
 	$(PY) benchmarks/select_streaming.py
 	$(PY) benchmarks/data_binarize.py
 

@@ -6,7 +6,9 @@ requests/s. We run N requests through `Run.generate` (OpenAIBackend + the fsynce
 progress accounting) and report achieved / ideal; target >= 0.9. As a peer measured in the same
 run, the same requests go through the bare `openai` async client under a semaphore (no store, no
 retries). Client and server share the machine, so both sides' CPU milliseconds per request are
-printed (the server's from /proc on Linux) to show which one limits the rate.
+printed (the server's from /proc on Linux) to show which one limits the rate. The client figure
+for prefkit is what its transport (aiohttp, see benchmarks/http_client_cpu.py) plus the retry loop,
+JSON parsing and the durable store cost per request.
 
     python benchmarks/synth_throughput.py [--requests 1600] [--concurrency 64] [--latency 0.2]
 """

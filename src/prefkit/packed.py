@@ -311,7 +311,9 @@ def packed_logps(head: HiddenHead, plan: PackedPlan, *, chunk_size: int = DEFAUL
             ref_l.append(zr.gather(-1, lab).squeeze(-1) - torch.logsumexp(zr, -1))
             if eps is not None:
                 for coef, out in ((1.0 + eps, minus), (1.0 - eps, plus)):
-                    z = coef * zp + (1.0 - coef) * zr
+                    # fp + (coef-1)(fp - fr): exactly fp when the policy equals its reference (as
+                    # prefkit.logprobs.perturbed_sequence_logps), so rounding never moves a beta
+                    z = zp + (coef - 1.0) * (zp - zr)
                     out.append(z.gather(-1, lab).squeeze(-1) - torch.logsumexp(z, -1))
 
     for start in range(0, h.shape[0], chunk_size):

@@ -1,6 +1,7 @@
-"""OpenAIBackend's own HTTP/1.1 client against a raw asyncio server: chunked bodies, Retry-After,
-Connection: close, non-retryable 4xx, stale keep-alive connections, and the API key on the wire
-only (never in repr or errors)."""
+"""OpenAIBackend's HTTP transport (aiohttp) against a raw asyncio server: chunked bodies,
+Retry-After, Connection: close, non-retryable 4xx, stale keep-alive connections, and the API key
+on the wire only (never in repr or errors). The transport's other features are tested in
+test_http_features.py."""
 
 from __future__ import annotations
 

@@ -17,32 +17,104 @@ def test_high_quality_rejected_filter():
     assert len(high_quality_rejected(ds, threshold=7.0, limit=1)) == 1
 
 
+POLICIES = ("base", "base-conditioned", "dpo", "ra", "ra-half", "eps-dpo", "ira")
+SELECT = ("select:alignment-potential", "select:explicit", "select:implicit", "select:random")
+RM = ("rm:rmboost", "rm:rlaif", "rm:west-of-n", "rm:rlcd")
+
+
+def _check_entry(e, n_seeds):
+    """An entry's mean and sd are those of its per-seed values."""
+    import statistics
+
+    assert len(e["values"]) == n_seeds
+    assert e["mean"] == pytest.approx(statistics.fmean(e["values"]))
+    assert e["sd"] == pytest.approx(statistics.stdev(e["values"]) if n_seeds > 1 else 0.0)
+
+
 @pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path, capsys):
     from prefkit.cli import main
+    from prefkit.evaluate.generation import evaluate_policy
+    from prefkit.toy import task
 
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert main(["demo", "--quick", "--seeds", "2", "--out", str(out)]) == 0
+    summary = json.loads((out / "results.json").read_text())
     report = (out / "report.md").read_text()
-    assert "Gold reward on held-out prompts" in report and "Verdict" in report
-    assert (out / "gold_reward.png").stat().st_size > 1000
-    assert (out / "unlearning.png").stat().st_size > 1000
-    results = json.loads((out / "results.json").read_text())
-    for m in ("base", "dpo", "ra", "eps-dpo"):
-        assert 1.0 <= results[0][f"gold_{m}"] <= 10.0
-    assert "Reward models: RMBoost versus RLAIF / West-of-N / RLCD" in report
-    for m in ("rmboost", "rlaif", "west-of-n", "rlcd"):
-        assert results[0][f"rm_pairs_{m}"] > 0 and 0.0 <= results[0][f"rm_acc_{m}"] <= 1.0
-    assert (out / "seed0" / "ra" / "prefkit_conditioning.json").exists()
+    for png in ("gold_reward.png", "unlearning.png", "goal_following.png"):
+        assert (out / png).stat().st_size > 1000
+
+    # results.json: every method of the main world by name, each with mean/sd of its per-seed values
+    main_world, ablation = summary["worlds"]
+    assert summary["methods"] == main_world["methods"] and main_world["main"] and not ablation["main"]
+    assert set(summary["methods"]) == set(POLICIES + SELECT + RM)
+    for e in summary["methods"].values():
+        _check_entry(e, 2)
+    # the ablation world: the same main table without the goal prior, and the prior ablation beside it
+    assert main_world["settings"]["goal_prior"] > 0 and ablation["settings"]["goal_prior"] == 0
+    assert summary["world"] == main_world["settings"] and main_world["key"] != ablation["key"]
+    assert set(ablation["methods"]) == set(POLICIES)
+    for e in ablation["methods"].values():
+        _check_entry(e, 2)
+    for name, a in summary["prior_ablation"].items():
+        assert a["with_prior"]["values"] == main_world["methods"][name]["values"]
+        assert a["without_prior"]["values"] == ablation["methods"][name]["values"]
+        _check_entry(a["difference"], 2)
+    # the report's table shows the numbers of results.json
+    for name in POLICIES:
+        e = summary["methods"][name]
+        assert f"| `{name}` | {e['mean']:.3f} | {e['sd']:.3f} |" in report
+
+    seed0 = main_world["per_seed"][0]
+    curves = main_world["goal_following"]
+    assert set(curves) == {"base", "dpo", "ra"} and curves["base"]["goals"] == [2, 4, 6, 8, 10]
+    # base-conditioned is the base policy conditioned on goal 10 by hand; RA is conditioned on 10 through
+    # its prefkit_conditioning.json: both equal the goal-10 point of their curve (same prompts, same seed)
+    assert seed0["gold_base-conditioned"] == curves["base"]["values"][0][-1]
+    assert seed0["gold_ra"] == curves["ra"]["values"][0][-1]
+    # the reported DPO number is the gold reward of the saved DPO model
+    eval_prompts = task.make_prompts(16, seed=2000)
+    again = evaluate_policy(out / "seed0" / "dpo", eval_prompts, task.gold_reward, n=2, max_new_tokens=24,
+                            batch_size=128, seed=10_000, progress=False)
+    assert again["mean"] == seed0["gold_dpo"]
+    # RA half: one row per kept pair, RA: two; IRA's goals come from implicit rewards
+    assert 2 * seed0["ra-half_pairs"] == seed0["ra_pairs"]
+    ira_rows = [json.loads(line) for line in (out / "seed0" / "ira_pairs.jsonl").read_text().splitlines()]
+    assert len(ira_rows) == seed0["ira_pairs"] and "implicit_reward_chosen" in ira_rows[0]
+    for m in ("ra", "ra-half", "ira"):
+        assert (out / "seed0" / m / "prefkit_conditioning.json").exists()
     assert not (out / "seed0" / "dpo" / "prefkit_conditioning.json").exists()
-    # a rerun resumes: the finished seed is skipped
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    if seed0["probe_pairs"]:  # the probe before training, then at each logging step
+        assert len(seed0["probe_dpo"]["probe/hq_rejected_logp"]) >= 2
+
+    # a rerun resumes: finished seeds are skipped and the summary's numbers are the same
+    assert main(["demo", "--quick", "--seeds", "2", "--out", str(out)]) == 0
     assert "skipping" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["methods"] == summary["methods"]
+
+
+def test_summary_entries_are_per_seed_values_with_their_mean_and_sd():
+    from prefkit.toy.demo_report import prior_ablation, world_methods
+
+    seeds = [{"seed": i, "gold_base": 5.0 + i, "gold_dpo": 6.0 + 2 * i, "rm_acc_rlaif": 0.5 + 0.1 * i} for i in range(3)]
+    methods = world_methods(seeds)
+    assert set(methods) == {"base", "dpo", "rm:rlaif"}
+    assert methods["dpo"]["values"] == [6.0, 8.0, 10.0]
+    assert methods["dpo"]["mean"] == 8.0 and methods["dpo"]["sd"] == 2.0
+    for e in methods.values():
+        _check_entry(e, 3)
+    with_prior = {"settings": {"goal_prior": 0.2}, "methods": methods}
+    without = {"settings": {"goal_prior": 0.0}, "methods": world_methods(
+        [{**r, "gold_dpo": r["gold_dpo"] - 1.0 + r["seed"]} for r in seeds])}
+    ab = prior_ablation(without, with_prior)  # either world may be the main one
+    assert ab["dpo"]["difference"]["values"] == [1.0, 0.0, -1.0]
+    assert ab["base"]["difference"]["mean"] == 0.0
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "dpo,foo"], "--methods: unknown foo"),
     (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--methods", "ra,ira"], "--methods: ira relabels with the DPO model's implicit rewards; add dpo"),
 ])
 def test_demo_bad_options_are_one_line_errors(argv, message, tmp_path, capsys):
     from prefkit.cli import main

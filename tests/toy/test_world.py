@@ -40,3 +40,54 @@ def test_base_policy_trains_caches_and_samples(tmp_path):
     assert all(isinstance(s, str) for o in out for s in o)
     scores = [task.gold_reward(p, s) for p, o in zip(prompts, out) for s in o]
     assert all(1.0 <= s <= 10.0 for s in scores)
+
+
+def test_goal_prior_conditions_a_share_of_the_same_demonstrations_as_the_relabeler_would():
+    from prefkit.relabel import condition, make_spec
+
+    plain = ToyWorldConfig(n_demos=400, goal_prior=0.0, goal_noise=0.0)
+    prior = ToyWorldConfig(n_demos=400, goal_prior=0.5, goal_noise=1.0)
+    rows0 = world_demos(plain)
+    rows = world_demos(prior)
+    assert [r["response"] for r in rows] == [r["response"] for r in rows0]  # the prior changes only the prompts
+    assert all(r["goal"] is None for r in rows0)
+    with_goal = [(r, r0) for r, r0 in zip(rows, rows0) if r["goal"] is not None]
+    assert 150 <= len(with_goal) <= 250  # about half of 400
+    spec = make_spec(placement="system")
+    for r, r0 in with_goal:
+        assert 1.0 <= r["goal"] <= 10.0 and (2 * r["goal"]).is_integer()
+        assert r["messages"] == condition(r0["messages"], goal=r["goal"], spec=spec)
+        assert r["messages"][0]["role"] == "system"
+    for r, r0 in zip(rows, rows0):
+        if r["goal"] is None:
+            assert r["messages"] == r0["messages"]
+    # the goal is the gold score plus noise: correlated with it, not equal to it
+    import statistics
+
+    goals = [r["goal"] for r, _ in with_goal]
+    golds = [r["gold"] for r, _ in with_goal]
+    assert statistics.correlation(goals, golds) > 0.5
+    assert sum(abs(g - round(2 * x) / 2) > 0 for g, x in zip(goals, golds)) > len(goals) / 4
+    assert plain.key() != prior.key() != ToyWorldConfig(n_demos=400, goal_prior=0.5, goal_noise=2.0).key()
+
+
+def world_demos(cfg):
+    from prefkit.toy.world import demonstrations
+
+    return demonstrations(cfg.n_demos, seed=3, config=cfg)
+
+
+def test_goal_following_curve_conditions_each_goal_and_fits_its_slope(tmp_path):
+    import numpy as np
+
+    from prefkit.evaluate.generation import evaluate_policy
+    from prefkit.toy.world import conditioning_spec, goal_following_curve
+
+    path = base_policy(SMALL, cache_dir=tmp_path, progress=False)
+    prompts = task.make_prompts(6, seed=11)
+    curve = goal_following_curve(path, prompts, (2, 6, 10), n=2, max_new_tokens=8, seed=4)
+    assert curve["goals"] == [2, 6, 10] and len(curve["gold"]) == 3
+    assert abs(curve["slope"] - np.polyfit(curve["goals"], curve["gold"], 1)[0]) < 1e-9
+    by_hand = evaluate_policy(path, prompts, task.gold_reward, n=2, max_new_tokens=8, batch_size=128, seed=4,
+                              goal=6, conditioning=conditioning_spec(), progress=False)
+    assert curve["gold"][1] == by_hand["mean"]

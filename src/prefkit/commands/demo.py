@@ -1,23 +1,31 @@
-"""`prefkit demo [--out DIR] [--seeds N] [--quick]`: the whole pipeline in the toy world."""
+"""`prefkit demo [--out DIR] [--seeds N] [--quick] [--methods ...] [--world W] [--no-ablation-world]`:
+the whole pipeline in the toy world."""
 
 from __future__ import annotations
 
 
 def register(sub, name, help_text):
     p = sub.add_parser(name, help=help_text, description=help_text + ". Writes a Markdown report with "
-                       "PNG plots to --out; a seed already finished there is skipped (resume).")
+                       "PNG plots and results.json to --out; a seed already finished there is skipped (resume).")
     p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="a small, fast configuration (about 2 minutes)")
-    p.add_argument("--methods", default="dpo,ra,eps-dpo",
-                   help="comma-separated methods to train: dpo, ra (DPO on reward-augmented data), eps-dpo "
-                        "(default: dpo,ra,eps-dpo)")
+    p.add_argument("--methods", default="dpo,ra,ra-half,eps-dpo,ira",
+                   help="comma-separated methods to train: dpo, ra (DPO on reward-augmented data), ra-half (a "
+                        "random half of the RA rows), eps-dpo, ira (RA with the DPO model's implicit rewards as "
+                        "goals; needs dpo) (default: all)")
+    p.add_argument("--world", choices=("prior", "no-prior"), default="prior",
+                   help="the main world: base policy with the goal prior (default) or without it; the other "
+                        "one runs as the ablation world")
+    p.add_argument("--no-ablation-world", action="store_true",
+                   help="skip the ablation world (the main table in the other world)")
     p.set_defaults(func=run, _parser=p)
 
 
 def run(args) -> int:
     from prefkit.errors import ConfigError
-    from prefkit.toy.demo import METHODS, DemoConfig, quick_config, run_demo
+    from prefkit.toy.demo import run_demo
+    from prefkit.toy.demo_config import METHODS, DemoConfig, no_prior, quick_config
 
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
@@ -29,7 +37,13 @@ def run(args) -> int:
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ConfigError(f"--methods: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(METHODS)}")
+    if "ira" in methods and "dpo" not in methods:
+        raise ConfigError("--methods: ira relabels with the DPO model's implicit rewards; add dpo")
     config.methods = methods
+    if args.world == "no-prior":
+        config.world, config.ablation_world = config.ablation_world or no_prior(config.world), config.world
+    if args.no_ablation_world:
+        config.ablation_world = None
     report = run_demo(args.out, config)
-    print(report.read_text().split("## Unlearning probe")[0])
+    print(report.read_text().split("## Goal-following curves")[0].split("## Unlearning probe")[0])
     return 0

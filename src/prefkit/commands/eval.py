@@ -1,6 +1,18 @@
-"""`prefkit eval WHAT ...`: evaluations. `eval rm MODEL PAIRS`: a reward model's pairwise accuracy."""
+"""`prefkit eval WHAT ...`: evaluations.
+
+- `eval rm MODEL PAIRS`: a reward model's pairwise accuracy.
+- `eval policy PROMPTS --policy [NAME=]MODEL ... -o DIR`: generate with policies, score with a reward
+  function, a reward model and/or an LLM judge (1-10 grades; win rate against references in both
+  orders, with the length-controlled win rate); see docs/evaluate.md.
+- `eval unlearning MODEL PAIRS`: the unlearning probe (log-probability of high-quality rejected
+  responses, conditioned on their own goal for a reward-augmented model).
+"""
 
 from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
 
 
 def register(sub, name, help_text):
@@ -20,14 +32,12 @@ def register(sub, name, help_text):
     rm.add_argument("--max-length", type=int, default=1024)
     rm.add_argument("--no-progress", action="store_true")
     rm.set_defaults(func=run_rm, _parser=rm)
+    _register_policy(whats)
+    _register_unlearning(whats)
     p.set_defaults(func=None, _parser=p)
 
 
 def run_rm(args) -> int:
-    import json
-    import sys
-    from pathlib import Path
-
     from prefkit.data import read
     from prefkit.evaluate.rm_accuracy import format_accuracy, rm_accuracy
 
@@ -35,8 +45,184 @@ def run_rm(args) -> int:
     result = rm_accuracy(args.model, pairs, batch_size=args.batch_size, max_length=args.max_length,
                          progress=not args.no_progress)
     print(format_accuracy(result))
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.output}", file=sys.stderr)
+    _write_json(result, args.output)
+    return 0
+
+
+def _write_json(obj, output) -> None:
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(obj, indent=2, default=str))
+        print(f"wrote {output}", file=sys.stderr)
+
+
+# -- eval policy ------------------------------------------------------------------------------------
+
+def _register_policy(whats) -> None:
+    from prefkit.commands.synth import add_backend_arguments
+
+    desc = ("Generate with one or more policies on a prompt set and score what they wrote: a Python reward "
+            "function, a reward model, and/or an LLM judge (single-answer 1-10 grades; pairwise win rate against "
+            "reference outputs, asked in both orders, with its standard error and the length-controlled win "
+            "rate). Writes results.json, report.md, per_prompt.jsonl, length.png and the outputs in AlpacaEval's "
+            "format to OUTPUT. Generations and judge answers are kept in a run directory: re-running the same "
+            "command resumes.")
+    p = whats.add_parser("policy", help="generate with policies on prompts; reward / judge scores, win rates",
+                         description=desc, epilog="See docs/evaluate.md.")
+    p.add_argument("prompts", help="prompts: a file with a prompt or instruction column, any preference dataset "
+                                   "(its prompts), a saved dataset or a hub id")
+    p.add_argument("--policy", action="append", required=True, metavar="[NAME=]MODEL[@URL]",
+                   help="a policy: model directory, hub id, .gguf file, `smollm2`, or LoRA adapter directory "
+                        "(generated locally; a prefkit_conditioning.json beside it is applied), or "
+                        "MODEL@http://HOST:PORT/v1 for a model behind an OpenAI-compatible server; repeat for more")
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("--split", default=None)
+    p.add_argument("--subset", default=None)
+    p.add_argument("--revision", default=None)
+    p.add_argument("--format", dest="input_format", default="auto",
+                   choices=["auto", "ultrafeedback", "ultrafeedback-binarized", "trl", "multi"])
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N prompts")
+    g = p.add_argument_group("generation")
+    g.add_argument("-n", "--num-samples", type=int, default=1, help="samples per prompt (default 1)")
+    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--max-new-tokens", type=int, default=512)
+    g.add_argument("--seed", type=int, default=0, help="sample j of every prompt uses seed + j")
+    g.add_argument("--goal", type=float, default=None,
+                   help="conditioning goal for reward-augmented policies (default: the best score)")
+    g.add_argument("--conditioning", default=None, metavar="PATH",
+                   help="a prefkit_conditioning.json (or the directory holding it) to apply to every policy, "
+                        "e.g. for a reward-augmented model behind a server")
+    g.add_argument("--no-conditioning", action="store_true", help="never condition prompts")
+    g.add_argument("--batch-size", type=int, default=16, help="local generation batch size")
+    s = p.add_argument_group("scoring")
+    s.add_argument("--reward-fn", default=None, metavar="MODULE:FUNCTION",
+                   help="a Python reward function f(prompt, response) -> float, e.g. prefkit.toy.task:gold_reward")
+    s.add_argument("--reward-model", default=None, metavar="DIR", help="a sequence-classification reward model")
+    s.add_argument("--judge", default=None, metavar="MODES",
+                   help="LLM judge modes, comma-separated: single (1-10 grade), pairwise (against the reference); "
+                        "default single, or pairwise when a reference is given")
+    s.add_argument("--reference", default=None, metavar="NAME", help="the policy whose outputs are the reference")
+    s.add_argument("--reference-outputs", default=None, metavar="FILE",
+                   help="reference outputs: AlpacaEval format ({instruction, output}) or prefkit outputs")
+    s.add_argument("--judge-verdict-only", action="store_true",
+                   help="ask the judge for the verdict / rating alone, without an explanation (small judges)")
+    s.add_argument("--no-official-lc", action="store_true",
+                   help="do not try AlpacaEval's own length-controlled GLM (see docs/evaluate.md)")
+    add_backend_arguments(p, prefix="judge-", what="judge")
+    c = p.add_argument_group("servers (policies and judge)")
+    c.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    c.add_argument("--api-key", default=None, help="API key (prefer --api-key-env)")
+    c.add_argument("--concurrency", type=int, default=16, help="requests in flight per server backend (default 16)")
+    c.add_argument("--timeout", type=float, default=300.0, help="seconds per request (default 300)")
+    c.add_argument("--max-retries", type=int, default=6)
+    r = p.add_argument_group("run directory")
+    r.add_argument("--run-dir", default=None, help="where finished requests are kept (default OUTPUT/run)")
+    r.add_argument("--retry-failed", action="store_true", help="retry requests recorded as failed")
+    r.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_policy, _parser=p, base_url=None)
+
+
+def run_policy(args) -> int:
+    from prefkit.commands.synth import backend_from_args, sampling_from_args
+    from prefkit.errors import ConfigError
+    from prefkit.evaluate.policy import evaluate_policies, load_prompts, parse_policy
+    from prefkit.report import StageReport
+
+    specs = [parse_policy(t) for t in args.policy]
+    for spec in specs:
+        if args.no_conditioning:
+            spec.conditioning = None
+        elif args.conditioning:
+            spec.conditioning = args.conditioning
+        spec.goal = args.goal
+        if spec.served:
+            spec.backend_options = dict(api_key=args.api_key, api_key_env=args.api_key_env,
+                                        concurrency=args.concurrency, timeout=args.timeout,
+                                        max_retries=args.max_retries)
+    judge = backend_from_args(args, "judge-")
+    if judge is None and args.judge:
+        raise ConfigError("--judge needs a judge backend: --judge-model with --judge-base-url, or --judge-local DIR")
+    has_ref = args.reference is not None or args.reference_outputs is not None
+    modes = [m.strip() for m in (args.judge or ("pairwise" if has_ref else "single")).split(",") if m.strip()]
+    report = StageReport("eval policy")
+    rows = load_prompts(args.prompts, split=args.split, subset=args.subset, revision=args.revision,
+                        format=args.input_format, report=report)
+    if args.limit is not None:
+        rows = rows[:args.limit]
+    res = evaluate_policies(
+        specs, rows, output_dir=args.output, run_dir=args.run_dir, n=args.num_samples,
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
+        batch_size=args.batch_size, reward_fn=args.reward_fn, reward_model=args.reward_model, judge=judge,
+        judge_modes=modes, reference=args.reference, reference_outputs=args.reference_outputs,
+        judge_params=sampling_from_args(args, "judge-", temperature=0.0, max_tokens=512, seed=0),
+        judge_explain=not args.judge_verdict_only, official_lc=not args.no_official_lc,
+        retry_failed=args.retry_failed, progress=not args.no_progress)
+    from prefkit.evaluate.report import markdown_tables
+    from prefkit.synth.runs import RunStats
+
+    print(markdown_tables(res))
+    st = RunStats(**{k: v for k, v in res["run"].items() if k != "failure_reasons"})
+    st.failure_reasons.update(res["run"].get("failure_reasons", {}))
+    print(st.summary(), file=sys.stderr)
+    if report.n_dropped:
+        print(report.summary(), file=sys.stderr)
+    print(f"wrote {args.output}/results.json, report.md, per_prompt.jsonl, outputs/", file=sys.stderr)
+    return 0
+
+
+# -- eval unlearning --------------------------------------------------------------------------------
+
+def _register_unlearning(whats) -> None:
+    desc = ("The unlearning probe: the mean log-probability the model gives to high-quality rejected responses "
+            "(score_rejected >= --threshold). A reward-augmented model (a prefkit_conditioning.json in its "
+            "directory) is probed with each prompt conditioned on the rejected response's own score, the goal under "
+            "which that response is the right answer (Zhang et al. 2024, arXiv 2410.08067).")
+    u = whats.add_parser("unlearning", help="log-probability of high-quality rejected responses under a model",
+                         description=desc)
+    u.add_argument("model", help="policy: model directory, hub id, .gguf file or `smollm2`")
+    u.add_argument("pairs", help="scored pairs (with score_rejected): any file or dataset `prefkit data` reads")
+    u.add_argument("-o", "--output", default=None, help="also write the result as JSON here")
+    u.add_argument("--split", default=None)
+    u.add_argument("--subset", default=None)
+    u.add_argument("--revision", default=None)
+    u.add_argument("--format", dest="input_format", default="auto")
+    u.add_argument("--threshold", type=float, default=5.0, help="minimum score_rejected (default 5, on 1-10)")
+    u.add_argument("--limit", type=int, default=None, help="probe a seeded sample of at most N pairs")
+    u.add_argument("--seed", type=int, default=0)
+    u.add_argument("--goal", default="own",
+                   help="conditioning goal for a reward-augmented model: own (default), a number, or none")
+    u.add_argument("--batch-size", type=int, default=16)
+    u.add_argument("--max-length", type=int, default=1024)
+    u.add_argument("--no-progress", action="store_true")
+    u.set_defaults(func=run_unlearning, _parser=u)
+
+
+def run_unlearning(args) -> int:
+    from prefkit.data import read
+    from prefkit.errors import ConfigError
+    from prefkit.evaluate.unlearning import unlearning_probe
+
+    goal = args.goal.strip().lower()
+    if goal == "none":
+        goal = None
+    elif goal != "own":
+        try:
+            goal = float(goal)
+        except ValueError:
+            raise ConfigError(f"--goal must be own, none or a number, not {args.goal!r}") from None
+    pairs = read(args.pairs, split=args.split, subset=args.subset, revision=args.revision, format=args.input_format)
+    res = unlearning_probe(args.model, pairs, threshold=args.threshold, limit=args.limit, seed=args.seed, goal=goal,
+                           batch_size=args.batch_size, max_length=args.max_length, progress=not args.no_progress)
+    cond = f"conditioned on goal {res['goal']}" if res["conditioned"] else "unconditioned"
+    mean = "n/a" if res["mean_rejected_logp"] is None else f"{res['mean_rejected_logp']:.4f}"
+    per_tok = "n/a" if res["mean_rejected_logp_per_token"] is None else f"{res['mean_rejected_logp_per_token']:.4f}"
+    print(f"unlearning probe {res['model']} ({cond})")
+    print(f"  high-quality rejected (score >= {res['threshold']:g}): {res['pairs']} of {res['pairs_total']} pairs"
+          + (f", {res.get('scored', 0)} scored" if res["pairs"] else ""))
+    print(f"  mean log p(rejected | prompt)   {mean}")
+    print(f"  per token                       {per_tok}")
+    for reason, k in res["skipped"].items():
+        print(f"  skipped {k:>6}  {reason}")
+    _write_json(res, args.output)
     return 0

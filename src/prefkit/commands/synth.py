@@ -34,7 +34,20 @@ def add_backend_arguments(p: argparse.ArgumentParser, prefix: str = "", what: st
         g.add_argument("--api-key", default=None,
                        help="API key (prefer --api-key-env: command lines are visible to other users)")
         g.add_argument("--concurrency", type=int, default=64, help="requests in flight at once (default 64)")
-        g.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+        g.add_argument("--timeout", type=float, default=120.0, help="seconds per request try (default 120)")
+        g.add_argument("--connect-timeout", type=float, default=10.0,
+                       help="seconds to open a connection, TLS included (default 10)")
+        g.add_argument("--header", action="append", default=None, metavar="'NAME: VALUE'",
+                       help="extra HTTP header for every request (repeatable; values of secret-looking "
+                            "headers are redacted from errors)")
+        g.add_argument("--auth", choices=["auto", "bearer", "api-key", "none"], default="auto",
+                       help="how the key is sent: 'Authorization: Bearer' or Azure's 'api-key' header "
+                            "(auto: api-key for *.openai.azure.com hosts)")
+        g.add_argument("--api-version", default=None,
+                       help="Azure OpenAI api-version query (kept as well when it is in the base URL)")
+        g.add_argument("--ca-bundle", default=None, metavar="PEM",
+                       help="CA certificates to verify the server with (default: system store or SSL_CERT_FILE); "
+                            "proxies come from HTTP_PROXY/HTTPS_PROXY/NO_PROXY")
         g.add_argument("--max-retries", type=int, default=6,
                        help="retries per request on 429/5xx/timeouts/connection errors (default 6)")
         g.add_argument("--batch-size", type=int, default=16, help="local backend: generation batch size")
@@ -61,9 +74,17 @@ def backend_from_args(args, prefix: str = ""):
         raise ConfigError(f"--{prefix}model is required with an HTTP backend (or use --{prefix}local DIR)")
     if prefix and not urls:
         urls = args.base_url  # a judge on the generator's servers unless told otherwise
+    headers = {}
+    for h in getattr(args, "header", None) or []:  # `prefkit select evolve` has no transport options
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            raise ConfigError(f"--header {h!r}: expected 'NAME: VALUE'")
+        headers[name.strip()] = value.strip()
     return OpenAIBackend(model=model, base_urls=urls or ["http://127.0.0.1:8000/v1"], api_key=args.api_key,
                          api_key_env=args.api_key_env, concurrency=args.concurrency, timeout=args.timeout,
-                         max_retries=args.max_retries)
+                         connect_timeout=getattr(args, "connect_timeout", 10.0), max_retries=args.max_retries,
+                         headers=headers or None, auth=getattr(args, "auth", "auto"),
+                         api_version=getattr(args, "api_version", None), ca_bundle=getattr(args, "ca_bundle", None))
 
 
 def sampling_from_args(args, prefix: str = "", **defaults):
@@ -136,6 +157,10 @@ def run(args) -> int:
     report = StageReport(f"synth {method}")
     prompts = read_prompts(args.input, split=args.split, subset=args.subset, revision=args.revision,
                            format=args.input_format, on_invalid=args.on_invalid, report=report)
+    # rows of the input (a preference dataset's read counts them; a prompts file's are the prompts
+    # kept plus those dropped); the method counts its own rows in and out from here
+    n_in = report.rows_in or len(prompts) + report.n_dropped
+    report.rows_in = report.rows_out = 0
     backend = backend_from_args(args)
     run_dir = args.run_dir or (str(args.output).rstrip("/") + ".run")
     common = dict(run_dir=run_dir, retry_failed=args.retry_failed, progress=not args.no_progress, report=report)
@@ -162,21 +187,36 @@ def run(args) -> int:
     else:
         ds = synth.rlcd(prompts, backend, guideline=args.guideline,
                         generation=sampling_from_args(args, temperature=0.7), **common)
-    return finish(ds, args.output, report)
+    report.rows_in = max(report.rows_in, n_in)
+    return finish(ds, args.output, report, args)
 
 
-def finish(ds, output, report) -> int:
-    """Write the output and its report; print the report and the run's request summary."""
-    from prefkit.data import write
+def finish(ds, output, report, args) -> int:
+    """Write the output and its report (refusing an all-failed or empty result unless
+    --allow-empty); print the report and the run's request summary on stdout."""
+    from prefkit.commands import write_result
+    from prefkit.errors import EmptyResultError
     from prefkit.synth.runs import RunStats
 
-    write(ds, output)
-    path = report.write_beside(output)
-    print(report.summary(), file=sys.stderr)
-    run_notes = report.notes.get("run")
-    if isinstance(run_notes, dict):
+    def run_summary() -> str | None:
+        run_notes = report.notes.get("run")
+        if not isinstance(run_notes, dict):
+            return None
         st = RunStats(**{k: v for k, v in run_notes.items() if k != "failure_reasons"})
         st.failure_reasons.update(run_notes.get("failure_reasons", {}))
-        print(st.summary(), file=sys.stderr)
-    print(f"wrote {len(ds)} rows to {output} (report: {path})", file=sys.stderr)
+        return st.summary()
+
+    try:
+        out, path = write_result(ds, output, report, args)
+    except EmptyResultError:
+        # the error line says what happened; the request summary (to stderr: a diagnostic now)
+        # names the failure reasons
+        for text in (report.summary(), run_summary()):
+            if text:
+                print(text, file=sys.stderr)
+        raise
+    print(report.summary())
+    if run_summary():
+        print(run_summary())
+    print(f"wrote {len(ds)} rows to {out} (report: {path})")
     return 0

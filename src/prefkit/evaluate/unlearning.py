@@ -1,4 +1,4 @@
-"""The unlearning probe (Zhang et al., ablation b): the log-probability of high-quality
+"""The unlearning probe (Zhang et al. 2024, arXiv 2410.08067, ablation b): the log-probability of high-quality
 rejected responses (judge score >= 5 on the 1-10 scale) under the policy, tracked over training.
 
     from prefkit.evaluate.unlearning import high_quality_rejected, rejected_logp_probe
@@ -7,12 +7,18 @@ rejected responses (judge score >= 5 on the 1-10 scale) under the policy, tracke
     probe_ra = rejected_logp_probe(hq, tokenizer, spec=spec, goal="own")  # RA: log pi(y_l | S(r_l), x)
     train_dpo(cfg, probes={"probe/hq_rejected_logp": probe})       # logged at each logging step
 
+As a one-off measurement of a trained model (what `prefkit eval unlearning MODEL PAIRS` runs):
+
+    unlearning_probe("runs/ra", "pairs.jsonl", threshold=5.0, limit=256)   # conditioned: own goal
+    # -> {"mean_rejected_logp": -41.2, "pairs": 256, "conditioned": True, "goal": "own", ...}
+
 `goal="own"` conditions each prompt on its rejected response's own score (the goal under
 which that response is the right answer); a number conditions every prompt on that goal.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 from typing import Callable
 
@@ -59,3 +65,55 @@ def rejected_logp_probe(pairs, tokenizer, *, spec=None, goal="own", batch_size: 
         return mean_rejected_logp(model, tokenizer, probe_pairs, batch_size=batch_size)
 
     return probe
+
+
+def unlearning_probe(model, pairs, *, tokenizer=None, threshold: float = 5.0, limit: int | None = None,
+                     seed: int = 0, goal="own", conditioning="auto", batch_size: int = 16,
+                     max_length: int | None = 1024, progress: bool = True) -> dict:
+    """The probe as a one-off measurement (`prefkit eval unlearning MODEL PAIRS`).
+
+    model: a directory, hub id, .gguf file or shortcut (loaded through prefkit.models), or a
+    loaded model with `tokenizer`. pairs: a canonical PAIRS dataset or a path `prefkit.data.read`
+    understands, with `score_rejected`. A model directory holding `prefkit_conditioning.json` (a
+    reward-augmented model) is probed with each prompt conditioned on `goal`: 'own' (the rejected
+    response's own score, under which it is the right answer) or a number; goal=None or
+    conditioning=None probes unconditioned. Returns {mean_rejected_logp, mean_rejected_logp_per_token,
+    pairs, pairs_total, skipped, threshold, conditioned, goal, model}; rows the scorer cannot
+    score are counted in `skipped` by reason."""
+    from prefkit.data import records as R
+    from prefkit.errors import ConfigError
+    from prefkit.generate import resolve_conditioning
+    from prefkit.logprobs import score_logps
+    from prefkit.models import load_causal_lm
+    from prefkit.report import StageReport
+
+    if not hasattr(pairs, "column_names"):
+        from prefkit.data import read
+
+        pairs = read(pairs)
+    if R.kind_of(pairs.column_names) != "pairs":
+        raise ConfigError("the unlearning probe needs preference pairs (prompt, chosen, rejected)")
+    if R.SCORE_REJECTED not in pairs.column_names or all(v is None for v in pairs[R.SCORE_REJECTED]):
+        raise ConfigError(f"the unlearning probe needs the field '{R.SCORE_REJECTED}' (the rejected response's "
+                          "judge score) to pick the high-quality rejected responses; score the pairs first "
+                          "(prefkit score)")
+    name = str(model) if isinstance(model, (str, os.PathLike)) else getattr(model, "name_or_path", type(model).__name__)
+    spec = resolve_conditioning(model, conditioning)
+    hq = high_quality_rejected(pairs, threshold=threshold, limit=limit, seed=seed)
+    out = {"model": name, "pairs_total": len(pairs), "pairs": len(hq), "threshold": threshold,
+           "conditioned": spec is not None and goal is not None, "goal": goal if spec is not None else None,
+           "mean_rejected_logp": None, "mean_rejected_logp_per_token": None, "skipped": {}}
+    if not len(hq):
+        return out
+    lm, tok = load_causal_lm(model, tokenizer)
+    probe_pairs = condition_pairs(hq, spec, goal, tok) if out["conditioned"] else hq
+    report = StageReport("unlearning probe")
+    scored = score_logps(lm, tok, probe_pairs, batch_size=batch_size, max_length=max_length, progress=progress,
+                         report=report)
+    vals = [(v, n) for v, n in zip(scored["logps_rejected"], scored["len_rejected"]) if v is not None]
+    out["skipped"] = dict(report.dropped)
+    out["scored"] = len(vals)
+    if vals:
+        out["mean_rejected_logp"] = statistics.fmean(v for v, _ in vals)
+        out["mean_rejected_logp_per_token"] = sum(v for v, _ in vals) / max(1, sum(n for _, n in vals))
+    return out

@@ -4,10 +4,11 @@ A backend turns one chat request (messages + sampling parameters) into one `Comp
 raises `RequestFailed` with a short reason once its retries are spent. Concurrency limits,
 retries and load balancing live here; durability lives in `prefkit.synth.runs`.
 
-- `OpenAIBackend`: a lean asyncio HTTP/1.1 keep-alive client for the OpenAI chat-completions
-  API against one or more base URLs (vLLM, `transformers serve`, Ollama, hosted APIs). Scale out by starting more servers and passing
-  every URL: requests go to the least-loaded one (or round-robin). The API key comes from an
-  environment variable (default OPENAI_API_KEY) or an argument and is never logged or stored.
+- `OpenAIBackend`: the OpenAI chat-completions API over aiohttp against one or more base URLs
+  (vLLM, `transformers serve`, Ollama, hosted APIs, Azure OpenAI), through proxies and custom CA
+  bundles. Scale out by starting more servers and passing every URL: requests go to the
+  least-loaded one (or round-robin). The API key comes from an environment variable (default
+  OPENAI_API_KEY) or an argument and is never logged or stored (errors are redacted).
 - `LocalBackend`: a transformers causal LM in this process; concurrent requests are gathered
   into padded batches for `model.generate`.
 """
@@ -19,6 +20,7 @@ import itertools
 import json
 import os
 import random
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -84,7 +86,17 @@ class Backend:
 # OpenAI-compatible HTTP
 # --------------------------------------------------------------------------------------------
 
+# The transport is aiohttp, chosen by client CPU per request (benchmarks/http_client_cpu.py,
+# docs/synth.md: aiohttp 0.19 ms, httpx2 1.3 ms, httpx 2.6 ms, the openai SDK 2.6 ms). It brings
+# proxies from HTTP(S)_PROXY/NO_PROXY, TLS with the system or a given CA bundle, gzip/deflate
+# bodies, redirects and IPv6; prefkit keeps its own retries, balancing and stdlib-json parsing.
+
 _RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+_AZURE_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com")
+_SECRET_HEADER_WORDS = ("auth", "key", "token", "secret", "cookie", "password", "signature")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{4,}")
+_REDACTED = "[REDACTED]"
+_MAX_REDIRECTS = 10
 
 
 class _HTTPStatus(Exception):
@@ -94,139 +106,68 @@ class _HTTPStatus(Exception):
 
 
 class _Endpoint:
-    """One base URL: a keep-alive HTTP/1.1 connection pool (asyncio streams, LIFO idle list).
+    """One base URL: its chat-completions URL (query kept, e.g. Azure's api-version) and load."""
 
-    The pool never holds more connections than requests in flight, which the backend's
-    semaphore bounds. The request head, API key included, is built once and kept only here.
-    """
-
-    def __init__(self, url: str, key: str):
-        from urllib.parse import urlsplit
+    def __init__(self, url: str, api_version: str | None = None):
+        from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
         from prefkit.errors import ConfigError
 
         self.url = url
-        u = urlsplit(url.rstrip("/"))
+        u = urlsplit(url.strip())
         if u.scheme not in ("http", "https") or not u.hostname:
-            raise ConfigError(f"base URL must be http(s)://HOST[:PORT]/PATH, not {url!r}")
+            raise ConfigError(f"base URL must be http(s)://HOST[:PORT]/PATH[?QUERY], not {_redact_url(url)!r}")
+        try:
+            u.port
+        except ValueError:
+            raise ConfigError(f"base URL {_redact_url(url)!r} has an invalid port") from None
         self.host = u.hostname
-        self.tls = u.scheme == "https"
-        self.port = u.port or (443 if self.tls else 80)
-        default = (self.tls and self.port == 443) or (not self.tls and self.port == 80)
-        hostport = self.host if default else f"{self.host}:{self.port}"
-        if ":" in self.host and not default:
-            hostport = f"[{self.host}]:{self.port}"
-        self._head = (f"POST {u.path}/chat/completions HTTP/1.1\r\nHost: {hostport}\r\n"
-                      f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
-                      f"Accept: application/json\r\nUser-Agent: prefkit\r\nContent-Length: ").encode("latin-1")
-        self._idle: list = []
+        query = parse_qsl(u.query, keep_blank_values=True)
+        if api_version and not any(k == "api-version" for k, _ in query):
+            query.append(("api-version", api_version))
+        self.chat_url = urlunsplit((u.scheme, u.netloc, u.path.rstrip("/") + "/chat/completions",
+                                    urlencode(query), ""))
+        self.password = u.password
         self.in_flight = 0
         self.served = 0
 
-    def __repr__(self) -> str:  # never shows the head (it holds the API key)
-        return f"_Endpoint({self.url!r}, in_flight={self.in_flight})"
+    @property
+    def azure(self) -> bool:
+        return self.host.lower().endswith(_AZURE_HOSTS)
 
-    async def _connect(self):
-        ssl_ctx = None
-        if self.tls:
-            import ssl
-
-            ssl_ctx = ssl.create_default_context()
-        return await asyncio.open_connection(self.host, self.port, ssl=ssl_ctx, limit=2 ** 20)
-
-    async def post(self, body: bytes) -> bytes:
-        """POST a chat completion; returns the 2xx body or raises _HTTPStatus / OSError / EOFError."""
-        data = self._head + str(len(body)).encode() + b"\r\n\r\n" + body
-        reused = bool(self._idle)
-        conn = self._idle.pop() if reused else await self._connect()
-        try:
-            conn[1].write(data)
-            line = await conn[0].readline()
-            if not line and reused:  # the server closed an idle keep-alive connection: one fresh try
-                conn[1].close()
-                conn = await self._connect()
-                conn[1].write(data)
-                line = await conn[0].readline()
-            status, keep, payload, retry_after = await _read_response(conn[0], line)
-        except BaseException:
-            conn[1].transport.abort()
-            raise
-        if keep:
-            self._idle.append(conn)
-        else:
-            conn[1].close()
-        if not 200 <= status < 300:
-            raise _HTTPStatus(status, payload, retry_after)
-        return payload
-
-    def close(self) -> None:
-        while self._idle:
-            self._idle.pop()[1].transport.abort()
+    def __repr__(self) -> str:
+        return f"_Endpoint({_redact_url(self.url)!r}, in_flight={self.in_flight})"
 
 
-async def _read_response(reader, line: bytes):
-    """(status, keep-alive, body, Retry-After) of one HTTP/1.1 response whose status line is read."""
-    while True:
-        if not line:
-            raise EOFError("server closed the connection without answering")
-        parts = line.split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
-            raise ValueError(f"not an HTTP status line: {line[:80]!r}")
-        status = int(parts[1])
-        length = chunked = retry_after = None
-        keep = parts[0] != b"HTTP/1.0"
-        while True:
-            h = await reader.readline()
-            if h in (b"\r\n", b"\n"):
-                break
-            if not h:
-                raise EOFError("connection closed in the response headers")
-            name, _, value = h.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif name == b"connection":
-                v = value.strip().lower()
-                keep = v == b"keep-alive" if parts[0] == b"HTTP/1.0" else v != b"close"
-            elif name == b"retry-after":
-                retry_after = value.strip().decode("latin-1")
-        if 100 <= status < 200:  # an interim response: the real one follows
-            line = await reader.readline()
-            continue
-        break
-    if chunked:
-        chunks = []
-        while True:
-            size = int((await reader.readline()).split(b";", 1)[0], 16)
-            if size == 0:
-                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    pass
-                break
-            chunks.append(await reader.readexactly(size))
-            await reader.readexactly(2)
-        payload = b"".join(chunks)
-    elif length is not None:
-        payload = await reader.readexactly(length) if length else b""
-    else:
-        payload, keep = await reader.read(), False
-    return status, keep, payload, retry_after
+def _redact_url(url: str) -> str:
+    """The URL with any user:password@ part replaced."""
+    return re.sub(r"//[^/@]*@", f"//{_REDACTED}@", str(url))
 
 
 @dataclass
 class OpenAIBackend(Backend):
     """Chat completions from any OpenAI-compatible server, with our own retries and balancing.
 
-    Requests go over a lean HTTP/1.1 keep-alive client on asyncio streams (one connection pool
-    per base URL, at most `concurrency` connections; https via the stdlib `ssl` module), with
-    stdlib `json`: the bodies are plain chat-completion JSON, read as dicts, so each request
-    costs a fraction of the CPU of a general HTTP client plus typed response models.
+    Transport: one aiohttp session per event loop (keep-alive pool of at most `concurrency`
+    connections over all base URLs). It honours HTTP_PROXY/HTTPS_PROXY/NO_PROXY (or `proxy`),
+    verifies TLS against the system store, SSL_CERT_FILE or `ca_bundle`, decodes gzip/deflate,
+    follows 307/308 redirects with the POST body (secrets stay on their origin) and takes IPv6
+    literals (`http://[::1]:8000/v1`). No HTTP/2: aiohttp does not offer it.
+    Bodies are built and read with stdlib `json` (no typed response models).
+
+    Auth: `Authorization: Bearer KEY`, or Azure OpenAI's `api-key: KEY` header (`auth="api-key"`;
+    `auth="auto"`, the default, picks it for *.openai.azure.com and *.cognitiveservices.azure.com
+    hosts). A query in a base URL (Azure's `?api-version=...`) is kept; `api_version` adds one.
+    `headers` are sent with every request (and override the defaults). The key, secret-looking
+    header values and URL passwords are redacted from every error message, so nothing a server
+    echoes back reaches a run directory.
 
     Retries (up to `max_retries` after the first try) on HTTP 408/409/425/429/5xx, timeouts,
     connection errors and malformed bodies, sleeping a full-jitter exponential backoff
     (uniform in [0, min(backoff_max, backoff_base * 2**attempt)]), or the server's
-    Retry-After when it sends one. Other 4xx errors fail at once. `timeout` bounds each try.
+    Retry-After when it sends one. Other 4xx errors and TLS verification errors fail at once.
+    `timeout` bounds each try (connect, send, wait and read); `connect_timeout` bounds the TCP
+    and TLS connect on its own, so an unreachable server fails fast.
     """
 
     model: str = ""
@@ -235,11 +176,18 @@ class OpenAIBackend(Backend):
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 64
     timeout: float = 120.0
+    connect_timeout: float = 10.0
     max_retries: int = 6
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     balance: str = "least-loaded"  # or "round-robin"
     extra_body: dict | None = None
+    headers: dict[str, str] | None = field(default=None, repr=False)
+    auth: str = "auto"  # "bearer", "api-key" (Azure OpenAI), "none", or "auto"
+    api_version: str | None = None
+    ca_bundle: str | None = None
+    proxy: str | None = field(default=None, repr=False)
+    trust_env: bool = True
     kind: ClassVar[str] = "openai"
 
     def __post_init__(self):
@@ -253,31 +201,120 @@ class OpenAIBackend(Backend):
             raise ConfigError("OpenAIBackend needs at least one base URL (--base-url)")
         if self.balance not in ("least-loaded", "round-robin"):
             raise ConfigError(f"balance must be 'least-loaded' or 'round-robin', not {self.balance!r}")
+        if self.auth not in ("auto", "bearer", "api-key", "none"):
+            raise ConfigError(f"auth must be 'auto', 'bearer', 'api-key' or 'none', not {self.auth!r}")
         if self.concurrency < 1:
             raise ConfigError("concurrency must be >= 1")
+        if not self.timeout > 0 or not self.connect_timeout > 0:
+            raise ConfigError("timeout and connect_timeout must be > 0 seconds")
+        if self.ca_bundle is not None and not os.path.exists(self.ca_bundle):
+            raise ConfigError(f"CA bundle {self.ca_bundle} does not exist (ca_bundle / --ca-bundle)")
+        for name, value in (self.headers or {}).items():
+            if not isinstance(name, str) or not isinstance(value, str) or "\n" in name + value or "\r" in name + value:
+                raise ConfigError(f"header {name!r}: name and value must be strings on one line")
+        # Validate the URLs now, so a typo fails before any work starts.
+        self._endpoint_specs = [_Endpoint(url, self.api_version) for url in self.base_urls]
         self._endpoints: list[_Endpoint] | None = None
+        self._session = None
         self._loop = None
         self._sem: asyncio.Semaphore | None = None
         self._rr = itertools.count()
         self._rng = random.Random()
 
     def identity(self) -> dict[str, Any]:
-        # Base URLs are deliberately not part of the identity: adding servers must not
-        # invalidate a run's finished requests.
+        # Base URLs, headers and transport settings are deliberately not part of the identity:
+        # adding servers (or a proxy) must not invalidate a run's finished requests.
         return {"backend": self.kind, "model": self.model, "extra_body": self.extra_body or None}
 
     def _key(self) -> str:
         return self.api_key or os.environ.get(self.api_key_env) or "EMPTY"
 
+    def _secrets(self) -> list[str]:
+        """Strings that must never be written anywhere: the key, secret-looking header values and
+        URL passwords (longest first, so a secret containing another is replaced whole)."""
+        out = [self._key()] if self._key() != "EMPTY" else []
+        for name, value in (self.headers or {}).items():
+            if any(w in name.lower() for w in _SECRET_HEADER_WORDS):
+                out.append(value)
+                out.extend(value.split()[1:])  # "Bearer XYZ" -> also XYZ alone
+        out += [ep.password for ep in self._endpoint_specs if ep.password]
+        from urllib.parse import urlsplit
+
+        for proxy in [self.proxy, *getattr(self, "_proxies", {}).values()]:
+            pw = urlsplit(proxy).password if proxy else None
+            if pw:
+                out.append(pw)
+        return sorted({s for s in out if s and len(s) >= 4}, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        """`text` with every secret this backend knows (and any Bearer/Basic credential) replaced."""
+        for s in self._secrets():
+            text = text.replace(s, _REDACTED)
+        return _BEARER.sub(lambda m: f"{m.group(1)} {_REDACTED}", _redact_url(text))
+
+    def _request_headers(self, endpoint: _Endpoint) -> dict[str, str]:
+        from prefkit import __version__
+
+        h = {"Content-Type": "application/json", "Accept": "application/json",
+             "User-Agent": f"prefkit/{__version__}"}
+        auth = self.auth if self.auth != "auto" else ("api-key" if endpoint.azure else "bearer")
+        if auth == "bearer":
+            h["Authorization"] = f"Bearer {self._key()}"
+        elif auth == "api-key":
+            h["api-key"] = self._key()
+        for name, value in (self.headers or {}).items():
+            for k in [k for k in h if k.lower() == name.lower()]:
+                del h[k]
+            h[name] = value
+        return h
+
     def _setup(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._endpoints is not None and self._loop is loop:
+        if self._session is not None and self._loop is loop:
             return
-        # First use, or a new event loop: connections belong to the loop that opened them.
+        import ssl
+
+        import aiohttp
+        import yarl
+
+        # First use, or a new event loop: a session belongs to the loop that opened it. An
+        # abandoned session of an earlier (closed) loop is dropped without touching that loop.
         self._loop = loop
-        key = self._key()
-        self._endpoints = [_Endpoint(url, key) for url in self.base_urls]
+        ssl_ctx = ssl.create_default_context(cafile=self.ca_bundle)  # SSL_CERT_FILE/DIR apply too
+        connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0, ssl=ssl_ctx)
+        # trust_env=False: we resolve HTTP(S)_PROXY/NO_PROXY once per base URL in _proxy_for
+        # (aiohttp's own lookup runs in a thread for every request: twice the client CPU).
+        self._session = aiohttp.ClientSession(
+            connector=connector, trust_env=False, auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=self.connect_timeout))
+        self._endpoints = [_Endpoint(url, self.api_version) for url in self.base_urls]
+        self._headers = {id(ep): self._request_headers(ep) for ep in self._endpoints}
+        self._proxies = {id(ep): self._proxy_for(ep) for ep in self._endpoints}
+        self._yurls = {id(ep): yarl.URL(ep.chat_url, encoded=True) for ep in self._endpoints}  # parsed once
         self._sem = asyncio.Semaphore(self.concurrency)
+
+    def _proxy_for(self, ep: _Endpoint, chat_url: str | None = None) -> str | None:
+        """`proxy`, else (with `trust_env`) the HTTP_PROXY/HTTPS_PROXY for the URL's scheme
+        unless NO_PROXY names its host (either case of the variable names)."""
+        import urllib.request
+
+        if self.proxy:
+            return self.proxy
+        if not self.trust_env:
+            return None
+        proxies = urllib.request.getproxies_environment()
+        scheme = (chat_url or ep.chat_url).split(":", 1)[0]
+        proxy = proxies.get(scheme)
+        if not proxy or urllib.request.proxy_bypass_environment(ep.host, proxies):
+            return None
+        if "://" not in proxy:
+            proxy = f"http://{proxy}"
+        if not proxy.startswith(("http://", "https://")):
+            from prefkit.errors import ConfigError
+
+            raise ConfigError(f"{scheme.upper()}_PROXY={_redact_url(proxy)!r}: only http:// and https:// "
+                              "proxies are supported")
+        return proxy
 
     def _pick(self) -> _Endpoint:
         eps = self._endpoints
@@ -298,20 +335,58 @@ class OpenAIBackend(Backend):
             body.update(self.extra_body)
         return json.dumps(body, ensure_ascii=False).encode("utf-8")
 
+    async def _post(self, ep: _Endpoint, body: bytes) -> bytes:
+        """One try: the 2xx body, or _HTTPStatus / an aiohttp or timeout error. The session's
+        total timeout bounds each hop (no asyncio.timeout, which Python 3.10 lacks), and a
+        deadline bounds the try when it follows redirects."""
+        url, headers, proxy = self._yurls[id(ep)], self._headers[id(ep)], self._proxies[id(ep)]
+        timeout, deadline = self._session.timeout, None  # (an explicit None would mean no timeout)
+        for _hop in range(_MAX_REDIRECTS + 1):
+            async with self._session.post(url, data=body, headers=headers, proxy=proxy, allow_redirects=False,
+                                          timeout=timeout) as resp:
+                payload = await resp.read()
+                status, location = resp.status, resp.headers.get("Location")
+                if 200 <= status < 300:
+                    return payload
+                if status not in (307, 308) or not location:
+                    if status in (301, 302, 303) and location:
+                        payload = (f"the server redirects to {location} with HTTP {status}, which turns a POST "
+                                   "into a GET; use that URL as the base URL").encode()
+                    raise _HTTPStatus(status, payload, resp.headers.get("Retry-After"))
+            import aiohttp
+            import yarl
+
+            if deadline is None:  # the first redirect: the rest of the try shares one deadline
+                deadline = asyncio.get_running_loop().time() + self.timeout
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise asyncio.TimeoutError()
+            timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=self.connect_timeout)
+            new = url.join(yarl.URL(location))
+            if new.scheme not in ("http", "https"):
+                raise _HTTPStatus(status, f"redirect to a non-HTTP URL {new.scheme}:...".encode(), None)
+            if (new.scheme, new.host, new.port) != (url.scheme, url.host, url.port):
+                # Another origin never sees the key or secret-looking headers (as browsers and
+                # other HTTP clients do for Authorization); its proxy follows the environment.
+                headers = {k: v for k, v in headers.items()
+                           if not any(w in k.lower() for w in _SECRET_HEADER_WORDS)}
+                proxy = self._proxy_for(_Endpoint(str(new)), chat_url=str(new))
+            url = new
+        raise _HTTPStatus(status, f"more than {_MAX_REDIRECTS} redirects".encode(), None)
+
     async def complete(self, messages: list[dict], params: SamplingParams) -> Completion:
         self._setup()
         body = self._body(messages, params)
         attempt = 0
         while True:
             attempt += 1
-            delay_hint = None
+            delay = None
             try:
                 async with self._sem:
                     ep = self._pick()
                     ep.in_flight += 1
                     try:
-                        async with asyncio.timeout(self.timeout):
-                            payload = await ep.post(body)
+                        payload = await self._post(ep, body)
                     finally:
                         ep.in_flight -= 1
                 comp = _completion_from(payload)
@@ -319,25 +394,28 @@ class OpenAIBackend(Backend):
                 ep.served += 1
                 return comp
             except RequestFailed as exc:
-                reason, detail, retryable, delay_hint = exc.reason, exc.detail, getattr(exc, "retryable", False), \
-                    getattr(exc, "delay_hint", None)
+                reason, detail, retryable = exc.reason, exc.detail, getattr(exc, "retryable", False)
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:  # classified below
-                reason, detail, retryable, delay_hint = _classify(exc)
+                reason, detail, retryable, delay = _classify(exc)
+            detail = self.redact(detail)
             if not retryable or attempt > self.max_retries:
                 tries = f" after {attempt} tries" if attempt > 1 else ""
-                raise RequestFailed(reason, f"{detail}{tries}", attempts=attempt)
+                raise RequestFailed(self.redact(reason), f"{detail}{tries}", attempts=attempt)
             cap = min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1)))
-            wait = delay_hint if delay_hint is not None else self._rng.uniform(0, cap)
+            wait = delay if delay is not None else self._rng.uniform(0, cap)
             await asyncio.sleep(min(wait, self.backoff_max))
 
     async def aclose(self) -> None:
-        if self._endpoints:
-            for ep in self._endpoints:
-                ep.close()
+        session, self._session = self._session, None
+        if session is not None and self._loop is asyncio.get_running_loop():
+            await session.close()
         self._endpoints = None
+        self._loop = None
 
     def describe(self) -> str:
-        urls = ", ".join(self.base_urls)
+        urls = ", ".join(_redact_url(u) for u in self.base_urls)
         return f"openai:{self.model} @ {urls} (concurrency {self.concurrency})"
 
 
@@ -369,20 +447,36 @@ def _retryable(reason: str, detail: str) -> RequestFailed:
 
 
 def _classify(exc: Exception) -> tuple[str, str, bool, float | None]:
-    """(reason, detail, retryable, server-requested delay) for an exception from a try."""
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return "timeout", "request timed out", True, None
+    """(reason, detail, retryable, server-requested delay) for an exception from one try."""
+    import aiohttp
+
+    def what(e: BaseException) -> str:
+        return f"{type(e).__name__}: {str(e)[:200]}"
+
     if isinstance(exc, _HTTPStatus):
         try:
             hint = float(exc.retry_after) if exc.retry_after is not None else None
         except (TypeError, ValueError):
             hint = None
         return f"HTTP {exc.status}", _status_message(exc), exc.status in _RETRYABLE_STATUS or exc.status >= 500, hint
-    if isinstance(exc, (OSError, EOFError, asyncio.IncompleteReadError)):
-        return "connection error", f"{type(exc).__name__}: {str(exc)[:200]}", True, None
-    if isinstance(exc, (ValueError, KeyError, TypeError, AttributeError, asyncio.LimitOverrunError)):
-        return "malformed response", f"{type(exc).__name__}: {str(exc)[:200]}", True, None
-    raise exc
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "connect timeout", "no connection within connect_timeout", True, None
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "timeout", "request timed out", True, None
+    if isinstance(exc, (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError)):
+        return ("TLS error", f"{what(exc)} (give the server's CA with ca_bundle / --ca-bundle or SSL_CERT_FILE)",
+                False, None)
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return "too many redirects", what(exc), False, None
+    if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlRedirectClientError)):
+        return "bad URL", what(exc), False, None
+    if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ContentTypeError)):
+        return "malformed response", what(exc), True, None
+    if isinstance(exc, (aiohttp.ClientError, OSError, EOFError)):
+        return "connection error", what(exc), True, None
+    if isinstance(exc, (ValueError, KeyError, TypeError, AttributeError)):
+        return "malformed response", what(exc), True, None
+    return f"unexpected {type(exc).__name__}", str(exc)[:300], False, None
 
 
 def _status_message(exc: _HTTPStatus) -> str:

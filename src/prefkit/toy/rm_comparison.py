@@ -69,7 +69,7 @@ def synthesize(method: str, prompts, backend, run_dir, *, seed: int, temperature
 def stage_reward_models(ctx: dict) -> None:
     from prefkit.evaluate.rm_accuracy import rm_accuracy
     from prefkit.report import StageReport
-    from prefkit.toy.demo import log
+    from prefkit.toy.demo_config import log
     from prefkit.toy.judge import JudgeConfig
     from prefkit.toy.rewriter import ToyRewriter
     from prefkit.train import train_rm

@@ -6,6 +6,14 @@
 - `base_policy(config)`: a 2-layer Llama (width 128) trained from scratch by `pretrain` on noisy
   demonstrations of uniformly varying quality, so its samples span the gold-reward range. The
   result is saved under the cache directory keyed by a hash of the config, so reruns load it.
+- The goal prior (`ToyWorldConfig.goal_prior`, `goal_noise`): a share of the demonstrations carry
+  a quality goal in the relabeler's own conditioning format (`prefkit.relabel`'s default
+  template, system placement): the demonstration's gold score plus Gaussian noise, rounded to a
+  half point and clipped to 1-10. It stands in for what pretraining gives an LLM: some notion
+  that "Overall score: 8." asks for a better answer than "Overall score: 3.". `goal_prior=0`
+  is the world without it (the same demonstrations, no goals). docs/toy.md says how the default
+  was chosen.
+- `goal_following_curve(model, prompts, goals)`: mean gold reward when conditioned on each goal.
 """
 
 from __future__ import annotations
@@ -24,7 +32,10 @@ from pathlib import Path
 from prefkit.toy import task
 
 # Bump when the task, the corpus or the training code changes what a config produces.
-WORLD_VERSION = 1
+# 2: the tokenizer corpus holds the relabeler's own conditioning text; the goal prior.
+WORLD_VERSION = 2
+
+CURVE_GOALS = (2, 4, 6, 8, 10)
 
 SYSTEM_PROMPTS = (
     "You are a helpful assistant.",
@@ -38,6 +49,18 @@ _CONDITIONING_WORDS = [
 ] + [f"Overall score: {g}." for g in list(range(1, 11)) + [1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 9.5]] + [
     f"{a.capitalize()} score: {g}." for a in task.ASPECTS for g in range(1, 11)
 ]
+
+
+def conditioning_spec():
+    """The relabeler's default conditioning (its template, system placement, a 1-10 scale)."""
+    from prefkit.relabel import make_spec
+
+    return make_spec(placement="system")
+
+
+def _conditioning_texts() -> list[str]:
+    spec = conditioning_spec()
+    return [spec.render(g / 2) for g in range(2, 21)]
 
 
 @dataclass(frozen=True)
@@ -56,6 +79,10 @@ class ToyWorldConfig:
     batch_size: int = 64
     lr: float = 3e-3
     system_prob: float = 0.3   # share of demonstrations with a generic system message
+    # The goal prior (docs/toy.md, "The goal prior"): chosen on the base policy's goal-following
+    # curve alone, before any method was compared. goal_prior=0 is the world without it.
+    goal_prior: float = 0.5    # share of demonstrations conditioned on a goal
+    goal_noise: float = 1.0    # sd of the Gaussian noise added to the gold score to make that goal
 
     def key(self) -> str:
         blob = json.dumps({"version": WORLD_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
@@ -79,6 +106,7 @@ def tokenizer_corpus(config: ToyWorldConfig) -> list[str]:
     texts += [task.perfect_response(p) for p in prompts[:500]]
     texts += [" ".join(rng.sample(task.ITEMS, 6)) for _ in range(500)]
     texts += list(task.CHATTER) * 20 + list(SYSTEM_PROMPTS) * 20 + _CONDITIONING_WORDS * 20
+    texts += _conditioning_texts() * 5
     texts += ["system user assistant", "Sort List Put words alphabetically alphabetical order these"]
     return texts
 
@@ -92,9 +120,17 @@ def world_tokenizer(config: ToyWorldConfig | None = None):
 
 
 def demonstrations(n: int, seed: int, config: ToyWorldConfig | None = None) -> list[dict]:
-    """`n` noisy demonstrations {messages, quality, gold}; quality ~ U(0, 1)."""
+    """`n` noisy demonstrations {messages, quality, gold, goal}; quality ~ U(0, 1).
+
+    With `config.goal_prior` > 0, that share of them is conditioned (as `prefkit.relabel`
+    conditions training data) on goal = clip(round-to-half(gold + N(0, goal_noise)), 1, 10);
+    `goal` is None for the others. The goal draws come from their own random stream, so the
+    prompts, responses and generic system messages are the same with and without the prior.
+    """
     config = config or ToyWorldConfig()
     rng = random.Random(seed)
+    prior_rng = random.Random(f"goal-prior-{seed}")
+    spec = conditioning_spec() if config.goal_prior > 0 else None
     rows = []
     for _ in range(n):
         prompt = task.make_prompt(rng, config.min_items, config.max_items)
@@ -103,8 +139,14 @@ def demonstrations(n: int, seed: int, config: ToyWorldConfig | None = None) -> l
         messages = [{"role": "user", "content": prompt}]
         if rng.random() < config.system_prob:
             messages.insert(0, {"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
-        rows.append({"messages": messages, "response": response, "quality": quality,
-                     "gold": task.gold_reward(prompt, response)})
+        gold = task.gold_reward(prompt, response)
+        goal = None
+        if spec is not None and prior_rng.random() < config.goal_prior:
+            goal = min(10.0, max(1.0, round(2 * (gold + prior_rng.gauss(0.0, config.goal_noise))) / 2))
+            from prefkit.relabel import condition
+
+            messages = condition(messages, goal=goal, spec=spec)
+        rows.append({"messages": messages, "response": response, "quality": quality, "gold": gold, "goal": goal})
     return rows
 
 
@@ -116,6 +158,8 @@ def pretrain(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int,
     """
     import torch
     from tqdm.auto import tqdm
+
+    from prefkit.report import progress_enabled
 
     examples = []
     for row in rows:
@@ -136,7 +180,7 @@ def pretrain(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int,
     pad = tokenizer.pad_token_id
     model.train()
     losses = []
-    bar = tqdm(range(steps), desc="toy: pretraining base policy", unit="step", disable=not progress)
+    bar = tqdm(range(steps), desc="toy: pretraining base policy", unit="step", disable=not progress_enabled(progress))
     for _ in bar:
         idx = torch.randint(len(examples), (batch_size,), generator=gen).tolist()
         batch = [examples[i] for i in idx]
@@ -194,9 +238,37 @@ def base_policy(config: ToyWorldConfig | None = None, cache_dir: str | Path | No
     meta = {"config": dataclasses.asdict(config), "world_version": WORLD_VERSION,
             "final_loss": losses[-1], "first_loss": losses[0], "train_seconds": round(time.time() - t0, 1),
             "threads": threads,
-            "demo_gold_mean": sum(r["gold"] for r in rows) / len(rows)}
+            "demo_gold_mean": sum(r["gold"] for r in rows) / len(rows),
+            "demos_with_goal": sum(r["goal"] is not None for r in rows)}
     (tmp / "prefkit_toy_world.json").write_text(json.dumps(meta, indent=2))
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def goal_following_curve(model, prompts, goals=CURVE_GOALS, *, n: int = 4, temperature: float = 1.0,
+                         max_new_tokens: int = 24, seed: int = 0, spec=None, progress: bool = False) -> dict:
+    """Mean gold reward of `model`'s samples on `prompts` when conditioned on each goal.
+
+    spec: the conditioning to apply (default: the relabeler's default, system placement, which is
+    what the goal prior and the demo's reward-augmented data use). Every goal is sampled with the
+    same seed. Returns {"goals": [...], "gold": [...], "slope": least-squares slope of gold on goal}.
+    """
+    from prefkit.evaluate.generation import evaluate_policy
+
+    spec = spec if spec is not None else conditioning_spec()
+    gold = []
+    for g in goals:
+        res = evaluate_policy(model, prompts, task.gold_reward, n=n, temperature=temperature,
+                              max_new_tokens=max_new_tokens, batch_size=128, seed=seed, goal=g,
+                              conditioning=spec, progress=progress, desc=f"goal {g}")
+        gold.append(res["mean"])
+    return {"goals": list(goals), "gold": gold, "slope": slope(goals, gold)}
+
+
+def slope(xs, ys) -> float:
+    """Least-squares slope of ys on xs."""
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else float("nan")

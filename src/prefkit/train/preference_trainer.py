@@ -30,10 +30,11 @@ from transformers import TrainerCallback
 from transformers.utils import logging
 
 from prefkit.data import records as R
-from prefkit.errors import ConfigError
+from prefkit.errors import ConfigError, DataError
 from prefkit.losses import PairLogps, get_loss, pair_metrics
 from prefkit.train.beta_control import beta_control
 from prefkit.train.common import STATE_FILE
+from prefkit.files import atomic_write_text
 from prefkit.train.trainer_base import MetricsTrainer
 
 REFERENCE_FREE = {"simpo"}
@@ -160,6 +161,7 @@ class PreferenceTrainer(MetricsTrainer):
         fwd, ref_c, ref_r, ref_head = res if res is not None else self._padded_forward(model, batch)
         logps = PairLogps(fwd.chosen_logps, fwd.rejected_logps, ref_c, ref_r, fwd.chosen_lengths,
                           fwd.rejected_lengths)
+        _check_finite(logps, meta)
 
         beta, metrics = self.beta_control.pair_beta(fwd, ref_head, batch, training=training,
                                                     chunk_size=self.chunk_size)
@@ -197,6 +199,22 @@ class PreferenceTrainer(MetricsTrainer):
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
 
+def _check_finite(logps: PairLogps, meta: dict[str, Any]) -> None:
+    """Stop on a NaN/inf policy or reference log-prob, naming the pair, before it reaches the weights."""
+    parts = [("policy", "chosen", logps.chosen), ("policy", "rejected", logps.rejected)]
+    if logps.ref_chosen is not None:
+        parts += [("reference", "chosen", logps.ref_chosen), ("reference", "rejected", logps.ref_rejected)]
+    stacked = torch.stack([t.detach().float() for _, _, t in parts])
+    if bool(torch.isfinite(stacked).all()):
+        return
+    k, j = (int(v) for v in (~torch.isfinite(stacked)).nonzero()[0])
+    who, side, _ = parts[k]
+    pair = meta.get("pair_index")
+    pair = int(pair[j]) if pair is not None else j
+    raise DataError(f"{who} {side} log-prob is {float(stacked[k, j])}; one such pair turns every weight NaN, "
+                    "so the run stops here", row=pair, field=side, row_word="pair_index")
+
+
 class _PrefkitState(TrainerCallback):
     """Lets the beta control act after each optimiser step (eps-DPO's base-beta update) and saves
     its state in each checkpoint so that a resumed run continues exactly."""
@@ -211,7 +229,7 @@ class _PrefkitState(TrainerCallback):
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
-                (ckpt / STATE_FILE).write_text(json.dumps(self.trainer.beta_control.state_dict()))
+                atomic_write_text(ckpt / STATE_FILE, json.dumps(self.trainer.beta_control.state_dict()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,8 +269,13 @@ def _reference_logps(ref_model, tokenizer, encoded, cfg, args, precision: str, s
         return scored[R.LOGPS_CHOSEN], scored[R.LOGPS_REJECTED]
 
     with args.main_process_first(desc=desc):
-        ref = rc.load_or_compute(key, compute, cache_dir=cfg.ref_cache_dir, expected_rows=len(encoded),
-                                 meta={"model": identity, "dataset": fingerprint, "settings": settings})
+        try:
+            ref = rc.load_or_compute(key, compute, cache_dir=cfg.ref_cache_dir, expected_rows=len(encoded),
+                                     meta={"model": identity, "dataset": fingerprint, "settings": settings})
+        except rc.NonFiniteLogps as exc:
+            where = (f"read from the cache file {exc.path}; delete that entry" if exc.cached
+                     else "computed by the reference model")
+            raise nonfinite_error(cfg, tokenizer, encoded, exc.row, exc.side, exc.value, where) from None
     for col in (R.REF_LOGPS_CHOSEN, R.REF_LOGPS_REJECTED):
         if col in encoded.column_names:
             encoded = encoded.remove_columns(col)
@@ -260,6 +283,17 @@ def _reference_logps(ref_model, tokenizer, encoded, cfg, args, precision: str, s
     encoded = encoded.add_column(R.REF_LOGPS_REJECTED, ref.rejected.tolist())
     info = {"key": ref.key, "path": str(ref.path), "cache_hit": ref.hit, "seconds": round(ref.seconds, 3)}
     return encoded, info
+
+
+def nonfinite_error(cfg, tokenizer, encoded, row: int, side: str, value: float, where: str) -> DataError:
+    """The DataError for a NaN/inf log-prob at `row` of the encoded data: names the training file,
+    the pair (its pair_index), the side, and the end of its prompt."""
+    r = encoded[int(row)]
+    pair = int(r.get("pair_index", row))
+    tail = tokenizer.decode(r["prompt_ids"][-40:], skip_special_tokens=True).strip()[-80:]
+    return DataError(f"{side} log-prob is {value} ({where}); one such pair turns every weight NaN, so the run "
+                     f"stops here (prompt ends {tail!r})", file=str(cfg.train_file), row=pair, field=side,
+                     row_word="pair_index")
 
 
 def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=None, train_dataset=None,
@@ -285,6 +319,15 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
     run = common.prepare_run(config, model=model, tokenizer=tokenizer, train_dataset=train_dataset,
                              eval_dataset=eval_dataset, renames={config.weight_column: "weight"}, check=_loss_fn)
     cfg, tokenizer = run.cfg, run.tokenizer
+    spec = conditioning if conditioning is not None else common.find_conditioning_spec(cfg, cfg.train_file)
+    if spec is None:
+        common.warn_if_relabeled(train_dataset if train_dataset is not None else run.train_enc, cfg)
+        if cfg.export_chat_template:
+            raise ConfigError("export_chat_template: the training data has no conditioning spec (relabeled data "
+                              "written by prefkit relabel has one beside it; in memory, pass conditioning=spec)")
+    skipped: list = []
+    resume = common.resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir, required=(STATE_FILE,),
+                                   skipped=skipped)
     if model is None:
         model = common.load_model("causal-lm", cfg.model_name_or_path, cfg)
     reference, ref_info = _choose_reference(run, model, ref_model)
@@ -297,15 +340,19 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
         model=model, args=run.args, train_dataset=run.train_enc, eval_dataset=run.eval_enc,
         data_collator=PairCollator.for_tokenizer(tokenizer), processing_class=tokenizer,
         callbacks=list(callbacks or []), prefkit_config=cfg, reference=reference, probes=probes)
-    resume = common.resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = common.train_guarded(trainer, cfg, resume)
     final_eval = trainer.evaluate() if run.eval_enc is not None else None
-    trainer.save_model(cfg.output_dir)
+    with common.guard(cfg, "the trained model"):
+        common.save_final(trainer, cfg.output_dir)
 
     cond_path = None
-    if trainer.is_world_process_zero():
-        spec = conditioning if conditioning is not None else common.find_conditioning_spec(cfg, cfg.train_file)
-        cond_path = str(spec.save(cfg.output_dir)) if spec is not None else None
+    if trainer.is_world_process_zero() and spec is not None:
+        with common.guard(cfg, "the conditioning spec"):
+            cond_path = str(spec.save(cfg.output_dir))
+            if cfg.export_chat_template:
+                from prefkit.relabel import export_chat_template
+
+                export_chat_template(cfg.output_dir, spec=spec)
     train_logs = [h for h in trainer.state.log_history if "loss" in h]
     last = train_logs[-1] if train_logs else {}
     summary = [f"reference: {ref_info.get('mode')}"
@@ -319,10 +366,12 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
                                               if k in ("eval_loss", "eval_rewards/accuracies",
                                                        "eval_rewards/margins")))
     if cond_path:
-        summary.append(f"conditioning spec copied to {cond_path}")
+        summary.append(f"conditioning spec copied to {cond_path}"
+                       + ("; written into the chat template" if cfg.export_chat_template else ""))
     common.finish_run(trainer, run, kind="dpo", resume=resume, result=result, summary=summary,
                       headline=f"prefkit train dpo: {cfg.loss_type} beta={cfg.beta}{trainer.beta_control.summary()}, ",
-                      run_fields={"final_base_beta": trainer.beta_control.base_beta, "reference": ref_info},
+                      run_fields={"final_base_beta": trainer.beta_control.base_beta, "reference": ref_info,
+                                  "skipped_incomplete_checkpoints": [str(p) for p in skipped]},
                       eval_fields={"final_eval": final_eval, "conditioning": cond_path})
     return cfg.output_dir
 

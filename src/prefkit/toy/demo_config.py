@@ -1,0 +1,76 @@
+"""The demo's configuration, method names and progress line (shared by its stages and its report)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+from prefkit.toy.judge import JudgeConfig
+from prefkit.toy.world import QUICK_CONFIG, ToyWorldConfig
+
+PROBE_THRESHOLD = 5.0
+
+# Trained methods, in training order (ira relabels with the implicit rewards of the dpo model).
+METHODS = ("dpo", "ra", "ra-half", "eps-dpo", "ira")
+# Every policy the main table reports: the base policy twice (no goal; the best goal), then the methods.
+POLICIES = ("base", "base-conditioned", *METHODS)
+CONDITIONED = ("base-conditioned", "ra", "ra-half", "ira")   # sampled with the best goal (10)
+CURVE_POLICIES = ("base", "dpo", "ra")                      # goal-following curves
+
+METHOD_LABELS = {
+    "base": "base policy, no goal",
+    "base-conditioned": "base policy conditioned on goal 10",
+    "dpo": "DPO",
+    "ra": "DPO on reward-augmented data (RA), goal 10",
+    "ra-half": "RA half: a random half of D^w + D^l, goal 10",
+    "ira": "RA with DPO implicit rewards as goals, goal 10",
+    "eps-dpo": "eps-DPO",
+}
+
+
+def no_prior(world: ToyWorldConfig) -> ToyWorldConfig:
+    """The same world without the goal prior (today's world before it had one)."""
+    return dataclasses.replace(world, goal_prior=0.0, goal_noise=0.0)
+
+
+@dataclass
+class DemoConfig:
+    seeds: int = 3
+    n_train_prompts: int = 400
+    n_eval_prompts: int = 100
+    samples_per_prompt: int = 4
+    eval_samples: int = 4
+    temperature: float = 1.0
+    max_new_tokens: int = 24
+    beta: float = 0.1
+    learning_rate: float = 5e-4
+    batch_size: int = 16
+    probe_pairs: int = 48
+    probe_points: int = 8
+    methods: tuple[str, ...] = METHODS
+    rm_prompts: int = 200          # training prompts per synth method (the same budget for each)
+    rm_eval_prompts: int = 200     # held-out prompts for the gold-labelled RM evaluation pairs
+    rm_learning_rate: float = 5e-4
+    rm_epochs: int = 2
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    world: ToyWorldConfig = field(default_factory=ToyWorldConfig)
+    # The ablation world: the main table again (no selection or reward-model stage) in this world;
+    # None skips it. Default: the main world without its goal prior.
+    ablation_world: ToyWorldConfig | None = field(default_factory=lambda: no_prior(ToyWorldConfig()))
+    # Run the ablation world in a second process beside the main one (when there are 2+ cores).
+    parallel_worlds: bool = True
+
+
+def quick_config(seeds: int = 1) -> DemoConfig:
+    return DemoConfig(seeds=seeds, n_train_prompts=48, n_eval_prompts=16, eval_samples=2, probe_pairs=8,
+                      probe_points=2, rm_prompts=32, rm_eval_prompts=32, world=QUICK_CONFIG,
+                      ablation_world=no_prior(QUICK_CONFIG))
+
+
+def world_name(world: ToyWorldConfig) -> str:
+    return "goal prior" if world.goal_prior > 0 else "no goal prior"
+
+
+def log(msg: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
