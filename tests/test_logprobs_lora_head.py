@@ -88,3 +88,18 @@ def test_dpo_with_lora_on_lm_head_trains_the_head_adapter(tmp_path, chatml_token
     weights = load_file(tmp_path / "out" / "adapter_model.safetensors")
     head_b = [v for k, v in weights.items() if "lm_head" in k and "lora_B" in k]
     assert head_b and head_b[0].abs().sum() > 0    # LoRA B starts at zero: only a gradient moves it
+
+
+def test_packed_forward_defers_to_the_padded_path_for_a_head_adapter(tiny_llama):
+    """The packed chunks' backward uses the head's own weight, so a LoRA adapter on the head
+    sends the trainer (and score_logps) to the padded path, which applies it."""
+    from peft import LoraConfig, get_peft_model
+
+    from prefkit.packed import packing_supported
+
+    assert packing_supported(tiny_llama)[0]
+    model = get_peft_model(tiny_llama, LoraConfig(r=4, target_modules=["q_proj", "lm_head"], lora_dropout=0.0))
+    ok, why = packing_supported(model)
+    assert not ok and "LoRA adapters on the LM head" in why
+    with model.disable_adapter():
+        assert packing_supported(model)[0]   # the adapter-disabled reference packs as the base model

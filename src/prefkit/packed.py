@@ -165,6 +165,12 @@ def packing_supported(model, plan: PackedPlan | None = None) -> tuple[bool, str]
     impl = getattr(cfg, "_attn_implementation", None) or "eager"
     if impl not in ("sdpa", "eager"):
         return False, f"attention implementation {impl!r} (packed rows need 'sdpa' or 'eager')"
+    from prefkit.logprobs import _lora_head
+
+    if _lora_head(inner.get_output_embeddings())[1]:
+        # The packed chunks' hand-written backward uses the head's own weight; the padded path
+        # applies LoRA adapters on the head (prefkit.logprobs.HiddenHead.adapters).
+        return False, "LoRA adapters on the LM head (the packed chunks use the head's base weight)"
     layer_types = getattr(cfg, "layer_types", None) or []
     window = getattr(cfg, "sliding_window", None)
     uses_window = "sliding_attention" in layer_types or (window and getattr(cfg, "use_sliding_window", False))
