@@ -5,24 +5,10 @@ conditions them (same prompt tokens, same greedy output)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import httpx
 import pytest
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
@@ -51,34 +37,10 @@ def trained_ra_model(tmp_path, chatml_tokenizer):
 
 @pytest.fixture()
 def server(trained_ra_model, tmp_path):
-    exe = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
-    if exe is None:
-        pytest.fail("the `transformers` CLI is not installed (it comes with transformers[serving])")
-    port = _free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen(["timeout", "240", exe, "serve", str(trained_ra_model), "--host", "127.0.0.1", "--port",
-                             str(port), "--device", "cpu"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 150
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail("transformers serve did not come up:\n" + (tmp_path / "serve.log").read_text()[-3000:])
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
+    from prefkit.testing import transformers_serve
+
+    with transformers_serve(trained_ra_model, tmp_path / "serve.log", lifetime=240, startup_timeout=150) as url:
+        yield url
 
 
 def test_a_server_conditions_plain_messages_as_prefkit_generate(trained_ra_model, server, tmp_path):

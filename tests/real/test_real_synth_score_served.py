@@ -10,15 +10,8 @@ no made-up score."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from real_testkit import cli, pair_rows, read_jsonl, write_jsonl
@@ -27,50 +20,15 @@ pytestmark = pytest.mark.slow
 PROMPTS = ["Sort these numbers: 3 1 2", "Name a fruit.", "Give one tip for sleeping well."]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(smollm2_dir, tmp_path_factory):
-    """One `transformers serve` process for the module, serving the imported SmolLM2 directory."""
-    exe = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
-    if exe is None:
-        pytest.fail("the `transformers` CLI is not installed (pip install 'transformers[serving]')")
-    logdir = tmp_path_factory.mktemp("serve")
-    port = _free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    log = open(logdir / "serve.log", "w")
-    # `timeout` bounds the server's life even if the session dies without cleaning up
-    proc = subprocess.Popen(["timeout", "3000", exe, "serve", smollm2_dir, "--host", "127.0.0.1", "--port",
-                             str(port), "--device", "cpu"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail("transformers serve did not come up:\n" + (logdir / "serve.log").read_text()[-3000:])
-            time.sleep(0.5)
-        # the server loads the model on its first request: do that here, with room for a busy machine,
-        # so that the tests' own requests measure the model and not the loading
-        warm = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=900, json={
-            "model": smollm2_dir, "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]})
-        assert warm.status_code == 200, warm.text[:500]
-        yield f"http://127.0.0.1:{port}/v1", smollm2_dir
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
+    """One `transformers serve` process for the module, serving the imported SmolLM2 directory,
+    warmed up so that the tests' own requests measure the model and not its loading."""
+    from prefkit.testing import transformers_serve
+
+    with transformers_serve(smollm2_dir, tmp_path_factory.mktemp("serve") / "serve.log", lifetime=3000,
+                            startup_timeout=180, warm_up=True) as url:
+        yield url, smollm2_dir
 
 
 def _report(path) -> dict:

@@ -71,7 +71,12 @@ FIELD_HELP = {
     "beta_update": "eps-DPO base-beta update: paper (mean of per-pair beta) or code",
     "reference_model_name_or_path": "reference model, when not the initial policy",
     "precompute_ref_log_probs": "compute reference log-probs once before training, cached on disk",
-    "precompute_ref_batch_size": "batch size of that pass (unset: per_device_eval_batch_size)",
+    "precompute_ref_batch_size": "pairs per batch of that pass (unset: 4 x per_device_train_batch_size; it "
+                                 "holds no gradients)",
+    "forward_mode": "packed: each pair as one sequence, the prompt computed once, no padding (docs/core.md); "
+                    "padded: chosen and rejected rows padded to the batch's longest",
+    "pad_tolerance": "packed rows share a forward only when at most this fraction of its tokens is padding "
+                     "(0: never pad)",
     "ref_cache_dir": "reference log-prob cache directory (unset: $PREFKIT_CACHE or ~/.cache/prefkit/ref_logps)",
     "export_chat_template": "write the reward conditioning into the saved tokenizer's chat template, so that "
                             "servers (transformers serve, vLLM) condition plain messages as prefkit.generate does",
