@@ -60,7 +60,10 @@ def test_synth_through_a_real_server(server, tmp_path, method, extra, requests_p
     out = tmp_path / f"{method}.jsonl"
     extra = [model if e == "SAME" else e for e in extra]
     cli("synth", method, tmp_path / "prompts.jsonl", "-o", out, "--base-url", url, "--model", model,
-        "--max-tokens", 24, "--concurrency", 2, "--timeout", 600, "--max-retries", 1, "--no-progress", *extra)
+        "--max-tokens", 24, "--concurrency", 2, "--timeout", 600, "--max-retries", 1, "--no-progress",
+        # a 135M model may leave no usable pair (that is the finding docs/synth.md reports); this
+        # test checks that every request and row is accounted for, so it writes partial results
+        "--allow-empty", *extra)
     rep = _report(out)
     _check_rows(rep, len(PROMPTS), out)
     _check_requests(rep["notes"]["run"])
