@@ -41,6 +41,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/relabel.py
 	$(PY) benchmarks/train_vs_trl.py
+	$(PY) benchmarks/train_vs_trl_real.py
 	$(PY) benchmarks/synth_throughput.py
 	$(PY) benchmarks/http_client_cpu.py
 	$(PY) benchmarks/select_streaming.py

@@ -15,12 +15,18 @@ steps * batch / that time. The table ends with prefkit's ratios against both TRL
 
     .venv/bin/python benchmarks/train_vs_trl.py            # 10 steps of 4 pairs
     .venv/bin/python benchmarks/train_vs_trl.py --quick    # 4 steps of 2 pairs
+    .venv/bin/python benchmarks/train_vs_trl.py --model smollm2   # the real model (docs/models.md)
+
+`--model` (a prefkit model name: a directory, a `.gguf` file or a shortcut such as `smollm2`,
+SmolLM2-135M-Instruct) replaces the built model with a real one; its defaults are then
+UltraFeedback-like lengths (prompts of 30-60 words, responses of 100-200 words, max_length 1024).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import resource
@@ -49,15 +55,36 @@ def _words(rng: random.Random, n: int) -> list[str]:
     return sorted(words)
 
 
-def build_setup(workdir: Path, n_pairs: int, prompt_words: int, response_words: int, seed: int = 0) -> dict:
-    """Write tokenizer + model to workdir/model and pairs to workdir/pairs.jsonl."""
+def build_setup(workdir: Path, n_pairs: int, prompt_words: int, response_words: int, seed: int = 0,
+                model: str | None = None) -> dict:
+    """Write tokenizer + model to workdir/model (unless `model` names a real one) and pairs to
+    workdir/pairs.jsonl."""
+    rng = random.Random(seed)
+    words = _words(rng, 60000)
+    if model is not None:
+        from transformers import AutoConfig
+
+        from prefkit.models import resolve_model_path
+
+        path = resolve_model_path(model)
+        cfg = AutoConfig.from_pretrained(path)
+        from safetensors import safe_open
+
+        n_params = 0   # from the saved tensors' shapes, without loading the weights
+        for f in Path(path).glob("*.safetensors"):
+            with safe_open(str(f), "pt") as st:
+                for k in st.keys():
+                    n_params += math.prod(st.get_slice(k).get_shape())
+        print(f"model: {model} ({path}): {cfg.model_type}, {cfg.num_hidden_layers} layers, hidden "
+              f"{cfg.hidden_size}, vocab {cfg.vocab_size}: {n_params / 1e6:.1f}M parameters")
+        _write_pairs(workdir, rng, words, n_pairs, prompt_words, response_words)
+        return {"n_params": n_params, "vocab": cfg.vocab_size, "model_dir": str(path)}
+
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from prefkit.toy.tiny import DEFAULT_CORPUS, build_tokenizer
 
-    rng = random.Random(seed)
-    words = _words(rng, 60000)
     corpus = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(40000)]
     corpus += [" ".join(words[i:i + 10]) for i in range(0, len(words), 10)] * 3
     t0 = time.time()
@@ -74,7 +101,12 @@ def build_setup(workdir: Path, n_pairs: int, prompt_words: int, response_words: 
     print(f"model: Llama, hidden 256, 4 layers, vocab {cfg.vocab_size}: {n_params / 1e6:.1f}M parameters")
     model.save_pretrained(workdir / "model")
     tok.save_pretrained(workdir / "model")
+    _write_pairs(workdir, rng, words, n_pairs, prompt_words, response_words)
+    return {"n_params": n_params, "vocab": cfg.vocab_size, "model_dir": str(workdir / "model")}
 
+
+def _write_pairs(workdir: Path, rng: random.Random, words: list[str], n_pairs: int, prompt_words: int,
+                 response_words: int) -> None:
     def text(n):
         return " ".join(rng.choice(words) for _ in range(n))
 
@@ -86,7 +118,6 @@ def build_setup(workdir: Path, n_pairs: int, prompt_words: int, response_words: 
                    "rejected": [{"role": "assistant", "content": text(rng.randint(response_words // 2, response_words))}],
                    "pair_id": f"p{i}"}
             f.write(json.dumps(row) + "\n")
-    return {"n_params": n_params, "vocab": cfg.vocab_size}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,7 +131,7 @@ def _peak_rss_mb() -> float:
 def run_prefkit(a) -> dict:
     from prefkit.train import DPOConfig, train_dpo
 
-    cfg = DPOConfig(model_name_or_path=str(a.workdir / "model"), train_file=str(a.workdir / "pairs.jsonl"),
+    cfg = DPOConfig(model_name_or_path=str(a.model_dir), train_file=str(a.workdir / "pairs.jsonl"),
                     output_dir=str(a.workdir / "out_prefkit"), loss_type="sigmoid", beta=a.beta,
                     learning_rate=a.lr, per_device_train_batch_size=a.batch, max_steps=a.steps,
                     max_length=a.max_length, max_prompt_length=a.max_length // 2,
@@ -125,8 +156,8 @@ def run_trl(a, precompute: bool) -> dict:
                      logging_steps=a.steps, save_strategy="no", report_to=[], disable_tqdm=True,
                      precompute_ref_log_probs=precompute, dataloader_num_workers=0)
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(a.workdir / "model", dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(a.workdir / "model")
+    model = AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(a.model_dir)
     data = datasets.Dataset.from_json(str(a.workdir / "pairs.jsonl"), cache_dir=str(out / "hf_cache"))
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
     trainer.train()
@@ -154,7 +185,14 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch", type=int, default=None, help="pairs per step")
     p.add_argument("--threads", type=int, default=2, help="torch threads in every run")
-    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--model", default=None,
+                   help="a real model instead of the built one: a directory, a .gguf file or a shortcut "
+                        "(smollm2); defaults then follow UltraFeedback-like lengths")
+    p.add_argument("--prompt-words", type=int, default=None, help="longest prompt in words (default 40; 60 with --model)")
+    p.add_argument("--response-words", type=int, default=None,
+                   help="longest response in words (default 110; 200 with --model)")
+    p.add_argument("--max-length", type=int, default=None, help="default 512 (1024 with --model)")
+    p.add_argument("--model-dir", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=1e-6)
     p.add_argument("--gradient-checkpointing", action="store_true",
@@ -166,6 +204,10 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     a.steps = a.steps or (4 if a.quick else 10)
     a.batch = a.batch or (2 if a.quick else 4)
+    real = a.model is not None
+    a.prompt_words = a.prompt_words or (60 if real else 40)
+    a.response_words = a.response_words or (200 if real else 110)
+    a.max_length = a.max_length or (1024 if real else 512)
     if a.child:
         child(a)
         return 0
@@ -173,21 +215,24 @@ def main(argv=None) -> int:
     a.workdir = a.workdir or Path(tempfile.mkdtemp(prefix="prefkit_bench_"))
     a.workdir.mkdir(parents=True, exist_ok=True)
     marker = a.workdir / "setup.json"
-    wanted = {"n_pairs": a.steps * a.batch, "prompt_words": 40, "response_words": 110}
+    wanted = {"n_pairs": a.steps * a.batch, "prompt_words": a.prompt_words, "response_words": a.response_words,
+              "model": a.model}
     if marker.exists() and json.loads(marker.read_text()).get("wanted") == wanted:
         info = json.loads(marker.read_text())  # same setup already in --workdir: reuse it
         print(f"reusing the setup in {a.workdir}")
     else:
-        info = build_setup(a.workdir, **wanted)
+        info = build_setup(a.workdir, **wanted)   # `model` None: build the small Llama
         marker.write_text(json.dumps(dict(info, wanted=wanted)))
-    print(f"data: {a.steps * a.batch} conversational pairs; steps {a.steps}, batch {a.batch}, beta {a.beta}, "
+    print(f"data: {a.steps * a.batch} conversational pairs (prompts <= {a.prompt_words} words, responses <= "
+          f"{a.response_words} words); steps {a.steps}, batch {a.batch}, beta {a.beta}, "
           f"lr {a.lr}, max_length {a.max_length}, threads {a.threads}, "
           f"gradient checkpointing {'on' if a.gradient_checkpointing else 'off'}, fp32, CPU")
     results = {}
     env = dict(os.environ, TQDM_DISABLE="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS=str(a.threads))
     for mode in a.modes.split(","):
-        cmd = [sys.executable, __file__, "--child", mode, "--workdir", str(a.workdir), "--steps", str(a.steps),
+        cmd = [sys.executable, __file__, "--child", mode, "--workdir", str(a.workdir), "--model-dir",
+               info["model_dir"], "--steps", str(a.steps),
                "--batch", str(a.batch), "--threads", str(a.threads), "--max-length", str(a.max_length),
                "--beta", str(a.beta), "--lr", str(a.lr)] + (["--gradient-checkpointing"] if a.gradient_checkpointing else [])
         print(f"running {mode} ...", flush=True)

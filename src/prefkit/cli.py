@@ -5,11 +5,15 @@ transformers, datasets) happen inside the subcommand, so `prefkit --help` stays 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
+import os
 import sys
+import warnings
 
 from prefkit import __version__
-from prefkit.errors import PrefkitError
+from prefkit.errors import EXIT_USAGE, PrefkitError, exit_code
 
 # (name, module, one-line help). Each module defines `register(subparsers)`, which adds its
 # parser and sets `func` to a callable taking the parsed namespace and returning an exit code.
@@ -29,7 +33,15 @@ EPILOG = """stage convention: prefkit STAGE INPUT -o OUTPUT [options]
   INPUT   a file (.jsonl .json .parquet .csv), a directory saved by `datasets`,
           or a Hugging Face hub id (with --split, --subset, --revision)
   OUTPUT  the extension picks the format: .jsonl, .parquet, or a directory
-Every stage is also a Python function with the same options; see README.md."""
+Every stage is also a Python function with the same options; see README.md.
+
+output: summaries on stdout; warnings, progress bars and errors on stderr. -q/--quiet (here or
+after any command) or TQDM_DISABLE=1 turns progress bars off; --quiet also silences warnings.
+exit status: 0 done; 1 the run failed (bad data, every request failed, no rows written from a
+non-empty input: --allow-empty writes partial results); 2 a usage error (bad option or config,
+an input file that does not exist); 130 interrupted."""
+
+QUIET_HELP = "no progress bars and no warnings on stderr (errors and the summary still print)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,11 +52,89 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"prefkit {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module, help_text in COMMANDS:
         mod = importlib.import_module(module)
         mod.register(sub, name, help_text)
+    for p in _subparsers(parser):
+        # The same flag after any command; SUPPRESS keeps `prefkit -q CMD` from being reset.
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
     return parser
+
+
+def _subparsers(parser: argparse.ArgumentParser):
+    """Every parser below `parser` (commands, their subcommands, `select evolve`)."""
+    seen = []
+    todo = [parser]
+    while todo:
+        p = todo.pop()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo.extend(action.choices.values())
+        extra = getattr(p, "evolve_parser", None)
+        if extra is not None:
+            todo.append(extra)
+        if p is not parser and all(p is not q for q in seen):
+            seen.append(p)
+    return seen
+
+
+_QUIET_ENV = {
+    "TQDM_DISABLE": "1",  # our bars (prefkit.report.progress_enabled) and plain tqdm ones
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DATASETS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
+
+@contextlib.contextmanager
+def _quiet(on: bool):
+    """--quiet: no progress bars and no warnings while the command runs; errors still print.
+    Everything is put back afterwards (main() is also called in-process, e.g. by tests)."""
+    if not on:
+        yield
+        return
+    saved_env = {k: os.environ.get(k) for k in _QUIET_ENV}
+    os.environ.update(_QUIET_ENV)
+    logger = logging.getLogger("prefkit")
+    saved_level = logger.level
+    logger.setLevel(logging.ERROR)
+    hf = []
+    ds = sys.modules.get("datasets")  # already imported: its switch was read at import time
+    if ds is not None and ds.is_progress_bar_enabled():
+        ds.disable_progress_bars()
+        hf.append(ds.enable_progress_bars)
+    tf_logging = sys.modules.get("transformers.utils.logging")
+    if tf_logging is not None:
+        level = tf_logging.get_verbosity()
+        tf_logging.set_verbosity_error()
+        hf.append(lambda: tf_logging.set_verbosity(level))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        logger.setLevel(saved_level)
+        for undo in hf:
+            undo()
+
+
+def _old_spellings(args) -> None:
+    """`--on-invalid skip` (every stage's old word for 'drop') still works, with a note."""
+    for attr in ("on_invalid", "opt_on_invalid"):
+        if getattr(args, attr, None) == "skip":
+            setattr(args, attr, "drop")
+            if not getattr(args, "quiet", False):
+                print(f"prefkit {args.command}: note: --on-invalid skip is now spelled --on-invalid drop",
+                      file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,12 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         # `prefkit` or `prefkit data` alone: show the relevant help.
         (getattr(args, "_parser", None) or parser).print_help()
-        return 0 if args.command is None else 2
+        return 0 if args.command is None else EXIT_USAGE
+    _old_spellings(args)
     try:
-        rc = args.func(args)
+        with _quiet(getattr(args, "quiet", False)):
+            rc = args.func(args)
     except PrefkitError as exc:
         print(f"prefkit {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
     except KeyboardInterrupt:
         print(f"prefkit {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,4 +1,7 @@
-"""User-facing errors. The CLI prints these as one line, never a traceback."""
+"""User-facing errors. The CLI prints these as one line, never a traceback, and exits with
+`exit_code(error)`: 2 for a usage error (`ConfigError`: a bad option or configuration value, or an
+input path that does not exist), 1 for a run that failed at run time (bad data content, every
+request failed, nothing usable written)."""
 
 from __future__ import annotations
 
@@ -35,4 +38,24 @@ class DataError(PrefkitError):
 
 
 class ConfigError(PrefkitError):
-    """A bad option or configuration value."""
+    """A bad option or configuration value: a usage error (exit 2)."""
+
+
+class MissingInputError(DataError, ConfigError):
+    """An input file named on the command line does not exist: a usage error (exit 2) that
+    is also a `DataError` (it names the file)."""
+
+
+class EmptyResultError(PrefkitError):
+    """A run that produced nothing usable: a stage that would write 0 rows from a non-empty
+    input, or a synthesis or scoring run in which every request failed (exit 1). The stage's
+    `allow_empty=True` (`--allow-empty`) writes such partial results instead."""
+
+
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+
+def exit_code(error: BaseException) -> int:
+    """The CLI's exit status for an error: 2 for a usage error, 1 for anything else."""
+    return EXIT_USAGE if isinstance(error, ConfigError) else EXIT_RUNTIME

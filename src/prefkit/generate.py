@@ -52,9 +52,14 @@ def render_prompts(prompts: Sequence, tokenizer, spec=None, goal=None) -> list[s
 
         g = spec.best_goal if goal is None else goal
         conversations = [condition(m, goal=g, spec=spec, tokenizer=tokenizer) for m in conversations]
+    from prefkit.models import base_chat_template
+
+    # the model's own template (an exported one conditions by itself, for servers)
+    template = base_chat_template(getattr(tokenizer, "chat_template", None))
     texts = []
     for messages in conversations:
-        texts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        texts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                                   chat_template=template))
     return texts
 
 
@@ -68,6 +73,8 @@ def generate(model, prompts: Sequence, *, tokenizer=None, n: int = 1, temperatur
     """
     import torch
     from tqdm.auto import tqdm
+
+    from prefkit.report import progress_enabled
 
     if n < 1:
         raise ConfigError(f"generate: n must be >= 1, got {n}")
@@ -91,7 +98,7 @@ def generate(model, prompts: Sequence, *, tokenizer=None, n: int = 1, temperatur
     out: list[list[str]] = [[""] * n for _ in texts]
     torch.manual_seed(seed)
     device = next(model.parameters()).device
-    bar = tqdm(total=len(jobs), desc=desc, unit="sample", disable=not progress)
+    bar = tqdm(total=len(jobs), desc=desc, unit="sample", disable=not progress_enabled(progress))
     with torch.inference_mode():
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start:start + batch_size]

@@ -53,7 +53,8 @@ class HiddenHead:
 
     ``hidden`` (N, T, H); ``weight`` (V, H); ``bias`` (V,) or None; ``softcap`` the model's
     ``final_logit_softcapping`` (Gemma-2) or None; ``scale`` a multiplier applied to the logits
-    before softcapping (1.0 for Llama/Qwen2).
+    before softcapping (1.0 for Llama/Qwen2). ``adapters``: the active LoRA adapters of a PEFT
+    LM head, each (A (r, H), B (V, r), scaling, dropout module), added as the PEFT layer adds them.
     """
 
     hidden: torch.Tensor
@@ -61,10 +62,14 @@ class HiddenHead:
     bias: torch.Tensor | None = None
     softcap: float | None = None
     scale: float = 1.0
+    adapters: tuple = ()
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """float32 logits for hidden rows ``h`` (M, H) -> (M, V)."""
-        z = F.linear(h, self.weight, self.bias).float()
+        z = F.linear(h, self.weight, self.bias)
+        for a, b, scaling, dropout in self.adapters:   # LoRA on the LM head: W h + s B A dropout(h)
+            z = z + F.linear(F.linear(dropout(h.to(a.dtype)), a), b).to(z.dtype) * scaling
+        z = z.float()
         if self.scale != 1.0:
             z = z * self.scale
         if self.softcap:
@@ -88,7 +93,8 @@ class PairForward(NamedTuple):
     """One concatenated forward's result, each (B,): chosen rows first, then rejected rows.
 
     ``head`` is the policy's :class:`HiddenHead` (hidden states detached) when requested, for
-    :func:`perturbed_sequence_logps`; otherwise None.
+    :func:`perturbed_sequence_logps`; otherwise None. ``perturbed`` is eps-DPO's ``(minus, plus)``
+    (each (2B,)) when the forward already computed them (prefkit.packed); otherwise None.
     """
 
     chosen_logps: torch.Tensor
@@ -96,6 +102,7 @@ class PairForward(NamedTuple):
     chosen_lengths: torch.Tensor
     rejected_lengths: torch.Tensor
     head: HiddenHead | None = None
+    perturbed: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,13 +128,33 @@ def _decoder(inner):
     return dec
 
 
+def _lora_head(head) -> tuple[torch.nn.Module, tuple]:
+    """(base linear, active adapters) of an LM head that PEFT wrapped with LoRA (`lm_head` in
+    target_modules), so that the hidden-state path scores with the adapter as the model's own
+    forward does; (head, ()) for a plain head. LoRA variants (DoRA, ...) are refused."""
+    if not (hasattr(head, "base_layer") and hasattr(head, "lora_A")):
+        return head, ()
+    if getattr(head, "disable_adapters", False) or getattr(head, "merged", False):
+        return head.base_layer, ()   # disabled: the base; merged: the base weight holds the adapter
+    adapters = []
+    for name in head.active_adapters:
+        if name not in head.lora_A:
+            continue
+        if name in getattr(head, "lora_variant", {}):
+            raise TypeError(f"a LoRA variant ({type(head.lora_variant[name]).__name__}) on the LM head is not "
+                            "supported by prefkit's log-prob path; leave lm_head out of lora_target_modules")
+        adapters.append((head.lora_A[name].weight, head.lora_B[name].weight, head.scaling[name],
+                         head.lora_dropout[name]))
+    return head.base_layer, tuple(adapters)
+
+
 def _head_of(inner, hidden: torch.Tensor) -> HiddenHead:
-    head = inner.get_output_embeddings()
+    head, adapters = _lora_head(inner.get_output_embeddings())
     cfg = inner.config.get_text_config() if hasattr(inner.config, "get_text_config") else inner.config
     scale = getattr(cfg, "logit_scale", None)
     return HiddenHead(hidden=hidden, weight=head.weight, bias=getattr(head, "bias", None),
                       softcap=getattr(cfg, "final_logit_softcapping", None),
-                      scale=1.0 if scale is None else float(scale))
+                      scale=1.0 if scale is None else float(scale), adapters=adapters)
 
 
 def forward_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> HiddenHead:
@@ -172,7 +199,8 @@ def _selected(response_mask: torch.Tensor, input_ids: torch.Tensor):
 def _token_logps_from_head(head: HiddenHead, rows, pos, labels, chunk_size: int) -> torch.Tensor:
     h = head.hidden[:, :-1][rows, pos]  # (M, H)
     pieces = []
-    grad = torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad)
+    grad = torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad
+                                        or any(a.requires_grad or b.requires_grad for a, b, _, _ in head.adapters))
     for start in range(0, h.shape[0], chunk_size):
         sl = slice(start, start + chunk_size)
         if grad:
@@ -233,7 +261,8 @@ def concatenated_forward(model, batch: dict[str, Any], *, chunk_size: int = DEFA
     b = batch["input_ids"].shape[0] // 2
     if return_head and head is not None:
         head = HiddenHead(head.hidden.detach(), head.weight.detach(),
-                          None if head.bias is None else head.bias.detach(), head.softcap, head.scale)
+                          None if head.bias is None else head.bias.detach(), head.softcap, head.scale,
+                          tuple((a.detach(), b.detach(), s, d) for a, b, s, d in head.adapters))
     else:
         head = None
     return PairForward(seq.logps[:b], seq.logps[b:], seq.lengths[:b], seq.lengths[b:], head)
@@ -267,7 +296,10 @@ def perturbed_sequence_logps(policy, reference, input_ids: torch.Tensor, respons
         sl = slice(start, start + chunk_size)
         fp, fr, lab = pol(sl), ref(sl), labels[sl, None]
         for coef, out in ((1.0 + eps, minus), (1.0 - eps, plus)):
-            z = coef * fp + (1.0 - coef) * fr  # (1+eps) fp - eps fr  |  (1-eps) fp + eps fr
+            # (1+eps) fp - eps fr  |  (1-eps) fp + eps fr, written as fp + (coef-1)(fp - fr) so that a
+            # policy equal to its reference (step 1 of every run) gives exactly fp: otherwise rounding
+            # alone decides eps-DPO's per-pair beta there (seen on SmolLM2, whose logits reach ~30)
+            z = fp + (coef - 1.0) * (fp - fr)
             out.append(z.gather(-1, lab).squeeze(-1) - torch.logsumexp(z, -1))
     dev = input_ids.device
     cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, device=dev)  # noqa: E731
@@ -276,6 +308,18 @@ def perturbed_sequence_logps(policy, reference, input_ids: torch.Tensor, respons
 
 # ----------------------------------------------------------------------------------------------
 # scoring API
+
+
+def _pair_forward(model, batch, *, forward: str, chunk_size: int, pad_tolerance: float) -> PairForward:
+    if forward == "packed":
+        from prefkit.packed import packed_logps, packing_supported, plan_pairs, scored_hidden
+
+        plan = plan_pairs(batch, pad_tolerance=pad_tolerance)
+        if packing_supported(model, plan)[0]:
+            out = packed_logps(scored_hidden(model, plan), plan, chunk_size=chunk_size)
+            b = plan.n_pairs
+            return PairForward(out.logps[:b], out.logps[b:], out.lengths[:b], out.lengths[b:])
+    return concatenated_forward(model, batch, chunk_size=chunk_size)
 
 
 @contextmanager
@@ -299,7 +343,8 @@ def _device_of(model) -> torch.device:
 def score_logps(model, tokenizer, dataset, *, batch_size: int = 8, max_length: int | None = 1024,
                 max_prompt_length: int | None = 512, reference=None, progress: bool = True,
                 sort_by_length: bool = True, chunk_size: int = DEFAULT_CHUNK_SIZE, report=None,
-                prompt_truncation: str = "keep_end", chat_template_kwargs: dict | None = None):
+                prompt_truncation: str = "keep_end", chat_template_kwargs: dict | None = None,
+                forward: str = "packed", pad_tolerance: float = 0.0):
     """Score every pair of a PAIRS dataset under `model` (and `reference` when given).
 
     Returns `dataset` with the same rows, in the same order, plus float columns ``logps_chosen``,
@@ -311,8 +356,17 @@ def score_logps(model, tokenizer, dataset, *, batch_size: int = 8, max_length: i
     and is counted in `report` by reason. A dataset that already has ``prompt_ids``/``chosen_ids``/
     ``rejected_ids`` is scored as encoded. Batches of `batch_size` pairs, longest first when
     `sort_by_length`, under ``torch.no_grad`` with a tqdm progress bar (pairs/s, ETA).
+    ``forward="packed"`` (default) runs one prefix-shared, unpadded sequence per pair
+    (:mod:`prefkit.packed`; `pad_tolerance` as there), falling back to ``"padded"`` (chosen and
+    rejected rows padded, :func:`concatenated_forward`) for a model whose attention cannot take it.
     """
+    if forward not in ("packed", "padded"):
+        from prefkit.errors import ConfigError
+
+        raise ConfigError(f"forward must be 'packed' or 'padded', got {forward!r}")
     from tqdm.auto import tqdm
+
+    from prefkit.report import progress_enabled
 
     from prefkit.data import records as R
     from prefkit.report import StageReport
@@ -345,7 +399,7 @@ def score_logps(model, tokenizer, dataset, *, batch_size: int = 8, max_length: i
     models = [(R.LOGPS_CHOSEN, R.LOGPS_REJECTED, model, True)]  # (columns, model, with lengths)
     if reference is not None:
         models.append((R.REF_LOGPS_CHOSEN, R.REF_LOGPS_REJECTED, reference, False))
-    bar = tqdm(total=len(order), desc="Scoring pairs", unit="pair", disable=not progress)
+    bar = tqdm(total=len(order), desc="Scoring pairs", unit="pair", disable=not progress_enabled(progress))
     with torch.no_grad(), _eval_mode(model), (_eval_mode(reference) if reference is not None else nullcontext()):
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
@@ -354,7 +408,7 @@ def score_logps(model, tokenizer, dataset, *, batch_size: int = 8, max_length: i
             for col_c, col_r, m, with_lengths in models:
                 dev = _device_of(m)
                 b = {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-                out = concatenated_forward(m, b, chunk_size=chunk_size)
+                out = _pair_forward(m, b, forward=forward, chunk_size=chunk_size, pad_tolerance=pad_tolerance)
                 for j, i in enumerate(idx):
                     cols[col_c][i] = float(out.chosen_logps[j])
                     cols[col_r][i] = float(out.rejected_logps[j])

@@ -210,6 +210,26 @@ def resolve_model_path(name) -> str:
 # Loading
 # ---------------------------------------------------------------------------------------------
 
+# The markers around the conditioning header that prefkit.relabel.export_chat_template puts in
+# front of a model's own chat template. They live here, with the loader that strips them.
+HEADER_BEGIN = "{#- prefkit conditioning (prefkit.relabel.export_chat_template):"
+HEADER_END = "{#- prefkit conditioning end -#}\n"
+
+
+def is_conditioned_template(template: str | None) -> bool:
+    return isinstance(template, str) and template.startswith(HEADER_BEGIN)
+
+
+def base_chat_template(template: str | None) -> str | None:
+    """The model's own chat template inside an exported one (any other template as it is)."""
+    if not is_conditioned_template(template):
+        return template
+    end = template.find(HEADER_END)
+    if end < 0:
+        raise ConfigError("chat template: prefkit conditioning header without its end marker")
+    return template[end + len(HEADER_END):]
+
+
 _MODEL_CLASSES = {
     "causal-lm": "AutoModelForCausalLM",
     "sequence-classification": "AutoModelForSequenceClassification",
@@ -242,6 +262,11 @@ def load_tokenizer(tokenizer, *, trust_remote_code: bool = False, pad_with_eos: 
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local, trust_remote_code=trust_remote_code)
         except Exception as exc:  # noqa: BLE001 - reported as a user error
             raise ConfigError(f"tokenizer {path}: cannot load a tokenizer from it ({_first_line(exc)})") from None
+        # A template exported by prefkit.relabel.export_chat_template conditions prompts for
+        # servers; prefkit conditions from prefkit_conditioning.json itself, so it reads the
+        # model's own template.
+        if isinstance(getattr(tokenizer, "chat_template", None), str):
+            tokenizer.chat_template = base_chat_template(tokenizer.chat_template)
     if pad_with_eos and tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

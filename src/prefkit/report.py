@@ -7,6 +7,7 @@ writes it beside the output as `<output>.report.json` so nothing is dropped sile
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,3 +69,48 @@ class StageReport:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=2, default=str))
         return path
+
+
+def progress_enabled(progress: bool = True) -> bool:
+    """Whether to show a progress bar: `progress`, unless TQDM_DISABLE is set (the tqdm
+    convention; `prefkit --quiet` sets it). Pass `disable=not progress_enabled(progress)` to tqdm:
+    an explicit `disable=` would otherwise override TQDM_DISABLE."""
+    return bool(progress) and os.environ.get("TQDM_DISABLE", "").strip().lower() in ("", "0", "false", "no")
+
+
+def all_requests_failed(report: StageReport) -> tuple[int, dict] | None:
+    """(requests, failure reasons) when a run of the stage (report.notes['run'] or
+    notes['<name> run'], the RunStats that synthesis, scoring and evolve write) asked for
+    requests and every one of them failed; else None."""
+    for key, run in report.notes.items():
+        if not (key == "run" or key.endswith(" run")) or not isinstance(run, dict) or not run.get("requested"):
+            continue
+        reasons = run.get("failure_reasons") or {}
+        if sum(reasons.values()) >= run["requested"]:
+            return run["requested"], dict(reasons)
+    return None
+
+
+def check_result(report: StageReport, *, allow_empty: bool = False, rows_in: int | None = None,
+                 output=None) -> None:
+    """Refuse a result that holds nothing usable: raise `EmptyResultError` (the CLI exits 1) when
+    a synthesis or scoring run had every request fail, or when 0 rows come out of a non-empty
+    input (`rows_in`, default `report.rows_in`). `allow_empty=True` (`--allow-empty`) accepts such
+    partial results."""
+    from prefkit.errors import EmptyResultError
+
+    if allow_empty:
+        return
+    rows_in = report.rows_in if rows_in is None else rows_in
+    where = f"; nothing written to {output}" if output is not None else ""
+    optout = " (--allow-empty / allow_empty=True writes the partial result)"
+    failed = all_requests_failed(report)
+    if failed is not None:
+        n, reasons = failed
+        top = ", ".join(f"{r} x{k}" for r, k in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+        raise EmptyResultError(f"every request failed ({n} of {n}: {top}){where}; fix the backend and re-run "
+                               f"with --retry-failed{optout}")
+    if rows_in > 0 and report.rows_out == 0:
+        why = ", ".join(f"{r}: {k}" for r, k in sorted(report.dropped.items(), key=lambda kv: -kv[1])[:3])
+        raise EmptyResultError(f"0 rows out of {rows_in} in" + (f" (dropped: {why})" if why else "")
+                               + f"{where}{optout}")

@@ -83,13 +83,16 @@ class RewardModelScorer:
         import torch
         from tqdm.auto import tqdm
 
+        from prefkit.report import progress_enabled
+
         if len(prompts) != len(responses):
             raise ValueError("prompts and responses differ in length")
         encoded = [self.encode(p, r) for p, r in zip(prompts, responses)]
         order = sorted((i for i in range(len(encoded)) if encoded[i] is not None), key=lambda i: len(encoded[i]))
         out: list[float | None] = [None] * len(encoded)
         pad = self.tokenizer.pad_token_id
-        with tqdm(total=len(order), desc=desc, unit="seq", disable=not progress) as bar, torch.no_grad():
+        bar = tqdm(total=len(order), desc=desc, unit="seq", disable=not progress_enabled(progress))
+        with bar, torch.no_grad():
             for s in range(0, len(order), self.batch_size):
                 idx = order[s:s + self.batch_size]
                 width = max(len(encoded[i]) for i in idx)

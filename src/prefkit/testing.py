@@ -15,20 +15,32 @@ bodies and dropped connections. Every server stops itself after `max_lifetime` s
 From a shell (used by the kill -9 test and the throughput benchmark):
 
     python -m prefkit.testing --port 0 --latency 0.2   # prints "READY <port>"
+
+`transformers_serve(model_dir)` runs the other kind of server the tests use: a real
+`transformers serve` process serving a model directory on 127.0.0.1 (the real SmolLM2, a
+trained model with an exported chat template, ...), up and answering when the block starts and
+stopped when it ends.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
+import os
 import random
+import shutil
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 
 @dataclass
@@ -41,6 +53,63 @@ class Faults:
     p_malformed: float = 0.0  # 200 with a body that is not a chat completion
     p_slow: float = 0.0  # answer only after `slow_s` (to trip client timeouts)
     slow_s: float = 5.0
+
+
+class ServeUnavailable(RuntimeError):
+    """`transformers serve` is not installed (it comes with `transformers[serving]`)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def transformers_serve(model_dir, log_path, *, lifetime: int = 900, startup_timeout: float = 180,
+                       warm_up: bool = False) -> Iterator[str]:
+    """A real `transformers serve` process serving `model_dir` on 127.0.0.1; yields its base URL
+    (`http://127.0.0.1:PORT/v1`). The process is bounded by `timeout LIFETIME` (so it ends even if
+    the caller dies without cleaning up) and writes its output to `log_path`, whose tail the error
+    shows when it does not come up within `startup_timeout` seconds. `warm_up` sends one short
+    request first: the server loads the model on its first request, so later requests then
+    measure the model and not its loading."""
+    import httpx
+
+    exe = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
+    if exe is None:
+        raise ServeUnavailable("the `transformers` CLI is not installed (pip install 'transformers[serving]')")
+    port = free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    log_path = Path(log_path)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(["timeout", str(lifetime), exe, "serve", str(model_dir), "--host", "127.0.0.1",
+                                 "--port", str(port), "--device", "cpu"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + startup_timeout
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("transformers serve did not come up:\n" + log_path.read_text()[-3000:])
+                time.sleep(0.5)
+            if warm_up:
+                warm = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=lifetime, json={
+                    "model": str(model_dir), "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]})
+                if warm.status_code != 200:
+                    raise RuntimeError(f"transformers serve: warm-up request failed: {warm.text[:500]}")
+            yield f"http://127.0.0.1:{port}/v1"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
 
 
 def echo_responder(body: dict) -> str:

@@ -172,7 +172,7 @@ def test_cli_prints_one_line_not_a_traceback(tmp_path, capsys):
     path.write_text(json.dumps(GOOD) + "\n" + json.dumps(GOOD)[:20])
     rc = main(["data", "convert", str(path), "-o", str(tmp_path / "out.jsonl")])
     err = capsys.readouterr().err.strip()
-    assert rc == 2
+    assert rc == 1  # bad data content: the run failed (a usage error is 2)
     assert err.startswith(f"prefkit data: error: {path}, line 2: not valid JSON (truncated?)")
     assert "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "out.jsonl").exists()
@@ -183,17 +183,19 @@ def test_skip_counts_every_reason(tmp_path, build):
             '{"prompt": "half', GOOD]
     path = build.write_jsonl(tmp_path / "d.jsonl", rows)
     rep = StageReport("read")
-    ds = read(path, on_invalid="skip", report=rep)
+    ds = read(path, on_invalid="drop", report=rep)
     assert len(ds) == 2 and ds["source_row"] == [0, 5]
     assert dict(rep.dropped) == {"missing field": 1, "empty text": 1, "wrong type": 1, "invalid JSON line": 1}
     assert rep.rows_in == 6 and rep.rows_out == 2
     assert any("line 2, field 'rejected'" in ex for ex in rep.examples["missing field"])
 
 
-def test_skip_on_the_cli_prints_and_writes_the_report(tmp_path, build, capsys):
+def test_drop_on_the_cli_prints_and_writes_the_report(tmp_path, build, capsys):
     path = build.write_jsonl(tmp_path / "d.jsonl", [GOOD, dict(GOOD, rejected=""), GOOD])
     out = tmp_path / "out.parquet"
-    assert main(["data", "convert", str(path), "-o", str(out), "--on-invalid", "skip"]) == 0
+    assert main(["data", "convert", str(path), "-o", str(out), "--on-invalid", "skip"]) == 0  # the old word
+    assert "--on-invalid skip is now spelled --on-invalid drop" in capsys.readouterr().err
+    assert main(["data", "convert", str(path), "-o", str(out), "--on-invalid", "drop"]) == 0
     printed = capsys.readouterr().out
     assert "data convert: 3 rows in, 2 rows out" in printed
     assert "dropped/skipped        1  empty text" in printed
@@ -253,7 +255,7 @@ def test_parquet_error_names_the_row_index(tmp_path):
 def test_skipped_rows_are_counted_with_their_lines(tmp_path, build):
     path = build.write_jsonl(tmp_path / "d.jsonl", [GOOD, {"prompt": "p"}, GOOD, {"prompt": "q"}])
     rep = StageReport("read")
-    ds = read(path, on_invalid="skip", report=rep)
+    ds = read(path, on_invalid="drop", report=rep)
     assert len(ds) == 2 and rep.dropped == {"missing field": 2}
     assert [ex.split(", field")[0] for ex in rep.examples["missing field"]] == [f"{path}, line 2", f"{path}, line 4"]
 

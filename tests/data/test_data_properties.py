@@ -49,7 +49,7 @@ def _check(rows, k, mutated_top: set, check_row):
             assert e.field is not None and _top(e.field) in mutated_top, str(e)
             assert "expected" in e.detail or "is empty" in e.detail, str(e)
             rep = StageReport("read")
-            skipped = read(path, on_invalid="skip", report=rep)
+            skipped = read(path, on_invalid="drop", report=rep)
             assert len(skipped) == len(rows) - 1 and k not in skipped["source_row"]
             assert rep.n_dropped == 1 and rep.dropped[e.reason] == 1
         else:

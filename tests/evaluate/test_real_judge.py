@@ -5,15 +5,7 @@ to the judge for every comparison, unreadable answers counted, and the win rate 
 error equal to a hand computation on the parsed verdicts. Few prompts, short outputs (CPU)."""
 
 import math
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import httpx
 import pytest
 
 from prefkit.evaluate.judging import pairwise_messages, read_score, read_verdict
@@ -25,44 +17,13 @@ from prefkit.toy import task
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def smollm2_server(smollm2_dir, tmp_path_factory):
-    exe = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
-    if exe is None:
-        pytest.fail("the `transformers` CLI is not installed (pip install 'prefkit[serve]')")
-    logdir = tmp_path_factory.mktemp("serve")
-    port = _free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    log = open(logdir / "serve.log", "w")
-    # `timeout` bounds the server's life even if this test dies without cleaning up
-    proc = subprocess.Popen(["timeout", "900", exe, "serve", str(smollm2_dir), "--host", "127.0.0.1", "--port",
-                             str(port), "--device", "cpu"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 240
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail("transformers serve did not come up:\n" + (logdir / "serve.log").read_text()[-3000:])
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
+    from prefkit.testing import transformers_serve
+
+    with transformers_serve(smollm2_dir, tmp_path_factory.mktemp("serve") / "serve.log", lifetime=900,
+                            startup_timeout=240) as url:
+        yield url
 
 
 def test_smollm2_policy_and_judge_behind_transformers_serve(smollm2_server, smollm2_dir, tmp_path):

@@ -105,7 +105,7 @@ def test_cli_errors_are_one_line(pairs, tmp_path, capsys):
             if i == 2:
                 row = {**row, "score_chosen": None}
             f.write(json.dumps(row) + "\n")
-    assert main(["select", str(src), "-o", str(tmp_path / "o.jsonl"), "--metric", "explicit"]) == 2
+    assert main(["select", str(src), "-o", str(tmp_path / "o.jsonl"), "--metric", "explicit"]) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and "row 2" in errors[0] and "field 'score_chosen'" in errors[0]
     assert main(["select", str(src), "-o", str(tmp_path / "o.jsonl")]) == 2

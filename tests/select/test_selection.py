@@ -94,7 +94,7 @@ def test_nan_score_is_an_error_naming_row_and_field(pairs):
     from prefkit.report import StageReport
 
     rep = StageReport("select")
-    kept = select(bad, "explicit", fraction=0.5, on_invalid="skip", report=rep, progress=False)
+    kept = select(bad, "explicit", fraction=0.5, on_invalid="drop", report=rep, progress=False)
     assert rep.dropped["score_rejected missing, NaN or infinite"] == 1
     assert len(kept) == 3 and "p5" not in kept["pair_id"]
 
@@ -212,5 +212,6 @@ def test_one_options_object_or_its_fields_as_keywords(tiny_llama, llama3_tokeniz
     assert sorted(overridden["explicit_margin"]) == pytest.approx(sorted(everything)[-2:])
     ablation = selection_ablation(pairs, tiny_llama, llama3_tokenizer, options=opts, metrics=("implicit", "random"))
     assert ablation["implicit"].to_list() == by_object.to_list()
-    with pytest.raises(ConfigError, match="on_invalid must be 'error' or 'skip'"):
-        SelectOptions(on_invalid="drop")
+    with pytest.raises(ConfigError, match="on_invalid must be 'error' or 'drop'"):
+        SelectOptions(on_invalid="ignore")
+    assert SelectOptions(on_invalid="skip").on_invalid == "drop"  # the old spelling still works

@@ -178,14 +178,14 @@ def test_cli_synth_rmboost_end_to_end_and_resume(llm_server, tmp_path, capsys):
     assert main(argv) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == 10 and all(r["source"] == "toy" for r in rows)
-    err = capsys.readouterr().err
-    assert "failed_rewrite_rate: 0.0" in err and "20 unique" in err
+    out_text = capsys.readouterr().out  # the summary is on stdout
+    assert "failed_rewrite_rate: 0.0" in out_text and "20 unique" in out_text
     report = json.loads((tmp_path / "pairs.jsonl.report.json").read_text())
     assert report["rows_out"] == 10
     served = llm_server.stats["ok"]
     assert main(argv) == 0  # resumes: nothing is asked again
     assert llm_server.stats["ok"] == served
-    assert "20 resumed" in capsys.readouterr().err
+    assert "20 resumed" in capsys.readouterr().out
     assert [json.loads(x) for x in out.read_text().splitlines()] == rows
 
 
@@ -210,4 +210,4 @@ def test_cli_west_of_n_judge_defaults_to_generator_servers(llm_server, tmp_path,
     assert len(rows) + json.loads((tmp_path / "won.jsonl.report.json").read_text())["dropped"].get(
         "best and worst samples score the same", 0) == 4
     assert all(r["scorer"] == "judge judge" and r["score_chosen"] > r["score_rejected"] for r in rows)
-    assert "samples_skipped: 0" in capsys.readouterr().err
+    assert "samples_skipped: 0" in capsys.readouterr().out

@@ -144,3 +144,27 @@ def test_requests_spread_over_several_servers(tmp_path):
         assert all(r["ok"] for r in recs)
         assert a.stats["ok"] + b.stats["ok"] == 80
         assert min(a.stats["ok"], b.stats["ok"]) >= 20, (a.stats, b.stats)
+
+
+def test_progress_bar_failure_count_is_live(tmp_path, capsys):
+    """The bar's 'failed N' follows every failure: its last drawing says how many failed (it used
+    to be refreshed at most twice a second, so a burst of failures showed as 'failed 1')."""
+    def down(body):
+        raise RuntimeError("backend down")
+
+    with FakeServer(down) as srv:
+        backend = make_backend(srv.base_url, max_retries=0)
+        with Run(tmp_path, progress=True) as run:
+            recs = run.generate(backend, _requests(7), desc="judge")
+    assert not any(r["ok"] for r in recs)
+    err = capsys.readouterr().err
+    last = [x for x in err.replace("\r", "\n").splitlines() if x.startswith("judge")][-1]
+    assert "7/7" in last and "failed 7" in last, err
+
+
+def test_tqdm_disable_turns_the_bar_off(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # the tqdm convention, although progress=True is passed
+    with FakeServer() as srv:
+        with Run(tmp_path, progress=True) as run:
+            run.generate(make_backend(srv.base_url), _requests(3), desc="gen")
+    assert capsys.readouterr().err == ""

@@ -1,14 +1,5 @@
 """The HTTP path against a real `transformers serve` process serving a tiny local model directory."""
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-import httpx
 import pytest
 
 from prefkit.synth.backends import OpenAIBackend, SamplingParams
@@ -17,48 +8,19 @@ from prefkit.synth.runs import Request, Run
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def served_model(tmp_path, chatml_tokenizer):
+    from prefkit.testing import ServeUnavailable, transformers_serve
     from prefkit.toy.tiny import tiny_causal_lm
 
     model_dir = tmp_path / "tiny-chat"
     tiny_causal_lm(chatml_tokenizer, arch="qwen2", hidden=32, layers=1, heads=2).save_pretrained(model_dir)
     chatml_tokenizer.save_pretrained(model_dir)
-    exe = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
-    if exe is None:
-        pytest.skip("the `transformers` CLI is not installed")
-    port = _free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    log = open(tmp_path / "serve.log", "w")
-    # `timeout` bounds the server's life even if this test dies without cleaning up
-    proc = subprocess.Popen(["timeout", "180", exe, "serve", str(model_dir), "--host", "127.0.0.1", "--port",
-                             str(port), "--device", "cpu"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail("transformers serve did not come up:\n" + (tmp_path / "serve.log").read_text()[-3000:])
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1", str(model_dir)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
+        with transformers_serve(model_dir, tmp_path / "serve.log", lifetime=180, startup_timeout=120) as url:
+            yield url, str(model_dir)
+    except ServeUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def test_chat_completions_through_a_real_transformers_server(served_model, tmp_path):

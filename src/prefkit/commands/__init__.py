@@ -17,7 +17,37 @@ def add_io_arguments(p: argparse.ArgumentParser, output: bool = True) -> None:
     p.add_argument("--format", dest="input_format", default="auto",
                    choices=["auto", "ultrafeedback", "ultrafeedback-binarized", "trl", "multi"],
                    help="input schema (default: detected from the columns)")
-    p.add_argument("--on-invalid", choices=["error", "skip"], default="error",
-                   help="invalid rows: stop with an error naming file, row and field (default), "
-                        "or skip them and count them in the summary")
+    add_on_invalid_argument(p, default="error")
+    if output:
+        add_allow_empty_argument(p)
+
+
+def add_on_invalid_argument(p: argparse.ArgumentParser, default: str) -> None:
+    """--on-invalid error|drop, the one spelling in every stage ('skip', the old word for drop,
+    is still accepted: prefkit.cli turns it into 'drop' with a note)."""
+    p.add_argument("--on-invalid", choices=["error", "drop", "skip"], default=default, metavar="{error,drop}",
+                   help="invalid rows: stop with an error naming file, line (or row index) and field, or drop "
+                        "them and count them in the summary (default: %(default)s)")
+
+
+def add_allow_empty_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-empty", action="store_true",
+                   help="write the output and exit 0 even when it holds 0 rows from a non-empty input, or when "
+                        "every request failed (partial results); without it such a run exits 1")
+
+
+def write_result(ds, output, report, args):
+    """The end of every stage that writes rows: refuse an empty or all-failed result (the report is
+    still written beside OUTPUT, so the drops can be read), else write the output and the report."""
+    from prefkit.data import write
+    from prefkit.errors import EmptyResultError
+    from prefkit.report import check_result
+
+    try:
+        check_result(report, allow_empty=getattr(args, "allow_empty", False), output=output)
+    except EmptyResultError:
+        report.write_beside(output)
+        raise
+    out = write(ds, output)
+    return out, report.write_beside(out)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prefkit.commands import add_io_arguments
+from prefkit.commands import add_io_arguments, write_result
 
 
 def register(sub, name, help_text):
@@ -25,6 +25,9 @@ def register(sub, name, help_text):
     b.add_argument("--ties", choices=["drop", "keep"], default="drop",
                    help="pairs with equal overall scores (always counted)")
     b.add_argument("--drop-truthfulqa", action="store_true", help="remove prompts whose source is TruthfulQA")
+    b.add_argument("--truthfulqa-prompts", default=None, metavar="FILE",
+                   help="TruthfulQA questions, one per line or JSON lines ('question' field): also remove prompts "
+                        "of other sources that are among them (implies --drop-truthfulqa)")
     b.add_argument("--fine-grained-filter", action="store_true",
                    help="keep only pairs whose mean fine-grained rating of chosen >= rejected")
     b.set_defaults(func=_binarize, _parser=b)
@@ -53,40 +56,36 @@ def _read(args, report):
                 format=args.input_format, on_invalid=args.on_invalid, report=report)
 
 
-def _finish(report, output) -> None:
-    path = report.write_beside(output)
+def _finish(ds, report, args, what: str):
+    out, path = write_result(ds, args.output, report, args)
+    print(f"wrote {ds.num_rows} {what} to {out}")
     print(report.summary())
     print(f"report: {path}")
 
 
 def _binarize(args) -> int:
-    from prefkit.data import binarize, write
+    from prefkit.data import binarize
     from prefkit.report import StageReport
 
     read_rep, bin_rep = StageReport("read"), StageReport("binarize")
     ds = _read(args, read_rep)
     pairs = binarize(ds, method=args.method, seed=args.seed, ties=args.ties,
                      drop_truthfulqa=args.drop_truthfulqa, fine_grained_filter=args.fine_grained_filter,
-                     report=bin_rep)
-    out = write(pairs, args.output)
+                     truthfulqa_prompts=args.truthfulqa_prompts, report=bin_rep)
     rep = StageReport("data binarize", rows_in=read_rep.rows_in, rows_out=pairs.num_rows)
     rep.merge(read_rep)
     rep.merge(bin_rep)
-    rep.notes.update({"prompts": bin_rep.rows_in, "output": str(out)})
-    print(f"wrote {pairs.num_rows} pairs from {bin_rep.rows_in} prompts to {out}")
-    _finish(rep, out)
+    rep.notes.update({"prompts": bin_rep.rows_in, "output": str(args.output)})
+    _finish(pairs, rep, args, f"pairs from {bin_rep.rows_in} prompts")
     return 0
 
 
 def _convert(args) -> int:
-    from prefkit.data import write
     from prefkit.report import StageReport
 
     rep = StageReport("data convert")
     ds = _read(args, rep)
-    out = write(ds, args.output)
-    print(f"wrote {ds.num_rows} rows ({rep.notes.get('format')} -> canonical) to {out}")
-    _finish(rep, out)
+    _finish(ds, rep, args, f"rows ({rep.notes.get('format')} -> canonical)")
     return 0
 
 

@@ -1,5 +1,6 @@
 """`prefkit models`: import a GGUF file into a Hugging Face directory, list the bundled models
-(calls prefkit.models)."""
+(calls prefkit.models), export a trained model's conditioning as its chat template
+(prefkit.relabel.export_chat_template)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,16 @@ def register(sub, name, help_text):
                           description="Models that ship inside Python packages; any stage takes their name "
                           "as --model (for example --model smollm2).")
     lst.set_defaults(func=_list, _parser=lst)
+    exp = msub.add_parser(
+        "export-chat-template", help="write a trained model's reward conditioning into its chat template",
+        description="Write the conditioning of a model trained on relabeled data (its "
+        "prefkit_conditioning.json) into the tokenizer's chat template in DIR, so that servers "
+        "(transformers serve, vLLM, any OpenAI-compatible endpoint) condition plain messages exactly as "
+        "prefkit.generate does. See docs/relabel.md.")
+    exp.add_argument("model_dir", metavar="DIR", help="the trained model directory")
+    exp.add_argument("--goal", type=float, default=None,
+                     help="goal score to condition on (default: the top of the spec's scale)")
+    exp.set_defaults(func=_export_template, _parser=exp)
     p.set_defaults(func=None, _parser=p)
 
 
@@ -32,6 +43,15 @@ def _import(args) -> int:
     src = bundled_gguf(args.gguf) if args.gguf in BUNDLED_MODELS else args.gguf
     out = import_gguf(src, args.output, force=args.force, log=lambda m: print(m, file=sys.stderr))
     print(out)
+    return 0
+
+
+def _export_template(args) -> int:
+    from prefkit.relabel import export_chat_template, load_conditioning
+
+    out = export_chat_template(args.model_dir, goal=args.goal)
+    spec = load_conditioning(out)
+    print(f"{out}: chat template now conditions on {spec.render(args.goal)!r} ({spec.placement} placement)")
     return 0
 
 

@@ -41,6 +41,11 @@ def register(sub, name, help_text):
                    help="reference model directory for --goal-from implicit (omit: reference-free)")
     p.add_argument("--beta", type=float, default=0.1, help="beta of the implicit reward (default 0.1)")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass when scoring (default 8)")
+    p.add_argument("--drop-truthfulqa", action="store_true",
+                   help="drop prompts whose source is TruthfulQA (as `prefkit data binarize --drop-truthfulqa`)")
+    p.add_argument("--truthfulqa-prompts", default=None, metavar="FILE",
+                   help="TruthfulQA questions, one per line or JSON lines ('question' field): also drop prompts "
+                        "of other sources that are among them (implies --drop-truthfulqa)")
     p.set_defaults(func=run, _parser=p)
 
 
@@ -58,7 +63,8 @@ def run(args) -> int:
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(RelabelOptions) if f.name != "scale"}
     options = RelabelOptions(scale=(lo, hi), **fields)
     report = relabel_file(args.input, args.output, options, split=args.split, subset=args.subset,
-                          revision=args.revision, input_format=args.input_format, on_invalid=args.on_invalid)
+                          revision=args.revision, input_format=args.input_format, on_invalid=args.on_invalid,
+                          allow_empty=args.allow_empty)
     print(report.summary())
     print(f"wrote {args.output} (+ conditioning spec {report.notes.get('conditioning_spec')})")
     return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from prefkit.commands import add_io_arguments
+from prefkit.commands import add_io_arguments, write_result
 
 METRIC_CHOICES = ["alignment-potential", "ap-paper", "dpo-implicit", "explicit", "implicit", "random"]
 
@@ -125,7 +125,6 @@ def _select_options(args, **extra):
 
 
 def _run_select(args) -> int:
-    from prefkit.data import write
     from prefkit.report import StageReport
     from prefkit.select import select
 
@@ -134,9 +133,9 @@ def _run_select(args) -> int:
     options = _select_options(args, scored_path=args.scored, work_dir=args.work_dir, on_invalid=args.on_invalid)
     kept = select(ds, options=options, model=args.model, reference=args.reference, report=report,
                   file=str(args.input))
-    out = write(kept, args.output)
+    report.rows_out = len(kept)
+    out, _ = write_result(kept, args.output, report, args)
     print(report.summary())
-    report.write_beside(out)
     print(f"wrote {len(kept)} pairs to {out}" + (f"; plot: {args.plot}" if args.plot else ""))
     return 0
 
@@ -146,7 +145,6 @@ def _run_evolve(args) -> int:
 
     from prefkit.select import SelectOptions
     from prefkit.commands.synth import backend_from_args, sampling_from_args
-    from prefkit.data import write
     from prefkit.errors import ConfigError
     from prefkit.report import StageReport
     from prefkit.select.evolve import EvolveOptions, evolve_then_select
@@ -173,8 +171,8 @@ def _run_evolve(args) -> int:
     selection = dataclasses.replace(selection, seed=SelectOptions().seed)
     result = evolve_then_select(ds, backend, evolve, selection, reward_model=args.reward_model, judge=judge,
                                 model=args.model, reference=args.reference, report=report)
-    out = write(result.merged, args.output)
+    report.rows_out = len(result.merged)
+    out, _ = write_result(result.merged, args.output, report, args)
     print(report.summary())
-    report.write_beside(out)
     print(f"wrote {len(result.merged)} pairs ({len(result.evolved_selected)} evolved) to {out}")
     return 0

@@ -157,6 +157,10 @@ def run(args) -> int:
     report = StageReport(f"synth {method}")
     prompts = read_prompts(args.input, split=args.split, subset=args.subset, revision=args.revision,
                            format=args.input_format, on_invalid=args.on_invalid, report=report)
+    # rows of the input (a preference dataset's read counts them; a prompts file's are the prompts
+    # kept plus those dropped); the method counts its own rows in and out from here
+    n_in = report.rows_in or len(prompts) + report.n_dropped
+    report.rows_in = report.rows_out = 0
     backend = backend_from_args(args)
     run_dir = args.run_dir or (str(args.output).rstrip("/") + ".run")
     common = dict(run_dir=run_dir, retry_failed=args.retry_failed, progress=not args.no_progress, report=report)
@@ -183,21 +187,36 @@ def run(args) -> int:
     else:
         ds = synth.rlcd(prompts, backend, guideline=args.guideline,
                         generation=sampling_from_args(args, temperature=0.7), **common)
-    return finish(ds, args.output, report)
+    report.rows_in = max(report.rows_in, n_in)
+    return finish(ds, args.output, report, args)
 
 
-def finish(ds, output, report) -> int:
-    """Write the output and its report; print the report and the run's request summary."""
-    from prefkit.data import write
+def finish(ds, output, report, args) -> int:
+    """Write the output and its report (refusing an all-failed or empty result unless
+    --allow-empty); print the report and the run's request summary on stdout."""
+    from prefkit.commands import write_result
+    from prefkit.errors import EmptyResultError
     from prefkit.synth.runs import RunStats
 
-    write(ds, output)
-    path = report.write_beside(output)
-    print(report.summary(), file=sys.stderr)
-    run_notes = report.notes.get("run")
-    if isinstance(run_notes, dict):
+    def run_summary() -> str | None:
+        run_notes = report.notes.get("run")
+        if not isinstance(run_notes, dict):
+            return None
         st = RunStats(**{k: v for k, v in run_notes.items() if k != "failure_reasons"})
         st.failure_reasons.update(run_notes.get("failure_reasons", {}))
-        print(st.summary(), file=sys.stderr)
-    print(f"wrote {len(ds)} rows to {output} (report: {path})", file=sys.stderr)
+        return st.summary()
+
+    try:
+        out, path = write_result(ds, output, report, args)
+    except EmptyResultError:
+        # the error line says what happened; the request summary (to stderr: a diagnostic now)
+        # names the failure reasons
+        for text in (report.summary(), run_summary()):
+            if text:
+                print(text, file=sys.stderr)
+        raise
+    print(report.summary())
+    if run_summary():
+        print(run_summary())
+    print(f"wrote {len(ds)} rows to {out} (report: {path})")
     return 0

@@ -12,7 +12,9 @@ Methods
 
 Ties (equal overall scores in a pair) are always counted (`report.notes["ties"]`); by default
 they are dropped, with ties="keep" the earlier response in file order is `chosen`.
-Options: drop_truthfulqa removes prompts whose source is TruthfulQA; fine_grained_filter keeps
+Options: drop_truthfulqa removes prompts whose source is TruthfulQA, and truthfulqa_prompts (a
+list of TruthfulQA questions, see `truthfulqa_prompt_set`) also removes prompts of any other source
+whose text is one of them (it implies drop_truthfulqa); fine_grained_filter keeps
 only pairs whose mean fine-grained rating of chosen >= that of rejected (pairs where either is
 missing are dropped and counted).
 
@@ -33,6 +35,7 @@ from prefkit.report import StageReport
 METHODS = ("published", "best-vs-worst", "all-pairs")
 
 DROP_TRUTHFULQA = "prompt: TruthfulQA source (drop_truthfulqa)"
+DROP_TRUTHFULQA_LISTED = "prompt: listed in truthfulqa_prompts (drop_truthfulqa)"
 DROP_FEW = "prompt: fewer than 2 eligible responses"
 SKIP_NA = "response: an 'N/A' aspect rating (skipped)"
 SKIP_UNSCORED = "response: no overall score (skipped)"
@@ -46,9 +49,81 @@ def is_truthfulqa(source) -> bool:
     return source is not None and "truthful" in source.lower().replace("_", "").replace("-", "")
 
 
+def prompt_match_key(prompt) -> str:
+    """The text a prompt is matched on against a prompt list: a string prompt, or the first user
+    turn of a conversation; whitespace runs collapsed, case folded."""
+    if isinstance(prompt, list):
+        prompt = next((m.get("content") or "" for m in prompt if isinstance(m, dict) and m.get("role") == "user"),
+                      "")
+    return " ".join(str(prompt or "").split()).casefold()
+
+
+def truthfulqa_prompt_set(prompts) -> frozenset[str]:
+    """The match keys (`prompt_match_key`) of a prompt list: a file with one prompt per line, a
+    JSON lines file (.jsonl; each line a string or an object with 'prompt', 'question' or
+    'instruction', as in the TruthfulQA dataset's 'question' column), or an iterable of strings."""
+    import json
+    import os
+    from pathlib import Path
+
+    from prefkit.errors import DataError, MissingInputError
+
+    if isinstance(prompts, (str, os.PathLike)):
+        path = Path(os.path.expanduser(str(prompts)))
+        if not path.is_file():
+            raise MissingInputError("no such file (the TruthfulQA prompt list)", file=str(prompts))
+        texts = []
+        as_json = path.suffix.lower() in (".jsonl", ".json")
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                if not as_json:
+                    texts.append(line)
+                    continue
+                try:
+                    value = json.loads(line)
+                except ValueError:
+                    raise DataError("not valid JSON; expected a string or an object with a 'question' or "
+                                    "'prompt' field", file=str(prompts), line=line_no) from None
+                if isinstance(value, dict):
+                    value = next((value[k] for k in ("prompt", "question", "instruction") if k in value), None)
+                if not isinstance(value, (str, list)):
+                    raise DataError("expected a string or an object with a 'question' or 'prompt' field",
+                                    file=str(prompts), line=line_no, field="question")
+                texts.append(value)
+    else:
+        texts = list(prompts)
+    keys = frozenset(k for k in (prompt_match_key(t) for t in texts) if k)
+    if not keys:
+        raise DataError("holds no prompts; expected one TruthfulQA question per line", file=str(prompts))
+    return keys
+
+
+def truthfulqa_drops(prompts, sources, listed: frozenset[str] | None) -> list[str | None]:
+    """Per row: the drop reason for drop_truthfulqa (TruthfulQA source, or a prompt in `listed`),
+    or None to keep it. `sources` None: the data has no source column, so only a list can tell."""
+    from prefkit.errors import ConfigError
+
+    if sources is None:
+        if not listed:
+            raise ConfigError("drop_truthfulqa needs a 'source' column to find TruthfulQA prompts, and this data "
+                              "has none; give the TruthfulQA questions (truthfulqa_prompts / --truthfulqa-prompts)")
+        sources = [None] * len(prompts)
+    out: list[str | None] = []
+    for prompt, source in zip(prompts, sources):
+        if is_truthfulqa(source):
+            out.append(DROP_TRUTHFULQA)
+        elif listed and prompt_match_key(prompt) in listed:
+            out.append(DROP_TRUTHFULQA_LISTED)
+        else:
+            out.append(None)
+    return out
+
+
 def binarize(dataset, *, method: str = "published", seed: int = 42, ties: str = "drop",
              drop_truthfulqa: bool = False, fine_grained_filter: bool = False,
-             report: StageReport | None = None):
+             report: StageReport | None = None, truthfulqa_prompts=None):
     """Turn a MULTI dataset (`prefkit.data.read` of UltraFeedback raw or multi-response data) into
     a PAIRS dataset with score, aspect and fine-grained columns for chosen and rejected,
     `model_chosen`/`model_rejected`, and provenance (prompt_id, source_row, source and a pair_id
@@ -90,8 +165,15 @@ def binarize(dataset, *, method: str = "published", seed: int = 42, ties: str = 
     rep.drop(SKIP_NA, int(na.sum()))
     rep.drop(SKIP_UNSCORED, int((unscored & ~na).sum()))
 
-    sources = table.column(R.SOURCE).to_pylist() if R.SOURCE in table.column_names else [None] * n_rows
+    has_source = R.SOURCE in table.column_names
+    sources = table.column(R.SOURCE).to_pylist() if has_source else [None] * n_rows
     prompt_ids = table.column(R.PROMPT_ID).to_pylist()
+    listed = truthfulqa_prompt_set(truthfulqa_prompts) if truthfulqa_prompts is not None else None
+    if listed is not None or drop_truthfulqa:
+        tqa = truthfulqa_drops(table.column(R.PROMPT).to_pylist() if listed else [None] * n_rows,
+                               sources if has_source else None, listed)
+    else:
+        tqa = [None] * n_rows
     src_rows = table.column(R.SOURCE_ROW).to_pylist()
 
     rng = random.Random(seed)
@@ -100,8 +182,8 @@ def binarize(dataset, *, method: str = "published", seed: int = 42, ties: str = 
     rows_out, chosen_out, rejected_out, pair_ids = [], [], [], []
     n_ties = 0
     for r in range(n_rows):
-        if drop_truthfulqa and is_truthfulqa(sources[r]):
-            rep.drop(DROP_TRUTHFULQA, 1, example=prompt_ids[r])
+        if tqa[r] is not None:
+            rep.drop(tqa[r], 1, example=prompt_ids[r])
             continue
         s0 = int(starts[r])
         idx = [s0 + j for j in range(int(lengths[r])) if elig_l[s0 + j]]

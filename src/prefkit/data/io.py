@@ -90,15 +90,14 @@ def read(path, *, split: str | None = None, subset: str | None = None, revision:
       `split`, `subset` (config name) and `revision`), or an in-memory `datasets.Dataset`.
     format: "auto" (from the columns) or one of "ultrafeedback", "ultrafeedback-binarized", "trl",
       "multi".
-    on_invalid: "error" raises `DataError` naming file, row and field at the first invalid row;
-      "skip" drops invalid rows and counts them by reason in `report` (logged as a warning when
-      no report is given).
+    on_invalid: "error" raises `DataError` naming file, line or row, and field at the first invalid
+      row; "drop" drops invalid rows and counts them by reason in `report` (logged as a warning
+      when no report is given). The old spelling "skip" still means "drop".
 
     Returns a `datasets.Dataset`: PAIRS for pairwise formats, MULTI for multi-response ones; every
     row keeps prompt_id, source_row (and pair_id for PAIRS) so later stages can join back.
     """
-    if on_invalid not in ("error", "skip"):
-        raise ConfigError(f"on_invalid must be 'error' or 'skip', not {on_invalid!r}")
+    on_invalid = V.on_invalid_mode(on_invalid)
     if format not in ("auto",) + FORMATS:
         raise ConfigError(f"unknown format {format!r}; expected auto or one of {', '.join(FORMATS)}")
     own_report = report is None
@@ -155,7 +154,11 @@ def read(path, *, split: str | None = None, subset: str | None = None, revision:
 def _progress(it, label):
     from tqdm.auto import tqdm
 
-    return tqdm(it, desc=f"reading {Path(label).name}", unit=" rows", disable=None, mininterval=1.0,
+    from prefkit.report import progress_enabled
+
+    # disable=None: only on a terminal; TQDM_DISABLE (and --quiet) turn it off
+    return tqdm(it, desc=f"reading {Path(label).name}", unit=" rows", disable=None if progress_enabled() else True,
+                mininterval=1.0,
                 leave=False)
 
 
@@ -267,7 +270,17 @@ def write(dataset, path) -> Path:
     """Write `dataset` to `path`; the extension picks the format: .jsonl (one JSON object per
     line), .json (one JSON array), .parquet, .csv (flat columns only), or no extension for a
     directory written with `save_to_disk` (a `DatasetDict` is allowed there). Files are written
-    to a temporary name and renamed, so a crash never leaves a half-written output."""
+    to a temporary name and renamed, so a crash never leaves a half-written output; a full disk
+    is one DiskFullError line naming the directory (the temporary file is removed and an earlier
+    `path` stays as it was)."""
+    from prefkit.files import disk_guard
+
+    p = Path(os.path.expanduser(str(path)))
+    with disk_guard(p.name, p.parent, kept=f"{p} is as it was before"):
+        return _write(dataset, path)
+
+
+def _write(dataset, path) -> Path:
     import datasets
 
     p = Path(os.path.expanduser(str(path)))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from prefkit.data.validate import BAD_JSON, UNDECODABLE
-from prefkit.errors import ConfigError, DataError
+from prefkit.errors import ConfigError, DataError, MissingInputError
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 _BATCH = 1000
@@ -244,7 +244,7 @@ def open_source(path, *, split=None, subset=None, revision=None) -> Source:
             raise ConfigError(f"{label}: is a single saved Dataset; it has no split {split!r}")
         return ArrowSource(loaded, label)
     if p.suffix.lower() in FILE_SUFFIXES and not p.exists():
-        raise DataError("no such file", file=label)
+        raise MissingInputError("no such file", file=label)
     # A hub id, or a local directory of data files: the same `load_dataset` path either way.
     try:
         loaded = datasets.load_dataset(str(p) if p.exists() else label, name=subset, split=split,

@@ -1,13 +1,28 @@
 """Field checks shared by the adapters. Each raises `DataError` naming the field and saying what
 was expected; the adapter adds the file and row. `reason` is the short key under which a skipped
-row is counted (``--on-invalid skip``)."""
+row is counted (``--on-invalid drop``)."""
 
 from __future__ import annotations
 
 import math
 
 from prefkit.data.records import ROLES
-from prefkit.errors import DataError
+from prefkit.errors import ConfigError, DataError
+
+# The one spelling of `on_invalid` / `--on-invalid` in every stage: stop at the first invalid row
+# with an error naming file, line or row, and field; or drop invalid rows and count them by
+# reason in the StageReport. 'skip', the data, relabel, select and synth stages' old word for
+# 'drop', is still accepted.
+ON_INVALID = ("error", "drop")
+ON_INVALID_OLD = {"skip": "drop"}
+
+
+def on_invalid_mode(value: str) -> str:
+    """`value` in its one spelling ('error' or 'drop'); the old 'skip' reads as 'drop'."""
+    value = ON_INVALID_OLD.get(value, value)
+    if value not in ON_INVALID:
+        raise ConfigError(f"on_invalid must be 'error' or 'drop', not {value!r}")
+    return value
 
 # Reasons under which invalid rows are counted when skipped.
 MISSING = "missing field"

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from prefkit.errors import ConfigError, DataError
+from prefkit.evaluate.report import instruction_text, write_report
 from prefkit.evaluate.winrate import LC_LABELS, length_controlled_win_rates, mean_and_se, win_rate
 from prefkit.synth.backends import Backend, LocalBackend, OpenAIBackend, SamplingParams
 from prefkit.synth.runs import Request, Run
@@ -184,14 +185,6 @@ def load_prompts(prompts, *, split=None, subset=None, revision=None, format: str
         return prompts
     return read_prompts(prompts, split=split, subset=subset, revision=revision, format=format,
                         on_invalid=on_invalid, report=report)
-
-
-def instruction_text(prompt) -> str:
-    """AlpacaEval's `instruction` for a prompt: the string, or the last user turn of a message list."""
-    if isinstance(prompt, str):
-        return prompt
-    users = [m["content"] for m in prompt if m.get("role") == "user"]
-    return users[-1] if users else ""
 
 
 # -- generation -------------------------------------------------------------------------------------
@@ -427,7 +420,6 @@ def evaluate_policies(policies, prompts, *, output_dir=None, run_dir=None, n: in
                                   if m in results[spec.name]} for spec in specs},
            "run": run_stats, "run_dir": str(run_dir)}
     if output_dir is not None:
-        from prefkit.evaluate.report import write_report
 
         out["files"] = write_report(out, rows, output_dir)
     return out

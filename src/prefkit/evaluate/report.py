@@ -19,6 +19,14 @@ from pathlib import Path
 from prefkit.evaluate.winrate import LC_LABELS
 
 
+def instruction_text(prompt) -> str:
+    """AlpacaEval's `instruction` for a prompt: the string, or the last user turn of a message list."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else ""
+
+
 def _fmt(v, pct=False, digits=3) -> str:
     if v is None:
         return "n/a"
@@ -129,7 +137,6 @@ def plot_lengths(res: dict, path: Path) -> Path | None:
 
 def write_report(res: dict, rows: list, output_dir: Path) -> dict:
     """Write every file of the module docstring; returns {kind: path}."""
-    from prefkit.evaluate.policy import instruction_text
 
     output_dir = Path(output_dir)
     (output_dir / "outputs").mkdir(parents=True, exist_ok=True)

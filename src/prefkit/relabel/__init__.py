@@ -17,9 +17,11 @@ from prefkit.relabel.conditioning import (
     make_spec,
 )
 from prefkit.relabel.inference import condition
+from prefkit.relabel.serving import export_chat_template
 
 __all__ = [
     "CONDITIONING_FILE", "DEFAULT_TEMPLATE", "ConditioningSpec", "RelabelOptions", "accepts_system_role", "condition",
+    "export_chat_template",
     "find_conditioning", "format_goal", "load_conditioning", "make_spec", "relabel", "relabel_file",
     "relabel_with_spec",
 ]

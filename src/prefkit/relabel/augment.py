@@ -62,6 +62,11 @@ class RelabelOptions:
         (the lowest reward in the data -> scale min, the highest -> scale max) and rounded to
         `round_scores` decimals (default 1). The rewards are kept as implicit_reward_chosen/_rejected.
     scale: (min, max) of the goal scale stated in S(g); max is the goal used at inference.
+    drop_truthfulqa: drop pairs (or, for multi-response input, prompts) whose `source` is
+        TruthfulQA, as `prefkit.data.binarize(drop_truthfulqa=True)` does (counted).
+    truthfulqa_prompts: a list of TruthfulQA questions (a file, one per line or JSON lines, or an
+        iterable of strings; see `prefkit.data.binarize.truthfulqa_prompt_set`): also drop prompts
+        of any other source whose text is one of them. Implies drop_truthfulqa.
     """
 
     placement: str = "system"
@@ -79,6 +84,8 @@ class RelabelOptions:
     reference: Any = None
     beta: float = 0.1
     batch_size: int = 8
+    drop_truthfulqa: bool = False
+    truthfulqa_prompts: Any = None
 
     def __post_init__(self):
         if self.ties not in ("drop", "keep"):
@@ -102,7 +109,13 @@ def relabel(dataset, options: RelabelOptions | None = None, *, report: StageRepo
     pair_id made unique as '<pair_id>:w' / '<pair_id>:l'), plus `goal_score` (when 'overall' is an
     attribute), `goal_scores` (a struct, for several attributes), `source_pair_id` and
     `relabel_half` ('w' or 'l'). Multi-response (MULTI) input is binarized first with
-    `prefkit.data.binarize(..., seed=seed, ties=ties, fine_grained_filter=fine_grained_filter)`.
+    `prefkit.data.binarize(..., seed=seed, ties=ties, fine_grained_filter=fine_grained_filter,
+    drop_truthfulqa=..., truthfulqa_prompts=...)`.
+
+    A dataset that has not gone through `prefkit.data.read` (for example the raw
+    ultrafeedback_binarized schema: a string `prompt` and full conversations in chosen/rejected, or
+    raw UltraFeedback rows) is first canonicalised with `prefkit.data.read` (its drops counted in
+    `report`), so that the goal text lands in the prompt the trainer reads.
     """
     out, _ = relabel_with_spec(dataset, options, report=report, **overrides)
     return out
@@ -121,12 +134,27 @@ def relabel_with_spec(dataset, options: RelabelOptions | None = None, *, report:
     if not isinstance(dataset, datasets.Dataset):
         raise ConfigError(f"relabel expects a datasets.Dataset, got {type(dataset).__name__}")
 
+    rows_in = len(dataset)
+    why = _not_canonical(dataset)
+    if why is not None:
+        from prefkit.data import read
+
+        sub = StageReport("read")
+        dataset = read(dataset, report=sub)
+        report.merge(sub)
+        report.notes["canonicalised"] = f"{why}: read with prefkit.data.read (format {sub.notes.get('format')})"
     cols = set(dataset.column_names)
-    report.rows_in = len(dataset)
+    report.rows_in = rows_in
+    listed = None
+    if o.truthfulqa_prompts is not None:
+        from prefkit.data.binarize import truthfulqa_prompt_set
+
+        listed = truthfulqa_prompt_set(o.truthfulqa_prompts)
     if RESPONSES in cols and not {CHOSEN, REJECTED} <= cols:
         dataset = _binarize(dataset, seed=o.seed, ties=o.ties, fine_grained_filter=o.fine_grained_filter,
-                            report=report)
-        o = replace(o, fine_grained_filter=False)  # applied by binarize
+                            drop_truthfulqa=o.drop_truthfulqa, truthfulqa_prompts=listed, report=report)
+        o = replace(o, fine_grained_filter=False, drop_truthfulqa=False, truthfulqa_prompts=None)  # applied
+        listed = None
         cols = set(dataset.column_names)
     missing = [c for c in (PROMPT, CHOSEN, REJECTED) if c not in cols]
     if missing:
@@ -181,6 +209,15 @@ def relabel_with_spec(dataset, options: RelabelOptions | None = None, *, report:
             for r in rows[: max(0, 5 - len(examples))]:
                 examples.append(f"pair_id={src_ids[int(r)].as_py()}")
             keep[mask] = False
+
+    if o.drop_truthfulqa or listed is not None:
+        from prefkit.data.binarize import truthfulqa_drops
+
+        sources = table[R.SOURCE].to_pylist() if R.SOURCE in cols else None
+        reasons = np.array(truthfulqa_drops(table[PROMPT].to_pylist() if listed else [None] * n, sources, listed),
+                           dtype=object)
+        for reason in sorted({r for r in reasons if r is not None}):
+            drop(reasons == reason, reason)
 
     missing_goal = np.isnan(goals_w).any(axis=1) | np.isnan(goals_l).any(axis=1)
     if n and missing_goal.all():
@@ -327,11 +364,43 @@ def _take_blocks(column: pa.ChunkedArray, indices: np.ndarray):
         yield 0, column.take(pa.array([], type=pa.int64())).combine_chunks()
 
 
-def _binarize(dataset, *, seed, ties, fine_grained_filter, report):
+def _not_canonical(dataset) -> str | None:
+    """Why `dataset` is not in prefkit's canonical PAIRS or MULTI columns (so relabeling its
+    `prompt` column would not change what the trainer reads), or None when it is."""
+    cols = set(dataset.column_names)
+    if R.RESPONSES in cols and R.PROMPT in cols and not {R.CHOSEN, R.REJECTED} & cols:
+        resp = dataset.data.schema.field(R.RESPONSES).type
+        ok = (pa.types.is_list(resp) or pa.types.is_large_list(resp)) and pa.types.is_struct(resp.value_type) \
+            and resp.value_type.get_field_index("text") >= 0
+        return None if ok else "its 'responses' are not prefkit MULTI responses"
+    if {"instruction", "completions"} <= cols and R.PROMPT not in cols:
+        return "it holds raw UltraFeedback rows (instruction, completions)"
+    if not {R.PROMPT, R.CHOSEN, R.REJECTED} <= cols:
+        return "its prompt is implicit (the shared start of chosen and rejected)" \
+            if {R.CHOSEN, R.REJECTED} <= cols else None  # else: relabel names the missing columns
+    schema = dataset.data.schema
+    is_list = {c: pa.types.is_list(schema.field(c).type) or pa.types.is_large_list(schema.field(c).type)
+               for c in (R.PROMPT, R.CHOSEN, R.REJECTED)}
+    if not is_list[R.PROMPT] and (is_list[R.CHOSEN] or is_list[R.REJECTED]):
+        return "its prompt is a string but its responses are message lists (the ultrafeedback_binarized " \
+               "schema, whose conversations repeat the prompt)"
+    if is_list[R.CHOSEN] and is_list[R.REJECTED]:
+        table = dataset.with_format("arrow")[:]
+        for c in (R.CHOSEN, R.REJECTED):
+            flat = pc.list_flatten(table[c])
+            if pa.types.is_struct(flat.type) and flat.type.get_field_index("role") >= 0:
+                roles = pc.struct_field(flat, "role")
+                if pc.any(pc.not_equal(roles, "assistant")).as_py():
+                    return f"its '{c}' holds whole conversations, not only the assistant's answer"
+    return None
+
+
+def _binarize(dataset, *, seed, ties, fine_grained_filter, report, drop_truthfulqa=False, truthfulqa_prompts=None):
     from prefkit.data import binarize
 
     sub = StageReport("binarize")
-    pairs = binarize(dataset, seed=seed, ties=ties, fine_grained_filter=fine_grained_filter, report=sub)
+    pairs = binarize(dataset, seed=seed, ties=ties, fine_grained_filter=fine_grained_filter,
+                     drop_truthfulqa=drop_truthfulqa, truthfulqa_prompts=truthfulqa_prompts, report=sub)
     report.merge(sub)  # its drops and notes, under relabel's rows_in (the multi-response rows)
     return pairs
 
@@ -446,18 +515,29 @@ def _goal_texts(spec: ConditioningSpec, goals: np.ndarray) -> tuple[pa.Array, in
 
 def relabel_file(input: str | os.PathLike, output: str | os.PathLike, options: RelabelOptions | None = None, *,
                  split=None, subset=None, revision=None, input_format: str = "auto", on_invalid: str = "error",
-                 **overrides) -> StageReport:
+                 allow_empty: bool = False, **overrides) -> StageReport:
     """Read INPUT, relabel it, write OUTPUT, and beside it the conditioning spec and the report.
 
     options / overrides: as for `relabel` (a `RelabelOptions`, and/or its fields as keywords).
+    allow_empty: write OUTPUT even when no row is left from a non-empty INPUT; by default that
+    raises `EmptyResultError` (the report is still written beside OUTPUT).
     Returns the StageReport (also written beside OUTPUT)."""
     from prefkit import data as pdata
+    from prefkit.errors import EmptyResultError
+    from prefkit.report import check_result
 
     options = RelabelOptions.of(options, **overrides)  # a bad option fails before anything is read
     report = StageReport("relabel")
     ds = pdata.read(str(input), split=split, subset=subset, revision=revision, format=input_format,
                     on_invalid=on_invalid, report=report)
+    rows_read = report.rows_in
     out, spec = relabel_with_spec(ds, options, report=report)
+    report.rows_in = rows_read  # the rows of INPUT (relabel counted those left after reading)
+    try:
+        check_result(report, allow_empty=allow_empty, output=output)
+    except EmptyResultError:
+        report.write_beside(output)
+        raise
     pdata.write(out, str(output))
     spec_path = spec.write_beside(output)
     report.notes["conditioning_spec"] = str(spec_path)

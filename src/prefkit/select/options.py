@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from prefkit.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -23,7 +22,7 @@ class SelectOptions:
     cache_dir: row-level log-prob cache (resumable scoring). score_kwargs: passed on to
     `prefkit.logprobs.score_logps` (max_length, max_prompt_length, ...). seed: of the random
     metric. work_dir: keep the metric table there, memory-mapped (data larger than memory).
-    on_invalid: 'error' or 'skip' (counted) for rows that cannot be scored. progress: bars.
+    on_invalid: 'error' or 'drop' (counted; the old 'skip' means 'drop') for rows that cannot be scored. progress: bars.
     plot: PNG of explicit against implicit margin with the selection boundary. scored_path:
     also write every row with its metric columns and `selected`."""
 
@@ -44,8 +43,9 @@ class SelectOptions:
     scored_path: Any = None
 
     def __post_init__(self):
-        if self.on_invalid not in ("error", "skip"):
-            raise ConfigError(f"on_invalid must be 'error' or 'skip', not {self.on_invalid!r}")
+        from prefkit.data.validate import on_invalid_mode
+
+        object.__setattr__(self, "on_invalid", on_invalid_mode(self.on_invalid))
 
     @classmethod
     def of(cls, options: SelectOptions | None = None, **overrides) -> SelectOptions:

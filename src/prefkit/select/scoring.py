@@ -20,7 +20,7 @@ Columns written (one row per pair, aligned with the input):
   reference_logps_chosen / reference_logps_rejected, dpo_implicit_margin,
   z_abs_dpo_implicit_margin, dpo_alignment_potential            (with a reference model)
   random_score              seeded uniform(0, 1)
-  scorable                  False for rows skipped with on_invalid="skip" (metrics are NaN)
+  scorable                  False for rows skipped with on_invalid="drop" (metrics are NaN)
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def _call_score_logps(model, tokenizer, pairs: list[dict], reference, batch_size
 
 
 def _scores_of(table, fld: str, row0: int, file, on_invalid: str, report: StageReport) -> np.ndarray:
-    """The column as float64 with NaN where unusable; raises (or counts, with on_invalid='skip')
+    """The column as float64 with NaN where unusable; raises (or counts, with on_invalid='drop')
     at missing, NaN and infinite values, naming the first bad row."""
     import pyarrow.compute as pc
 
@@ -129,7 +129,7 @@ def _scores_of(table, fld: str, row0: int, file, on_invalid: str, report: StageR
         if not mask.any():
             continue
         bad = np.flatnonzero(mask)
-        if on_invalid != "skip":
+        if on_invalid != "drop":
             raise DataError(f"{problem}; selection needs a finite {fld} for every pair", file=file,
                             row=row0 + int(bad[0]), field=fld)
     values = values.copy()
@@ -166,6 +166,8 @@ def score_margins(dataset, options: SelectOptions | None = None, *, model=None, 
     """
     from datasets import Dataset, concatenate_datasets
     from tqdm.auto import tqdm
+
+    from prefkit.report import progress_enabled
 
     from prefkit.data import binarize
 
@@ -211,7 +213,7 @@ def score_margins(dataset, options: SelectOptions | None = None, *, model=None, 
                    "abs_dpo_implicit_margin": M.RunningMoments()}
         counts = {"cached": 0, "scored": 0}
         n = len(dataset)
-        bar = tqdm(total=n, desc="select: scoring pairs", unit="pair", disable=not o.progress, dynamic_ncols=True)
+        bar = tqdm(total=n, desc="select: scoring pairs", unit="pair", disable=not progress_enabled(o.progress), dynamic_ncols=True)
         import pyarrow as pa
 
         writer = sink = None
@@ -325,7 +327,7 @@ def _pass1_chunk(table, row0: int, ctx: _Pass1) -> dict:
                 continue
             for c in pol:
                 if math.isnan(pol[c][i]):
-                    if on_invalid == "skip":
+                    if on_invalid == "drop":
                         report.drop("not scorable by the model (dropped by tokenization/truncation or NaN "
                                     "log-prob)", 1, example=f"row {row0 + i}")
                         scorable[i] = False
@@ -336,7 +338,7 @@ def _pass1_chunk(table, row0: int, ctx: _Pass1) -> dict:
             else:
                 for side in ("len_chosen", "len_rejected"):
                     if pol[side][i] <= 0:
-                        if on_invalid == "skip":
+                        if on_invalid == "drop":
                             report.drop("response has no tokens after truncation", 1, example=f"row {row0 + i}")
                             scorable[i] = False
                             break
@@ -400,11 +402,13 @@ def _pass2(raw_path, metrics_path, stats, weight, seed, has_policy, has_referenc
     import pyarrow as pa
     from tqdm.auto import tqdm
 
+    from prefkit.report import progress_enabled
+
     if n == 0:
         return
     rng = np.random.default_rng(seed)
     st_e = stats["explicit_margin"]
-    bar = tqdm(total=n, desc="select: ranking", unit="pair", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=n, desc="select: ranking", unit="pair", disable=not progress_enabled(progress), dynamic_ncols=True)
     with pa.memory_map(str(raw_path), "r") as src, pa.OSFile(str(metrics_path), "wb") as sink:
         reader = pa.ipc.open_stream(src)
         writer = None

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from prefkit.errors import PrefkitError
+from prefkit.report import progress_enabled
 from prefkit.synth.backends import Backend, RequestFailed, SamplingParams
 
 REQUESTS_FILE = "requests.jsonl"
@@ -209,17 +210,28 @@ async def execute(backend: Backend, requests: Iterable[Request], store: RunStore
     stats.requested = len(set(keys.values()))
 
     t0 = time.monotonic()
-    bar = tqdm(total=len(todo), desc=desc, unit="req", disable=not progress, dynamic_ncols=True, smoothing=0.1)
-    last_postfix = 0.0
+    bar = tqdm(total=len(todo), desc=desc, unit="req", disable=not progress_enabled(progress), dynamic_ncols=True,
+               smoothing=0.1)
+    last_rate = 0.0
+    rate = 0.0
+
+    def postfix() -> None:
+        bar.set_postfix_str(f"{rate:.0f} tok/s, failed {stats.failed}", refresh=False)
+
+    postfix()
 
     def on_done(ok: bool, n_tokens: int) -> None:
-        nonlocal last_postfix
-        bar.update(1)
+        # The failure count is exact at every redraw (and in the final one): the postfix is
+        # refreshed on every failure; only the token rate is recomputed at most twice a second.
+        nonlocal last_rate, rate
         now = time.monotonic()
-        if now - last_postfix > 0.5:
-            last_postfix = now
-            el = max(now - t0, 1e-9)
-            bar.set_postfix_str(f"{stats.completion_tokens / el:.0f} tok/s, failed {stats.failed}", refresh=False)
+        if now - last_rate > 0.5:
+            last_rate = now
+            rate = stats.completion_tokens / max(now - t0, 1e-9)
+            postfix()
+        elif not ok:
+            postfix()
+        bar.update(1)
 
     queue: asyncio.Queue = asyncio.Queue()
     for k, req in todo.items():
@@ -262,6 +274,8 @@ async def execute(backend: Backend, requests: Iterable[Request], store: RunStore
         for t in tasks:
             t.cancel()
         store.sync()
+        rate = stats.completion_tokens / max(time.monotonic() - t0, 1e-9)
+        postfix()
         bar.close()
     stats.seconds = time.monotonic() - t0
     records = {k: store.records[k] for k in set(keys.values()) if k in store.records}

@@ -32,6 +32,7 @@ so an interrupted demo resumes.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -252,14 +253,55 @@ def run_demo(out: str | Path = "demo_out", config: DemoConfig | None = None, pro
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    runs = [run_world(out, config, config.world, STAGES, progress)]
-    if config.ablation_world is not None:
-        stages = [(n, f) for n, f in STAGES if n in ABLATION_STAGES]
-        runs.append(run_world(out / f"world-{config.ablation_world.key()}", config, config.ablation_world, stages,
-                              progress))
+    if config.ablation_world is None:
+        runs = [run_world(out, config, config.world, STAGES, progress)]
+    else:
+        ablation_out = out / f"world-{config.ablation_world.key()}"
+        workers = os.cpu_count() or 1
+        if config.parallel_worlds and workers >= 2:
+            runs = _run_worlds_side_by_side(out, ablation_out, config, workers, progress)
+        else:
+            runs = [run_world(out, config, config.world, STAGES, progress),
+                    run_world(ablation_out, config, config.ablation_world, _ablation_stages(), progress)]
     report = write_report(out, config, runs, time.time() - t_start)
     log(f"report: {report}")
     return report
+
+
+def _ablation_stages():
+    return [(n, f) for n, f in STAGES if n in ABLATION_STAGES]
+
+
+def _ablation_world_process(out: Path, config: DemoConfig, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    return run_world(out, config, config.ablation_world, _ablation_stages(), progress=False)
+
+
+def _run_worlds_side_by_side(out: Path, ablation_out: Path, config: DemoConfig, workers: int,
+                             progress: bool) -> list[dict]:
+    """The two worlds share nothing (own base policy, own seeds' directories), so the ablation
+    world runs in a second process while this one runs the main world, each on half the cores.
+    Each world's numbers are the same as when run alone: the stages are seeded per world and
+    seed, and the toy models give bit-identical results at 1 and 2 torch threads (docs/toy.md)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    half = max(1, workers // 2)
+    before = torch.get_num_threads()
+    log(f"running the ablation world ({world_name(config.ablation_world)}) in a second process, "
+        f"{half} thread(s) each")
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        ablation = pool.submit(_ablation_world_process, ablation_out, config, half)
+        torch.set_num_threads(half)
+        try:
+            main = run_world(out, config, config.world, STAGES, progress)
+        finally:
+            torch.set_num_threads(before)
+        return [main, ablation.result()]
 
 
 def run_world(out: Path, config: DemoConfig, world, stages, progress: bool = True, seeds=None) -> dict:

@@ -65,6 +65,8 @@ class DemoConfig:
     curve_policies: tuple[str, ...] = CURVE_POLICIES
     curve_goals: tuple[float, ...] = CURVE_GOALS
     probe_threshold: float = PROBE_THRESHOLD
+    # Run the ablation world in a second process beside the main one (when there are 2+ cores).
+    parallel_worlds: bool = True
 
 
 def quick_config(seeds: int = 1) -> DemoConfig:

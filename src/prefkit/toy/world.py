@@ -159,6 +159,8 @@ def pretrain(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int,
     import torch
     from tqdm.auto import tqdm
 
+    from prefkit.report import progress_enabled
+
     examples = []
     for row in rows:
         prompt_ids = tokenizer.apply_chat_template(row["messages"], add_generation_prompt=True,
@@ -178,7 +180,7 @@ def pretrain(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int,
     pad = tokenizer.pad_token_id
     model.train()
     losses = []
-    bar = tqdm(range(steps), desc="toy: pretraining base policy", unit="step", disable=not progress)
+    bar = tqdm(range(steps), desc="toy: pretraining base policy", unit="step", disable=not progress_enabled(progress))
     for _ in bar:
         idx = torch.randint(len(examples), (batch_size,), generator=gen).tolist()
         batch = [examples[i] for i in idx]

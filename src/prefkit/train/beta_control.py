@@ -69,9 +69,12 @@ class EpsDPOBeta(FixedBeta):
     def pair_beta(self, fwd, ref_head, batch, *, training, chunk_size=None):
         from prefkit.logprobs import perturbed_sequence_logps
 
-        kw = {"chunk_size": chunk_size} if chunk_size else {}
-        minus, plus = perturbed_sequence_logps(fwd.head, ref_head, batch["input_ids"], batch["response_mask"],
-                                               self.eps, **kw)
+        if fwd.perturbed is not None:  # the packed forward computed them from its own logits chunks
+            minus, plus = fwd.perturbed
+        else:
+            kw = {"chunk_size": chunk_size} if chunk_size else {}
+            minus, plus = perturbed_sequence_logps(fwd.head, ref_head, batch["input_ids"], batch["response_mask"],
+                                                   self.eps, **kw)
         b = fwd.chosen_logps.shape[0]
         # float64 so that the per-pair beta (and the base-beta average) is exact
         z = (fwd.chosen_logps - fwd.rejected_logps).detach().double()

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+import warnings
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -96,19 +98,34 @@ def lora_config(cfg, task_type: str):
                       target_modules=cfg.lora_target_modules or "all-linear")
 
 
-def resolve_resume(value, output_dir: str) -> str | None:
-    """A checkpoint dir to resume from: explicit path, or 'auto'/'true' for the latest in output_dir
-    (None when there is none yet: a fresh start)."""
+def resolve_resume(value, output_dir: str, *, required: tuple[str, ...] = (),
+                   skipped: list | None = None) -> str | None:
+    """A checkpoint dir to resume from: explicit path, or 'auto'/'true' for the latest complete one
+    in output_dir (None when there is none yet: a fresh start).
+
+    'auto' skips checkpoints whose save did not finish (a run killed while saving; each is
+    appended to `skipped` and warned about); a checkpoint with an unreadable file, or an explicit
+    path to an incomplete one, is a ConfigError naming the file (prefkit.train.integrity).
+    `required`: files the trainer itself writes into every checkpoint."""
+    from prefkit.train.integrity import checkpoint_problem, latest_complete_checkpoint
+
     if value in (None, False, "", "false", "no", "none"):
         return None
-    from transformers.trainer_utils import get_last_checkpoint
-
     if value is True or str(value).lower() in ("auto", "true", "yes", "latest"):
-        if not os.path.isdir(output_dir):
-            return None
-        return get_last_checkpoint(output_dir)
+        skipped = skipped if skipped is not None else []
+        found = latest_complete_checkpoint(output_dir, required=required, skipped=skipped)
+        for ckpt in skipped:
+            warnings.warn(f"resume_from_checkpoint auto: skipping {ckpt}, its save did not finish "
+                          "(the run was stopped while saving it)", stacklevel=2)
+        return str(found) if found is not None else None
     if not os.path.isdir(value):
         raise ConfigError(f"resume_from_checkpoint: no checkpoint directory {value!r}")
+    problem = checkpoint_problem(value, required=required)
+    if problem is not None:
+        kind, f = problem
+        why = ("missing: the checkpoint's save did not finish" if kind == "incomplete"
+               else kind.split(": ", 1)[1])
+        raise ConfigError(f"{f}: cannot resume from this checkpoint, file {why}")
     return str(value)
 
 
@@ -128,12 +145,34 @@ def find_conditioning_spec(cfg, data_source):
     return None
 
 
+RELABEL_COLUMNS = ("relabel_half", "goal_score", "goal_scores")   # columns prefkit.relabel adds
+
+
+def warn_if_relabeled(data, cfg) -> None:
+    """Warn when the training data was relabeled (it has prefkit.relabel's columns) but no
+    conditioning spec goes with it: the trained model would then be used without the
+    conditioning it was trained on (no prefkit_conditioning.json in the output)."""
+    if cfg.conditioning == "none":
+        return
+    cols = getattr(data, "column_names", None)
+    if cols is None:
+        return
+    found = [c for c in RELABEL_COLUMNS if c in cols]
+    if found:
+        warnings.warn(f"the training data looks relabeled (column {found[0]!r}) but has no conditioning spec: "
+                      "the output will have no prefkit_conditioning.json, so generate and servers will not "
+                      "condition prompts as in training. Pass conditioning=spec (relabel_with_spec returns it), "
+                      "or set conditioning: none to silence this", stacklevel=3)
+
+
 def write_report(output_dir: str, payload: dict[str, Any]) -> Path:
     path = Path(output_dir) / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **payload}
-    path.write_text(json.dumps(payload, indent=2, default=str))
-    return path
+    from prefkit.files import atomic_write_text, disk_guard
+
+    with disk_guard(REPORT_FILE, output_dir, kept="the trained model was saved before it"):
+        return atomic_write_text(path, json.dumps(payload, indent=2, default=str))
 
 
 def data_summary(report: StageReport, eval_pairs: int | None = None) -> str:
@@ -201,10 +240,15 @@ def prepare_run(cfg, *, model=None, tokenizer=None, train_dataset=None, eval_dat
             train_raw = train_raw.rename_column(old, new)
         if eval_raw is not None and old in eval_raw.column_names:
             eval_raw = eval_raw.rename_column(old, new)
+    from prefkit.errors import EmptyResultError  # no pair left: a run-time failure (exit 1), not a usage error
+
+    if len(train_raw) == 0:  # every row dropped on reading (encoding an empty table fails in datasets.map)
+        raise EmptyResultError(f"no training pairs left after reading {cfg.train_file}:\n"
+                               f"{data_summary(read_report)}")
     data_report = StageReport("train data")
     train_enc = encode(train_raw, tokenizer, cfg, data_report)
     if len(train_enc) == 0:
-        raise ConfigError(f"no training pairs left after tokenisation:\n{data_summary(data_report)}")
+        raise EmptyResultError(f"no training pairs left after tokenisation:\n{data_summary(data_report)}")
     eval_report = StageReport("eval data")
     eval_enc = encode(eval_raw, tokenizer, cfg, eval_report) if eval_raw is not None else None
     return PreparedRun(cfg, precision, args, tokenizer, train_enc, eval_enc, read_report, data_report, eval_report, t0)
@@ -242,3 +286,55 @@ def finish_run(trainer, run: PreparedRun, *, kind: str, headline: str, resume: s
             "log_history": trainer.state.log_history,
         })
     trainer.accelerator.wait_for_everyone()
+
+
+def guard(cfg, what: str):
+    """disk_guard for writes into the run's output directory."""
+    from prefkit.files import disk_guard
+
+    return disk_guard(what, cfg.output_dir,
+                      kept="completed checkpoints and files written before are intact; free space and rerun "
+                           "with --resume-from-checkpoint auto")
+
+
+def train_guarded(trainer, cfg, resume: str | None):
+    """trainer.train, with a full disk while saving a checkpoint said in one line (the checkpoint
+    being written is left incomplete; `resume_from_checkpoint: auto` skips it)."""
+    with guard(cfg, "a checkpoint"):
+        return trainer.train(resume_from_checkpoint=resume)
+
+
+_WEIGHT_FILES = r"^(model|adapter_model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?$"
+
+
+def save_final(trainer, output_dir: str) -> None:
+    """trainer.save_model(output_dir), written into a temp directory first and moved into place
+    file by file: a failure while writing (a full disk) leaves the files of an earlier save
+    intact, and the temp directory is removed."""
+    import shutil
+
+    out = Path(output_dir)
+    tmp = out / ".prefkit-saving"
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    try:
+        trainer.save_model(str(tmp))
+        trainer.accelerator.wait_for_everyone()
+        if trainer.is_world_process_zero():
+            fresh = {f.relative_to(tmp) for f in tmp.rglob("*") if f.is_file()}
+            kinds = {m.group(1) for f in fresh if (m := re.match(_WEIGHT_FILES, f.name))}
+            # weight files of the same kind from an earlier save that this one does not have (its
+            # shards) would be read with the new ones; save_pretrained into the directory removes them too
+            for old in out.glob("*"):
+                m = re.match(_WEIGHT_FILES, old.name)
+                if old.is_file() and m and m.group(1) in kinds and old.relative_to(out) not in fresh:
+                    old.unlink()
+            for f in sorted(tmp.rglob("*")):
+                if f.is_file():
+                    dest = out / f.relative_to(tmp)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(f, dest)
+    finally:
+        if trainer.is_world_process_zero():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -83,6 +84,8 @@ class BaseTrainConfig:
     # --- model loading ---------------------------------------------------------------------
     torch_dtype: str = "auto"                # dtype the weights are loaded in: auto, float32, bfloat16, float16
     trust_remote_code: bool = False
+    # --- any other transformers.TrainingArguments field, passed through as given ------------
+    trainer_args: dict[str, Any] = field(default_factory=dict)
 
     # Names of fields that are prefkit's own (not TrainingArguments); subclasses extend.
     def check(self) -> None:
@@ -136,6 +139,9 @@ class DPOConfig(BaseTrainConfig):
     precompute_ref_log_probs: bool = True   # one pass, cached on disk; a live reference when a loss needs logits
     precompute_ref_batch_size: int | None = None
     ref_cache_dir: str | None = None        # default: $PREFKIT_CACHE or ~/.cache/prefkit/ref_logps
+    forward_mode: str = "packed"            # 'packed': one prefix-shared, unpadded sequence per pair; 'padded': chosen and rejected rows padded
+    pad_tolerance: float = 0.0              # packed rows share a forward only when at most this fraction of its tokens is padding
+    export_chat_template: bool = False      # write the conditioning into the saved tokenizer's chat template
     learning_rate: float = 1e-6
 
     def check(self) -> None:
@@ -147,6 +153,9 @@ class DPOConfig(BaseTrainConfig):
         if not 0.0 < self.eps < 1.0:
             raise ConfigError(f"eps must be in (0, 1), got {self.eps}")
         _choice("beta_update", self.beta_update, ("paper", "code"))
+        _choice("forward_mode", self.forward_mode, ("packed", "padded"))
+        if not 0.0 <= self.pad_tolerance < 1.0:
+            raise ConfigError(f"pad_tolerance must be in [0, 1), got {self.pad_tolerance}")
 
 
 @dataclass
@@ -180,20 +189,58 @@ def load_config(cls=DPOConfig, path: str | Path | None = None, overrides=None, *
     ('beta=0.05', 'report_to=[wandb]', 'use_peft=true'); a key not in `cls` raises ConfigError.
     """
     values: dict[str, Any] = {}
-    if path is not None:
-        values.update(_read_yaml(path))
-    for source, items in (("override", _parse_overrides(overrides)), ("argument", kwargs)):
+    passthrough: dict[str, Any] = {}
+    sources = [(f"config file {path}", _read_yaml(path))] if path is not None else []
+    sources += [("override", _parse_overrides(overrides)), ("argument", kwargs)]
+    for source, items in sources:
         for k, v in items.items():
-            values[k] = v
-            _check_key(cls, k, source)
+            if k == "trainer_args":
+                passthrough.update(_trainer_args(v, source))
+            elif _check_key(cls, k, source) == "trainer_args":
+                passthrough[k] = v
+            else:
+                values[k] = v
     known = {f.name: f for f in fields(cls)}
     hints = typing.get_type_hints(cls)
-    coerced = {}
-    for k, v in values.items():
-        _check_key(cls, k, f"config file {path}" if path else "config")
-        coerced[k] = _coerce(k, v, hints[known[k].name])
+    coerced = {k: _coerce(k, v, hints[known[k].name]) for k, v in values.items()}
     cfg = cls(**coerced)
+    cfg.trainer_args = passthrough
     return cfg
+
+
+# TrainingArguments fields prefkit sets itself (a pass-through value would break the collator or
+# disagree with a prefkit option of another name).
+_RESERVED_TRAINER_ARGS = {"remove_unused_columns": "prefkit's collator needs its own columns",
+                          "output_dir": "use output_dir", "activation_checkpointing": "use gradient_checkpointing",
+                          "bf16": "use precision or bf16", "fp16": "use precision or fp16"}
+
+
+# Names older transformers had as TrainingArguments fields and transformers 5 reads elsewhere:
+# logging_dir is now the TENSORBOARD_LOGGING_DIR environment variable (set from it at start).
+_MOVED_TRAINER_ARGS = {"logging_dir": "TENSORBOARD_LOGGING_DIR"}
+
+
+def trainer_arg_names() -> set[str]:
+    """The fields of transformers.TrainingArguments (what `trainer_args` may hold)."""
+    from transformers import TrainingArguments
+
+    return {f.name for f in fields(TrainingArguments) if f.init} | set(_MOVED_TRAINER_ARGS)
+
+
+def _trainer_args(value, source: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: trainer_args must be a mapping of TrainingArguments field: value")
+    names = trainer_arg_names()
+    for k in value:
+        if k not in names:
+            close = difflib.get_close_matches(k, sorted(names), n=3)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise ConfigError(f"{source}: trainer_args: {k!r} is not a transformers.TrainingArguments field{hint}")
+        if k in _RESERVED_TRAINER_ARGS:
+            raise ConfigError(f"{source}: trainer_args: {k!r} is set by prefkit ({_RESERVED_TRAINER_ARGS[k]})")
+    return dict(value)
 
 
 def _read_yaml(path) -> dict:
@@ -231,12 +278,19 @@ def _parse_overrides(overrides) -> dict:
     return out
 
 
-def _check_key(cls, key: str, source: str) -> None:
+def _check_key(cls, key: str, source: str) -> str:
+    """'field' for an option of `cls`, 'trainer_args' for another transformers.TrainingArguments
+    field (passed through to the Trainer); anything else is a ConfigError with the closest names."""
     names = [f.name for f in fields(cls)]
-    if key not in names:
-        close = difflib.get_close_matches(key, names, n=3)
-        hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        raise ConfigError(f"{source}: unknown option {key!r} for {cls.__name__}{hint}")
+    if key in names:
+        return "field"
+    if key in trainer_arg_names():
+        _trainer_args({key: None}, source)
+        return "trainer_args"
+    close = difflib.get_close_matches(key, names, n=3) or difflib.get_close_matches(key, sorted(trainer_arg_names()), n=3)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    raise ConfigError(f"{source}: unknown option {key!r} for {cls.__name__} (and not a "
+                      f"transformers.TrainingArguments field){hint}")
 
 
 _TRUE = {"true", "yes", "1", "on"}
@@ -331,6 +385,7 @@ def training_arguments(cfg: BaseTrainConfig, **extra):
 
     precision = resolve_precision(cfg)
     report_to = [r for r in (cfg.report_to or []) if r] or ["none"]
+    check_report_to(report_to)
     kw = dict(
         output_dir=cfg.output_dir,
         learning_rate=cfg.learning_rate,
@@ -365,8 +420,53 @@ def training_arguments(cfg: BaseTrainConfig, **extra):
         use_cpu=not _has_accelerator(),
         disable_tqdm=cfg.disable_tqdm,
     )
+    passthrough = _trainer_args(cfg.trainer_args, "config")
+    for name, env in _MOVED_TRAINER_ARGS.items():
+        if passthrough.get(name) is not None:
+            os.environ[env] = str(passthrough[name])
+        passthrough.pop(name, None)
+    if passthrough.get("use_liger_kernel"):
+        from transformers.utils import is_liger_kernel_available
+
+        if not is_liger_kernel_available():   # the Trainer would find out only inside train()
+            raise ConfigError("use_liger_kernel: liger-kernel is not installed (pip install liger-kernel)")
+    kw.update(passthrough)
     kw.update(extra)
-    return TrainingArguments(**kw)
+    try:
+        return TrainingArguments(**kw)
+    except (ValueError, TypeError, ImportError, RuntimeError) as exc:
+        passed = f" (passed through: {', '.join(sorted(cfg.trainer_args))})" if cfg.trainer_args else ""
+        msg = " ".join(str(exc).split())
+        raise ConfigError(f"TrainingArguments{passed}: {msg}") from None
+
+
+_INTEGRATION_PACKAGE = {"azure_ml": "azureml-core", "comet_ml": "comet-ml", "dagshub": "dagshub",
+                        "dvclive": "dvclive", "mlflow": "mlflow", "neptune": "neptune", "tensorboard": "tensorboard",
+                        "wandb": "wandb", "codecarbon": "codecarbon", "clearml": "clearml", "swanlab": "swanlab",
+                        "trackio": "trackio"}
+
+
+def check_report_to(report_to: list[str]) -> None:
+    """Every report_to integration is one transformers knows and is installed, checked before any
+    model is loaded ('all' and 'none' as transformers reads them)."""
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    names = [r for r in report_to if r not in ("none", "all")]
+    if not names:
+        return
+    available = set(get_available_reporting_integrations())
+    for name in names:
+        if name not in INTEGRATION_TO_CALLBACK:
+            close = difflib.get_close_matches(name, sorted(INTEGRATION_TO_CALLBACK), n=2)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise ConfigError(f"report_to: unknown integration {name!r}{hint} "
+                              f"(known: {', '.join(sorted(INTEGRATION_TO_CALLBACK))})")
+        if name in _INTEGRATION_PACKAGE and name not in available:
+            raise ConfigError(f"report_to: {name!r} is not installed (pip install {_INTEGRATION_PACKAGE[name]}), "
+                              "or set report_to: none")
 
 
 def _has_accelerator() -> bool:

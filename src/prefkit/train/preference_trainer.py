@@ -27,15 +27,19 @@ from typing import Any, Callable
 
 import torch
 from transformers import TrainerCallback
+from transformers.utils import logging
 
 from prefkit.data import records as R
-from prefkit.errors import ConfigError
+from prefkit.errors import ConfigError, DataError
 from prefkit.losses import PairLogps, get_loss, pair_metrics
 from prefkit.train.beta_control import beta_control
 from prefkit.train.common import STATE_FILE
+from prefkit.files import atomic_write_text
 from prefkit.train.trainer_base import MetricsTrainer
 
 REFERENCE_FREE = {"simpo"}
+
+logger = logging.get_logger(__name__)
 
 
 def _loss_fn(cfg):
@@ -78,6 +82,7 @@ class PreferenceTrainer(MetricsTrainer):
                               "not precomputed log-probs")
         self.probes = dict(probes or {})
         self.chunk_size = chunk_size
+        self._warned_packing = False
         self.add_callback(_PrefkitState(self))
 
     # -- the loss ------------------------------------------------------------------------------
@@ -91,8 +96,9 @@ class PreferenceTrainer(MetricsTrainer):
         else:
             yield self.reference
 
-    def pair_loss(self, model, batch: dict[str, Any], *, training: bool):
-        """(mean loss, metrics dict) for one PairCollator batch."""
+    def _padded_forward(self, model, batch: dict[str, Any]):
+        """(policy PairForward, reference chosen, rejected, reference head): chosen and rejected
+        rows padded into one concatenated forward (forward_mode='padded')."""
         from prefkit.logprobs import concatenated_forward, sequence_logps
 
         meta = batch.get("meta", {})
@@ -108,8 +114,54 @@ class PreferenceTrainer(MetricsTrainer):
                                                batch.get("attention_mask"), return_head=True, **kw)
             b = fwd.chosen_logps.shape[0]
             ref_c, ref_r = seq.logps[:b].detach(), seq.logps[b:].detach()
+        return fwd, ref_c, ref_r, ref_head
+
+    def _packed_forward(self, model, batch: dict[str, Any]):
+        """As `_padded_forward`, through one prefix-shared, unpadded sequence per pair
+        (prefkit.packed); None when the model's attention cannot take the packed mask. The
+        reference runs first (no gradient); with eps-DPO its hidden rows feed the policy's logits
+        chunks, which yield the reference's and the perturbed policies' log-probs as well."""
+        from prefkit.logprobs import PairForward
+        from prefkit.packed import packed_logps, packing_supported, plan_pairs, scored_hidden
+
+        # Under DDP (several processes) the policy runs ONE forward per batch, as DDP's gradient
+        # reduction expects: every packed row shares it, padded to the longest (still prefix-shared).
+        tol = 1.0 if self.accelerator.num_processes > 1 else self.pk.pad_tolerance
+        plan = plan_pairs(batch, pad_tolerance=tol)
+        ok, why = packing_supported(model, plan)
+        if not ok:
+            if not self._warned_packing:
+                logger.warning("forward_mode=packed: %s; this run uses the padded forward", why)
+                self._warned_packing = True
+            return None
+        kw = {"chunk_size": self.chunk_size} if self.chunk_size else {}
+        meta, b, needs = batch.get("meta", {}), plan.n_pairs, self.beta_control.needs_heads
+        ref_c = ref_r = ref_head = None
+        if self.reference not in ("precomputed", "none"):
+            with torch.no_grad(), self._reference_model(model) as ref:
+                ref_head = scored_hidden(ref, plan)
+                if not needs:
+                    seq = packed_logps(ref_head, plan, **kw)
+                    ref_c, ref_r, ref_head = seq.logps[:b], seq.logps[b:], None
+        out = packed_logps(scored_hidden(model, plan), plan, ref_head=ref_head,
+                           eps=getattr(self.beta_control, "eps", None) if needs else None, **kw)
+        if self.reference == "precomputed":
+            ref_c = meta[R.REF_LOGPS_CHOSEN].to(out.logps.dtype)
+            ref_r = meta[R.REF_LOGPS_REJECTED].to(out.logps.dtype)
+        elif ref_head is not None:
+            ref_c, ref_r = out.ref_logps[:b], out.ref_logps[b:]
+        perturbed = (out.minus, out.plus) if out.minus is not None else None
+        fwd = PairForward(out.logps[:b], out.logps[b:], out.lengths[:b], out.lengths[b:], None, perturbed)
+        return fwd, ref_c, ref_r, ref_head
+
+    def pair_loss(self, model, batch: dict[str, Any], *, training: bool):
+        """(mean loss, metrics dict) for one PairCollator batch."""
+        meta = batch.get("meta", {})
+        res = self._packed_forward(model, batch) if self.pk.forward_mode == "packed" else None
+        fwd, ref_c, ref_r, ref_head = res if res is not None else self._padded_forward(model, batch)
         logps = PairLogps(fwd.chosen_logps, fwd.rejected_logps, ref_c, ref_r, fwd.chosen_lengths,
                           fwd.rejected_lengths)
+        _check_finite(logps, meta)
 
         beta, metrics = self.beta_control.pair_beta(fwd, ref_head, batch, training=training,
                                                     chunk_size=self.chunk_size)
@@ -147,6 +199,22 @@ class PreferenceTrainer(MetricsTrainer):
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
 
+def _check_finite(logps: PairLogps, meta: dict[str, Any]) -> None:
+    """Stop on a NaN/inf policy or reference log-prob, naming the pair, before it reaches the weights."""
+    parts = [("policy", "chosen", logps.chosen), ("policy", "rejected", logps.rejected)]
+    if logps.ref_chosen is not None:
+        parts += [("reference", "chosen", logps.ref_chosen), ("reference", "rejected", logps.ref_rejected)]
+    stacked = torch.stack([t.detach().float() for _, _, t in parts])
+    if bool(torch.isfinite(stacked).all()):
+        return
+    k, j = (int(v) for v in (~torch.isfinite(stacked)).nonzero()[0])
+    who, side, _ = parts[k]
+    pair = meta.get("pair_index")
+    pair = int(pair[j]) if pair is not None else j
+    raise DataError(f"{who} {side} log-prob is {float(stacked[k, j])}; one such pair turns every weight NaN, "
+                    "so the run stops here", row=pair, field=side, row_word="pair_index")
+
+
 class _PrefkitState(TrainerCallback):
     """Lets the beta control act after each optimiser step (eps-DPO's base-beta update) and saves
     its state in each checkpoint so that a resumed run continues exactly."""
@@ -161,7 +229,7 @@ class _PrefkitState(TrainerCallback):
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
-                (ckpt / STATE_FILE).write_text(json.dumps(self.trainer.beta_control.state_dict()))
+                atomic_write_text(ckpt / STATE_FILE, json.dumps(self.trainer.beta_control.state_dict()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,6 +241,12 @@ def _autocast(precision: str, device):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def ref_batch_size(cfg) -> int:
+    """Pairs per batch of the reference pass: precompute_ref_batch_size, else four training
+    batches (no gradient, so a larger batch fits)."""
+    return cfg.precompute_ref_batch_size or 4 * cfg.per_device_train_batch_size
 
 
 def _reference_logps(ref_model, tokenizer, encoded, cfg, args, precision: str, settings: dict,
@@ -190,13 +264,18 @@ def _reference_logps(ref_model, tokenizer, encoded, cfg, args, precision: str, s
         with _autocast(precision, args.device):
             scored = score_logps(ref_model, tokenizer, encoded.select_columns(["prompt_ids", "chosen_ids",
                                                                                  "rejected_ids"]),
-                                 batch_size=cfg.precompute_ref_batch_size or cfg.per_device_eval_batch_size,
-                                 progress=not args.disable_tqdm)
+                                 batch_size=ref_batch_size(cfg), progress=not args.disable_tqdm,
+                                 forward=cfg.forward_mode, pad_tolerance=cfg.pad_tolerance)
         return scored[R.LOGPS_CHOSEN], scored[R.LOGPS_REJECTED]
 
     with args.main_process_first(desc=desc):
-        ref = rc.load_or_compute(key, compute, cache_dir=cfg.ref_cache_dir, expected_rows=len(encoded),
-                                 meta={"model": identity, "dataset": fingerprint, "settings": settings})
+        try:
+            ref = rc.load_or_compute(key, compute, cache_dir=cfg.ref_cache_dir, expected_rows=len(encoded),
+                                     meta={"model": identity, "dataset": fingerprint, "settings": settings})
+        except rc.NonFiniteLogps as exc:
+            where = (f"read from the cache file {exc.path}; delete that entry" if exc.cached
+                     else "computed by the reference model")
+            raise nonfinite_error(cfg, tokenizer, encoded, exc.row, exc.side, exc.value, where) from None
     for col in (R.REF_LOGPS_CHOSEN, R.REF_LOGPS_REJECTED):
         if col in encoded.column_names:
             encoded = encoded.remove_columns(col)
@@ -204,6 +283,17 @@ def _reference_logps(ref_model, tokenizer, encoded, cfg, args, precision: str, s
     encoded = encoded.add_column(R.REF_LOGPS_REJECTED, ref.rejected.tolist())
     info = {"key": ref.key, "path": str(ref.path), "cache_hit": ref.hit, "seconds": round(ref.seconds, 3)}
     return encoded, info
+
+
+def nonfinite_error(cfg, tokenizer, encoded, row: int, side: str, value: float, where: str) -> DataError:
+    """The DataError for a NaN/inf log-prob at `row` of the encoded data: names the training file,
+    the pair (its pair_index), the side, and the end of its prompt."""
+    r = encoded[int(row)]
+    pair = int(r.get("pair_index", row))
+    tail = tokenizer.decode(r["prompt_ids"][-40:], skip_special_tokens=True).strip()[-80:]
+    return DataError(f"{side} log-prob is {value} ({where}); one such pair turns every weight NaN, so the run "
+                     f"stops here (prompt ends {tail!r})", file=str(cfg.train_file), row=pair, field=side,
+                     row_word="pair_index")
 
 
 def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=None, train_dataset=None,
@@ -229,6 +319,15 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
     run = common.prepare_run(config, model=model, tokenizer=tokenizer, train_dataset=train_dataset,
                              eval_dataset=eval_dataset, renames={config.weight_column: "weight"}, check=_loss_fn)
     cfg, tokenizer = run.cfg, run.tokenizer
+    spec = conditioning if conditioning is not None else common.find_conditioning_spec(cfg, cfg.train_file)
+    if spec is None:
+        common.warn_if_relabeled(train_dataset if train_dataset is not None else run.train_enc, cfg)
+        if cfg.export_chat_template:
+            raise ConfigError("export_chat_template: the training data has no conditioning spec (relabeled data "
+                              "written by prefkit relabel has one beside it; in memory, pass conditioning=spec)")
+    skipped: list = []
+    resume = common.resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir, required=(STATE_FILE,),
+                                   skipped=skipped)
     if model is None:
         model = common.load_model("causal-lm", cfg.model_name_or_path, cfg)
     reference, ref_info = _choose_reference(run, model, ref_model)
@@ -241,15 +340,19 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
         model=model, args=run.args, train_dataset=run.train_enc, eval_dataset=run.eval_enc,
         data_collator=PairCollator.for_tokenizer(tokenizer), processing_class=tokenizer,
         callbacks=list(callbacks or []), prefkit_config=cfg, reference=reference, probes=probes)
-    resume = common.resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = common.train_guarded(trainer, cfg, resume)
     final_eval = trainer.evaluate() if run.eval_enc is not None else None
-    trainer.save_model(cfg.output_dir)
+    with common.guard(cfg, "the trained model"):
+        common.save_final(trainer, cfg.output_dir)
 
     cond_path = None
-    if trainer.is_world_process_zero():
-        spec = conditioning if conditioning is not None else common.find_conditioning_spec(cfg, cfg.train_file)
-        cond_path = str(spec.save(cfg.output_dir)) if spec is not None else None
+    if trainer.is_world_process_zero() and spec is not None:
+        with common.guard(cfg, "the conditioning spec"):
+            cond_path = str(spec.save(cfg.output_dir))
+            if cfg.export_chat_template:
+                from prefkit.relabel import export_chat_template
+
+                export_chat_template(cfg.output_dir, spec=spec)
     train_logs = [h for h in trainer.state.log_history if "loss" in h]
     last = train_logs[-1] if train_logs else {}
     summary = [f"reference: {ref_info.get('mode')}"
@@ -263,10 +366,12 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
                                               if k in ("eval_loss", "eval_rewards/accuracies",
                                                        "eval_rewards/margins")))
     if cond_path:
-        summary.append(f"conditioning spec copied to {cond_path}")
+        summary.append(f"conditioning spec copied to {cond_path}"
+                       + ("; written into the chat template" if cfg.export_chat_template else ""))
     common.finish_run(trainer, run, kind="dpo", resume=resume, result=result, summary=summary,
                       headline=f"prefkit train dpo: {cfg.loss_type} beta={cfg.beta}{trainer.beta_control.summary()}, ",
-                      run_fields={"final_base_beta": trainer.beta_control.base_beta, "reference": ref_info},
+                      run_fields={"final_base_beta": trainer.beta_control.base_beta, "reference": ref_info,
+                                  "skipped_incomplete_checkpoints": [str(p) for p in skipped]},
                       eval_fields={"final_eval": final_eval, "conditioning": cond_path})
     return cfg.output_dir
 
@@ -292,7 +397,7 @@ def _choose_reference(run, model, ref_model) -> tuple[Any, dict[str, Any]]:
                 ref_model = common.load_model("causal-lm", cfg.reference_model_name_or_path, cfg)
         settings = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length,
                     "truncation_mode": cfg.truncation_mode, "on_long": cfg.on_long,
-                    "chat_template": getattr(run.tokenizer, "chat_template", None)}
+                    "chat_template": getattr(run.tokenizer, "chat_template", None), "forward": cfg.forward_mode}
         run.train_enc, ref_info = _reference_logps(ref_model, run.tokenizer, run.train_enc, cfg, run.args,
                                                    run.precision, settings, "reference log-probs (train)")
         if run.eval_enc is not None:

@@ -81,31 +81,106 @@ class ReferenceLogps:
     seconds: float        # time spent computing (0 for a hit)
 
 
+class NonFiniteLogps(ValueError):
+    """A reference log-prob that is NaN or infinite: `row` (index into the arrays), `side`
+    ('chosen' or 'rejected'), `value`, and `cached` (read from `path` rather than computed)."""
+
+    def __init__(self, row: int, side: str, value: float, cached: bool, path: Path):
+        self.row, self.side, self.value, self.cached, self.path = row, side, value, cached, path
+        super().__init__(f"reference log-prob of the {side} response is {value} (row {row})")
+
+
+def first_nonfinite(chosen: np.ndarray, rejected: np.ndarray) -> tuple[int, str, float] | None:
+    """(row, 'chosen'|'rejected', value) of the first NaN/inf value, or None."""
+    bad = ~(np.isfinite(chosen) & np.isfinite(rejected))
+    if not bad.any():
+        return None
+    row = int(np.flatnonzero(bad)[0])
+    side = "chosen" if not np.isfinite(chosen[row]) else "rejected"
+    return row, side, float((chosen if side == "chosen" else rejected)[row])
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_entry(entry: Path, expected_rows: int | None = None) -> tuple[np.ndarray, np.ndarray] | str:
+    """The cached (chosen, rejected) arrays of a cache entry, or why they cannot be used: missing,
+    unreadable (truncated/corrupt file), a checksum that differs from meta.json's, or a row count
+    that differs from the data's."""
+    import zipfile
+
+    arrays = entry / "ref_logps.npz"
+    if not arrays.exists():
+        return "missing"
+    try:
+        meta = json.loads((entry / "meta.json").read_text()) if (entry / "meta.json").exists() else {}
+        want = meta.get("sha256")
+        if want and _file_sha256(arrays) != want:
+            return f"{arrays}: checksum differs from meta.json (the file was changed or damaged)"
+        with np.load(arrays) as z:
+            chosen, rejected = np.asarray(z["chosen"], dtype=np.float64), np.asarray(z["rejected"], dtype=np.float64)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        return f"{arrays}: unreadable ({type(exc).__name__}: {exc})"
+    if chosen.shape != rejected.shape or chosen.ndim != 1:
+        return f"{arrays}: arrays of shapes {chosen.shape} and {rejected.shape}"
+    if expected_rows is not None and len(chosen) != expected_rows:
+        return f"{arrays}: {len(chosen)} rows, the data has {expected_rows}"
+    return chosen, rejected
+
+
 def load_or_compute(key: str, compute: Callable[[], tuple[np.ndarray, np.ndarray]], *,
                     cache_dir: str | Path | None = None, meta: dict | None = None,
                     expected_rows: int | None = None) -> ReferenceLogps:
     """Return the cached arrays for `key`, or run `compute()` once and store them.
 
-    The write is atomic (temp file + rename), so a run killed mid-write leaves no broken entry.
+    A cached entry is verified (readable, meta.json's checksum, row count) before use; one that
+    fails is recomputed with a warning, never a zipfile traceback. Cached or computed values
+    that are NaN or infinite raise NonFiniteLogps (and are never written). The write is atomic
+    (temp file, checksum into meta.json, rename), so a run killed mid-write leaves no entry that
+    passes the check; a full disk leaves no entry and the run continues with the computed arrays.
     """
+    import warnings
+
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     entry = root / key
     arrays = entry / "ref_logps.npz"
-    if arrays.exists():
-        with np.load(arrays) as z:
-            chosen, rejected = z["chosen"], z["rejected"]
-        if expected_rows is None or len(chosen) == expected_rows:
-            return ReferenceLogps(chosen, rejected, key, entry, hit=True, seconds=0.0)
+    found = read_entry(entry, expected_rows)
+    if isinstance(found, tuple):
+        chosen, rejected = found
+        bad = first_nonfinite(chosen, rejected)
+        if bad is not None:
+            raise NonFiniteLogps(*bad, cached=True, path=arrays)
+        return ReferenceLogps(chosen, rejected, key, entry, hit=True, seconds=0.0)
+    if found != "missing":
+        warnings.warn(f"reference log-prob cache entry not used, recomputing: {found}", stacklevel=2)
     t0 = time.perf_counter()
     chosen, rejected = compute()
     seconds = time.perf_counter() - t0
     chosen = np.asarray(chosen, dtype=np.float64)
     rejected = np.asarray(rejected, dtype=np.float64)
-    entry.mkdir(parents=True, exist_ok=True)
+    bad = first_nonfinite(chosen, rejected)
+    if bad is not None:
+        raise NonFiniteLogps(*bad, cached=False, path=arrays)
+    from prefkit.files import atomic_write_text, is_disk_full
+
     tmp = entry / f".tmp-{os.getpid()}.npz"
-    np.savez(tmp, chosen=chosen, rejected=rejected)
-    os.replace(tmp, arrays)
-    info = {"key": key, "rows": int(len(chosen)), "seconds": round(seconds, 3),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(meta or {})}
-    (entry / "meta.json").write_text(json.dumps(info, indent=2, default=str))
+    try:
+        entry.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, chosen=chosen, rejected=rejected)
+        info = {"key": key, "rows": int(len(chosen)), "seconds": round(seconds, 3), "sha256": _file_sha256(tmp),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(meta or {})}
+        atomic_write_text(entry / "meta.json", json.dumps(info, indent=2, default=str))
+        os.replace(tmp, arrays)
+    except Exception as exc:  # noqa: BLE001 - a cache that cannot be written is not a failed run
+        if not is_disk_full(exc, entry):
+            raise
+        warnings.warn(f"{entry}: no space left on device, reference log-probs not cached (the run goes on)",
+                      stacklevel=2)
+    finally:
+        tmp.unlink(missing_ok=True)
     return ReferenceLogps(chosen, rejected, key, entry, hit=False, seconds=seconds)

@@ -76,6 +76,8 @@ def train_rm(config, *, callbacks=None, model=None, tokenizer=None, train_datase
                              renames={config.margin_column: MARGIN, config.weight_column: "weight"})
     cfg, args, tokenizer = run.cfg, run.args, run.tokenizer
     train_enc, eval_enc = run.train_enc, run.eval_enc
+    skipped: list = []
+    resume = common.resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir, skipped=skipped)
 
     if model is None:
         model = common.load_model("sequence-classification", cfg.model_name_or_path, cfg, num_labels=1)
@@ -93,18 +95,19 @@ def train_rm(config, *, callbacks=None, model=None, tokenizer=None, train_datase
     trainer = RewardTrainer(model=model, args=args, train_dataset=train_enc, eval_dataset=eval_enc,
                             data_collator=collator, processing_class=tokenizer, callbacks=list(callbacks or []),
                             prefkit_config=cfg)
-    resume = common.resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
     initial_eval = trainer.evaluate(metric_key_prefix="initial") if eval_enc is not None and not resume else None
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = common.train_guarded(trainer, cfg, resume)
     final_eval = trainer.evaluate() if eval_enc is not None else None
-    trainer.save_model(cfg.output_dir)
+    with common.guard(cfg, "the trained model"):
+        common.save_final(trainer, cfg.output_dir)
     summary = []
     if final_eval:
         before = (f" (before training {initial_eval['initial_accuracy']:.4f})" if initial_eval else "")
         summary.append(f"eval: pairwise accuracy {final_eval['eval_accuracy']:.4f}{before} on {len(eval_enc)} pairs, "
                        f"loss {final_eval['eval_loss']:.4g}, margin {final_eval['eval_rewards/margins']:.4g}")
     common.finish_run(trainer, run, kind="rm", headline="prefkit train rm: ", resume=resume, result=result,
-                      summary=summary, run_fields={},
+                      summary=summary,
+                      run_fields={"skipped_incomplete_checkpoints": [str(p) for p in skipped]},
                       eval_fields={"initial_eval": initial_eval, "final_eval": final_eval,
                                    "eval_accuracy": final_eval["eval_accuracy"] if final_eval else None})
     return cfg.output_dir
