@@ -59,3 +59,26 @@ def smollm2_dir():
         return resolve_model_path("smollm2")
     except ConfigError as exc:
         pytest.fail(f"the real model is not available ({exc}); run `make install`")
+
+
+@pytest.fixture()
+def tmpfs(tmp_path):
+    """`tmpfs(size, note="")`: a real small tmpfs mounted under tmp_path (a full disk for the
+    disk-full tests), unmounted afterwards; the test is skipped where this process may not mount."""
+    import subprocess
+
+    mounted = []
+
+    def mount(size: str, note: str = ""):
+        d = tmp_path / f"small-{len(mounted)}" if mounted else tmp_path / "small"
+        d.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}){note}")
+        mounted.append(d)
+        return d
+
+    yield mount
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], check=False)

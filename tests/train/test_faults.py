@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -211,17 +210,9 @@ def test_a_nan_in_the_cache_stops_the_run_naming_the_pair_and_the_file(tiny_mode
 
 
 @pytest.fixture()
-def small_disk(tmp_path):
+def small_disk(tmpfs):
     """A 1 MiB tmpfs (a checkpoint of the tiny model takes about 0.7 MiB)."""
-    d = tmp_path / "small"
-    d.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); the RLIMIT_FSIZE test covers EFBIG")
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], check=False)
+    return tmpfs("1m", "; the RLIMIT_FSIZE test covers EFBIG")
 
 
 def _cli(tiny_model_dir, data, out, cache, *extra, limit: int | None = None):
