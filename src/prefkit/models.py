@@ -84,7 +84,20 @@ def bundled_gguf(name: str) -> Path:
     return path
 
 
+_SHA_CACHE: dict[tuple, str] = {}
+
+
 def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """The file's SHA-256, computed once per process for an unchanged file (a stage resolves
+    `smollm2` for its tokenizer and again for its model)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = _hash_file(path, chunk)
+    return _SHA_CACHE[key]
+
+
+def _hash_file(path: Path, chunk: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
