@@ -14,13 +14,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 
 def main(argv=None) -> int:
-    from prefkit.evaluate.generation import evaluate_policy
+    from prefkit.evaluate.policy import PolicySpec
     from prefkit.toy import task
-    from prefkit.toy.world import ToyWorldConfig, base_policy, goal_following_curve
+    from prefkit.toy.world import ToyWorldConfig, base_policy, goal_following_curve, gold_evaluation
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("settings", nargs="+", help="goal_prior:goal_noise pairs, e.g. 0.25:1")
@@ -35,9 +38,11 @@ def main(argv=None) -> int:
         t0 = time.time()
         base = base_policy(cfg, progress=False)
         trained = time.time() - t0
-        curve = goal_following_curve(base, prompts, n=4, seed=0)
-        plain = evaluate_policy(base, prompts, task.gold_reward, n=4, max_new_tokens=24, batch_size=128, seed=0,
-                                conditioning=None, progress=False)["mean"]
+        run_dir = Path(tempfile.mkdtemp(prefix="toy-goal-prior-"))   # the curve and the plain run share it
+        curve = goal_following_curve(base, prompts, n=4, seed=0, run_dir=run_dir)
+        plain = gold_evaluation({"base": PolicySpec("base", str(base), conditioning=None)}, prompts, n=4,
+                                seed=0, run_dir=run_dir)["policies"]["base"]["reward_fn"]["mean"]
+        shutil.rmtree(run_dir)
         row = {"goal_prior": frac, "goal_noise": noise, "key": cfg.key(), **curve, "unconditioned": plain,
                "base_seconds": round(trained, 1)}
         rows.append(row)

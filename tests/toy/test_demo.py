@@ -32,10 +32,10 @@ def _check_entry(e, n_seeds):
 
 
 @pytest.mark.slow
-def test_demo_quick_end_to_end(tmp_path, capsys):
+def test_demo_quick_end_to_end(tmp_path, capfd):
     from prefkit.cli import main
-    from prefkit.evaluate.generation import evaluate_policy
     from prefkit.toy import task
+    from prefkit.toy.world import gold_evaluation
 
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--seeds", "2", "--out", str(out)]) == 0
@@ -69,14 +69,19 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     curves = main_world["goal_following"]
     assert set(curves) == {"base", "dpo", "ra"} and curves["base"]["goals"] == [2, 4, 6, 8, 10]
     # base-conditioned is the base policy conditioned on goal 10 by hand; RA is conditioned on 10 through
-    # its prefkit_conditioning.json: both equal the goal-10 point of their curve (same prompts, same seed)
-    assert seed0["gold_base-conditioned"] == curves["base"]["values"][0][-1]
-    assert seed0["gold_ra"] == curves["ra"]["values"][0][-1]
+    # its prefkit_conditioning.json: the goal-10 point of their curve (1 sample per prompt in --quick)
+    # is their evaluation's sample 0 (the same requests), read from the evaluation's per-prompt rows
+    rows = [json.loads(line) for line in (out / "seed0" / "eval" / "per_prompt.jsonl").read_text().splitlines()]
+    for policy, curve in (("base-conditioned", "base"), ("ra", "ra")):
+        first = [r["reward_fn"] for r in rows if r["policy"] == policy and r["sample"] == 0]
+        assert len(first) == 16 and curves[curve]["values"][0][-1] == pytest.approx(sum(first) / len(first), abs=1e-12)
+        both = [r["reward_fn"] for r in rows if r["policy"] == policy]
+        assert seed0[f"gold_{policy}"] == pytest.approx(sum(both) / len(both), abs=1e-12)
+    assert (out / "seed0" / "eval" / "outputs" / "dpo.alpaca_eval.json").exists()
     # the reported DPO number is the gold reward of the saved DPO model
     eval_prompts = task.make_prompts(16, seed=2000)
-    again = evaluate_policy(out / "seed0" / "dpo", eval_prompts, task.gold_reward, n=2, max_new_tokens=24,
-                            batch_size=128, seed=10_000, progress=False)
-    assert again["mean"] == seed0["gold_dpo"]
+    again = gold_evaluation({"dpo": str(out / "seed0" / "dpo")}, eval_prompts, n=2, max_new_tokens=24, seed=10_000)
+    assert again["policies"]["dpo"]["reward_fn"]["mean"] == seed0["gold_dpo"]
     # RA half: one row per kept pair, RA: two; IRA's goals come from implicit rewards
     assert 2 * seed0["ra-half_pairs"] == seed0["ra_pairs"]
     ira_rows = [json.loads(line) for line in (out / "seed0" / "ira_pairs.jsonl").read_text().splitlines()]
@@ -89,7 +94,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
 
     # a rerun resumes: finished seeds are skipped and the summary's numbers are the same
     assert main(["demo", "--quick", "--seeds", "2", "--out", str(out)]) == 0
-    assert "skipping" in capsys.readouterr().out
+    assert "skipping" in capfd.readouterr().out   # from the worker processes too
     assert json.loads((out / "results.json").read_text())["methods"] == summary["methods"]
 
 

@@ -11,12 +11,12 @@ REAL_POLICIES = ("base", "base-conditioned", "dpo", "ra", "eps-dpo")
 @pytest.mark.slow
 def test_real_demo_quick_end_to_end(tmp_path, smollm2_dir):
     from prefkit.cli import main
-    from prefkit.evaluate.generation import evaluate_policy
     from prefkit.generate import render_prompts
     from prefkit.models import load_pretrained, load_tokenizer
     from prefkit.relabel import load_conditioning
     from prefkit.toy import task
     from prefkit.toy.real_model import real_quick_config
+    from prefkit.toy.world import gold_evaluation
 
     cfg = real_quick_config()
     out = tmp_path / "real"
@@ -76,9 +76,9 @@ def test_real_demo_quick_end_to_end(tmp_path, smollm2_dir):
     # the reported RA number is the gold reward of the merged RA model, conditioned through its
     # own prefkit_conditioning.json on goal 10
     eval_prompts = task.make_prompts(cfg.n_eval_prompts, seed=2000)
-    again = evaluate_policy(seed / "ra-merged", eval_prompts, task.gold_reward, n=cfg.eval_samples,
-                            max_new_tokens=cfg.max_new_tokens, batch_size=128, seed=10_000, progress=False)
-    assert again["mean"] == per_seed["gold_ra"]
+    again = gold_evaluation({"ra": str(seed / "ra-merged")}, eval_prompts, n=cfg.eval_samples,
+                            max_new_tokens=cfg.max_new_tokens, seed=10_000)
+    assert again["policies"]["ra"]["reward_fn"]["mean"] == per_seed["gold_ra"]
 
     # the merged model carries the trained adapter: its weights differ from the base model's
     base = dict(load_pretrained(str(smollm2_dir)).named_parameters())

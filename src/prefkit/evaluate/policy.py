@@ -162,7 +162,10 @@ def policy_backend(spec: PolicySpec, *, batch_size: int = 16) -> tuple[Backend, 
         if cond is None:
             raise ConfigError(f"{spec.conditioning}: no prefkit_conditioning.json there")
     ident = model_identity(model)
-    name = f"{spec.name}|weights={ident['weights_sha']}"
+    # The requests' identity is the weights (and the model's source), not the policy's name: two
+    # names for the same model (the base policy with and without a goal) share every request whose
+    # messages and sampling are equal, and a renamed policy keeps its finished requests.
+    name = f"{source if isinstance(source, Path) else spec.name}|weights={ident['weights_sha']}"
     backend = LocalBackend(model, tok, batch_size=batch_size, name=name, conditioning=None)
     return backend, cond, tok
 
@@ -333,8 +336,12 @@ def evaluate_policies(policies, prompts, *, output_dir=None, run_dir=None, n: in
     if output_dir is not None:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-    if run_dir is None:
-        run_dir = (output_dir / "run") if output_dir is not None else Path(tempfile.mkdtemp(prefix="prefkit-eval-"))
+    scratch = None
+    if run_dir is None and output_dir is not None:
+        run_dir = output_dir / "run"
+    elif run_dir is None:  # nowhere to keep the records: a scratch run, removed when done
+        scratch = tempfile.TemporaryDirectory(prefix="prefkit-eval-")
+        run_dir = Path(scratch.name)
     gen_params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed)
     judge_params = judge_params or SamplingParams(temperature=0.0, max_tokens=512, seed=0)
 
@@ -418,7 +425,9 @@ def evaluate_policies(policies, prompts, *, output_dir=None, run_dir=None, n: in
                                   for m, k in (("reward_fn", "reward_fn"), ("reward_model", "reward_model"),
                                                ("judge_single", "judge_score"))
                                   if m in results[spec.name]} for spec in specs},
-           "run": run_stats, "run_dir": str(run_dir)}
+           "run": run_stats, "run_dir": None if scratch is not None else str(run_dir)}
+    if scratch is not None:
+        scratch.cleanup()
     if output_dir is not None:
 
         out["files"] = write_report(out, rows, output_dir)

@@ -519,7 +519,11 @@ class LocalBackend(Backend):
         self._model_src = model
         self._tokenizer = tokenizer
         self.batch_size = batch_size
-        self.concurrency = max(2 * batch_size, 1)
+        # The batch loop takes up to 4 batches' worth of waiting requests and groups them by
+        # sampling parameters (an evaluation's n samples differ in seed: n groups). Twice that many
+        # in flight keeps each group a full batch: with 2x, 4 seeds split 256 requests into batches
+        # of 64 and a toy goal curve took 9.9 s instead of 6.8 s at 8x (same samples).
+        self.concurrency = max(8 * batch_size, 1)
         self.device = device
         self.model = name or (str(model) if isinstance(model, (str, os.PathLike))
                               else getattr(getattr(model, "config", None), "_name_or_path", "") or

@@ -13,7 +13,7 @@ appending to STAGES):
             unlearning probe during training                           (prefkit.evaluate.unlearning)
   evaluate  sample on held-out prompts: the base policy with no goal and with the best goal, each
             model (RA models conditioned on the best goal through their prefkit_conditioning.json),
-            gold reward                                                (prefkit.evaluate.generation)
+            gold reward                                  (prefkit.evaluate.policy.evaluate_policies)
   goal curves  mean gold reward conditioned on goals 2..10 for base, DPO, RA (prefkit.toy.world)
   select    equal-budget selection ablation: alignment potential, explicit margin, implicit margin,
             random; DPO on each subset, gold reward                   (prefkit.toy.select_ablation)
@@ -45,7 +45,7 @@ from prefkit.toy.demo_report import write_report
 from prefkit.toy.judge import JudgeConfig, judge, write_jsonl
 from prefkit.toy.rm_comparison import stage_reward_models
 from prefkit.toy.select_ablation import stage_select
-from prefkit.toy.world import base_policy, default_cache_dir, goal_following_curve
+from prefkit.toy.world import base_policy, default_cache_dir, goal_following_curve, gold_evaluation
 
 PROBED = ("dpo", "ra", "eps-dpo")   # methods whose training logs the unlearning probe
 
@@ -59,8 +59,6 @@ def stage_sample(ctx: dict) -> None:
     world = ctx["world"]
     ctx["train_prompts"] = task.make_prompts(cfg.n_train_prompts, seed=1000 + ctx["seed"],
                                              min_items=world.min_items, max_items=world.max_items)
-    ctx["eval_prompts"] = task.make_prompts(cfg.n_eval_prompts, seed=2000 + ctx["seed"],
-                                            min_items=world.min_items, max_items=world.max_items)
     ctx["train_samples"] = generate(ctx["base"], ctx["train_prompts"], n=cfg.samples_per_prompt,
                                     temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                                     batch_size=128, seed=ctx["seed"], desc="sample (base policy)")
@@ -179,30 +177,45 @@ def stage_train(ctx: dict) -> None:
 
 
 def stage_evaluate(ctx: dict) -> None:
-    """Gold reward on held-out prompts: the base policy without a goal and conditioned on the best
-    goal (the RA data's spec), each trained model (RA models conditioned on the best goal through
-    their prefkit_conditioning.json)."""
-    from prefkit.evaluate.generation import evaluate_policy
+    """Gold reward on held-out prompts through `prefkit.evaluate.policy.evaluate_policies`: the
+    base policy without a goal and conditioned on the best goal (the RA data's spec), each trained
+    model (RA models conditioned on the best goal through their prefkit_conditioning.json). The
+    evaluation's report, per-prompt rows and AlpacaEval-format outputs go to <seed>/eval; its
+    requests to <seed>/eval/run, which the goal curves share."""
+    from prefkit.evaluate.policy import PolicySpec
     from prefkit.relabel import find_conditioning
 
     cfg: DemoConfig = ctx["config"]
     spec = find_conditioning(str(ctx["ra_path"]))
-    policies = {"base": (ctx["base"], None), "base-conditioned": (ctx["base"], spec),
-                **{m: (path, "auto") for m, path in ctx["models"].items()}}
-    for method, (path, conditioning) in policies.items():
-        res = evaluate_policy(path, ctx["eval_prompts"], task.gold_reward, n=cfg.eval_samples,
-                              temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, batch_size=128,
-                              seed=10_000 + ctx["seed"], conditioning=conditioning, desc=f"evaluate {method}")
-        ctx["results"][f"gold_{method}"] = res["mean"]
-        ctx["results"][f"gold_std_{method}"] = res["std"]
-        ctx["results"][f"examples_{method}"] = [[p, res["samples"][i][0], res["scores"][i][0]]
+    base = str(ctx["base"])
+    policies = {"base": PolicySpec("base", base, conditioning=None),
+                "base-conditioned": PolicySpec("base-conditioned", base, conditioning=spec),
+                **{m: PolicySpec(m, str(path)) for m, path in ctx["models"].items()}}
+    res = gold_evaluation(policies, ctx["eval_prompts"], n=cfg.eval_samples, temperature=cfg.temperature,
+                          max_new_tokens=cfg.max_new_tokens, seed=_eval_seed(ctx), run_dir=_eval_run(ctx),
+                          output_dir=ctx["dir"] / "eval", progress=ctx.get("progress", True))
+    for method in policies:
+        got = res["policies"][method]["reward_fn"]
+        ctx["results"][f"gold_{method}"] = got["mean"]
+        ctx["results"][f"gold_std_{method}"] = got["std"]
+        ctx["results"][f"examples_{method}"] = [[p, res["outputs"][method][i][0], res["scores"][method]["reward_fn"][i][0]]
                                                 for i, p in enumerate(ctx["eval_prompts"][:3])]
-        log(f"seed {ctx['seed']}: {METHOD_LABELS[method]}: mean gold reward {res['mean']:.3f}")
+        log(f"seed {ctx['seed']}: {METHOD_LABELS[method]}: mean gold reward {got['mean']:.3f}")
+
+
+def _eval_seed(ctx: dict) -> int:
+    return 10_000 + ctx["seed"]
+
+
+def _eval_run(ctx: dict) -> Path:
+    return ctx["dir"] / "eval" / "run"
 
 
 def stage_goal_curves(ctx: dict) -> None:
     """Goal-following curves: mean gold reward conditioned on goals 2, 4, 6, 8, 10 (the RA data's
-    conditioning spec, the evaluation's prompts and seed) for the base policy, DPO and RA."""
+    conditioning spec, the evaluation's prompts, seeds and request run, so a curve's goal-10 point
+    is made of the conditioned evaluation's first `curve_samples` samples) for the base policy,
+    DPO and RA."""
     from prefkit.relabel import find_conditioning
 
     cfg: DemoConfig = ctx["config"]
@@ -211,9 +224,11 @@ def stage_goal_curves(ctx: dict) -> None:
     for name in cfg.curve_policies:
         if name not in policies:
             continue
-        curve = goal_following_curve(policies[name], ctx["eval_prompts"], cfg.curve_goals, n=cfg.eval_samples,
+        curve = goal_following_curve(policies[name], ctx["eval_prompts"], cfg.curve_goals,
+                                     n=cfg.curve_samples or cfg.eval_samples,
                                      temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                                     seed=10_000 + ctx["seed"], spec=spec)
+                                     seed=_eval_seed(ctx), spec=spec, run_dir=_eval_run(ctx),
+                                     progress=ctx.get("progress", True))
         ctx["results"][f"curve_{name}"] = curve
         log(f"seed {ctx['seed']}: goal-following of {name}: "
             + ", ".join(f"{g}: {v:.2f}" for g, v in zip(curve["goals"], curve["gold"]))
@@ -253,62 +268,127 @@ def run_demo(out: str | Path = "demo_out", config: DemoConfig | None = None, pro
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    if config.ablation_world is None:
-        runs = [run_world(out, config, config.world, STAGES, progress)]
+    worlds = [(out, config.world, [n for n, _ in STAGES])]
+    if config.ablation_world is not None:
+        worlds.append((out / f"world-{config.ablation_world.key()}", config.ablation_world, list(ABLATION_STAGES)))
+    workers = os.cpu_count() or 1
+    if config.parallel_worlds and workers >= 2:
+        runs = _run_in_two_processes(worlds, config, workers, progress)
     else:
-        ablation_out = out / f"world-{config.ablation_world.key()}"
-        workers = os.cpu_count() or 1
-        if config.parallel_worlds and workers >= 2:
-            runs = _run_worlds_side_by_side(out, ablation_out, config, workers, progress)
-        else:
-            runs = [run_world(out, config, config.world, STAGES, progress),
-                    run_world(ablation_out, config, config.ablation_world, _ablation_stages(), progress)]
+        runs = [run_world(o, config, w, _stages(names), progress) for o, w, names in worlds]
     report = write_report(out, config, runs, time.time() - t_start)
     log(f"report: {report}")
     return report
 
 
-def _ablation_stages():
-    return [(n, f) for n, f in STAGES if n in ABLATION_STAGES]
+def _stages(names) -> list[tuple[str, Callable[[dict], None]]]:
+    return [(n, f) for n, f in STAGES if n in names]
 
 
-def _ablation_world_process(out: Path, config: DemoConfig, threads: int) -> dict:
+# -- two processes --------------------------------------------------------------------------------
+# The jobs share nothing but files in their own seed directories, so two processes run them side by
+# side, each on half the cores, the longest ready job first: each world's base policy, then per
+# seed its part up to the goal curves, and (main world) the selection ablation, which reads that
+# part's pairs.jsonl, and the reward-model comparison, which needs only the base policy. Every
+# number is the same as in one process: each stage is seeded per world and seed, and the toy
+# models give bit-identical results at 1 and 2 torch threads (docs/toy.md).
+
+PARTS = (("core", ABLATION_STAGES), ("select", ("select",)), ("reward models", ("reward models",)))
+
+
+def _job_base(world, threads: int, progress: bool):
     import torch
 
     torch.set_num_threads(threads)
-    return run_world(out, config, config.ablation_world, _ablation_stages(), progress=False)
+    return prepare_base(world, progress)
 
 
-def _run_worlds_side_by_side(out: Path, ablation_out: Path, config: DemoConfig, workers: int,
-                             progress: bool) -> list[dict]:
-    """The two worlds share nothing (own base policy, own seeds' directories), so the ablation
-    world runs in a second process while this one runs the main world, each on half the cores.
-    Each world's numbers are the same as when run alone: the stages are seeded per world and
-    seed, and the toy models give bit-identical results at 1 and 2 torch threads (docs/toy.md)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
+def _job_part(out: Path, config: DemoConfig, world, stage_names, seed: int, base: Path, part: str,
+              threads: int, progress: bool):
     import torch
 
-    half = max(1, workers // 2)
-    before = torch.get_num_threads()
-    log(f"running the ablation world ({world_name(config.ablation_world)}) in a second process, "
-        f"{half} thread(s) each")
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        ablation = pool.submit(_ablation_world_process, ablation_out, config, half)
-        torch.set_num_threads(half)
-        try:
-            main = run_world(out, config, config.world, STAGES, progress)
-        finally:
-            torch.set_num_threads(before)
-        return [main, ablation.result()]
+    torch.set_num_threads(threads)
+    return run_seed(out, config, world, base, _stages(stage_names), seed, progress, part=part)
 
 
-def run_world(out: Path, config: DemoConfig, world, stages, progress: bool = True, seeds=None) -> dict:
-    """All seeds in one world: {world, base, base_seconds, base_cached, reused, results (one dict per seed)}.
+def _run_in_two_processes(worlds, config: DemoConfig, workers: int, progress: bool) -> list[dict]:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    seeds: the seeds to run (default range(config.seeds)). A world with its own `base_policy()`
-    method (the real model, prefkit.toy.real_model) supplies its base policy that way."""
+    threads = max(1, workers // 2)
+    log(f"running the demo's jobs in 2 processes, {threads} torch thread(s) each")
+    runs = [{"world": w, "results": [None] * config.seeds, "reused": 0} for _, w, _ in worlds]
+    parts = {(k, seed): [name for name, stages in PARTS if any(s in names for s in stages)]
+             for k, (_, _, names) in enumerate(worlds) for seed in range(config.seeds)}
+    partial: dict[tuple[int, int], dict] = {key: {} for key in parts}
+    ready: list[tuple[int, int, int, str]] = []   # (rank, world, seed, part): lower rank runs first
+    running = {}
+
+    def add(k, seed, part):
+        rank = [p for p, _ in PARTS].index(part) * 2 + (k > 0)   # core before extras, main world first
+        ready.append((0 if part == "core" and k == 0 else rank, k, seed, part))
+        ready.sort()
+
+    def finished(k, seed):
+        done = worlds[k][0] / f"seed{seed}" / "results.json"
+        if done.exists():
+            log(f"seed {seed} ({world_name(worlds[k][1])}): results found, skipping (delete {done} to rerun)")
+            runs[k]["results"][seed] = json.loads(done.read_text())
+            runs[k]["reused"] += 1
+            return True
+        return False
+
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for k, (_, world, _) in enumerate(worlds):
+            running[pool.submit(_job_base, world, threads, progress and k == 0)] = (k, None, None)
+        while running:
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                k, seed, part = running.pop(fut)
+                if seed is None:
+                    base, seconds, cached = fut.result()
+                    runs[k].update(base=base, base_seconds=seconds, base_cached=cached)
+                    for s in range(config.seeds):
+                        if not finished(k, s):
+                            for p in parts[(k, s)]:
+                                if p != "select":   # select waits for the seed's pairs (core)
+                                    add(k, s, p)
+                    continue
+                partial[(k, seed)][part] = fut.result()[0]
+                if part == "core" and "select" in parts[(k, seed)]:
+                    add(k, seed, "select")
+                if set(partial[(k, seed)]) == set(parts[(k, seed)]):
+                    runs[k]["results"][seed] = _merge_parts(worlds[k][0], seed, partial[(k, seed)])
+            while ready and len(running) < 2:
+                _, k, seed, part = ready.pop(0)
+                o, world, names = worlds[k]
+                job = pool.submit(_job_part, o, config, world, names, seed, runs[k]["base"], part, threads,
+                                  progress and k == 0)
+                running[job] = (k, seed, part)
+    return runs
+
+
+def _merge_parts(out: Path, seed: int, parts: dict[str, dict]) -> dict:
+    """One seed's results.json from its parts' results (in PARTS order), then the parts' files go."""
+    seed_dir = out / f"seed{seed}"
+    merged = {}
+    for name, _ in PARTS:
+        merged.update(parts.get(name, {}))
+    (seed_dir / "results.json").write_text(json.dumps(merged, indent=2, default=str))
+    for name in parts:
+        (seed_dir / _part_file(name)).unlink(missing_ok=True)
+    return merged
+
+
+def _part_file(part: str) -> str:
+    return f"results-{part.replace(' ', '-')}.json"
+
+
+# -- one world --------------------------------------------------------------------------------------
+
+def prepare_base(world, progress: bool = True) -> tuple[Path, float, bool]:
+    """(base policy directory, seconds it took, whether it was cached). A world with its own
+    `base_policy()` method (the real model, prefkit.toy.real_model) supplies it that way."""
     log(f"{'world' if hasattr(world, 'base_policy') else 'toy world'} ({world_name(world)}): base policy "
         f"(config {world.key()})")
     t0 = time.time()
@@ -317,27 +397,60 @@ def run_world(out: Path, config: DemoConfig, world, stages, progress: bool = Tru
     else:
         cached = (default_cache_dir() / f"base-{world.key()}" / "prefkit_toy_world.json").exists()
         base = base_policy(world, progress=progress)
-    base_seconds = time.time() - t0
-    log(f"base policy ready in {base_seconds:.1f}s: {base}")
-    all_results = []
-    reused = 0
+    seconds = time.time() - t0
+    log(f"base policy ({world_name(world)}) ready in {seconds:.1f}s: {base}")
+    return base, seconds, cached
+
+
+def run_seed(out: Path, config: DemoConfig, world, base: Path, stages, seed: int, progress: bool = True,
+             part: str | None = None):
+    """One seed's stages in `out/seed<seed>`: (results, 1 if read from an earlier run else 0).
+    Without `part`: all of them, written to results.json. With `part` (a name of `PARTS`): only
+    that part's stages, written to results-<part>.json (read back when it exists, so an
+    interrupted demo resumes part by part)."""
+    seed_dir = out / f"seed{seed}"
+    done = seed_dir / ("results.json" if part is None else _part_file(part))
+    if part is not None:
+        names = dict(PARTS)[part]
+        stages = [(n, f) for n, f in stages if n in names]
+    if done.exists():
+        log(f"seed {seed} ({world_name(world)}){' ' + part if part else ''}: results found, skipping "
+            f"(delete {done} to rerun)")
+        return json.loads(done.read_text()), 1
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    _freeze_heap()
+    ctx = {"config": config, "world": world, "seed": seed, "dir": seed_dir, "base": base,
+           "results": {"seed": seed}, "progress": progress,
+           "eval_prompts": task.make_prompts(config.n_eval_prompts, seed=2000 + seed, min_items=world.min_items,
+                                             max_items=world.max_items)}
+    for name, fn in stages:
+        t = time.time()
+        log(f"seed {seed} ({world_name(world)}): stage {name}")
+        fn(ctx)
+        ctx["results"][f"seconds_{name}"] = round(time.time() - t, 1)
+    done.write_text(json.dumps(ctx["results"], indent=2, default=str))
+    return ctx["results"], 0
+
+
+def _freeze_heap() -> None:
+    """Collect, then move every live object to the collector's permanent generation. Each trainer
+    run ends in a full `gc.collect()` (accelerate's cache clearing), which otherwise walks the
+    ~400k objects that torch, transformers and datasets leave after import: about 0.2 s each time,
+    13 times a seed. Only objects alive now are frozen, so nothing collectable is kept."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
+def run_world(out: Path, config: DemoConfig, world, stages, progress: bool = True, seeds=None) -> dict:
+    """All seeds in one world, in this process: {world, base, base_seconds, base_cached, reused,
+    results (one dict per seed)}. seeds: the seeds to run (default range(config.seeds))."""
+    base, base_seconds, cached = prepare_base(world, progress)
+    all_results, reused = [], 0
     for seed in (range(config.seeds) if seeds is None else seeds):
-        seed_dir = out / f"seed{seed}"
-        done = seed_dir / "results.json"
-        if done.exists():
-            log(f"seed {seed}: results found, skipping (delete {done} to rerun)")
-            all_results.append(json.loads(done.read_text()))
-            reused += 1
-            continue
-        seed_dir.mkdir(parents=True, exist_ok=True)
-        ctx = {"config": config, "world": world, "seed": seed, "dir": seed_dir, "base": base,
-               "results": {"seed": seed}}
-        for name, fn in stages:
-            t = time.time()
-            log(f"seed {seed} ({world_name(world)}): stage {name}")
-            fn(ctx)
-            ctx["results"][f"seconds_{name}"] = round(time.time() - t, 1)
-        done.write_text(json.dumps(ctx["results"], indent=2, default=str))
-        all_results.append(ctx["results"])
+        results, was_reused = run_seed(out, config, world, base, stages, seed, progress)
+        all_results.append(results)
+        reused += was_reused
     return {"world": world, "base": base, "base_seconds": base_seconds, "base_cached": cached, "reused": reused,
             "results": all_results}

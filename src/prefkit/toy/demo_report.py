@@ -322,7 +322,9 @@ def write_report(out: Path, config: DemoConfig, runs: list[dict], total_seconds:
     if curve_sets:
         lines += ["## Goal-following curves", "",
                   "Mean gold reward on the held-out prompts when the prompt is conditioned on goal g (the RA data's "
-                  "conditioning: system message, `Overall score: g.`), same samples seed for every goal; slope = "
+                  "conditioning: system message, `Overall score: g.`), "
+                  f"{config.curve_samples or config.eval_samples} samples per prompt with the same seeds for every "
+                  "goal (the evaluation's first samples); slope = "
                   "least-squares gold reward per goal point (a policy that reaches every goal exactly: 1.0).", ""]
         for title, curves in curve_sets:
             lines += [f"**{title}**", "", *curve_table(curves), ""]

@@ -67,7 +67,7 @@ def real_config(seeds: int = 2, model: str = "smollm2") -> DemoConfig:
                       temperature=1.0, max_new_tokens=32, beta=0.1, learning_rate=5e-4, batch_size=2,
                       probe_pairs=8, probe_points=3, methods=REAL_METHODS, world=RealWorld(model=model),
                       ablation_world=None, train_options=dict(LORA_OPTIONS), curve_policies=REAL_CURVE_POLICIES,
-                      curve_goals=REAL_CURVE_GOALS,
+                      curve_goals=REAL_CURVE_GOALS, curve_samples=None,
                       probe_threshold=4.0)
 
 

@@ -5,8 +5,9 @@ the demo's judged pairs are scored once under the base policy (`selection_ablati
 metric keeps the same number of pairs, DPO is trained on each subset with the demo's own
 recipe, and each trained policy is scored with the gold reward on the held-out prompts.
 
-The stage reads the demo's context (`config`, `seed`, `dir`, `base`, `pairs`, `eval_prompts`)
-and writes `results["select_*"]`; the subsets go to `<seed dir>/select_<metric>.jsonl`.
+The stage reads the demo's context (`config`, `seed`, `dir`, `base`, `eval_prompts`) and the
+seed's `pairs.jsonl` (so it can run in another process than the stages before it), and writes
+`results["select_*"]`; the subsets go to `<seed dir>/select_<metric>.jsonl`.
 """
 
 from __future__ import annotations
@@ -17,15 +18,14 @@ ABLATION_METRICS = ("alignment-potential", "explicit", "implicit", "random")
 
 
 def stage_select(ctx: dict, *, fraction: float = 0.4, metrics=ABLATION_METRICS) -> None:
-    from prefkit.data import write
-    from prefkit.evaluate.generation import evaluate_policy
+    from prefkit.data import read, write
     from prefkit.select.selection import selection_ablation
-    from prefkit.toy import task
+    from prefkit.toy.world import gold_evaluation
     from prefkit.train import DPOConfig, train_dpo
 
     cfg = ctx["config"]
     seed, seed_dir, res = ctx["seed"], ctx["dir"], ctx["results"]
-    subsets = selection_ablation(ctx["pairs"], str(ctx["base"]), fraction=fraction, metrics=metrics, seed=seed,
+    subsets = selection_ablation(read(str(seed_dir / "pairs.jsonl")), str(ctx["base"]), fraction=fraction, metrics=metrics, seed=seed,
                                  cache_dir=str(seed_dir / "select_cache"),
                                  score_kwargs={"max_length": 256, "max_prompt_length": 192})
     budget = len(next(iter(subsets.values())))
@@ -49,8 +49,9 @@ def stage_select(ctx: dict, *, fraction: float = 0.4, metrics=ABLATION_METRICS) 
         t0 = time.time()
         train_dpo(dcfg)
         res[f"select_train_seconds_{name}"] = round(time.time() - t0, 1)
-        ev = evaluate_policy(out, ctx["eval_prompts"], task.gold_reward, n=cfg.eval_samples,
-                             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, batch_size=128,
-                             seed=10_000 + seed, desc=f"evaluate select:{metric}")
-        res[f"select_gold_{name}"] = ev["mean"]
-        res[f"select_gold_std_{name}"] = ev["std"]
+        ev = gold_evaluation({f"select:{metric}": str(out)}, ctx["eval_prompts"], n=cfg.eval_samples,
+                             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=10_000 + seed,
+                             run_dir=seed_dir / "eval" / "run", progress=ctx.get("progress", True))
+        got = ev["policies"][f"select:{metric}"]["reward_fn"]
+        res[f"select_gold_{name}"] = got["mean"]
+        res[f"select_gold_std_{name}"] = got["std"]

@@ -13,7 +13,8 @@
   that "Overall score: 8." asks for a better answer than "Overall score: 3.". `goal_prior=0`
   is the world without it (the same demonstrations, no goals). docs/toy.md says how the default
   was chosen.
-- `goal_following_curve(model, prompts, goals)`: mean gold reward when conditioned on each goal.
+- `gold_evaluation(policies, prompts)`: `prefkit.evaluate.policy.evaluate_policies` with the gold reward;
+  `goal_following_curve(model, prompts, goals)`: mean gold reward when conditioned on each goal.
 """
 
 from __future__ import annotations
@@ -33,7 +34,14 @@ from prefkit.toy import task
 
 # Bump when the task, the corpus or the training code changes what a config produces.
 # 2: the tokenizer corpus holds the relabeler's own conditioning text; the goal prior.
-WORLD_VERSION = 2
+# 3: pretraining runs each step's batch as length-sorted micro-batches (the same loss, summed in
+#    another order, so the trained weights differ in rounding).
+WORLD_VERSION = 3
+
+# Each pretraining step's batch runs as this many micro-batches of similar length: goal-conditioned
+# demonstrations are ~35 tokens longer than the rest, so one padded batch was ~40% padding
+# (measured: 0.29 s a step instead of 0.49 s, width 128, one thread).
+PRETRAIN_MICRO_BATCHES = 4
 
 CURVE_GOALS = (2, 4, 6, 8, 10)
 
@@ -154,7 +162,10 @@ def pretrain(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int,
              seed: int = 0, progress: bool = True) -> list[float]:
     """Supervised training on (messages, response) rows, loss on the response tokens and EOS.
 
-    Returns the loss per step. The model is trained in place and left in eval mode.
+    Each step samples `batch_size` rows; its loss is the mean token cross-entropy over all of their
+    response tokens, computed over length-sorted micro-batches (`PRETRAIN_MICRO_BATCHES`) whose
+    gradients add up to the whole batch's. Returns the loss per step. The model is trained in place
+    and left in eval mode.
     """
     import torch
     from tqdm.auto import tqdm
@@ -183,26 +194,47 @@ def pretrain(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int,
     bar = tqdm(range(steps), desc="toy: pretraining base policy", unit="step", disable=not progress_enabled(progress))
     for _ in bar:
         idx = torch.randint(len(examples), (batch_size,), generator=gen).tolist()
-        batch = [examples[i] for i in idx]
-        width = max(len(p) + len(r) for p, r in batch)
-        input_ids = torch.full((batch_size, width), pad, dtype=torch.long)
-        labels = torch.full((batch_size, width), -100, dtype=torch.long)
-        attention = torch.zeros((batch_size, width), dtype=torch.long)
-        for b, (p, r) in enumerate(batch):
-            seq = p + r
-            input_ids[b, : len(seq)] = torch.tensor(seq)
-            labels[b, len(p): len(seq)] = torch.tensor(r)
-            attention[b, : len(seq)] = 1
-        out = model(input_ids=input_ids, attention_mask=attention, labels=labels)
-        out.loss.backward()
+        step_loss = batch_backward(model, [examples[i] for i in idx], pad)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(out.loss.detach()))
+        losses.append(step_loss)
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model.eval()
     return losses
+
+
+def batch_backward(model, batch: list[tuple[list[int], list[int]]], pad: int,
+                   micro_batches: int = PRETRAIN_MICRO_BATCHES) -> float:
+    """Backward of the mean response-token cross-entropy of `batch` ((prompt ids, response ids)
+    rows), run as `micro_batches` length-sorted, right-padded micro-batches: each adds its token
+    losses divided by the whole batch's token count, so the gradients sum to the one-batch
+    gradient. Returns the loss."""
+    import torch
+    import torch.nn.functional as F
+
+    batch = sorted(batch, key=lambda e: len(e[0]) + len(e[1]))
+    n_tokens = sum(len(r) for _, r in batch)
+    size = -(-len(batch) // micro_batches)
+    total = 0.0
+    for start in range(0, len(batch), size):
+        chunk = batch[start:start + size]
+        width = max(len(p) + len(r) for p, r in chunk)
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for b, (p, r) in enumerate(chunk):
+            seq = p + r
+            input_ids[b, : len(seq)] = torch.tensor(seq)
+            labels[b, len(p): len(seq)] = torch.tensor(r)
+            attention[b, : len(seq)] = 1
+        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
+                               ignore_index=-100, reduction="sum") / n_tokens
+        loss.backward()
+        total += float(loss.detach())
+    return total
 
 
 def base_policy(config: ToyWorldConfig | None = None, cache_dir: str | Path | None = None,
@@ -247,23 +279,37 @@ def base_policy(config: ToyWorldConfig | None = None, cache_dir: str | Path | No
     return out
 
 
+def gold_evaluation(policies, prompts, *, n: int = 4, temperature: float = 1.0, max_new_tokens: int = 24,
+                    seed: int = 0, run_dir=None, output_dir=None, progress: bool = False) -> dict:
+    """`prefkit.evaluate.policy.evaluate_policies` scored with the toy task's gold reward, batched
+    128 samples at a time: the toy world's one way to evaluate a policy. `policies` as there
+    ({name: model directory or PolicySpec}); sample j of every prompt is drawn with seed + j.
+    Requests shared between calls with one `run_dir` (the same model, messages and sampling) are
+    generated once, so an evaluation and a goal-following curve on the same prompts agree."""
+    from prefkit.evaluate.policy import evaluate_policies
+
+    return evaluate_policies(policies, prompts, reward_fn=task.gold_reward, n=n, temperature=temperature,
+                             max_new_tokens=max_new_tokens, seed=seed, batch_size=128, run_dir=run_dir,
+                             output_dir=output_dir, progress=progress)
+
+
 def goal_following_curve(model, prompts, goals=CURVE_GOALS, *, n: int = 4, temperature: float = 1.0,
-                         max_new_tokens: int = 24, seed: int = 0, spec=None, progress: bool = False) -> dict:
+                         max_new_tokens: int = 24, seed: int = 0, spec=None, run_dir=None,
+                         progress: bool = False) -> dict:
     """Mean gold reward of `model`'s samples on `prompts` when conditioned on each goal.
 
     spec: the conditioning to apply (default: the relabeler's default, system placement, which is
     what the goal prior and the demo's reward-augmented data use). Every goal is sampled with the
-    same seed. Returns {"goals": [...], "gold": [...], "slope": least-squares slope of gold on goal}.
+    same seeds (`gold_evaluation`). Returns {"goals": [...], "gold": [...], "slope": least-squares
+    slope of gold on goal}.
     """
-    from prefkit.evaluate.generation import evaluate_policy
+    from prefkit.evaluate.policy import PolicySpec
 
     spec = spec if spec is not None else conditioning_spec()
-    gold = []
-    for g in goals:
-        res = evaluate_policy(model, prompts, task.gold_reward, n=n, temperature=temperature,
-                              max_new_tokens=max_new_tokens, batch_size=128, seed=seed, goal=g,
-                              conditioning=spec, progress=progress, desc=f"goal {g}")
-        gold.append(res["mean"])
+    policies = {f"goal {g}": PolicySpec(f"goal {g}", str(model), conditioning=spec, goal=g) for g in goals}
+    res = gold_evaluation(policies, prompts, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
+                          seed=seed, run_dir=run_dir, progress=progress)
+    gold = [res["policies"][f"goal {g}"]["reward_fn"]["mean"] for g in goals]
     return {"goals": list(goals), "gold": gold, "slope": slope(goals, gold)}
 
 
