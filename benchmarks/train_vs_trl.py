@@ -27,10 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -227,21 +225,13 @@ def main(argv=None) -> int:
           f"{a.response_words} words); steps {a.steps}, batch {a.batch}, beta {a.beta}, "
           f"lr {a.lr}, max_length {a.max_length}, threads {a.threads}, "
           f"gradient checkpointing {'on' if a.gradient_checkpointing else 'off'}, fp32, CPU")
-    results = {}
-    env = dict(os.environ, TQDM_DISABLE="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS=str(a.threads))
-    for mode in a.modes.split(","):
-        cmd = [sys.executable, __file__, "--child", mode, "--workdir", str(a.workdir), "--model-dir",
-               info["model_dir"], "--steps", str(a.steps),
-               "--batch", str(a.batch), "--threads", str(a.threads), "--max-length", str(a.max_length),
-               "--beta", str(a.beta), "--lr", str(a.lr)] + (["--gradient-checkpointing"] if a.gradient_checkpointing else [])
-        print(f"running {mode} ...", flush=True)
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode != 0 or not line:
-            print(f"{mode} FAILED (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-            continue
-        results[mode] = json.loads(line[-1][len("RESULT "):])
+    from child_runs import run_modes
+
+    results = run_modes(__file__, a.modes.split(","), [
+        "--workdir", str(a.workdir), "--model-dir", info["model_dir"], "--steps", str(a.steps),
+        "--batch", str(a.batch), "--threads", str(a.threads), "--max-length", str(a.max_length),
+        "--beta", str(a.beta), "--lr", str(a.lr)] + (["--gradient-checkpointing"] if a.gradient_checkpointing else []),
+        a.threads)
 
     print()
     print(f"{'run':<16} {'pairs/s':>9} {'seconds':>9} {'peak RSS MiB':>13}")

@@ -31,7 +31,6 @@ import json
 import os
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -265,21 +264,12 @@ def main(argv=None) -> int:
           f"chosen {means['chosen']:.0f}, rejected {means['rejected']:.0f} (prompt 80-220, responses 120-480); "
           f"steps {a.steps}, batch {a.batch}, max_length {a.max_length}, threads {a.threads}, fp32, CPU, "
           f"gradient checkpointing off; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    env = dict(os.environ, TQDM_DISABLE="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS=str(a.threads))
-    results = {}
-    for mode in a.modes.split(","):
-        cmd = [sys.executable, __file__, "--child", mode, "--workdir", str(a.workdir), "--model", a.model,
-               "--steps", str(a.steps), "--batch", str(a.batch), "--threads", str(a.threads),
-               "--max-length", str(a.max_length), "--beta", str(a.beta), "--lr", str(a.lr)]
-        print(f"running {mode} ...", flush=True)
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode != 0 or not line:
-            print(f"{mode} FAILED (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-            continue
-        results[mode] = json.loads(line[-1][len("RESULT "):])
-        print("  " + json.dumps(results[mode]), flush=True)
+    from child_runs import run_modes
+
+    results = run_modes(__file__, a.modes.split(","), [
+        "--workdir", str(a.workdir), "--model", a.model, "--steps", str(a.steps), "--batch", str(a.batch),
+        "--threads", str(a.threads), "--max-length", str(a.max_length), "--beta", str(a.beta), "--lr", str(a.lr)],
+        a.threads, echo=True)
 
     print()
     print(f"{'run':<16} {'pairs/s':>8} {'seconds':>8} {'CPU s':>7} {'pairs/CPU-s':>11} {'step s':>7} {'step CPU s':>10} "

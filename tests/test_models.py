@@ -69,6 +69,22 @@ def test_missing_model_and_bad_gguf_are_one_line_errors(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_imported_files_are_readable_like_any_other_written_file(tmp_path):
+    """safetensors writes 0600; an imported model directory gets the umask's usual modes."""
+    import os
+
+    from prefkit.models import _readable_by_all
+
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    (tmp_path / "model.safetensors").chmod(0o600)
+    old = os.umask(0o022)
+    try:
+        _readable_by_all(tmp_path)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644
+
+
 def test_unknown_bundled_name_lists_the_known_ones():
     from prefkit.models import bundled_gguf
 

@@ -201,11 +201,22 @@ def import_gguf(gguf, out_dir=None, *, force: bool = False, log=None) -> Path:
             "parameters": sum(p.numel() for p in model.parameters()),
             "imported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }, indent=2))
+        _readable_by_all(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
         say(f"imported {src.name} in {time.time() - t0:.1f}s")
     return out
+
+
+def _readable_by_all(directory: Path) -> None:
+    """Give an imported model the permissions of any other file we write (0644 under a 022 umask):
+    safetensors writes its files 0600, which hid a shared cache's weights from other users."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in directory.iterdir():
+        if f.is_file():
+            f.chmod(0o666 & ~umask)
 
 
 def resolve_model_path(name) -> str:

@@ -202,6 +202,32 @@ def test_conditioning_is_applied_like_prefkit_generate(tiny_dirs):
     assert not plain["policies"]["ra"]["conditioned"]
 
 
+def test_requests_are_keyed_by_model_not_name_and_a_scratch_run_is_removed(tiny_dirs, tmp_path, monkeypatch):
+    """Two names for one model (with equal messages) share their requests, also across calls with
+    one run_dir; another model does not. Without run_dir or output_dir nothing is left behind."""
+    import tempfile
+
+    from prefkit.evaluate.policy import PolicySpec
+
+    prompts = task.make_prompts(3, seed=12)
+    kw = dict(n=2, max_new_tokens=6, temperature=1.0, seed=7, reward_fn=task.gold_reward, progress=False)
+    run_dir = tmp_path / "run"
+    first = evaluate_policies({"a": str(tiny_dirs["base"])}, prompts, run_dir=run_dir, **kw)
+    assert first["run"]["done"] == 6 and first["run"]["resumed"] == 0
+    again = evaluate_policies({"b": PolicySpec("b", str(tiny_dirs["base"]), conditioning=None),
+                               "c": str(tiny_dirs["other"])}, prompts, run_dir=run_dir, **kw)
+    assert again["run"]["resumed"] == 6 and again["run"]["done"] == 6     # b from a's records, c new
+    assert again["outputs"]["b"] == first["outputs"]["a"]
+    assert again["outputs"]["c"] != first["outputs"]["a"]
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    res = evaluate_policies({"a": str(tiny_dirs["base"])}, prompts, **kw)
+    assert res["run_dir"] is None and list(scratch.iterdir()) == []
+    assert res["outputs"]["a"] == first["outputs"]["a"]
+
+
 def test_lora_adapter_policy_is_merged_into_its_base(tiny_dirs, tmp_path):
     from peft import LoraConfig, get_peft_model
 

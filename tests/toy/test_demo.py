@@ -92,6 +92,20 @@ def test_demo_quick_end_to_end(tmp_path, capfd):
     if seed0["probe_pairs"]:  # the probe before training, then at each logging step
         assert len(seed0["probe_dpo"]["probe/hq_rejected_logp"]) >= 2
 
+    # one process (this one, with its own torch thread count) gives the numbers the two worker
+    # processes gave (one thread each)
+    import dataclasses
+
+    from prefkit.toy.demo import run_demo
+    from prefkit.toy.demo_config import quick_config
+
+    alone = tmp_path / "alone"
+    run_demo(alone, dataclasses.replace(quick_config(seeds=1), ablation_world=None, parallel_worlds=False),
+             progress=False)
+    seed0_alone = json.loads((alone / "seed0" / "results.json").read_text())
+    for key in [k for k in seed0 if k.startswith(("gold_", "select_gold_", "rm_acc_", "curve_"))]:
+        assert seed0_alone[key] == seed0[key], key
+
     # a rerun resumes: finished seeds are skipped and the summary's numbers are the same
     assert main(["demo", "--quick", "--seeds", "2", "--out", str(out)]) == 0
     assert "skipping" in capfd.readouterr().out   # from the worker processes too

@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-
 from prefkit.toy import task
 from prefkit.toy.judge import JudgeConfig, judge, write_jsonl
 

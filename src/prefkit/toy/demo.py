@@ -80,7 +80,7 @@ def stage_binarize(ctx: dict) -> None:
     from prefkit.report import StageReport
 
     report = StageReport("read + binarize")
-    multi = data.read(str(ctx["judged_path"]), format="ultrafeedback", on_invalid="skip", report=report)
+    multi = data.read(str(ctx["judged_path"]), format="ultrafeedback", on_invalid="drop", report=report)
     pairs = data.binarize(multi, method="published", seed=ctx["seed"], ties="drop", report=report)
     ctx["pairs_path"] = ctx["dir"] / "pairs.jsonl"
     data.write(pairs, str(ctx["pairs_path"]))
@@ -317,7 +317,7 @@ def _run_in_two_processes(worlds, config: DemoConfig, workers: int, progress: bo
 
     threads = max(1, workers // 2)
     log(f"running the demo's jobs in 2 processes, {threads} torch thread(s) each")
-    runs = [{"world": w, "results": [None] * config.seeds, "reused": 0} for _, w, _ in worlds]
+    runs = [{"world": w, "results": [None] * config.seeds, "reused": 0, "processes": 2} for _, w, _ in worlds]
     parts = {(k, seed): [name for name, stages in PARTS if any(s in names for s in stages)]
              for k, (_, _, names) in enumerate(worlds) for seed in range(config.seeds)}
     partial: dict[tuple[int, int], dict] = {key: {} for key in parts}
@@ -419,8 +419,10 @@ def run_seed(out: Path, config: DemoConfig, world, base: Path, stages, seed: int
         return json.loads(done.read_text()), 1
     seed_dir.mkdir(parents=True, exist_ok=True)
     _freeze_heap()
+    import torch
+
     ctx = {"config": config, "world": world, "seed": seed, "dir": seed_dir, "base": base,
-           "results": {"seed": seed}, "progress": progress,
+           "results": {"seed": seed, "torch_threads": torch.get_num_threads()}, "progress": progress,
            "eval_prompts": task.make_prompts(config.n_eval_prompts, seed=2000 + seed, min_items=world.min_items,
                                              max_items=world.max_items)}
     for name, fn in stages:

@@ -109,6 +109,16 @@ def prior_ablation(main: dict, other: dict) -> dict:
     return out
 
 
+def _threads_text(runs: list[dict], mach: dict) -> str:
+    """How the seeds ran: torch threads per seed job (recorded by each seed) and whether two
+    processes ran jobs side by side."""
+    threads = sorted({r.get("torch_threads") for run in runs for r in run["results"]} - {None})
+    if not threads:
+        return f"{mach['torch_threads']} torch threads"
+    where = "; jobs in 2 processes" if any(run.get("processes", 1) > 1 for run in runs) else ""
+    return f"{'/'.join(map(str, threads))} torch thread(s) per seed job{where}"
+
+
 def machine() -> dict:
     import torch
 
@@ -289,8 +299,8 @@ def write_report(out: Path, config: DemoConfig, runs: list[dict], total_seconds:
     mach = summary["machine"]
     lines = [
         "# prefkit demo report: the toy world", "",
-        f"Generated {summary['generated_utc']} on {mach['platform']} ({mach['cpus']} CPUs, torch {mach['torch']} with "
-        f"{mach['torch_threads']} threads; load average at the end {mach['load_average_at_end']}); this invocation "
+        f"Generated {summary['generated_utc']} on {mach['platform']} ({mach['cpus']} CPUs, torch {mach['torch']}, "
+        f"{_threads_text(runs, mach)}; load average at the end {mach['load_average_at_end']}); this invocation "
         f"took {total_seconds:.0f}s (base policies: "
         + ", ".join(f"{world_name(r['world'])} " + ("loaded from cache" if r.get("base_cached")
                                                       else f"trained in {r['base_seconds']:.0f}s") for r in runs)

@@ -25,7 +25,7 @@ def read_pairs(source, *, split=None, on_invalid: str = "drop", report: StageRep
     from prefkit.data import read
     from prefkit.data.records import kind_of
 
-    ds = read(source, split=split, on_invalid="skip" if on_invalid == "drop" else "error", report=report)
+    ds = read(source, split=split, on_invalid=on_invalid, report=report)
     if kind_of(ds.column_names) != "pairs":
         raise DataError(f"expected preference pairs (prompt, chosen, rejected); got columns {ds.column_names}. "
                         "Binarize multi-response data first: prefkit data binarize",
