@@ -347,6 +347,39 @@ FULL_HASH_NUMEL = 50_000_000      # hash every weight below this many parameters
 SAMPLE_PER_TENSOR = 4096          # elements hashed per tensor above it
 
 
+def load_lora_merged(adapter_dir, base=None):
+    """(merged model in eval mode, tokenizer) for a PEFT LoRA adapter directory. The base model is
+    `base` or the adapter's `base_model_name_or_path`, loaded through `load_pretrained`; the
+    tokenizer is the adapter directory's when it holds one, else the base model's."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if base is None:
+        cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+        base = cfg.get("base_model_name_or_path")
+        if not base:
+            raise ConfigError(f"{adapter_dir / 'adapter_config.json'}: field 'base_model_name_or_path' is empty")
+    model = PeftModel.from_pretrained(load_pretrained(str(base)), str(adapter_dir)).merge_and_unload().eval()
+    has_tok = any((adapter_dir / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
+    return model, load_tokenizer(str(adapter_dir) if has_tok else str(base))
+
+
+def merge_lora(adapter_dir, out_dir, base) -> Path:
+    """Merge the LoRA adapter in `adapter_dir` into `base` and save the full model to `out_dir`
+    with the base model's tokenizer and the adapter's prefkit_conditioning.json (if any), so that
+    it loads and is conditioned like any trained model directory."""
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    model, _ = load_lora_merged(adapter_dir, base)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    model.save_pretrained(out_dir)
+    load_tokenizer(str(base)).save_pretrained(out_dir)
+    cond = adapter_dir / "prefkit_conditioning.json"
+    if cond.exists():
+        shutil.copy(cond, out_dir / cond.name)
+    return out_dir
+
+
 def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 

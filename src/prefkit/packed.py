@@ -37,7 +37,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from prefkit.logprobs import DEFAULT_CHUNK_SIZE, HiddenHead, _decoder, _head_of, _sum_rows, _unwrap
+from prefkit.lm_head import DEFAULT_CHUNK_SIZE, HiddenHead, _decoder, _head_of, _sum_rows, _unwrap
 
 __all__ = ["PackedPlan", "PackedLogps", "plan_pairs", "packing_supported", "scored_hidden", "packed_logps",
            "packed_pair_logps"]
@@ -165,11 +165,11 @@ def packing_supported(model, plan: PackedPlan | None = None) -> tuple[bool, str]
     impl = getattr(cfg, "_attn_implementation", None) or "eager"
     if impl not in ("sdpa", "eager"):
         return False, f"attention implementation {impl!r} (packed rows need 'sdpa' or 'eager')"
-    from prefkit.logprobs import _lora_head
+    from prefkit.lm_head import _lora_head
 
     if _lora_head(inner.get_output_embeddings())[1]:
         # The packed chunks' hand-written backward uses the head's own weight; the padded path
-        # applies LoRA adapters on the head (prefkit.logprobs.HiddenHead.adapters).
+        # applies LoRA adapters on the head (prefkit.lm_head.HiddenHead.adapters).
         return False, "LoRA adapters on the LM head (the packed chunks use the head's base weight)"
     layer_types = getattr(cfg, "layer_types", None) or []
     window = getattr(cfg, "sliding_window", None)
@@ -330,7 +330,7 @@ def packed_logps(head: HiddenHead, plan: PackedPlan, *, chunk_size: int = DEFAUL
         elif grad:  # under autocast: the checkpointed chunk (prefkit.logprobs), extras computed beside it
             from torch.utils.checkpoint import checkpoint
 
-            from prefkit.logprobs import _chunk_token_logps
+            from prefkit.lm_head import _chunk_token_logps
 
             pol.append(checkpoint(_chunk_token_logps, head, h[sl], labels[sl], use_reentrant=False))
             if sink is not None:

@@ -105,23 +105,6 @@ def policy_specs(policies) -> list[PolicySpec]:
     return specs
 
 
-def _load_lora(adapter_dir: Path):
-    """(merged model, tokenizer) for a PEFT LoRA adapter directory; the base model is loaded
-    through prefkit.models from the adapter's `base_model_name_or_path`."""
-    from peft import PeftModel
-
-    from prefkit.models import load_pretrained, load_tokenizer
-
-    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-    base_name = cfg.get("base_model_name_or_path")
-    if not base_name:
-        raise ConfigError(f"{adapter_dir / 'adapter_config.json'}: field 'base_model_name_or_path' is empty")
-    base = load_pretrained(base_name)
-    model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().eval()
-    has_tok = any((adapter_dir / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
-    return model, load_tokenizer(str(adapter_dir) if has_tok else base_name)
-
-
 def policy_backend(spec: PolicySpec, *, batch_size: int = 16) -> tuple[Backend, Any, Any]:
     """(backend, conditioning spec or None, tokenizer or None) for a policy. Local models are
     loaded here, and the backend's identity carries a hash of the weights, so a retrained model
@@ -140,14 +123,14 @@ def policy_backend(spec: PolicySpec, *, batch_size: int = 16) -> tuple[Backend, 
                 raise ConfigError(f"{spec.conditioning}: no prefkit_conditioning.json there")
         opts = {"concurrency": 16, "timeout": 300.0, **spec.backend_options}
         return OpenAIBackend(model=str(spec.model), base_urls=list(spec.base_urls), **opts), cond, None
-    from prefkit.models import load_causal_lm, model_identity, resolve_model_path
+    from prefkit.models import load_causal_lm, load_lora_merged, model_identity, resolve_model_path
 
     model, tok = spec.model, spec.tokenizer
     source = model
     if isinstance(model, (str, Path)):
         path = Path(resolve_model_path(model))
         if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
-            model, loaded_tok = _load_lora(path)
+            model, loaded_tok = load_lora_merged(path)
             tok = tok if tok is not None else loaded_tok
         else:
             model, tok = load_causal_lm(str(path), tok)

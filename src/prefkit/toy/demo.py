@@ -170,7 +170,7 @@ def stage_train(ctx: dict) -> None:
         ctx["results"][f"last_log_{method}"] = {k: last[-1][k] for k in ("loss", "rewards/accuracies", "rewards/margins")
                                                 if last and k in last[-1]}
         if dcfg.use_peft:   # a LoRA adapter: the later stages load the merged model
-            from prefkit.toy.real_model import merge_lora
+            from prefkit.models import merge_lora
 
             out = merge_lora(out, ctx["dir"] / f"{method}-merged", base=ctx["base"])
         ctx["models"][method] = out

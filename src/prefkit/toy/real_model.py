@@ -11,7 +11,7 @@ alphabetically) with its gold reward and noisy judge, which read any text.
 What changes is the "world": `RealWorld` stands for a real model (by default the bundled
 SmolLM2-135M-Instruct, `prefkit.models.resolve_model_path("smollm2")`); its base policy is that
 model, unchanged. Training is LoRA (`DPOConfig.use_peft`); each adapter is merged into the base
-model (`merge_lora`) so that sampling, the probe and the curves load a plain model directory.
+model (`prefkit.models.merge_lora`) so that sampling, the probe and the curves load a plain model directory.
 
 The design (sizes, LoRA settings, learning rate, beta, goals, seeds) is `real_config()`, written
 down in docs/real_lab.md before the first comparison run; `real_quick_config()` is the small form
@@ -21,7 +21,6 @@ the test suite runs (`--quick`).
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,26 +76,6 @@ def real_quick_config(seeds: int = 1, model: str = "smollm2") -> DemoConfig:
     cfg.n_train_prompts, cfg.n_eval_prompts, cfg.samples_per_prompt, cfg.eval_samples = 8, 4, 2, 1
     cfg.max_new_tokens, cfg.probe_pairs, cfg.probe_points = 12, 4, 1
     return cfg
-
-
-def merge_lora(adapter_dir: str | Path, out_dir: str | Path, base: str | Path) -> Path:
-    """Merge the LoRA adapter saved in `adapter_dir` into `base` and save the full model to
-    `out_dir` with the base tokenizer and the adapter's prefkit_conditioning.json (if any), so
-    that `prefkit.generate` conditions it as it was trained."""
-    from peft import PeftModel
-
-    from prefkit.models import load_pretrained, load_tokenizer
-
-    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
-    model = PeftModel.from_pretrained(load_pretrained(str(base)), str(adapter_dir)).merge_and_unload()
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    model.save_pretrained(out_dir)
-    load_tokenizer(str(base)).save_pretrained(out_dir)
-    cond = adapter_dir / "prefkit_conditioning.json"
-    if cond.exists():
-        shutil.copy(cond, out_dir / cond.name)
-    return out_dir
 
 
 def run_real_demo(out: str | Path = "demo_real_out", config: DemoConfig | None = None, seeds=None,
