@@ -4,7 +4,8 @@ The same model (a Llama config of ~20M parameters with a 32k-token BPE vocabular
 logits matter), the same conversational pairs, beta, batch size, number of steps, learning rate,
 optimizer, max_length, gradient-checkpointing setting and torch threads, for:
 
-  prefkit          prefkit.train.train_dpo (its default: reference log-probs precomputed and cached)
+  prefkit          prefkit.train.train_dpo (its defaults: packed forward, reference log-probs precomputed)
+  prefkit_padded   the same with forward_mode="padded" (chosen and rejected rows padded, no prefix sharing)
   trl              TRL DPOTrainer, default (a live reference model next to the policy)
   trl_precompute   TRL DPOTrainer with precompute_ref_log_probs=True
 
@@ -34,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MODES = ("prefkit", "trl", "trl_precompute")
+MODES = ("prefkit", "prefkit_padded", "trl", "trl_precompute")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,16 +127,16 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def run_prefkit(a) -> dict:
+def run_prefkit(a, forward_mode: str = "packed") -> dict:
     from prefkit.train import DPOConfig, train_dpo
 
     cfg = DPOConfig(model_name_or_path=str(a.model_dir), train_file=str(a.workdir / "pairs.jsonl"),
-                    output_dir=str(a.workdir / "out_prefkit"), loss_type="sigmoid", beta=a.beta,
+                    output_dir=str(a.workdir / f"out_{a.child}"), loss_type="sigmoid", beta=a.beta,
                     learning_rate=a.lr, per_device_train_batch_size=a.batch, max_steps=a.steps,
                     max_length=a.max_length, max_prompt_length=a.max_length // 2,
                     gradient_checkpointing=a.gradient_checkpointing, precision="fp32", seed=0,
                     logging_steps=a.steps, save_strategy="no", report_to=["none"], disable_tqdm=True,
-                    ref_cache_dir=str(a.workdir / "ref_cache_prefkit"))
+                    ref_cache_dir=str(a.workdir / f"ref_cache_{a.child}"), forward_mode=forward_mode)
     t0 = time.perf_counter()
     train_dpo(cfg)
     return {"seconds": time.perf_counter() - t0}
@@ -168,7 +169,10 @@ def child(a) -> None:
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    res = run_prefkit(a) if a.child == "prefkit" else run_trl(a, precompute=a.child == "trl_precompute")
+    if a.child.startswith("prefkit"):
+        res = run_prefkit(a, forward_mode="padded" if a.child == "prefkit_padded" else "packed")
+    else:
+        res = run_trl(a, precompute=a.child == "trl_precompute")
     res.update(mode=a.child, pairs=a.steps * a.batch, peak_rss_mb=_peak_rss_mb())
     print("RESULT " + json.dumps(res), flush=True)
 
@@ -240,7 +244,7 @@ def main(argv=None) -> int:
         print(f"{mode:<16} {r['pairs_per_s']:>9.2f} {r['seconds']:>9.1f} {r['peak_rss_mb']:>13.0f}")
     if "prefkit" in results:
         pk = results["prefkit"]
-        for peer in ("trl", "trl_precompute"):
+        for peer in ("trl", "trl_precompute", "prefkit_padded"):
             if peer in results:
                 q = results[peer]
                 print(f"prefkit vs {peer:<15} throughput x{pk['pairs_per_s'] / q['pairs_per_s']:.2f}, "
