@@ -142,3 +142,33 @@ def test_demo_bad_options_are_one_line_errors(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_a_seed_resumes_part_by_part_and_its_parts_merge_into_results_json(tmp_path):
+    """The two-process demo runs a seed as parts (PARTS): each part's results-<part>.json is read back
+    instead of rerunning its stages, and the merged results.json replaces the part files."""
+    from prefkit.toy.demo import PARTS, _merge_parts, run_seed
+    from prefkit.toy.demo_config import quick_config
+
+    calls = []
+
+    def fake_stage(name):
+        def fn(ctx):
+            calls.append(name)
+            ctx["results"][f"from_{name.replace(' ', '_')}"] = len(calls)
+        return fn
+
+    stages = [(n, fake_stage(n)) for n in ("sample", "select", "reward models")]
+    cfg = quick_config()
+    parts = {}
+    for part, _ in PARTS:
+        parts[part], reused = run_seed(tmp_path, cfg, cfg.world, tmp_path, stages, 0, progress=False, part=part)
+        assert reused == 0
+    assert calls == ["sample", "select", "reward models"]
+    assert {p.name for p in (tmp_path / "seed0").iterdir()} == {
+        "results-core.json", "results-select.json", "results-reward-models.json"}
+    again, reused = run_seed(tmp_path, cfg, cfg.world, tmp_path, stages, 0, progress=False, part="select")
+    assert reused == 1 and again == parts["select"] and len(calls) == 3        # read back, not rerun
+    merged = _merge_parts(tmp_path, 0, parts)
+    assert merged["from_sample"] == 1 and merged["from_select"] == 2 and merged["from_reward_models"] == 3
+    assert [p.name for p in (tmp_path / "seed0").iterdir()] == ["results.json"]

@@ -425,11 +425,16 @@ def run_seed(out: Path, config: DemoConfig, world, base: Path, stages, seed: int
            "results": {"seed": seed, "torch_threads": torch.get_num_threads()}, "progress": progress,
            "eval_prompts": task.make_prompts(config.n_eval_prompts, seed=2000 + seed, min_items=world.min_items,
                                              max_items=world.max_items)}
-    for name, fn in stages:
-        t = time.time()
-        log(f"seed {seed} ({world_name(world)}): stage {name}")
-        fn(ctx)
-        ctx["results"][f"seconds_{name}"] = round(time.time() - t, 1)
+    try:
+        for name, fn in stages:
+            t = time.time()
+            log(f"seed {seed} ({world_name(world)}): stage {name}")
+            fn(ctx)
+            ctx["results"][f"seconds_{name}"] = round(time.time() - t, 1)
+    finally:
+        import gc
+
+        gc.unfreeze()   # what was frozen may be collected again once the seed is done
     done.write_text(json.dumps(ctx["results"], indent=2, default=str))
     return ctx["results"], 0
 
@@ -438,7 +443,8 @@ def _freeze_heap() -> None:
     """Collect, then move every live object to the collector's permanent generation. Each trainer
     run ends in a full `gc.collect()` (accelerate's cache clearing), which otherwise walks the
     ~400k objects that torch, transformers and datasets leave after import: about 0.2 s each time,
-    13 times a seed. Only objects alive now are frozen, so nothing collectable is kept."""
+    13 times a seed. Only objects alive now are frozen, so nothing collectable is kept; run_seed
+    unfreezes them when the seed ends."""
     import gc
 
     gc.collect()
