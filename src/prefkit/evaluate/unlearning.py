@@ -60,19 +60,17 @@ def mean_rejected_logp(model, tokenizer, pairs, batch_size: int = 32) -> float:
 def rejected_logp_probe(pairs, tokenizer, *, spec=None, goal="own", batch_size: int = 32) -> Callable:
     """A probe fn(model) -> mean log-prob of the rejected responses of `pairs` (for train_dpo's probes).
 
-    The pairs are tokenized once, on the first call, with `score_logps`'s own defaults (a probe is
-    called at every logging step; rendering the chat template again each time cost more than the
-    forward pass on small models). Rows those defaults cannot encode are left out, as
-    `score_logps` leaves them out of the mean."""
+    The pairs are tokenized once, here, with `score_logps`'s own defaults (a probe is called at
+    every logging step; rendering the chat template again each time cost more than the forward
+    pass on small models). Rows those defaults cannot encode are left out, as `score_logps`
+    leaves them out of the mean."""
     from prefkit.tokenize import encode_pairs
 
     probe_pairs = condition_pairs(pairs, spec, goal, tokenizer) if spec is not None else pairs
-    encoded = []
+    encoded = encode_pairs(probe_pairs, tokenizer)
 
     def probe(model) -> float:
-        if not encoded:
-            encoded.append(encode_pairs(probe_pairs, tokenizer))
-        return mean_rejected_logp(model, tokenizer, encoded[0], batch_size=batch_size)
+        return mean_rejected_logp(model, tokenizer, encoded, batch_size=batch_size)
 
     return probe
 

@@ -31,6 +31,7 @@ so an interrupted demo resumes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 from prefkit.toy import task
-from prefkit.toy.demo_config import (METHOD_LABELS, METHODS, DemoConfig, log,
+from prefkit.toy.demo_config import (METHOD_LABELS, METHODS, DemoConfig, eval_run_dir, eval_seed, log,
                                       world_name)
 from prefkit.toy.demo_report import write_report
 from prefkit.toy.judge import JudgeConfig, judge, write_jsonl
@@ -160,7 +161,12 @@ def stage_train(ctx: dict) -> None:
         log(f"seed {ctx['seed']}: training {METHOD_LABELS[method]} on {n_pairs} pairs ({steps} steps)")
         t0 = time.time()
         # The probe before any update, then at every logging step (train_dpo's probes).
-        initial = {name: fn(load_causal_lm(ctx["base"], need_tokenizer=False)[0]) for name, fn in probes.items()}
+        if probes:   # the base policy once for all of this method's probes, then let go before training
+            base_model = load_causal_lm(ctx["base"], need_tokenizer=False)[0]
+            initial = {name: fn(base_model) for name, fn in probes.items()}
+            del base_model
+        else:
+            initial = {}
         train_dpo(dcfg, probes=probes)
         ctx["results"][f"train_seconds_{method}"] = round(time.time() - t0, 1)
         history = json.loads((out / "prefkit_train_report.json").read_text())["log_history"]
@@ -192,23 +198,16 @@ def stage_evaluate(ctx: dict) -> None:
                 "base-conditioned": PolicySpec("base-conditioned", base, conditioning=spec),
                 **{m: PolicySpec(m, str(path)) for m, path in ctx["models"].items()}}
     res = gold_evaluation(policies, ctx["eval_prompts"], n=cfg.eval_samples, temperature=cfg.temperature,
-                          max_new_tokens=cfg.max_new_tokens, seed=_eval_seed(ctx), run_dir=_eval_run(ctx),
+                          max_new_tokens=cfg.max_new_tokens, seed=eval_seed(ctx), run_dir=eval_run_dir(ctx),
                           output_dir=ctx["dir"] / "eval", progress=ctx.get("progress", True))
     for method in policies:
         got = res["policies"][method]["reward_fn"]
         ctx["results"][f"gold_{method}"] = got["mean"]
         ctx["results"][f"gold_std_{method}"] = got["std"]
-        ctx["results"][f"examples_{method}"] = [[p, res["outputs"][method][i][0], res["scores"][method]["reward_fn"][i][0]]
-                                                for i, p in enumerate(ctx["eval_prompts"][:3])]
+        ctx["results"][f"examples_{method}"] = [
+            [p, res["outputs"][method][i][0], res["scores"][method]["reward_fn"][i][0]]
+            for i, p in enumerate(ctx["eval_prompts"][:3])]
         log(f"seed {ctx['seed']}: {METHOD_LABELS[method]}: mean gold reward {got['mean']:.3f}")
-
-
-def _eval_seed(ctx: dict) -> int:
-    return 10_000 + ctx["seed"]
-
-
-def _eval_run(ctx: dict) -> Path:
-    return ctx["dir"] / "eval" / "run"
 
 
 def stage_goal_curves(ctx: dict) -> None:
@@ -227,7 +226,7 @@ def stage_goal_curves(ctx: dict) -> None:
         curve = goal_following_curve(policies[name], ctx["eval_prompts"], cfg.curve_goals,
                                      n=cfg.curve_samples or cfg.eval_samples,
                                      temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                                     seed=_eval_seed(ctx), spec=spec, run_dir=_eval_run(ctx),
+                                     seed=eval_seed(ctx), spec=spec, run_dir=eval_run_dir(ctx),
                                      progress=ctx.get("progress", True))
         ctx["results"][f"curve_{name}"] = curve
         log(f"seed {ctx['seed']}: goal-following of {name}: "
@@ -326,17 +325,15 @@ def _run_in_two_processes(worlds, config: DemoConfig, workers: int, progress: bo
 
     def add(k, seed, part):
         rank = [p for p, _ in PARTS].index(part) * 2 + (k > 0)   # core before extras, main world first
-        ready.append((0 if part == "core" and k == 0 else rank, k, seed, part))
+        ready.append((rank, k, seed, part))
         ready.sort()
 
     def finished(k, seed):
-        done = worlds[k][0] / f"seed{seed}" / "results.json"
-        if done.exists():
-            log(f"seed {seed} ({world_name(worlds[k][1])}): results found, skipping (delete {done} to rerun)")
-            runs[k]["results"][seed] = json.loads(done.read_text())
+        earlier = _earlier_results(worlds[k][0] / f"seed{seed}" / "results.json", seed, worlds[k][1])
+        if earlier is not None:
+            runs[k]["results"][seed] = earlier
             runs[k]["reused"] += 1
-            return True
-        return False
+        return earlier is not None
 
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         for k, (_, world, _) in enumerate(worlds):
@@ -413,42 +410,50 @@ def run_seed(out: Path, config: DemoConfig, world, base: Path, stages, seed: int
     if part is not None:
         names = dict(PARTS)[part]
         stages = [(n, f) for n, f in stages if n in names]
-    if done.exists():
-        log(f"seed {seed} ({world_name(world)}){' ' + part if part else ''}: results found, skipping "
-            f"(delete {done} to rerun)")
-        return json.loads(done.read_text()), 1
+    earlier = _earlier_results(done, seed, world, part)
+    if earlier is not None:
+        return earlier, 1
     seed_dir.mkdir(parents=True, exist_ok=True)
-    _freeze_heap()
     import torch
 
     ctx = {"config": config, "world": world, "seed": seed, "dir": seed_dir, "base": base,
            "results": {"seed": seed, "torch_threads": torch.get_num_threads()}, "progress": progress,
            "eval_prompts": task.make_prompts(config.n_eval_prompts, seed=2000 + seed, min_items=world.min_items,
                                              max_items=world.max_items)}
-    try:
+    with _frozen_heap():
         for name, fn in stages:
             t = time.time()
             log(f"seed {seed} ({world_name(world)}): stage {name}")
             fn(ctx)
             ctx["results"][f"seconds_{name}"] = round(time.time() - t, 1)
-    finally:
-        import gc
-
-        gc.unfreeze()   # what was frozen may be collected again once the seed is done
     done.write_text(json.dumps(ctx["results"], indent=2, default=str))
     return ctx["results"], 0
 
 
-def _freeze_heap() -> None:
-    """Collect, then move every live object to the collector's permanent generation. Each trainer
-    run ends in a full `gc.collect()` (accelerate's cache clearing), which otherwise walks the
-    ~400k objects that torch, transformers and datasets leave after import: about 0.2 s each time,
-    13 times a seed. Only objects alive now are frozen, so nothing collectable is kept; run_seed
-    unfreezes them when the seed ends."""
+def _earlier_results(done: Path, seed: int, world, part: str | None = None) -> dict | None:
+    """The results an earlier run wrote to `done` (said on the log), or None."""
+    if not done.exists():
+        return None
+    log(f"seed {seed} ({world_name(world)}){' ' + part if part else ''}: results found, skipping "
+        f"(delete {done} to rerun)")
+    return json.loads(done.read_text())
+
+
+@contextlib.contextmanager
+def _frozen_heap():
+    """Collect, then keep every object alive now in the collector's permanent generation until
+    the block ends. Each trainer run ends in a full `gc.collect()` (accelerate's cache clearing),
+    which otherwise walks the ~400k objects that torch, transformers and datasets leave after
+    import: about 0.2 s each time, 13 times a seed. Only objects alive at the start are frozen,
+    and they are unfrozen at the end, so nothing collectable stays uncollected."""
     import gc
 
     gc.collect()
     gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def run_world(out: Path, config: DemoConfig, world, stages, progress: bool = True, seeds=None) -> dict:

@@ -75,9 +75,20 @@ class DemoConfig:
 
 
 def quick_config(seeds: int = 1) -> DemoConfig:
-    return DemoConfig(seeds=seeds, n_train_prompts=48, n_eval_prompts=16, eval_samples=2, curve_samples=1, probe_pairs=8,
-                      probe_points=2, rm_prompts=32, rm_eval_prompts=32, world=QUICK_CONFIG,
+    return DemoConfig(seeds=seeds, n_train_prompts=48, n_eval_prompts=16, eval_samples=2, curve_samples=1,
+                      probe_pairs=8, probe_points=2, rm_prompts=32, rm_eval_prompts=32, world=QUICK_CONFIG,
                       ablation_world=no_prior(QUICK_CONFIG))
+
+
+def eval_seed(ctx: dict) -> int:
+    """The held-out evaluation's sampling seed for a seed's context (sample j uses it + j)."""
+    return 10_000 + ctx["seed"]
+
+
+def eval_run_dir(ctx: dict):
+    """The seed's evaluation request run, shared by every stage that evaluates on the held-out
+    prompts (evaluate, goal curves, select), so equal requests are generated once."""
+    return ctx["dir"] / "eval" / "run"
 
 
 def world_name(world: ToyWorldConfig) -> str:

@@ -20,12 +20,14 @@ ABLATION_METRICS = ("alignment-potential", "explicit", "implicit", "random")
 def stage_select(ctx: dict, *, fraction: float = 0.4, metrics=ABLATION_METRICS) -> None:
     from prefkit.data import read, write
     from prefkit.select.selection import selection_ablation
+    from prefkit.toy.demo_config import eval_run_dir, eval_seed
     from prefkit.toy.world import gold_evaluation
     from prefkit.train import DPOConfig, train_dpo
 
     cfg = ctx["config"]
     seed, seed_dir, res = ctx["seed"], ctx["dir"], ctx["results"]
-    subsets = selection_ablation(read(str(seed_dir / "pairs.jsonl")), str(ctx["base"]), fraction=fraction, metrics=metrics, seed=seed,
+    pairs = read(str(seed_dir / "pairs.jsonl"))
+    subsets = selection_ablation(pairs, str(ctx["base"]), fraction=fraction, metrics=metrics, seed=seed,
                                  cache_dir=str(seed_dir / "select_cache"),
                                  score_kwargs={"max_length": 256, "max_prompt_length": 192})
     budget = len(next(iter(subsets.values())))
@@ -50,8 +52,8 @@ def stage_select(ctx: dict, *, fraction: float = 0.4, metrics=ABLATION_METRICS) 
         train_dpo(dcfg)
         res[f"select_train_seconds_{name}"] = round(time.time() - t0, 1)
         ev = gold_evaluation({f"select:{metric}": str(out)}, ctx["eval_prompts"], n=cfg.eval_samples,
-                             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=10_000 + seed,
-                             run_dir=seed_dir / "eval" / "run", progress=ctx.get("progress", True))
+                             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=eval_seed(ctx),
+                             run_dir=eval_run_dir(ctx), progress=ctx.get("progress", True))
         got = ev["policies"][f"select:{metric}"]["reward_fn"]
         res[f"select_gold_{name}"] = got["mean"]
         res[f"select_gold_std_{name}"] = got["std"]
