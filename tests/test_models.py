@@ -85,6 +85,14 @@ def test_imported_files_are_readable_like_any_other_written_file(tmp_path):
     assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644
 
 
+def test_lora_adapter_without_a_base_model_is_a_one_line_error_naming_file_and_field(tmp_path):
+    from prefkit.models import load_lora_merged
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "", "peft_type": "LORA"}))
+    with pytest.raises(ConfigError, match=r"adapter_config\.json: field 'base_model_name_or_path' is empty"):
+        load_lora_merged(tmp_path)
+
+
 def test_unknown_bundled_name_lists_the_known_ones():
     from prefkit.models import bundled_gguf
 
