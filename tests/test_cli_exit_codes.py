@@ -139,7 +139,10 @@ def _synth_ok(tmp_path, *extra, out="pairs.jsonl"):
                      srv.base_url, "--model", "fake-model", *extra])
 
 
-def test_synth_summary_on_stdout_progress_on_stderr(tmp_path, capsys):
+def test_synth_summary_on_stdout_progress_on_stderr(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # bars are drawn on a terminal only
     assert _synth_ok(tmp_path) == 0
     cap = capsys.readouterr()
     assert "synth rlcd: 3 rows in, 3 rows out" in cap.out and "requests: 6 unique" in cap.out
@@ -164,6 +167,13 @@ def test_quiet_and_tqdm_disable_remove_every_bar(how, tmp_path, capsys, monkeypa
     assert cap.err == ""
     if how != "TQDM_DISABLE=1":
         assert "TQDM_DISABLE" not in os.environ  # --quiet is undone when main() returns
+
+
+def test_a_redirected_log_gets_no_bars_and_no_carriage_returns(tmp_path, capsys):
+    assert _synth_ok(tmp_path) == 0  # capsys' stderr is not a terminal, as a log file is not
+    cap = capsys.readouterr()
+    assert "\r" not in cap.err and "100%" not in cap.err
+    assert "wrote 3 rows to" in cap.out
 
 
 def test_quiet_keeps_errors(tmp_path, capsys):

@@ -25,7 +25,7 @@ COMMANDS = [
     ("select", "prefkit.commands.select", "alignment-potential data selection (Huang et al. 2025)"),
     ("train", "prefkit.commands.train", "train a policy (DPO family, eps-DPO) or a reward model"),
     ("eval", "prefkit.commands.eval", "evaluate reward models and policies"),
-    ("models", "prefkit.commands.models", "import GGUF models; list the bundled ones (smollm2)"),
+    ("models", "prefkit.commands.models", "import GGUF models, list the bundled ones (smollm2), merge LoRA adapters, export chat templates"),
     ("demo", "prefkit.commands.demo", "run the whole pipeline in the embedded toy world"),
 ]
 
@@ -36,7 +36,9 @@ EPILOG = """stage convention: prefkit STAGE INPUT -o OUTPUT [options]
 Every stage is also a Python function with the same options; see README.md.
 
 output: summaries on stdout; warnings, progress bars and errors on stderr. -q/--quiet (here or
-after any command) or TQDM_DISABLE=1 turns progress bars off; --quiet also silences warnings.
+after any command) or TQDM_DISABLE=1 turns progress bars off; --quiet also silences warnings and
+the trainer's per-step log lines. Bars are drawn only when stderr is a terminal (a redirected log
+gets no carriage returns).
 exit status: 0 done; 1 the run failed (bad data, every request failed, no rows written from a
 non-empty input: --allow-empty writes partial results); 2 a usage error (bad option or config,
 an input file that does not exist); 130 interrupted."""
@@ -87,34 +89,50 @@ _QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "DATASETS_VERBOSITY": "error",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "PREFKIT_QUIET": "1",  # prefkit.report.quiet(): e.g. no per-step log lines from the trainers
 }
 
 
+_BAR_ENV = ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS")
+
+
 @contextlib.contextmanager
-def _quiet(on: bool):
+def _quiet(on: bool, *, bars_off: bool = False):
     """--quiet: no progress bars and no warnings while the command runs; errors still print.
+    `bars_off` alone (stderr is not a terminal): no progress bars, warnings kept.
     Everything is put back afterwards (main() is also called in-process, e.g. by tests)."""
-    if not on:
+    if not (on or bars_off):
         yield
         return
-    saved_env = {k: os.environ.get(k) for k in _QUIET_ENV}
-    os.environ.update(_QUIET_ENV)
+    env = _QUIET_ENV if on else {k: _QUIET_ENV[k] for k in _BAR_ENV}
+    saved_env = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     logger = logging.getLogger("prefkit")
     saved_level = logger.level
-    logger.setLevel(logging.ERROR)
+    if on:
+        logger.setLevel(logging.ERROR)
     hf = []
     ds = sys.modules.get("datasets")  # already imported: its switch was read at import time
     if ds is not None and ds.is_progress_bar_enabled():
         ds.disable_progress_bars()
         hf.append(ds.enable_progress_bars)
+    hub = sys.modules.get("huggingface_hub.utils")
+    if hub is not None and not hub.are_progress_bars_disabled():
+        hub.disable_progress_bars()
+        hf.append(hub.enable_progress_bars)
     tf_logging = sys.modules.get("transformers.utils.logging")
     if tf_logging is not None:
-        level = tf_logging.get_verbosity()
-        tf_logging.set_verbosity_error()
-        hf.append(lambda: tf_logging.set_verbosity(level))
+        if tf_logging.is_progress_bar_enabled():
+            tf_logging.disable_progress_bar()
+            hf.append(tf_logging.enable_progress_bar)
+        if on:
+            level = tf_logging.get_verbosity()
+            tf_logging.set_verbosity_error()
+            hf.append(lambda: tf_logging.set_verbosity(level))
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            if on:
+                warnings.simplefilter("ignore")
             yield
     finally:
         for k, v in saved_env.items():
@@ -125,6 +143,13 @@ def _quiet(on: bool):
         logger.setLevel(saved_level)
         for undo in hf:
             undo()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _old_spellings(args) -> None:
@@ -146,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args.command is None else EXIT_USAGE
     _old_spellings(args)
     try:
-        with _quiet(getattr(args, "quiet", False)):
+        with _quiet(getattr(args, "quiet", False), bars_off=not _is_terminal(sys.stderr)):
             rc = args.func(args)
     except PrefkitError as exc:
         print(f"prefkit {args.command}: error: {exc}", file=sys.stderr)

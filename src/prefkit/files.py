@@ -44,6 +44,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def readable_by_all(path: str | os.PathLike) -> None:
+    """Give a file (or every file in a directory tree) the mode of any other file we write (0644
+    under a 022 umask): safetensors writes 0600, which hides weights from the other users of a
+    shared directory or cache."""
+    umask = os.umask(0)
+    os.umask(umask)
+    p = Path(path)
+    for f in ([p] if p.is_file() else (x for x in p.rglob("*") if x.is_file())):
+        f.chmod(0o666 & ~umask)
+
+
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 # How writers that are not Python's own say it: safetensors (Rust io::Error), torch's zip writer
 # ("file write failed" carries no errno), numpy/zipfile (OSError with errno).

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefkit.errors import ConfigError
+from prefkit.files import readable_by_all
 
 IMPORT_MARKER = "prefkit_import.json"
 
@@ -201,22 +202,13 @@ def import_gguf(gguf, out_dir=None, *, force: bool = False, log=None) -> Path:
             "parameters": sum(p.numel() for p in model.parameters()),
             "imported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }, indent=2))
-        _readable_by_all(tmp)
+        readable_by_all(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
         say(f"imported {src.name} in {time.time() - t0:.1f}s")
     return out
 
-
-def _readable_by_all(directory: Path) -> None:
-    """Give an imported model the permissions of any other file we write (0644 under a 022 umask):
-    safetensors writes its files 0600, which hid a shared cache's weights from other users."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for f in directory.iterdir():
-        if f.is_file():
-            f.chmod(0o666 & ~umask)
 
 
 def resolve_model_path(name) -> str:
@@ -364,20 +356,40 @@ def load_lora_merged(adapter_dir, base=None):
     return model, load_tokenizer(str(adapter_dir) if has_tok else str(base))
 
 
-def merge_lora(adapter_dir, out_dir, base) -> Path:
-    """Merge the LoRA adapter in `adapter_dir` into `base` and save the full model to `out_dir`
-    with the base model's tokenizer and the adapter's prefkit_conditioning.json (if any), so that
-    it loads and is conditioned like any trained model directory."""
+def merge_lora(adapter_dir, out_dir, base=None) -> Path:
+    """Merge the LoRA adapter in `adapter_dir` into its base model (`base`, default the adapter's
+    `base_model_name_or_path`) and save the full model to `out_dir`, with the adapter's tokenizer
+    files as saved (an exported chat template kept) or else the base model's tokenizer, and the
+    adapter's prefkit files (prefkit_conditioning.json, prefkit_train_report.json), so that it loads,
+    serves and is conditioned like any trained model directory."""
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    config = adapter_dir / "adapter_config.json"
+    if not config.is_file():
+        raise ConfigError(f"{adapter_dir}: not a LoRA adapter directory (no adapter_config.json)")
+    if out_dir.resolve() == adapter_dir.resolve():
+        raise ConfigError(f"{out_dir}: write the merged model to another directory than the adapter's")
     model, _ = load_lora_merged(adapter_dir, base)
+    if base is None:
+        base = json.loads(config.read_text()).get("base_model_name_or_path")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     model.save_pretrained(out_dir)
-    load_tokenizer(str(base)).save_pretrained(out_dir)
-    cond = adapter_dir / "prefkit_conditioning.json"
-    if cond.exists():
-        shutil.copy(cond, out_dir / cond.name)
+    tok_files = [f for f in adapter_dir.iterdir() if f.is_file() and f.name in _TOKENIZER_FILES]
+    if any(f.name in ("tokenizer.json", "tokenizer_config.json") for f in tok_files):
+        for f in tok_files:
+            shutil.copy(f, out_dir / f.name)
+    else:
+        load_tokenizer(str(base)).save_pretrained(out_dir)
+    for name in ("prefkit_conditioning.json", "prefkit_train_report.json"):
+        if (adapter_dir / name).exists():
+            shutil.copy(adapter_dir / name, out_dir / name)
+    readable_by_all(out_dir)
     return out_dir
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                    "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
+                    "generation_config.json")
 
 
 def _sha(obj) -> str:

@@ -78,6 +78,11 @@ def progress_enabled(progress: bool = True) -> bool:
     return bool(progress) and os.environ.get("TQDM_DISABLE", "").strip().lower() in ("", "0", "false", "no")
 
 
+def quiet() -> bool:
+    """Whether `prefkit --quiet` is in effect (it sets PREFKIT_QUIET=1 while the command runs)."""
+    return os.environ.get("PREFKIT_QUIET", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def all_requests_failed(report: StageReport) -> tuple[int, dict] | None:
     """(requests, failure reasons) when a run of the stage (report.notes['run'] or
     notes['<name> run'], the RunStats that synthesis, scoring and evolve write) asked for

@@ -38,9 +38,12 @@ def add_allow_empty_argument(p: argparse.ArgumentParser) -> None:
 
 def write_result(ds, output, report, args):
     """The end of every stage that writes rows: refuse an empty or all-failed result (the report is
-    still written beside OUTPUT, so the drops can be read), else write the output and the report."""
+    still written beside OUTPUT, so the drops can be read), else write the output and the report.
+    A conditioning spec beside the input (reward-augmented data) is written beside the output
+    (prefkit.relabel.carry)."""
     from prefkit.data import write
     from prefkit.errors import EmptyResultError
+    from prefkit.relabel.carry import carry_conditioning
     from prefkit.report import check_result
 
     try:
@@ -49,5 +52,8 @@ def write_result(ds, output, report, args):
         report.write_beside(output)
         raise
     out = write(ds, output)
+    spec_path = carry_conditioning(getattr(args, "input", None), out)
+    if spec_path is not None:
+        report.notes["conditioning_spec"] = str(spec_path)
     return out, report.write_beside(out)
 

@@ -1,6 +1,6 @@
 """`prefkit models`: import a GGUF file into a Hugging Face directory, list the bundled models
 (calls prefkit.models), export a trained model's conditioning as its chat template
-(prefkit.relabel.export_chat_template)."""
+(prefkit.relabel.export_chat_template), merge a LoRA adapter for serving (prefkit.lora_merge)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,20 @@ def register(sub, name, help_text):
     exp.add_argument("--goal", type=float, default=None,
                      help="goal score to condition on (default: the top of the spec's scale)")
     exp.set_defaults(func=_export_template, _parser=exp)
+    mrg = msub.add_parser(
+        "merge-lora", help="merge a LoRA adapter into its base model, for servers",
+        description="Merge a LoRA adapter directory (prefkit train --use-peft) into its base model and write "
+        "a full model directory that `transformers serve` and vLLM load, with the adapter's tokenizer, "
+        "prefkit_conditioning.json and a model card. See docs/relabel.md, Serving.")
+    mrg.add_argument("adapter", metavar="ADAPTER", help="the LoRA adapter directory")
+    mrg.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write (replaced)")
+    mrg.add_argument("--base", default=None,
+                     help="base model (default: the adapter's base_model_name_or_path)")
+    mrg.add_argument("--export-chat-template", action="store_true",
+                     help="also write the reward conditioning into the merged model's chat template")
+    mrg.add_argument("--goal", type=float, default=None,
+                     help="with --export-chat-template: goal score (default: the top of the spec's scale)")
+    mrg.set_defaults(func=_merge_lora, _parser=mrg)
     p.set_defaults(func=None, _parser=p)
 
 
@@ -52,6 +66,16 @@ def _export_template(args) -> int:
     out = export_chat_template(args.model_dir, goal=args.goal)
     spec = load_conditioning(out)
     print(f"{out}: chat template now conditions on {spec.render(args.goal)!r} ({spec.placement} placement)")
+    return 0
+
+
+def _merge_lora(args) -> int:
+    from prefkit.lora_merge import merge_lora_for_serving
+
+    out, conditions = merge_lora_for_serving(args.adapter, args.output, base=args.base,
+                                             export_template=args.export_chat_template, goal=args.goal)
+    note = "; its chat template applies the reward conditioning" if conditions else ""
+    print(f"merged {args.adapter} into its base model: {out}{note}")
     return 0
 
 

@@ -135,6 +135,10 @@ def _run_select(args) -> int:
                   file=str(args.input))
     report.rows_out = len(kept)
     out, _ = write_result(kept, args.output, report, args)
+    if args.scored:
+        from prefkit.relabel.carry import carry_conditioning
+
+        carry_conditioning(args.input, args.scored)
     print(report.summary())
     print(f"wrote {len(kept)} pairs to {out}" + (f"; plot: {args.plot}" if args.plot else ""))
     return 0

@@ -17,6 +17,7 @@ from prefkit.models import load_causal_lm
 from prefkit.report import StageReport
 from prefkit.select import metrics as M
 from prefkit.select.options import SelectOptions
+from prefkit.select.relabeled import expand_to_halves, is_relabeled, representatives
 from prefkit.select.scoring import Scored, score_margins
 
 #: metric -> (column ranked, what larger means), for the docs and the report
@@ -108,6 +109,9 @@ def select(dataset, metric: str | None = None, options: SelectOptions | None = N
         o = replace(o, metric=metric)
     _check_metric(o.metric)
     _check_budget(o.fraction, o.top_k)
+    if not isinstance(dataset, Scored) and is_relabeled(dataset):
+        return _select_relabeled(dataset, o, model=model, tokenizer=tokenizer, reference=reference,
+                                 report=report if report is not None else StageReport("select"), file=file)
     if isinstance(dataset, Scored):
         scored = dataset
         if report is not None:
@@ -116,6 +120,25 @@ def select(dataset, metric: str | None = None, options: SelectOptions | None = N
         scored = score_for(dataset, [o.metric], o, model=model, tokenizer=tokenizer, reference=reference,
                            report=report, file=file)
     return _keep(scored, o.metric, o.fraction, o.top_k, o.weight, o.plot, o.scored_path, report or scored.report)
+
+
+def _select_relabeled(dataset, o: SelectOptions, *, model, tokenizer, reference, report: StageReport, file):
+    """Reward-augmented input: rank one row per original pair, keep both halves of each kept pair
+    (prefkit.select.relabeled; docs/select.md, "Relabeled input")."""
+    reps, ids = representatives(dataset)
+    scored = score_for(reps, [o.metric], o, model=model, tokenizer=tokenizer, reference=reference,
+                       report=report, file=file)
+    pair_report = StageReport("select")
+    kept = _keep(scored, o.metric, o.fraction, o.top_k, o.weight, o.plot, o.scored_path, pair_report)
+    added = [c for c in kept.column_names if c not in dataset.column_names or c == "selection_score"]
+    out = expand_to_halves(dataset, ids, kept, added)
+    report.notes.update(pair_report.notes)
+    report.notes["relabeled input"] = (f"selected whole pairs: {len(kept)} of {len(reps)} original pairs, "
+                                       "ranked on the pair as it was before relabeling (D^w and D^l rows together)")
+    report.rows_in = len(dataset)
+    report.rows_out = len(out)
+    report.drop(f"not selected (rows of pairs with {o.metric} below the top {len(kept)})", len(dataset) - len(out))
+    return out
 
 
 def _keep(scored: Scored, metric, fraction, top_k, weight, plot, scored_path, report: StageReport):

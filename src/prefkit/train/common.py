@@ -285,6 +285,10 @@ def finish_run(trainer, run: PreparedRun, *, kind: str, headline: str, resume: s
             **eval_fields,
             "log_history": trainer.state.log_history,
         })
+        from prefkit.model_card import write_model_card
+
+        with guard(cfg, "the model card"):
+            write_model_card(cfg.output_dir)  # README.md, replacing PEFT's empty card
     trainer.accelerator.wait_for_everyone()
 
 
@@ -313,6 +317,8 @@ def save_final(trainer, output_dir: str) -> None:
     intact, and the temp directory is removed."""
     import shutil
 
+    from prefkit.files import readable_by_all
+
     out = Path(output_dir)
     tmp = out / ".prefkit-saving"
     if trainer.is_world_process_zero():
@@ -335,6 +341,7 @@ def save_final(trainer, output_dir: str) -> None:
                     dest = out / f.relative_to(tmp)
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(f, dest)
+                    readable_by_all(dest)  # safetensors writes 0600
     finally:
         if trainer.is_world_process_zero():
             shutil.rmtree(tmp, ignore_errors=True)

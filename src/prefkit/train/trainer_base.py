@@ -10,11 +10,16 @@ from typing import Any
 
 import torch
 from transformers import Trainer
+from transformers.trainer_callback import PrinterCallback
+
+from prefkit.report import quiet
 
 
 class MetricsTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if quiet():  # prefkit --quiet: no per-step log dicts on stdout (they stay in the train report)
+            self.remove_callback(PrinterCallback)
         self._stored: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     def pair_loss(self, model, batch: dict[str, Any], *, training: bool) -> tuple[torch.Tensor, dict[str, float]]:
