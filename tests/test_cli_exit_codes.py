@@ -107,7 +107,8 @@ def test_synth_run_where_every_request_failed_exits_1(tmp_path, capsys):
         rc = main(argv)
         cap = capsys.readouterr()
         assert rc == 1, cap.err
-        assert "prefkit synth: error: every request failed (6 of 6: HTTP 500 x6)" in cap.err
+        assert "prefkit synth: error: every request failed (6 of 6: HTTP 500 x6; the server said: " in cap.err
+        assert "backend down" in cap.err  # the server's own reason, on the console
         assert "--retry-failed" in cap.err and "--allow-empty" in cap.err
         assert not out.exists() and (tmp_path / "pairs.jsonl.report.json").exists()
         # partial results on request: written, exit 0
@@ -124,7 +125,7 @@ def test_scoring_run_where_every_request_failed_exits_1(tmp_path, capsys):
         argv = ["score", str(src), "-o", str(out), "--base-url", srv.base_url, "--model", "fake-model",
                 "--max-retries", "0", "--no-progress"]
         assert main(argv) == 1
-        assert "every request failed (4 of 4: HTTP 500 x4)" in capsys.readouterr().err
+        assert "every request failed (4 of 4: HTTP 500 x4; the server said:" in capsys.readouterr().err
         assert not out.exists()
         assert main(argv + ["--allow-empty"]) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]

@@ -84,7 +84,7 @@ def quiet() -> bool:
 
 
 def all_requests_failed(report: StageReport) -> tuple[int, dict] | None:
-    """(requests, failure reasons) when a run of the stage (report.notes['run'] or
+    """(requests, failure reasons, first failure's detail per reason) when a run of the stage (report.notes['run'] or
     notes['<name> run'], the RunStats that synthesis, scoring and evolve write) asked for
     requests and every one of them failed; else None."""
     for key, run in report.notes.items():
@@ -92,7 +92,7 @@ def all_requests_failed(report: StageReport) -> tuple[int, dict] | None:
             continue
         reasons = run.get("failure_reasons") or {}
         if sum(reasons.values()) >= run["requested"]:
-            return run["requested"], dict(reasons)
+            return run["requested"], dict(reasons), dict(run.get("failure_examples") or {})
     return None
 
 
@@ -111,9 +111,12 @@ def check_result(report: StageReport, *, allow_empty: bool = False, rows_in: int
     optout = " (--allow-empty / allow_empty=True writes the partial result)"
     failed = all_requests_failed(report)
     if failed is not None:
-        n, reasons = failed
-        top = ", ".join(f"{r} x{k}" for r, k in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
-        raise EmptyResultError(f"every request failed ({n} of {n}: {top}){where}; fix the backend and re-run "
+        n, reasons, examples = failed
+        ranked = sorted(reasons.items(), key=lambda kv: -kv[1])
+        top = ", ".join(f"{r} x{k}" for r, k in ranked[:3])
+        first = examples.get(ranked[0][0]) if ranked else None
+        said = f"; the server said: {first}" if first else ""
+        raise EmptyResultError(f"every request failed ({n} of {n}: {top}{said}){where}; fix the backend and re-run "
                                f"with --retry-failed{optout}")
     if rows_in > 0 and report.rows_out == 0:
         why = ", ".join(f"{r}: {k}" for r, k in sorted(report.dropped.items(), key=lambda kv: -kv[1])[:3])

@@ -119,7 +119,13 @@ def _register_policy(whats) -> None:
     r = p.add_argument_group("run directory")
     r.add_argument("--run-dir", default=None, help="where finished requests are kept (default OUTPUT/run)")
     r.add_argument("--retry-failed", action="store_true", help="retry requests recorded as failed")
+    r.add_argument("--fresh", action="store_true",
+                   help="discard the run directory's recorded generations and verdicts first")
+    r.add_argument("--strict", action="store_true", help="exit 1 when any request failed (results still written)")
     r.add_argument("--no-progress", action="store_true")
+    c.add_argument("--base-url", dest="policy_base_url", default=None, metavar="URL",
+                   help="OpenAI-compatible server for every --policy given without @URL (like the other "
+                        "commands' --base-url)")
     p.set_defaults(func=run_policy, _parser=p, base_url=None)
 
 
@@ -129,7 +135,13 @@ def run_policy(args) -> int:
     from prefkit.evaluate.policy import evaluate_policies, load_prompts, parse_policy
     from prefkit.report import StageReport
 
+    from prefkit.commands.synth import run_dir_of, strict_failure
+
+    if args.policy_base_url:  # MODEL -> MODEL@URL (a policy with its own @URL keeps it)
+        args.policy = [t if "@http" in t else f"{t}@{args.policy_base_url}" for t in args.policy]
     specs = [parse_policy(t) for t in args.policy]
+    if args.fresh:
+        run_dir_of(args, str(Path(args.output) / "run"))
     for spec in specs:
         if args.no_conditioning:
             spec.conditioning = None
@@ -162,13 +174,12 @@ def run_policy(args) -> int:
     from prefkit.synth.runs import RunStats
 
     print(markdown_tables(res))
-    st = RunStats(**{k: v for k, v in res["run"].items() if k != "failure_reasons"})
-    st.failure_reasons.update(res["run"].get("failure_reasons", {}))
+    st = RunStats.from_dict(res["run"])
     print(st.summary(), file=sys.stderr)
     if report.n_dropped:
         print(report.summary(), file=sys.stderr)
     print(f"wrote {args.output}/results.json, report.md, per_prompt.jsonl, outputs/", file=sys.stderr)
-    return 0
+    return strict_failure(args, st)
 
 
 # -- eval unlearning --------------------------------------------------------------------------------

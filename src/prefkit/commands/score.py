@@ -22,7 +22,7 @@ def register(sub, name, help_text):
 
 
 def run(args) -> int:
-    from prefkit.commands.synth import backend_from_args, finish, sampling_from_args
+    from prefkit.commands.synth import backend_from_args, finish, run_dir_of, sampling_from_args
     from prefkit.data import read
     from prefkit.errors import ConfigError
     from prefkit.report import StageReport
@@ -37,7 +37,7 @@ def run(args) -> int:
     n_in = report.rows_in  # the input's rows, also those --on-invalid drop removed
     report.rows_in = report.rows_out = 0  # counted again by score()
     out = score(ds, judge=backend_from_args(args) if judge_given else None, reward_model=args.reward_model,
-                run_dir=args.run_dir or (str(args.output).rstrip("/") + ".run"),
+                run_dir=run_dir_of(args, str(args.output).rstrip("/") + ".run"),
                 params=sampling_from_args(args, temperature=0.0, max_tokens=1024),
                 retry_failed=args.retry_failed, batch_size=args.batch_size, max_length=args.max_length,
                 progress=not args.no_progress, report=report)

@@ -162,7 +162,9 @@ def _run_evolve(args) -> int:
     judge = backend_from_args(args, "judge-")
     if (args.reward_model is None) == (judge is None):
         raise ConfigError("evolve needs exactly one scorer: --reward-model DIR, or a judge (--judge-model / --judge-local)")
-    run_dir = args.run_dir or (str(args.output).rstrip("/") + ".run")
+    from prefkit.commands.synth import run_dir_of
+
+    run_dir = run_dir_of(args, str(args.output).rstrip("/") + ".run")
     evolve = EvolveOptions(
         n_responses=args.n_responses, operations=tuple(o.strip() for o in args.operations.split(",") if o.strip()),
         seed=args.seed, min_ratio=args.min_ratio, max_ratio=args.max_ratio,

@@ -106,7 +106,31 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "resumes from it")
     g.add_argument("--retry-failed", action="store_true",
                    help="retry the requests recorded as failed (finished ones are never redone)")
+    g.add_argument("--fresh", action="store_true",
+                   help="discard the run directory's recorded results first and ask for everything again")
+    g.add_argument("--strict", action="store_true",
+                   help="exit 1 when any request failed (the output is still written; default: only when "
+                        "every request failed)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_dir_of(args, default: str) -> str:
+    """--run-dir, else `default`; with --fresh its recorded results are discarded first."""
+    from prefkit.synth.runs import discard_run_dir
+
+    run_dir = args.run_dir or default
+    if getattr(args, "fresh", False) and discard_run_dir(run_dir):
+        print(f"--fresh: discarded the recorded results in {run_dir}", file=sys.stderr)
+    return run_dir
+
+
+def strict_failure(args, stats) -> int:
+    """0, or 1 (said on stderr) when --strict is given and some requests failed."""
+    if getattr(args, "strict", False) and stats is not None and stats.n_failed:
+        print(f"prefkit {args.command}: error: {stats.n_failed} of {stats.requested} requests failed (--strict); "
+              "the output was written; re-run with --retry-failed to retry only those", file=sys.stderr)
+        return 1
+    return 0
 
 
 def register(sub, name, help_text):
@@ -162,7 +186,7 @@ def run(args) -> int:
     n_in = report.rows_in or len(prompts) + report.n_dropped
     report.rows_in = report.rows_out = 0
     backend = backend_from_args(args)
-    run_dir = args.run_dir or (str(args.output).rstrip("/") + ".run")
+    run_dir = run_dir_of(args, str(args.output).rstrip("/") + ".run")
     common = dict(run_dir=run_dir, retry_failed=args.retry_failed, progress=not args.no_progress, report=report)
     if method == "rmboost":
         ds = synth.rmboost(prompts, backend, guideline=args.guideline, aspects=args.aspects,
@@ -198,13 +222,11 @@ def finish(ds, output, report, args) -> int:
     from prefkit.errors import EmptyResultError
     from prefkit.synth.runs import RunStats
 
+    run_notes = report.notes.get("run")
+    stats = RunStats.from_dict(run_notes) if isinstance(run_notes, dict) else None
+
     def run_summary() -> str | None:
-        run_notes = report.notes.get("run")
-        if not isinstance(run_notes, dict):
-            return None
-        st = RunStats(**{k: v for k, v in run_notes.items() if k != "failure_reasons"})
-        st.failure_reasons.update(run_notes.get("failure_reasons", {}))
-        return st.summary()
+        return stats.summary() if stats is not None else None
 
     try:
         out, path = write_result(ds, output, report, args)
@@ -219,4 +241,4 @@ def finish(ds, output, report, args) -> int:
     if run_summary():
         print(run_summary())
     print(f"wrote {len(ds)} rows to {out} (report: {path})")
-    return 0
+    return strict_failure(args, stats)

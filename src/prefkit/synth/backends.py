@@ -24,6 +24,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from prefkit.synth.proxies import basic_auth, bypasses_proxy, split_credentials
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -114,7 +116,8 @@ class _Endpoint:
         from prefkit.errors import ConfigError
 
         self.url = url
-        u = urlsplit(url.strip())
+        stripped, self.credentials = split_credentials(url.strip())
+        u = urlsplit(stripped)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ConfigError(f"base URL must be http(s)://HOST[:PORT]/PATH[?QUERY], not {_redact_url(url)!r}")
         try:
@@ -122,12 +125,13 @@ class _Endpoint:
         except ValueError:
             raise ConfigError(f"base URL {_redact_url(url)!r} has an invalid port") from None
         self.host = u.hostname
+        self.port = u.port or (443 if u.scheme == "https" else 80)
         query = parse_qsl(u.query, keep_blank_values=True)
         if api_version and not any(k == "api-version" for k, _ in query):
             query.append(("api-version", api_version))
         self.chat_url = urlunsplit((u.scheme, u.netloc, u.path.rstrip("/") + "/chat/completions",
                                     urlencode(query), ""))
-        self.password = u.password
+        self.password = self.credentials[1] if self.credentials else None
         self.in_flight = 0
         self.served = 0
 
@@ -157,7 +161,8 @@ class OpenAIBackend(Backend):
 
     Auth: `Authorization: Bearer KEY`, or Azure OpenAI's `api-key: KEY` header (`auth="api-key"`;
     `auth="auto"`, the default, picks it for *.openai.azure.com and *.cognitiveservices.azure.com
-    hosts). A query in a base URL (Azure's `?api-version=...`) is kept; `api_version` adds one.
+    hosts). Credentials in a base URL (`http://user:pw@host/v1`) become HTTP Basic auth for that
+    URL under `auth="auto"`, as requests and httpx do; they are never sent in the URL itself. A query in a base URL (Azure's `?api-version=...`) is kept; `api_version` adds one.
     `headers` are sent with every request (and override the defaults). The key, secret-looking
     header values and URL passwords are redacted from every error message, so nothing a server
     echoes back reaches a run directory.
@@ -238,6 +243,7 @@ class OpenAIBackend(Backend):
                 out.append(value)
                 out.extend(value.split()[1:])  # "Bearer XYZ" -> also XYZ alone
         out += [ep.password for ep in self._endpoint_specs if ep.password]
+        out += [basic_auth(*ep.credentials).split()[1] for ep in self._endpoint_specs if ep.credentials]
         from urllib.parse import urlsplit
 
         for proxy in [self.proxy, *getattr(self, "_proxies", {}).values()]:
@@ -257,8 +263,12 @@ class OpenAIBackend(Backend):
 
         h = {"Content-Type": "application/json", "Accept": "application/json",
              "User-Agent": f"prefkit/{__version__}"}
-        auth = self.auth if self.auth != "auto" else ("api-key" if endpoint.azure else "bearer")
-        if auth == "bearer":
+        auth = self.auth
+        if auth == "auto":
+            auth = "url" if endpoint.credentials else "api-key" if endpoint.azure else "bearer"
+        if auth == "url":
+            h["Authorization"] = basic_auth(*endpoint.credentials)
+        elif auth == "bearer":
             h["Authorization"] = f"Bearer {self._key()}"
         elif auth == "api-key":
             h["api-key"] = self._key()
@@ -295,7 +305,8 @@ class OpenAIBackend(Backend):
 
     def _proxy_for(self, ep: _Endpoint, chat_url: str | None = None) -> str | None:
         """`proxy`, else (with `trust_env`) the HTTP_PROXY/HTTPS_PROXY for the URL's scheme
-        unless NO_PROXY names its host (either case of the variable names)."""
+        unless NO_PROXY names its host (either case of the variable names; CIDR ranges, host:port
+        and leading dots as requests and httpx read them: prefkit.synth.proxies)."""
         import urllib.request
 
         if self.proxy:
@@ -305,7 +316,7 @@ class OpenAIBackend(Backend):
         proxies = urllib.request.getproxies_environment()
         scheme = (chat_url or ep.chat_url).split(":", 1)[0]
         proxy = proxies.get(scheme)
-        if not proxy or urllib.request.proxy_bypass_environment(ep.host, proxies):
+        if not proxy or bypasses_proxy(ep.host, ep.port, proxies.get("no")):
             return None
         if "://" not in proxy:
             proxy = f"http://{proxy}"

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from prefkit.errors import PrefkitError
+from prefkit.errors import ConfigError, PrefkitError
 from prefkit.report import progress_enabled
 from prefkit.synth.backends import Backend, RequestFailed, SamplingParams
 
@@ -151,12 +151,28 @@ class RunStats:
     completion_tokens: int = 0
     seconds: float = 0.0
     failure_reasons: Counter = field(default_factory=Counter)  # over every failed key in the result
+    failure_examples: dict = field(default_factory=dict)  # reason -> the first failure's detail (redacted)
+    hints: list = field(default_factory=list)  # known causes of odd results, said once each
 
     def merge(self, other: "RunStats") -> None:
         for k in ("requested", "resumed", "kept_failed", "done", "failed", "prompt_tokens",
                   "completion_tokens", "seconds"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.failure_reasons.update(other.failure_reasons)
+        for reason, detail in other.failure_examples.items():
+            self.failure_examples.setdefault(reason, detail)
+        self.hints += [h for h in other.hints if h not in self.hints]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunStats":
+        """The inverse of `to_dict` (a stage report's notes['run'])."""
+        plain = {k: v for k, v in d.items() if k in ("requested", "resumed", "kept_failed", "done", "failed",
+                                                   "prompt_tokens", "completion_tokens", "seconds")}
+        st = cls(**plain)
+        st.failure_reasons.update(d.get("failure_reasons") or {})
+        st.failure_examples.update(d.get("failure_examples") or {})
+        st.hints.extend(d.get("hints") or [])
+        return st
 
     @property
     def n_failed(self) -> int:
@@ -167,6 +183,8 @@ class RunStats:
                                              "prompt_tokens", "completion_tokens")}
         d["seconds"] = round(self.seconds, 3)
         d["failure_reasons"] = dict(self.failure_reasons)
+        d["failure_examples"] = dict(self.failure_examples)
+        d["hints"] = list(self.hints)
         return d
 
     def summary(self) -> str:
@@ -176,8 +194,11 @@ class RunStats:
                  f"tokens: {self.prompt_tokens} prompt + {self.completion_tokens} completion (this session)"]
         for reason, n in self.failure_reasons.most_common():
             lines.append(f"  failed {n:>6}  {reason}")
+            if self.failure_examples.get(reason):
+                lines.append(f"           first: {self.failure_examples[reason]}")
         if self.n_failed:
             lines.append("  (re-run the same command with --retry-failed to retry only these)")
+        lines += [f"  hint: {h}" for h in self.hints]
         return "\n".join(lines)
 
 
@@ -233,6 +254,7 @@ async def execute(backend: Backend, requests: Iterable[Request], store: RunStore
             postfix()
         bar.update(1)
 
+    first_failed: dict[str, str] = {}  # reason -> key of this session's first failure of that kind
     queue: asyncio.Queue = asyncio.Queue()
     for k, req in todo.items():
         queue.put_nowait((k, req))
@@ -264,6 +286,8 @@ async def execute(backend: Backend, requests: Iterable[Request], store: RunStore
                        "detail": str(exc)[:300], "attempts": 1, "stage": req.stage, "sample": req.sample_index}
                 stats.failed += 1
             store.append(rec)
+            if not rec["ok"]:
+                first_failed.setdefault(rec["reason"], k)
             on_done(rec["ok"], rec.get("completion_tokens", 0))
 
     n_workers = max(1, min(len(todo), 2 * max(1, backend.concurrency)))
@@ -281,8 +305,59 @@ async def execute(backend: Backend, requests: Iterable[Request], store: RunStore
     records = {k: store.records[k] for k in set(keys.values()) if k in store.records}
     for rec in records.values():
         if not rec.get("ok"):
-            stats.failure_reasons[rec.get("reason", "unknown")] += 1
+            reason = rec.get("reason", "unknown")
+            stats.failure_reasons[reason] += 1
+            if rec.get("detail") and (reason not in stats.failure_examples
+                                      or rec.get("key") == first_failed.get(reason)):
+                stats.failure_examples[reason] = str(rec["detail"])[:300]
+    unique = {keys[i]: i for i in range(len(requests))}  # one request per key (equal keys share a record)
+    hint = greedy_hint([requests[i] for i in unique.values()], [records.get(k) for k in unique])
+    if hint:
+        stats.hints.append(hint)
     return records, keys, stats
+
+
+def greedy_hint(requests: list[Request], records: list[dict | None]) -> str | None:
+    """A hint when a server returned the same text for every sample of a prompt that was sampled
+    several times at a temperature above 0: it decodes greedily (e.g. a server that ignores the
+    temperature, or one started with sampling off), so best-of-N, West-of-N and RLAIF get no spread."""
+    groups: dict[str, list[str]] = {}
+    temps = set()
+    for req, rec in zip(requests, records):
+        if rec is None or not rec.get("ok") or not (req.params.temperature or 0) > 0:
+            continue
+        key = json.dumps([req.messages, req.params.replace(seed=None).to_dict(), req.stage], sort_keys=True)
+        groups.setdefault(key, []).append(rec.get("text", ""))
+        temps.add(req.params.temperature)
+    multi = [texts for texts in groups.values() if len(texts) > 1]
+    same = sum(1 for texts in multi if len(set(texts)) == 1)
+    if same < 2 or 2 * same < len(multi):  # a short answer may repeat by chance; most prompts will not
+        return None
+    return (f"{same} of {len(multi)} prompts sampled several times at temperature "
+            f"{', '.join(f'{t:g}' for t in sorted(temps))} got identical samples: the server seems to decode "
+            "greedily (for `transformers serve`, sampling needs do_sample; check the server's generation "
+            "settings), so the samples carry no spread to choose from")
+
+
+def discard_run_dir(run_dir: str | os.PathLike) -> bool:
+    """Remove a run directory's finished requests (`--fresh`): the next run asks for everything
+    again. Refuses a directory that holds anything but a run's own files (a mistyped --run-dir
+    must not delete other data). Returns whether there was one to remove."""
+    import shutil
+
+    d = Path(run_dir)
+    if not d.exists():
+        return False
+    if not d.is_dir():
+        raise ConfigError(f"--fresh: {d} is not a run directory (it is a file); nothing removed")
+    foreign = [f.name for f in d.iterdir() if f.name not in (REQUESTS_FILE, LOCK_FILE)]
+    if foreign:
+        raise ConfigError(f"--fresh: {d} holds files a run directory does not ({', '.join(sorted(foreign)[:3])}); "
+                           "nothing removed: give the run directory itself with --run-dir")
+    with RunStore(d):  # not while another prefkit process is using it
+        pass
+    shutil.rmtree(d)
+    return True
 
 
 def run_sync(coro):
