@@ -159,10 +159,12 @@ def warn_if_relabeled(data, cfg) -> None:
         return
     found = [c for c in RELABEL_COLUMNS if c in cols]
     if found:
-        warnings.warn(f"the training data looks relabeled (column {found[0]!r}) but has no conditioning spec: "
-                      "the output will have no prefkit_conditioning.json, so generate and servers will not "
-                      "condition prompts as in training. Pass conditioning=spec (relabel_with_spec returns it), "
-                      "or set conditioning: none to silence this", stacklevel=3)
+        warnings.warn(f"the training data looks relabeled (column {found[0]!r}) but no conditioning spec goes with "
+                      "it, so the model will have no prefkit_conditioning.json and generate, eval and servers will "
+                      "not condition prompts as in training. prefkit relabel writes OUTPUT.conditioning.json and "
+                      "every stage carries it to its output; give it with --conditioning PATH (Python: "
+                      "conditioning=spec, from relabel_with_spec), or --conditioning none to silence this",
+                      stacklevel=3)
 
 
 def write_report(output_dir: str, payload: dict[str, Any]) -> Path:
