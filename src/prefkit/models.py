@@ -16,6 +16,7 @@ A name that cannot be loaded is a ConfigError naming it, which the CLI prints as
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -260,6 +261,52 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and not Path(parts[0]).exists()
 
 
+def _did_you_mean(name: str) -> str:
+    """'; did you mean smollm2 (a bundled model)?' for a near miss of a bundled model's name."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name).lower(), list(BUNDLED_MODELS), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r} (a bundled model, see `prefkit models list`)?" if close else ""
+
+
+_HUB_CHECK_SECONDS = 3.0
+
+
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub can be asked for files: False under HF_HUB_OFFLINE /
+    TRANSFORMERS_OFFLINE, or when a TCP connection to the hub (or the HTTPS proxy) does not open
+    within 3 s. Then a hub id is looked up in the local cache only, and a model that is not there
+    fails at once instead of after the hub client's retries (about a minute)."""
+    return _hub_reachable(os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""),
+                          os.environ.get("HF_ENDPOINT", ""),
+                          os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or "")
+
+
+@functools.lru_cache(maxsize=8)
+def _hub_reachable(offline: str, tf_offline: str, endpoint: str, proxy: str) -> bool:
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(v.strip().lower() in ("1", "true", "yes", "on") for v in (offline, tf_offline)):
+        return False
+    target = urlsplit(proxy if "://" in proxy else f"http://{proxy}") if proxy else urlsplit(
+        endpoint or "https://huggingface.co")
+    host = target.hostname or "huggingface.co"
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=_HUB_CHECK_SECONDS).close()
+        return True
+    except OSError:
+        return False
+
+
+def _offline_note(local: bool) -> str:
+    if local or hub_reachable():
+        return ""
+    return ("; the hub is not reachable (HF_HUB_OFFLINE is set, or no connection), so only the local hub cache "
+            "was searched")
+
+
 def load_tokenizer(tokenizer, *, trust_remote_code: bool = False, pad_with_eos: bool = False):
     """A tokenizer object, or one loaded from a local directory / shortcut; None stays None.
 
@@ -273,11 +320,13 @@ def load_tokenizer(tokenizer, *, trust_remote_code: bool = False, pad_with_eos: 
         path = resolve_model_path(tokenizer)
         local = Path(path).is_dir()
         if not local and not _looks_like_hub_id(path):
-            raise ConfigError(f"tokenizer directory not found: {path}")
+            raise ConfigError(f"tokenizer directory not found: {path}{_did_you_mean(path)}")
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local, trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local or not hub_reachable(),
+                                                      trust_remote_code=trust_remote_code)
         except Exception as exc:  # noqa: BLE001 - reported as a user error
-            raise ConfigError(f"tokenizer {path}: cannot load a tokenizer from it ({_first_line(exc)})") from None
+            raise ConfigError(f"tokenizer {path}: cannot load a tokenizer from it ({_first_line(exc)})"
+                              f"{_offline_note(local)}") from None
         # A template exported by prefkit.relabel.export_chat_template conditions prompts for
         # servers; prefkit conditions from prefkit_conditioning.json itself, so it reads the
         # model's own template.
@@ -300,14 +349,16 @@ def load_pretrained(path, *, kind: str = "causal-lm", dtype: str | None = None, 
     path = resolve_model_path(path)
     local = Path(path).is_dir()
     if not local and not _looks_like_hub_id(path):
-        raise ConfigError(f"model directory not found: {path}")
+        raise ConfigError(f"model directory not found: {path}{_did_you_mean(path)}")
     cls = getattr(transformers, _MODEL_CLASSES[kind])
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
-        return cls.from_pretrained(path, local_files_only=local, trust_remote_code=trust_remote_code, **kwargs)
+        return cls.from_pretrained(path, local_files_only=local or not hub_reachable(),
+                                   trust_remote_code=trust_remote_code, **kwargs)
     except Exception as exc:  # noqa: BLE001 - reported as a user error
-        raise ConfigError(f"model {path}: cannot load a {kind} model from it ({_first_line(exc)})") from None
+        raise ConfigError(f"model {path}: cannot load a {kind} model from it ({_first_line(exc)})"
+                          f"{_offline_note(local)}") from None
 
 
 def load_causal_lm(model, tokenizer=None, *, need_tokenizer: bool = True):

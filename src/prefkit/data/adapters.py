@@ -286,7 +286,7 @@ PASSTHROUGH = {"trl", "multi"}
 def detect(rows: list[dict], label: str) -> str:
     """The format of a file from the columns of its first rows."""
     if not rows:
-        raise DataError("has no readable rows; cannot tell its format (pass format= to read an empty file)",
+        raise DataError("has no readable rows; cannot tell its format (give the format to read an empty file: --format on the command line, format= in Python)",
                         file=label)
     cols = set()
     for r in rows:
@@ -306,4 +306,5 @@ def detect(rows: list[dict], label: str) -> str:
     shown = ", ".join(sorted(cols)) or "none"
     raise DataError(f"cannot tell the format from the columns ({shown}); expected UltraFeedback raw "
                     "(instruction, completions), ultrafeedback_binarized or TRL (chosen, rejected[, prompt]), "
-                    "or multi-response (prompt, responses); or pass format=", file=label)
+                    "or multi-response (prompt, responses); or give the format: --format on the command line, "
+                    "format= in Python", file=label)

@@ -10,7 +10,13 @@ Heavy libraries load only when a trainer runs, so `import prefkit.train` stays c
 
 from __future__ import annotations
 
+import warnings
+
 from prefkit.train.config import BaseTrainConfig, DPOConfig, RMConfig, load_config
+
+# PEFT's get_peft_model reads transformers' deprecated `is_gradient_checkpointing`, which warned on
+# every LoRA run about code the user does not own and cannot change.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 __all__ = ["BaseTrainConfig", "DPOConfig", "RMConfig", "load_config", "train_dpo", "train_rm"]
 
