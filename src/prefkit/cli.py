@@ -25,7 +25,7 @@ COMMANDS = [
     ("select", "prefkit.commands.select", "alignment-potential data selection (Huang et al. 2025)"),
     ("train", "prefkit.commands.train", "train a policy (DPO family, eps-DPO) or a reward model"),
     ("eval", "prefkit.commands.eval", "evaluate reward models and policies"),
-    ("models", "prefkit.commands.models", "import GGUF models, list the bundled ones (smollm2), merge LoRA adapters, export chat templates"),
+    ("models", "prefkit.commands.models", "import GGUF models (smollm2), merge LoRA adapters, export chat templates"),
     ("demo", "prefkit.commands.demo", "run the whole pipeline in the embedded toy world"),
 ]
 
