@@ -219,3 +219,27 @@ def test_fresh_discards_the_run_directory_and_refuses_a_foreign_one(tmp_path, ca
         assert main(argv + ["--fresh", "--run-dir", str(tmp_path / "mine")]) == 2
         assert "holds files a run directory does not (notes.txt)" in capsys.readouterr().err
         assert (tmp_path / "mine" / "notes.txt").exists()
+
+
+def test_a_proxy_that_refuses_connect_is_named_with_its_answer(monkeypatch):
+    """HTTPS through HTTPS_PROXY: the proxy answers the CONNECT with 403. The reason says it was the
+    proxy and what it said (it used to be a bare, retried "connection error")."""
+    async def refuse(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def go():
+        server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+        try:
+            return await complete("https://llm.invalid/v1", max_retries=3)
+        finally:
+            server.close()
+
+    out = asyncio.run(go())
+    assert isinstance(out, RequestFailed) and out.reason == "proxy refused"
+    assert "HTTP 403" in out.detail and "NO_PROXY" in out.detail
+    assert out.attempts == 1   # a refusal is not retried

@@ -470,6 +470,12 @@ def _classify(exc: Exception) -> tuple[str, str, bool, float | None]:
         except (TypeError, ValueError):
             hint = None
         return f"HTTP {exc.status}", _status_message(exc), exc.status in _RETRYABLE_STATUS or exc.status >= 500, hint
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        # the proxy answered the CONNECT itself (403: not allowed there, 407: it wants credentials)
+        why = {403: "the proxy does not allow this host (check NO_PROXY / the proxy's rules)",
+               407: "the proxy wants credentials: http://user:password@proxy:port in HTTPS_PROXY"}.get(exc.status, "")
+        return ("proxy refused", f"the proxy answered HTTP {exc.status} {exc.message or ''}".rstrip()
+                + (f": {why}" if why else ""), exc.status >= 500, None)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return "connect timeout", "no connection within connect_timeout", True, None
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
