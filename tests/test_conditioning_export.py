@@ -121,7 +121,7 @@ def test_training_on_in_memory_relabeled_data_without_a_spec_warns(tiny_model_di
     from prefkit.train import train_dpo
 
     ra, spec = _relabeled()
-    with pytest.warns(UserWarning, match="looks relabeled .* has no conditioning spec"):
+    with pytest.warns(UserWarning, match="looks relabeled .* but no conditioning spec goes with it"):
         train_dpo(_cfg(tiny_model_dir, tmp_path / "a"), train_dataset=ra)
     assert not (tmp_path / "a" / "prefkit_conditioning.json").exists()
     with warnings.catch_warnings():

@@ -73,13 +73,13 @@ def test_imported_files_are_readable_like_any_other_written_file(tmp_path):
     """safetensors writes 0600; an imported model directory gets the umask's usual modes."""
     import os
 
-    from prefkit.models import _readable_by_all
+    from prefkit.files import readable_by_all
 
     (tmp_path / "model.safetensors").write_bytes(b"x")
     (tmp_path / "model.safetensors").chmod(0o600)
     old = os.umask(0o022)
     try:
-        _readable_by_all(tmp_path)
+        readable_by_all(tmp_path)
     finally:
         os.umask(old)
     assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644
