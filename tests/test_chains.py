@@ -26,27 +26,31 @@ def _rows(path):
     return [json.loads(line) for line in open(path, encoding="utf-8")]
 
 
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    """A tiny Qwen2 policy (chatml template) saved as a model directory."""
-    from prefkit.toy.tiny import build_tokenizer, tiny_causal_lm
+def _tiny_dir(tmp_path_factory, name, build):
+    """A tiny model (`build(tokenizer, ...)`) with a ChatML tokenizer, saved as a model directory."""
+    from prefkit.toy.tiny import build_tokenizer
 
-    d = tmp_path_factory.mktemp("base")
+    d = tmp_path_factory.mktemp(name)
     tok = build_tokenizer(template="chatml")
-    tiny_causal_lm(tok, arch="qwen2", hidden=32, layers=1, heads=2).save_pretrained(d)
+    build(tok, arch="qwen2" if name == "base" else "llama", hidden=32, layers=1, heads=2).save_pretrained(d)
     tok.save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """A tiny Qwen2 policy."""
+    from prefkit.toy.tiny import tiny_causal_lm
+
+    return _tiny_dir(tmp_path_factory, "base", tiny_causal_lm)
 
 
 @pytest.fixture(scope="module")
 def rm_dir(tmp_path_factory):
-    from prefkit.toy.tiny import build_tokenizer, tiny_reward_model
+    """A tiny Llama reward model (sequence classification)."""
+    from prefkit.toy.tiny import tiny_reward_model
 
-    d = tmp_path_factory.mktemp("rm")
-    tok = build_tokenizer(template="chatml")
-    tiny_reward_model(tok, arch="llama", hidden=32, layers=1, heads=2).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return _tiny_dir(tmp_path_factory, "rm", tiny_reward_model)
 
 
 def _train(data, out, base, tmp_path, *extra):
