@@ -21,6 +21,7 @@ Blocks that are neither shell nor Python examples (diagrams, the layout) are not
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass, field
 
 MARKER = re.compile(r"<!--\s*readme-test:\s*(skip|setup)\s*:\s*(.*?)\s*-->")
@@ -64,11 +65,12 @@ def _blocks(lines: list[str]):
             k = i
             block = []
             while k < n and (lines[k].startswith("    ") or not lines[k].strip()):
-                block.append(lines[k][4:] if lines[k].strip() else "")
+                block.append(lines[k] if lines[k].strip() else "")
                 k += 1
             while block and not block[-1]:
                 block.pop()
-            yield i + 1, "indented", block, marker
+            # a block inside a list item is indented further: drop the indentation its lines share
+            yield i + 1, "indented", textwrap.dedent("\n".join(block)).splitlines(), marker
             i = k
             continue
         i += 1

@@ -7,6 +7,7 @@ a model card, a conditioned server).
     relabel -> select (alignment potential, with a model) : whole pairs, ranked as the original pair
     relabel -> score (reward model) -> select
     synth -> score -> select
+    relabel -> train -> models export-chat-template (the template a server reads conditions)
     relabel -> train --use-peft -> models merge-lora --export-chat-template -> transformers serve  (slow)
 """
 
@@ -157,6 +158,22 @@ def test_synth_score_select(tmp_path, rm_dir):
     margins = [r["score_chosen"] - r["score_rejected"] for r in rows]
     every = sorted((r["score_chosen"] - r["score_rejected"] for r in _rows(scored)), reverse=True)
     assert sorted(margins, reverse=True) == pytest.approx(every[:3])        # the largest explicit margins
+
+
+def test_relabel_train_export_gives_a_template_that_conditions(relabeled, base_dir, tmp_path, capsys):
+    """relabel -> train -> models export-chat-template: the saved chat template, read by plain
+    transformers as a server reads it, conditions a plain message on the best goal."""
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "model"
+    assert _train(relabeled, model, base_dir, tmp_path) == 0
+    assert main(["models", "export-chat-template", str(model)]) == 0
+    spec = load_conditioning(model)
+    assert spec == find_conditioning(relabeled)
+    tok = AutoTokenizer.from_pretrained(str(model), local_files_only=True)
+    text = tok.apply_chat_template([{"role": "user", "content": "Sort 3 1 2"}], tokenize=False,
+                                   add_generation_prompt=True)
+    assert spec.render(None) in text and "Sort 3 1 2" in text
 
 
 @pytest.mark.slow
