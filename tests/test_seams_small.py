@@ -88,13 +88,15 @@ def test_trained_weights_have_normal_file_modes_and_a_card(tmp_path, capsys):
     old = os.umask(0o022)
     try:
         assert main(["-q", "train", "dpo", str(data), "-o", str(out), "--model", str(base), "--max-steps", "1",
-                     "--per-device-train-batch-size", "2", "--precision", "fp32", "--save-strategy", "no",
-                     "--ref-cache-dir", str(tmp_path / "c"), "--loss-type", "ipo", "--beta", "0.2"]) == 0
+                     "--per-device-train-batch-size", "2", "--precision", "fp32",
+                     "--ref-cache-dir", str(tmp_path / "c"), "--loss-type", "ipo", "--beta", "0.2",
+                     "--save-strategy", "steps", "--save-steps", "1"]) == 0
     finally:
         os.umask(old)
     cap = capsys.readouterr()
     assert "{'train_runtime'" not in cap.out and "'loss'" not in cap.out   # -q: no per-step log dicts
     assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((out / "checkpoint-1" / "model.safetensors").stat().st_mode) == 0o644
     meta = card_front_matter(out / "README.md")
     assert meta["base_model"] == str(base) and "ipo" in meta["tags"] and meta["library_name"] == "transformers"
     card = (out / "README.md").read_text()

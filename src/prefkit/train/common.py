@@ -291,6 +291,9 @@ def finish_run(trainer, run: PreparedRun, *, kind: str, headline: str, resume: s
 
         with guard(cfg, "the model card"):
             write_model_card(cfg.output_dir)  # README.md, replacing PEFT's empty card
+        from prefkit.files import readable_by_all
+
+        readable_by_all(cfg.output_dir)  # checkpoints too: safetensors and torch.save write 0600
     trainer.accelerator.wait_for_everyone()
 
 
