@@ -14,8 +14,6 @@ this choice over refusing.
 
 from __future__ import annotations
 
-import numpy as np
-
 from prefkit.data import records as R
 
 RELABEL_HALF = "relabel_half"        # the columns prefkit.relabel writes (prefkit.relabel.augment)
@@ -31,8 +29,10 @@ def is_relabeled(dataset) -> bool:
 def representatives(dataset):
     """(representative rows as a Dataset, pair id of each input row): one row per original pair,
     oriented as the original pair (chosen = the better response)."""
-    halves = dataset.data.column(RELABEL_HALF).to_pylist()
-    ids = [str(v) for v in dataset.data.column(SOURCE_PAIR_ID).to_pylist()]
+    # (column access through the Dataset, not its Arrow table: a selected or shuffled Dataset
+    # keeps an indices mapping over the table)
+    halves = list(dataset[RELABEL_HALF])
+    ids = [str(v) for v in dataset[SOURCE_PAIR_ID]]
     first: dict[str, int] = {}
     for i, (pid, half) in enumerate(zip(ids, halves)):
         j = first.get(pid)
@@ -58,14 +58,14 @@ def representatives(dataset):
 def expand_to_halves(dataset, ids: list[str], kept_reps, added_columns: list[str]):
     """Every row of `dataset` whose pair is among `kept_reps`, in input order, with the pair's
     `added_columns` (metric columns, selection_score) copied from its representative."""
-    kept_ids = [str(v) for v in kept_reps.data.column(SOURCE_PAIR_ID).to_pylist()]
+    kept_ids = [str(v) for v in kept_reps[SOURCE_PAIR_ID]]
     pos = {pid: k for k, pid in enumerate(kept_ids)}
     rows = [i for i, pid in enumerate(ids) if pid in pos]
     out = dataset.select(rows)
-    take = np.asarray([pos[ids[i]] for i in rows], dtype=np.int64)
+    take = [pos[ids[i]] for i in rows]
     for name in added_columns:
         if name in out.column_names:
             out = out.remove_columns(name)
-        values = kept_reps.data.column(name).take(take) if len(take) else kept_reps.data.column(name).slice(0, 0)
-        out = out.add_column(name, values.to_pylist())
+        values = kept_reps[name]
+        out = out.add_column(name, [values[k] for k in take])
     return out
