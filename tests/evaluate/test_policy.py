@@ -89,7 +89,8 @@ def test_gold_reward_single_and_pairwise_judging_files_and_resume(tiny_dirs, tmp
                                     for p, r in zip(prompts, refs)]))
     judge = ScriptedJudge(biased=(biased,), garbled=(garbled,))
     kw = dict(output_dir=tmp_path / "out", n=2, temperature=1.0, max_new_tokens=8, reward_fn=task.gold_reward,
-              judge=judge, judge_modes=("single", "pairwise"), reference_outputs=str(ref_file), progress=False)
+              judge=judge, scorers=("reward-fn", "judge-single", "pairwise"), reference_outputs=str(ref_file),
+              progress=False)
     res = evaluate_policies({"base": str(tiny_dirs["base"]), "other": str(tiny_dirs["other"])}, prompts, **kw)
 
     for name in ("base", "other"):
@@ -173,7 +174,7 @@ def test_gold_reward_single_and_pairwise_judging_files_and_resume(tiny_dirs, tmp
 def test_reference_policy_and_length_only_variant(tiny_dirs, tmp_path):
     prompts = task.make_prompts(4, seed=9)
     res = evaluate_policies({"base": str(tiny_dirs["base"]), "other": str(tiny_dirs["other"])}, prompts,
-                            max_new_tokens=6, temperature=0.0, judge=ScriptedJudge(), judge_modes=("pairwise",),
+                            max_new_tokens=6, temperature=0.0, judge=ScriptedJudge(), scorers=("pairwise",),
                             reference="base", progress=False)
     assert "pairwise" not in res["policies"]["base"]
     w = res["policies"]["other"]["pairwise"]
