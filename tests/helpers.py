@@ -18,8 +18,10 @@ TINY = dict(arch="llama", hidden=32, layers=2, heads=2, intermediate=64, max_pos
 
 
 def write_jsonl(path, rows) -> str:
-    """Write `rows` (dicts) one JSON object a line; returns the path as a string."""
-    Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    """Write `rows` one a line: dicts as JSON (UTF-8, not escaped), strings as they are (for
+    malformed lines); returns the path as a string."""
+    Path(path).write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n"
+                                  for r in rows), encoding="utf-8")
     return str(path)
 
 

@@ -10,6 +10,7 @@ import re
 import statistics
 
 import pytest
+from helpers import save_tiny
 
 from prefkit.cli import main
 from prefkit.evaluate.policy import evaluate_policies, parse_policy
@@ -22,16 +23,14 @@ from prefkit.toy import task
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory):
     from prefkit.relabel import make_spec
-    from prefkit.toy.tiny import build_tokenizer, tiny_causal_lm
+    from prefkit.toy.tiny import build_tokenizer
 
     tok = build_tokenizer(template="chatml")
     root = tmp_path_factory.mktemp("policies")
     dirs = {}
     for name, seed in (("base", 0), ("other", 1), ("ra", 2)):
-        d = root / name
-        tiny_causal_lm(tok, arch="qwen2", hidden=32, layers=1, heads=2, seed=seed).save_pretrained(d)
-        tok.save_pretrained(d)
-        dirs[name] = d
+        dirs[name] = root / name
+        save_tiny(dirs[name], tok, arch="qwen2", layers=1, intermediate=None, max_position=2048, seed=seed)
     make_spec(placement="system").save(dirs["ra"])
     return dirs
 
