@@ -20,7 +20,7 @@ E = TypeVar("E")
 
 
 class Registry(Generic[E]):
-    """Entries by name, in registration order. `kind` names an entry in errors ('selection metric')."""
+    """Entries by name. `kind` names an entry in errors ('metric')."""
 
     def __init__(self, kind: str):
         self.kind = kind
@@ -40,11 +40,12 @@ class Registry(Generic[E]):
             raise ConfigError(f"unknown {self.kind} {name!r}; choose from {', '.join(self.names())}") from None
 
     def names(self) -> list[str]:
-        """Registered names: built-ins first, in their order, then extensions."""
-        return list(self._entries)
+        """Registered names, sorted (as `prefkit.losses.available_losses`): the same order
+        whichever module registered first."""
+        return sorted(self._entries)
 
     def __contains__(self, name) -> bool:
         return name in self._entries
 
     def __iter__(self) -> Iterator[E]:
-        return iter(list(self._entries.values()))
+        return iter([self._entries[name] for name in self.names()])

@@ -216,7 +216,7 @@ def _register_unlearning(whats) -> None:
 def run_unlearning(args) -> int:
     from prefkit.data import read
     from prefkit.errors import ConfigError
-    from prefkit.evaluate.unlearning import unlearning_probe
+    from prefkit.evaluate.unlearning import UnlearningOptions, unlearning_probe
 
     goal = args.goal.strip().lower()
     if goal == "none":
@@ -227,8 +227,9 @@ def run_unlearning(args) -> int:
         except ValueError:
             raise ConfigError(f"--goal must be own, none or a number, not {args.goal!r}") from None
     pairs = read(args.pairs, split=args.split, subset=args.subset, revision=args.revision, format=args.input_format)
-    res = unlearning_probe(args.model, pairs, threshold=args.threshold, limit=args.limit, seed=args.seed, goal=goal,
-                           batch_size=args.batch_size, max_length=args.max_length, progress=not args.no_progress)
+    options = UnlearningOptions(threshold=args.threshold, limit=args.limit, seed=args.seed, goal=goal,
+                                batch_size=args.batch_size, max_length=args.max_length, progress=not args.no_progress)
+    res = unlearning_probe(args.model, pairs, options)
     cond = f"conditioned on goal {res['goal']}" if res["conditioned"] else "unconditioned"
     mean = "n/a" if res["mean_rejected_logp"] is None else f"{res['mean_rejected_logp']:.4f}"
     per_tok = "n/a" if res["mean_rejected_logp_per_token"] is None else f"{res['mean_rejected_logp_per_token']:.4f}"

@@ -215,7 +215,7 @@ def get_metric(name: str) -> Metric:
 
 
 def available_metrics() -> list[str]:
-    """Names accepted by `get_metric`, built-ins first."""
+    """Names accepted by `get_metric`, sorted."""
     return _METRICS.names()
 
 

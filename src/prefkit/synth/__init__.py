@@ -13,13 +13,13 @@ scoring (`judge.score`; the reward-model scorer itself is `prefkit.reward_model`
 
 from prefkit.synth.backends import Backend, Completion, LocalBackend, OpenAIBackend, RequestFailed, SamplingParams
 from prefkit.synth.baselines import RlaifOptions, RlcdOptions, WestOfNOptions, rlaif, rlcd, west_of_n
-from prefkit.synth.judge import score
+from prefkit.synth.judge import ScoreOptions, score
 from prefkit.synth.methods import (SynthMethod, SynthOptions, available_synth_methods, get_synth_method,
                                    register_synth_method)
 from prefkit.synth.rmboost import RMBoostOptions, rmboost
 from prefkit.synth.runs import Request, Run, RunStore
 
 __all__ = ["Backend", "Completion", "LocalBackend", "OpenAIBackend", "RequestFailed", "SamplingParams",
-           "rmboost", "rlaif", "west_of_n", "rlcd", "score", "Request", "Run", "RunStore",
+           "rmboost", "rlaif", "west_of_n", "rlcd", "score", "ScoreOptions", "Request", "Run", "RunStore",
            "SynthOptions", "RMBoostOptions", "RlaifOptions", "WestOfNOptions", "RlcdOptions", "SynthMethod",
            "register_synth_method", "get_synth_method", "available_synth_methods"]
