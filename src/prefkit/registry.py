@@ -10,7 +10,7 @@ the entry (a user may override a built-in), as `prefkit.losses.register_loss` do
 
 from __future__ import annotations
 
-from typing import Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterator, TypeVar
 
 from prefkit.errors import ConfigError
 
@@ -31,6 +31,15 @@ class Registry(Generic[E]):
             raise TypeError(f"a {self.kind} needs a non-empty name, not {name!r}")
         self._entries[name] = entry
         return entry
+
+    def decorator(self, name: str, make_entry: Callable[[Callable], E]) -> Callable[[Callable], Callable]:
+        """A decorator that registers `make_entry(fn)` as `name` and returns `fn` unchanged."""
+
+        def deco(fn: Callable) -> Callable:
+            self.add(name, make_entry(fn))
+            return fn
+
+        return deco
 
     def get(self, name: str) -> E:
         """The entry registered as `name`; ConfigError naming the choices when there is none."""

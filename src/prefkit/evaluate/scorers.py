@@ -97,21 +97,13 @@ def register_scorer(name: str, *, needs=(), help: str = "", compares: bool = Fal
     bad = sorted(set(needs) - set(NEEDS))
     if bad:
         raise TypeError(f"scorer {name!r}: needs must be among {sorted(NEEDS)}, not {bad}")
-
-    def deco(score):
-        _SCORERS.add(name, Scorer(name, score, frozenset(needs), help or name, compares, column))
-        return score
-
-    return deco
+    return _SCORERS.decorator(name, lambda score: Scorer(name, score, frozenset(needs), help or name, compares,
+                                                         column))
 
 
-def get_scorer(name: str) -> Scorer:
-    """The scorer registered as `name` (ConfigError naming the choices if none)."""
-    return _SCORERS.get(name)
-
-
-def available_scorers() -> list[str]:
-    return _SCORERS.names()
+#: get_scorer(name) -> Scorer (ConfigError naming the choices if none); available_scorers() -> sorted names
+get_scorer = _SCORERS.get
+available_scorers = _SCORERS.names
 
 
 def summary_of(values: list) -> dict:

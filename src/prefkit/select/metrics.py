@@ -200,23 +200,13 @@ def register_metric(name: str, *, needs=("reward",), ranked_by: str, help: str =
     bad = sorted(set(needs) - set(NEEDS))
     if bad:
         raise TypeError(f"metric {name!r}: needs must be among {NEEDS}, not {bad}")
-
-    def deco(score):
-        _METRICS.add(name, Metric(name, score, frozenset(needs), ranked_by, help or ranked_by, uses_weight,
-                                 implicit_column, boundary))
-        return score
-
-    return deco
+    return _METRICS.decorator(name, lambda score: Metric(name, score, frozenset(needs), ranked_by, help or ranked_by,
+                                                         uses_weight, implicit_column, boundary))
 
 
-def get_metric(name: str) -> Metric:
-    """The metric registered as `name` (ConfigError naming the choices if none)."""
-    return _METRICS.get(name)
-
-
-def available_metrics() -> list[str]:
-    """Names accepted by `get_metric`, sorted."""
-    return _METRICS.names()
+#: get_metric(name) -> Metric (ConfigError naming the choices if none); available_metrics() -> sorted names
+get_metric = _METRICS.get
+available_metrics = _METRICS.names
 
 
 def _z_boundary(implicit_stat: str):

@@ -67,21 +67,13 @@ def register_synth_method(name: str, *, options: type = SynthOptions, help: str,
     if missing:
         raise TypeError(f"synth method {name!r}: option field(s) {', '.join(missing)} need metadata help "
                         "(or cli=False)")
-
-    def deco(method):
-        _METHODS.add(name, SynthMethod(name, method, options, help, uses_judge))
-        return method
-
-    return deco
+    return _METHODS.decorator(name, lambda method: SynthMethod(name, method, options, help, uses_judge))
 
 
-def get_synth_method(name: str) -> SynthMethod:
-    """The synth method registered as `name` (ConfigError naming the choices if none)."""
-    return _METHODS.get(name)
-
-
-def available_synth_methods() -> list[str]:
-    return _METHODS.names()
+#: get_synth_method(name) -> SynthMethod (ConfigError naming the choices if none); available_synth_methods()
+#: -> sorted names
+get_synth_method = _METHODS.get
+available_synth_methods = _METHODS.names
 
 
 def sampling_params(options: SynthOptions, name: str) -> SamplingParams:
