@@ -67,6 +67,7 @@ class RlaifOptions(SynthOptions):
     generation: SamplingParams | None = field(default=None, metadata={
         "help": "the generator's sampling", "sampling": {"temperature": 1.0}})
     guideline: Any = field(default="ultrafeedback", metadata={"help": GUIDELINE_HELP})
+    seed: int = field(default=42, metadata={"help": "seed of the order the answers are shown in (default 42)"})
     both_orders: bool = field(default=False, metadata={
         "help": "judge each pair in both orders and keep only consistent verdicts"})
     judge_params: SamplingParams | None = field(default=None, metadata={

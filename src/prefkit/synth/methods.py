@@ -35,12 +35,11 @@ GUIDELINE_HELP = "aspect guideline: ultrafeedback, qa, summarization, or a YAML/
 @dataclass(frozen=True)
 class SynthOptions:
     """What every synth method takes: where finished requests are kept (`run_dir`; re-running
-    resumes), retrying the failed ones, progress bars, a seed, and the generator's sampling."""
+    resumes), retrying the failed ones, progress bars, and the generator's sampling."""
 
     run_dir: Any = field(default=None, metadata={"cli": False})
     retry_failed: bool = field(default=False, metadata={"cli": False})
     progress: bool = field(default=True, metadata={"cli": False})
-    seed: int = field(default=42, metadata={"help": "seed for labels, aspect draws and answer order"})
     generation: SamplingParams | None = field(default=None, metadata={
         "help": "the generator's sampling", "sampling": {"temperature": 0.7}})
 

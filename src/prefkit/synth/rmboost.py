@@ -48,6 +48,7 @@ class RMBoostOptions(SynthOptions):
     """RMBoost's options (and `SynthOptions`'): see `rmboost`."""
 
     guideline: Any = field(default="ultrafeedback", metadata={"help": GUIDELINE_HELP})
+    seed: int = field(default=42, metadata={"help": "seed of the labels and of the aspect draws (default 42)"})
     aspects: str = field(default="llm", metadata={
         "help": "who picks the aspects to change: the LLM (default) or us, at random", "choices": ("llm", "sample")})
     num_aspects: int = field(default=2, metadata={"help": "aspects drawn per row with --aspects sample"})
