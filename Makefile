@@ -39,6 +39,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -c requirements-ci.txt -e '.[bench]'
 	$(PY) benchmarks/relabel.py
 	$(PY) benchmarks/train_vs_trl.py
 	$(PY) benchmarks/train_vs_trl_real.py

@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+from helpers import save_tiny
 
 from prefkit.generate import render_prompts
 from prefkit.relabel import condition, export_chat_template, load_conditioning, make_spec
@@ -108,13 +109,7 @@ def _cfg(tiny_model_dir, out, **kw):
 
 @pytest.fixture()
 def tiny_model_dir(tmp_path, chatml_tokenizer):
-    from prefkit.toy.tiny import tiny_causal_lm
-
-    d = tmp_path / "tiny"
-    tiny_causal_lm(chatml_tokenizer, arch="llama", hidden=32, layers=1, heads=2, intermediate=64,
-                   max_position=256).save_pretrained(d)
-    chatml_tokenizer.save_pretrained(d)
-    return str(d)
+    return save_tiny(tmp_path / "tiny", chatml_tokenizer, layers=1)
 
 
 def test_training_on_in_memory_relabeled_data_without_a_spec_warns(tiny_model_dir, tmp_path):

@@ -72,13 +72,11 @@ def test_dpo_with_lora_on_lm_head_trains_the_head_adapter(tmp_path, chatml_token
     sys.path.insert(0, str(Path(__file__).parent / "train"))
     from train_helpers import base_config, make_pairs, write_jsonl
 
-    from prefkit.toy.tiny import tiny_causal_lm
+    from helpers import save_tiny
+
     from prefkit.train import train_dpo
 
-    model_dir = tmp_path / "m"
-    tiny_causal_lm(chatml_tokenizer, arch="llama", hidden=32, layers=2, heads=2, intermediate=64,
-                   max_position=256).save_pretrained(model_dir)
-    chatml_tokenizer.save_pretrained(model_dir)
+    model_dir = save_tiny(tmp_path / "m", chatml_tokenizer)
     data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(8))
     cfg = base_config(str(model_dir), data, tmp_path / "out", max_steps=2, use_peft=True, lora_r=4,
                       lora_dropout=0.0, lora_target_modules=["q_proj", "lm_head"], learning_rate=1e-2)

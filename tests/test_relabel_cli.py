@@ -6,16 +6,14 @@ import json
 
 import pytest
 
+from helpers import write_jsonl
+
 from prefkit.cli import main
-
-
-def _write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def test_cli_writes_data_spec_and_report(tmp_path, capsys):
     src = tmp_path / "in.jsonl"
-    _write_jsonl(src, [
+    write_jsonl(src, [
         {"prompt": [{"role": "user", "content": "Sort 3 1 2"}], "chosen": [{"role": "assistant", "content": "1 2 3"}],
          "rejected": [{"role": "assistant", "content": "3 2 1"}], "score_chosen": 8, "score_rejected": 3.5},
         {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello"}],
@@ -44,7 +42,7 @@ def test_cli_writes_data_spec_and_report(tmp_path, capsys):
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
     src = tmp_path / "in.jsonl"
-    _write_jsonl(src, [{"prompt": "q", "chosen": "c", "rejected": "r", "score_chosen": 8, "score_rejected": 3}])
+    write_jsonl(src, [{"prompt": "q", "chosen": "c", "rejected": "r", "score_chosen": 8, "score_rejected": 3}])
     rc = main(["relabel", str(src), "-o", str(tmp_path / "o.jsonl"), "--fine-grained-filter"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "fine_grained_chosen" in err

@@ -14,6 +14,7 @@ import warnings
 
 from prefkit import __version__
 from prefkit.errors import EXIT_USAGE, PrefkitError, exit_code
+from prefkit.plugins import load_plugins
 
 # (name, module, one-line help). Each module defines `register(subparsers)`, which adds its
 # parser and sets `func` to a callable taking the parsed namespace and returning an exit code.
@@ -46,7 +47,10 @@ an input file that does not exist); 130 interrupted."""
 QUIET_HELP = "no progress bars and no warnings on stderr (errors and the summary still print)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; given the command line `argv`, only the command it names is built in
+    full (its module imported, its choices read from the registries) and the others are one-line
+    entries for `prefkit --help`: start-up then costs one command's imports, not all of them."""
     parser = argparse.ArgumentParser(
         prog="prefkit",
         description="prefkit: preference-data-centric direct alignment of LLMs.",
@@ -56,9 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"prefkit {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     for name, module, help_text in COMMANDS:
-        mod = importlib.import_module(module)
-        mod.register(sub, name, help_text)
+        if wanted is None or name == wanted:
+            importlib.import_module(module).register(sub, name, help_text)
+        else:
+            stub = sub.add_parser(name, help=help_text, description=help_text)
+            stub.set_defaults(func=None, _parser=stub)
     for p in _subparsers(parser):
         # The same flag after any command; SUPPRESS keeps `prefkit -q CMD` from being reset.
         p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
@@ -163,7 +171,13 @@ def _old_spellings(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        load_plugins()  # before the parser, so plugins' names are among its choices
+    except PrefkitError as exc:
+        print(f"prefkit: error: {exc}", file=sys.stderr)
+        return exit_code(exc)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         # `prefkit` or `prefkit data` alone: show the relevant help.

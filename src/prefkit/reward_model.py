@@ -15,13 +15,6 @@ import os
 from collections import Counter
 
 
-def _messages(prompt, response) -> list[dict]:
-    msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
-    if isinstance(response, str):
-        return msgs + [{"role": "assistant", "content": response}]
-    return msgs + [dict(m) for m in response]
-
-
 class RewardModelScorer:
     def __init__(self, model, tokenizer=None, *, batch_size: int = 16, max_length: int = 1024,
                  max_prompt_length: int | None = 512,

@@ -4,11 +4,11 @@ HuggingFaceH4/ultrafeedback_binarized, TRL preference format), written by us."""
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers import write_jsonl
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
@@ -41,16 +41,8 @@ def _binarized_row(prompt, chosen, rejected, sc, sr):
             "rejected": rj, "messages": ch, "score_chosen": sc, "score_rejected": sr}
 
 
-def _write_jsonl(path, rows):
-    path = Path(path)
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n")
-    return path
-
-
 @pytest.fixture()
 def build():
     return SimpleNamespace(completion=_completion, uf_row=_uf_row, binarized_row=_binarized_row,
-                           write_jsonl=_write_jsonl, examples=EXAMPLES)
+                           write_jsonl=write_jsonl, examples=EXAMPLES)
 

@@ -10,6 +10,7 @@ import re
 import statistics
 
 import pytest
+from helpers import save_tiny
 
 from prefkit.cli import main
 from prefkit.evaluate.policy import evaluate_policies, parse_policy
@@ -22,16 +23,14 @@ from prefkit.toy import task
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory):
     from prefkit.relabel import make_spec
-    from prefkit.toy.tiny import build_tokenizer, tiny_causal_lm
+    from prefkit.toy.tiny import build_tokenizer
 
     tok = build_tokenizer(template="chatml")
     root = tmp_path_factory.mktemp("policies")
     dirs = {}
     for name, seed in (("base", 0), ("other", 1), ("ra", 2)):
-        d = root / name
-        tiny_causal_lm(tok, arch="qwen2", hidden=32, layers=1, heads=2, seed=seed).save_pretrained(d)
-        tok.save_pretrained(d)
-        dirs[name] = d
+        dirs[name] = root / name
+        save_tiny(dirs[name], tok, arch="qwen2", layers=1, intermediate=None, max_position=2048, seed=seed)
     make_spec(placement="system").save(dirs["ra"])
     return dirs
 
@@ -89,7 +88,8 @@ def test_gold_reward_single_and_pairwise_judging_files_and_resume(tiny_dirs, tmp
                                     for p, r in zip(prompts, refs)]))
     judge = ScriptedJudge(biased=(biased,), garbled=(garbled,))
     kw = dict(output_dir=tmp_path / "out", n=2, temperature=1.0, max_new_tokens=8, reward_fn=task.gold_reward,
-              judge=judge, judge_modes=("single", "pairwise"), reference_outputs=str(ref_file), progress=False)
+              judge=judge, scorers=("reward-fn", "judge-single", "pairwise"), reference_outputs=str(ref_file),
+              progress=False)
     res = evaluate_policies({"base": str(tiny_dirs["base"]), "other": str(tiny_dirs["other"])}, prompts, **kw)
 
     for name in ("base", "other"):
@@ -173,7 +173,7 @@ def test_gold_reward_single_and_pairwise_judging_files_and_resume(tiny_dirs, tmp
 def test_reference_policy_and_length_only_variant(tiny_dirs, tmp_path):
     prompts = task.make_prompts(4, seed=9)
     res = evaluate_policies({"base": str(tiny_dirs["base"]), "other": str(tiny_dirs["other"])}, prompts,
-                            max_new_tokens=6, temperature=0.0, judge=ScriptedJudge(), judge_modes=("pairwise",),
+                            max_new_tokens=6, temperature=0.0, judge=ScriptedJudge(), scorers=("pairwise",),
                             reference="base", progress=False)
     assert "pairwise" not in res["policies"]["base"]
     w = res["policies"]["other"]["pairwise"]

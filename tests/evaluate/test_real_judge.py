@@ -33,7 +33,7 @@ def test_smollm2_policy_and_judge_behind_transformers_serve(smollm2_server, smol
     judge = OpenAIBackend(model=model, base_urls=[url], concurrency=2, timeout=600, max_retries=1)
     judge_params = SamplingParams(temperature=0.0, max_tokens=8, seed=0)
     kw = dict(max_new_tokens=16, temperature=0.0, reward_fn=task.gold_reward, judge=judge,
-              judge_modes=("single", "pairwise"), reference_outputs=refs, judge_params=judge_params,
+              scorers=("reward-fn", "judge-single", "pairwise"), reference_outputs=refs, judge_params=judge_params,
               judge_explain=False, output_dir=tmp_path / "eval", progress=False)
     res = evaluate_policies([PolicySpec("smollm2", model, base_urls=[url])], prompts, **kw)
     pol = res["policies"]["smollm2"]

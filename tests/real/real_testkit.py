@@ -4,7 +4,8 @@
 
 from __future__ import annotations
 
-import json
+from helpers import read_jsonl, write_jsonl  # noqa: F401  (shared; real tests import them from here)
+
 
 USERS = ["Sort these numbers: 3 1 2", "Name a fruit.", "What is 2+2?", "Say hello.",
          "Sort these letters: b a c", "Name a colour.", "What is 3+4?", "Greet me briefly."]
@@ -46,12 +47,3 @@ def cli(*argv) -> None:
     assert rc == 0, f"prefkit {' '.join(map(str, argv))} exited {rc}"
 
 
-def write_jsonl(rows, path) -> None:
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-
-
-def read_jsonl(path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]

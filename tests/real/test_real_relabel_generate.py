@@ -20,7 +20,7 @@ GOAL_TEXT = ("Write a response to the instruction below. Without referring to th
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ra")
-    write_jsonl(pair_rows(4, scores=True), tmp / "pairs.jsonl")
+    write_jsonl(tmp / "pairs.jsonl", pair_rows(4, scores=True))
     cli("relabel", tmp / "pairs.jsonl", "-o", tmp / "ra.jsonl", "--placement", "system")
     cli("train", "dpo", tmp / "ra.jsonl", "-o", tmp / "run", "--model", "smollm2", "--max-steps", 1,
         "--learning-rate", 1e-5, "--save-strategy", "no", "--disable-tqdm", "true",

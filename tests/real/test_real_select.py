@@ -20,7 +20,7 @@ def test_select_with_the_real_model(tmp_path, real_model, real_tokenizer):
     from prefkit.tokenize import encode_pairs
 
     rows = pair_rows(6, system_every=3, scores=True)
-    write_jsonl(rows, tmp_path / "pairs.jsonl")
+    write_jsonl(tmp_path / "pairs.jsonl", rows)
     args = ["select", tmp_path / "pairs.jsonl", "-o", tmp_path / "sel.jsonl", "--model", "smollm2", "--top-k", 3,
             "--scored", tmp_path / "scored.jsonl", "--cache-dir", tmp_path / "cache"]
     cli(*args)

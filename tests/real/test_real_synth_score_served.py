@@ -56,7 +56,7 @@ def _check_rows(rep: dict, n_in: int, out) -> None:
 ])
 def test_synth_through_a_real_server(server, tmp_path, method, extra, requests_per_prompt):
     url, model = server
-    write_jsonl([{"prompt": p} for p in PROMPTS], tmp_path / "prompts.jsonl")
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
     out = tmp_path / f"{method}.jsonl"
     extra = [model if e == "SAME" else e for e in extra]
     cli("synth", method, tmp_path / "prompts.jsonl", "-o", out, "--base-url", url, "--model", model,
@@ -84,7 +84,7 @@ def test_synth_through_a_real_server(server, tmp_path, method, extra, requests_p
 def test_score_through_a_real_server(server, tmp_path):
     url, model = server
     rows = pair_rows(2)
-    write_jsonl(rows, tmp_path / "pairs.jsonl")
+    write_jsonl(tmp_path / "pairs.jsonl", rows)
     out = tmp_path / "scored.jsonl"
     cli("score", tmp_path / "pairs.jsonl", "-o", out, "--base-url", url, "--model", model, "--max-tokens", 64,
         "--concurrency", 2, "--timeout", 600, "--max-retries", 1, "--no-progress")

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import save_tiny, write_jsonl
 
 import prefkit.logprobs
 from prefkit.cli import main
@@ -69,10 +70,7 @@ def test_cli_select_end_to_end(tiny_llama, llama3_tokenizer, pairs, tmp_path, ca
     model_dir = tmp_path / "policy"
     tiny_llama.save_pretrained(model_dir)
     llama3_tokenizer.save_pretrained(model_dir)
-    src = tmp_path / "pairs.jsonl"
-    with src.open("w") as f:
-        for row in pairs:
-            f.write(json.dumps(row) + "\n")
+    src = write_jsonl(tmp_path / "pairs.jsonl", pairs)
     out = tmp_path / "selected.jsonl"
     args = ["select", str(src), "-o", str(out), "--model", str(model_dir), "--fraction", "0.5",
             "--plot", str(tmp_path / "sel.png"), "--cache-dir", str(tmp_path / "cache"),
@@ -113,14 +111,10 @@ def test_cli_errors_are_one_line(pairs, tmp_path, capsys):
 
 
 def test_cli_dpo_implicit_loads_the_reference_directory(llama3_tokenizer, pairs, tmp_path, capsys):
-    from prefkit.toy.tiny import tiny_causal_lm
-
     for name, seed in (("policy", 0), ("reference", 1)):
-        m = tiny_causal_lm(llama3_tokenizer, seed=seed)
-        m.save_pretrained(tmp_path / name)
-        llama3_tokenizer.save_pretrained(tmp_path / name)
-    src = tmp_path / "pairs.jsonl"
-    src.write_text("".join(json.dumps(row) + "\n" for row in pairs))
+        save_tiny(tmp_path / name, llama3_tokenizer, hidden=64, heads=4, intermediate=None, max_position=2048,
+                  seed=seed)
+    src = write_jsonl(tmp_path / "pairs.jsonl", pairs)
     out = tmp_path / "dpo.jsonl"
     assert main(["select", str(src), "-o", str(out), "--model", str(tmp_path / "policy"),
                  "--reference", str(tmp_path / "reference"), "--beta", "0.1", "--metric", "dpo-implicit",

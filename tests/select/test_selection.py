@@ -166,14 +166,15 @@ def test_multi_rows_are_paired_max_vs_min_then_scored(tiny_llama, llama3_tokeniz
 def test_every_metric_plots_its_boundary(tiny_llama, llama3_tokenizer, pairs, tmp_path):
     """The line drawn on each plot is the metric's real selection boundary: every kept pair lies
     on its kept side and every other pair on the far side (checked at each pair's own margins)."""
-    from prefkit.select.plot import _boundary
+    from prefkit.select import available_metrics, get_metric
     from prefkit.select.selection import selection_scores
 
     ref = tiny_causal_lm(llama3_tokenizer, arch="llama", seed=1)
     scored = score_margins(pairs, model=tiny_llama, tokenizer=llama3_tokenizer, reference=ref, progress=False)
     ds = scored.dataset
     x = np.asarray(ds["explicit_margin"], dtype=np.float64)
-    for metric in ("alignment-potential", "ap-paper", "dpo-implicit", "explicit", "implicit", "random"):
+    assert available_metrics() == ["alignment-potential", "ap-paper", "dpo-implicit", "explicit", "implicit", "random"]
+    for metric in available_metrics():
         png = tmp_path / f"{metric}.png"
         report = StageReport("select")
         kept_rows = select(scored, metric, fraction=0.5, plot=png, report=report)
@@ -182,9 +183,9 @@ def test_every_metric_plots_its_boundary(tiny_llama, llama3_tokenizer, pairs, tm
         threshold = report.notes["threshold (lowest kept score)"]
         kept = s >= threshold
         assert sorted(kept_rows["selection_score"]) == pytest.approx(sorted(s[kept])), metric
-        ycol = "dpo_implicit_margin" if metric == "dpo-implicit" else "implicit_margin"
-        y = np.abs(np.asarray(ds[ycol], dtype=np.float64))
-        b = _boundary(metric, threshold, scored.stats, scored.weight, x)
+        m = get_metric(metric)
+        y = np.abs(np.asarray(ds[m.implicit_column], dtype=np.float64))
+        b = m.boundary(threshold, scored.stats, scored.weight, x) if m.boundary else None
         if metric == "random":
             assert b is None  # random selection has no boundary in this plane
             continue

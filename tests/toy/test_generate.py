@@ -1,17 +1,14 @@
 """prefkit.generate: chat template, left padding, seeding, and automatic reward conditioning."""
 
 import pytest
+from helpers import save_tiny
 
 from prefkit.generate import generate, render_prompts, resolve_conditioning
 
 
 @pytest.fixture()
 def model_dir(tmp_path, chatml_tokenizer):
-    from prefkit.toy.tiny import tiny_causal_lm
-
-    model = tiny_causal_lm(chatml_tokenizer, hidden=32, heads=2, seed=1)
-    model.save_pretrained(tmp_path / "m")
-    chatml_tokenizer.save_pretrained(tmp_path / "m")
+    save_tiny(tmp_path / "m", chatml_tokenizer, intermediate=None, max_position=2048, seed=1)
     return tmp_path / "m"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import save_tiny
 from train_helpers import make_pairs, write_jsonl
 
 
@@ -22,14 +23,9 @@ def _one_torch_thread():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny Llama (hidden 32, 2 layers) and its chatml tokenizer, saved like a hub model."""
-    from prefkit.toy.tiny import build_tokenizer, tiny_causal_lm
+    from prefkit.toy.tiny import build_tokenizer
 
-    d = tmp_path_factory.mktemp("tiny_llama")
-    tok = build_tokenizer(template="chatml")
-    model = tiny_causal_lm(tok, arch="llama", hidden=32, layers=2, heads=2, intermediate=64, max_position=256)
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
+    return save_tiny(tmp_path_factory.mktemp("tiny_llama"), build_tokenizer(template="chatml"))
 
 
 @pytest.fixture()

@@ -10,18 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import save_tiny
 from train_helpers import make_pairs, write_jsonl
 
 
 @pytest.fixture(scope="module")
 def rm_dir(tmp_path_factory, chatml_tokenizer):
-    from prefkit.toy.tiny import tiny_reward_model
-
-    d = tmp_path_factory.mktemp("tiny_rm")
-    tiny_reward_model(chatml_tokenizer, arch="llama", hidden=32, layers=2, heads=2, intermediate=64,
-                      max_position=256).save_pretrained(d)
-    chatml_tokenizer.save_pretrained(d)
-    return str(d)
+    return save_tiny(tmp_path_factory.mktemp("tiny_rm"), chatml_tokenizer, reward_model=True)
 
 
 def _accuracy(model_dir, tok, rows):

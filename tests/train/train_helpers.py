@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import random
 
+from helpers import write_jsonl  # noqa: F401  (the shared one; train tests import it from here)
+
 WORDS = ["apple", "banana", "cherry", "date", "fig", "grape", "lemon", "mango", "pear", "plum"]
 
 
@@ -24,13 +26,6 @@ def make_pairs(n: int, seed: int = 0, conversational: bool = True) -> list[dict]
         else:
             rows.append({"prompt": prompt + "\n", "chosen": good, "rejected": bad})
     return rows
-
-
-def write_jsonl(path, rows) -> str:
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    return str(path)
 
 
 def base_config(model_dir, train_file, out, **kw):

@@ -1,9 +1,10 @@
 """`prefkit eval WHAT ...`: evaluations.
 
 - `eval rm MODEL PAIRS`: a reward model's pairwise accuracy.
-- `eval policy PROMPTS --policy [NAME=]MODEL ... -o DIR`: generate with policies, score with a reward
-  function, a reward model and/or an LLM judge (1-10 grades; win rate against references in both
-  orders, with the length-controlled win rate); see docs/evaluate.md.
+- `eval policy PROMPTS --policy [NAME=]MODEL ... -o DIR`: generate with policies, score with the
+  scorers of `prefkit.evaluate.scorers` (a reward function, a reward model and/or an LLM judge:
+  1-10 grades; win rate against references in both orders, with the length-controlled win rate;
+  or a plugin's); see docs/evaluate.md.
 - `eval unlearning MODEL PAIRS`: the unlearning probe (log-probability of high-quality rejected
   responses, conditioned on their own goal for a reward-augmented model).
 """
@@ -58,6 +59,10 @@ def _write_json(obj, output) -> None:
 
 # -- eval policy ------------------------------------------------------------------------------------
 
+#: `--judge MODES` names scorers
+JUDGE_MODES = {"single": "judge-single", "pairwise": "pairwise"}
+
+
 def _register_policy(whats) -> None:
     from prefkit.commands.synth import add_backend_arguments
 
@@ -95,13 +100,20 @@ def _register_policy(whats) -> None:
                         "e.g. for a reward-augmented model behind a server")
     g.add_argument("--no-conditioning", action="store_true", help="never condition prompts")
     g.add_argument("--batch-size", type=int, default=16, help="local generation batch size")
+    from prefkit.evaluate.scorers import available_scorers, get_scorer
+
     s = p.add_argument_group("scoring")
+    s.add_argument("--scorer", action="append", default=None, choices=available_scorers(), metavar="NAME",
+                   help="a scorer to run (repeat for more): "
+                        + "; ".join(f"{n}: {get_scorer(n).help}" for n in available_scorers())
+                        + ". Default: those whose inputs are given (reward-fn with --reward-fn, reward-model with "
+                          "--reward-model, and with a judge pairwise when a reference is given, else judge-single). "
+                          "Scorers from plugins appear here: see docs/evaluate.md")
     s.add_argument("--reward-fn", default=None, metavar="MODULE:FUNCTION",
                    help="a Python reward function f(prompt, response) -> float, e.g. prefkit.toy.task:gold_reward")
     s.add_argument("--reward-model", default=None, metavar="DIR", help="a sequence-classification reward model")
     s.add_argument("--judge", default=None, metavar="MODES",
-                   help="LLM judge modes, comma-separated: single (1-10 grade), pairwise (against the reference); "
-                        "default single, or pairwise when a reference is given")
+                   help="judge modes, comma-separated: single (= --scorer judge-single), pairwise (= --scorer pairwise)")
     s.add_argument("--reference", default=None, metavar="NAME", help="the policy whose outputs are the reference")
     s.add_argument("--reference-outputs", default=None, metavar="FILE",
                    help="reference outputs: AlpacaEval format ({instruction, output}) or prefkit outputs")
@@ -132,6 +144,7 @@ def _register_policy(whats) -> None:
 def run_policy(args) -> int:
     from prefkit.commands.synth import backend_from_args, sampling_from_args
     from prefkit.errors import ConfigError
+    from prefkit.evaluate.options import EvaluateOptions
     from prefkit.evaluate.policy import evaluate_policies, load_prompts, parse_policy
     from prefkit.report import StageReport
 
@@ -153,23 +166,25 @@ def run_policy(args) -> int:
                                         concurrency=args.concurrency, timeout=args.timeout,
                                         max_retries=args.max_retries)
     judge = backend_from_args(args, "judge-")
-    if judge is None and args.judge:
-        raise ConfigError("--judge needs a judge backend: --judge-model with --judge-base-url, or --judge-local DIR")
-    has_ref = args.reference is not None or args.reference_outputs is not None
-    modes = [m.strip() for m in (args.judge or ("pairwise" if has_ref else "single")).split(",") if m.strip()]
+    scorers = list(args.scorer or [])
+    for mode in (m.strip() for m in (args.judge or "").split(",") if m.strip()):
+        if mode not in JUDGE_MODES:
+            raise ConfigError(f"--judge {args.judge!r}: modes are {', '.join(JUDGE_MODES)}, not {mode!r}")
+        scorers.append(JUDGE_MODES[mode])
     report = StageReport("eval policy")
     rows = load_prompts(args.prompts, split=args.split, subset=args.subset, revision=args.revision,
                         format=args.input_format, report=report)
     if args.limit is not None:
         rows = rows[:args.limit]
-    res = evaluate_policies(
-        specs, rows, output_dir=args.output, run_dir=args.run_dir, n=args.num_samples,
-        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
-        batch_size=args.batch_size, reward_fn=args.reward_fn, reward_model=args.reward_model, judge=judge,
-        judge_modes=modes, reference=args.reference, reference_outputs=args.reference_outputs,
+    options = EvaluateOptions(
+        scorers=tuple(dict.fromkeys(scorers)) or None, n=args.num_samples, temperature=args.temperature,
+        top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
+        reward_fn=args.reward_fn, reward_model=args.reward_model, judge=judge,
         judge_params=sampling_from_args(args, "judge-", temperature=0.0, max_tokens=512, seed=0),
-        judge_explain=not args.judge_verdict_only, official_lc=not args.no_official_lc,
-        retry_failed=args.retry_failed, progress=not args.no_progress)
+        judge_explain=not args.judge_verdict_only, reference=args.reference,
+        reference_outputs=args.reference_outputs, official_lc=not args.no_official_lc, output_dir=args.output,
+        run_dir=args.run_dir, retry_failed=args.retry_failed, progress=not args.no_progress)
+    res = evaluate_policies(specs, rows, options)
     from prefkit.evaluate.report import markdown_tables
     from prefkit.synth.runs import RunStats
 
@@ -212,7 +227,7 @@ def _register_unlearning(whats) -> None:
 def run_unlearning(args) -> int:
     from prefkit.data import read
     from prefkit.errors import ConfigError
-    from prefkit.evaluate.unlearning import unlearning_probe
+    from prefkit.evaluate.unlearning import UnlearningOptions, unlearning_probe
 
     goal = args.goal.strip().lower()
     if goal == "none":
@@ -223,8 +238,9 @@ def run_unlearning(args) -> int:
         except ValueError:
             raise ConfigError(f"--goal must be own, none or a number, not {args.goal!r}") from None
     pairs = read(args.pairs, split=args.split, subset=args.subset, revision=args.revision, format=args.input_format)
-    res = unlearning_probe(args.model, pairs, threshold=args.threshold, limit=args.limit, seed=args.seed, goal=goal,
-                           batch_size=args.batch_size, max_length=args.max_length, progress=not args.no_progress)
+    options = UnlearningOptions(threshold=args.threshold, limit=args.limit, seed=args.seed, goal=goal,
+                                batch_size=args.batch_size, max_length=args.max_length, progress=not args.no_progress)
+    res = unlearning_probe(args.model, pairs, options)
     cond = f"conditioned on goal {res['goal']}" if res["conditioned"] else "unconditioned"
     mean = "n/a" if res["mean_rejected_logp"] is None else f"{res['mean_rejected_logp']:.4f}"
     per_tok = "n/a" if res["mean_rejected_logp_per_token"] is None else f"{res['mean_rejected_logp_per_token']:.4f}"

@@ -26,7 +26,7 @@ def run(args) -> int:
     from prefkit.data import read
     from prefkit.errors import ConfigError
     from prefkit.report import StageReport
-    from prefkit.synth.judge import score
+    from prefkit.synth.judge import ScoreOptions, score
 
     judge_given = bool(args.base_url or args.model or args.local)
     if judge_given == bool(args.reward_model):
@@ -36,10 +36,11 @@ def run(args) -> int:
               format=args.input_format, on_invalid=args.on_invalid, report=report)
     n_in = report.rows_in  # the input's rows, also those --on-invalid drop removed
     report.rows_in = report.rows_out = 0  # counted again by score()
-    out = score(ds, judge=backend_from_args(args) if judge_given else None, reward_model=args.reward_model,
-                run_dir=run_dir_of(args, str(args.output).rstrip("/") + ".run"),
-                params=sampling_from_args(args, temperature=0.0, max_tokens=1024),
-                retry_failed=args.retry_failed, batch_size=args.batch_size, max_length=args.max_length,
-                progress=not args.no_progress, report=report)
+    options = ScoreOptions(run_dir=run_dir_of(args, str(args.output).rstrip("/") + ".run"),
+                           params=sampling_from_args(args, temperature=0.0, max_tokens=1024),
+                           retry_failed=args.retry_failed, batch_size=args.batch_size, max_length=args.max_length,
+                           progress=not args.no_progress)
+    out = score(ds, options, judge=backend_from_args(args) if judge_given else None,
+                reward_model=args.reward_model, report=report)
     report.rows_in = max(report.rows_in, n_in)
     return finish(out, args.output, report, args)

@@ -10,8 +10,6 @@ import argparse
 
 from prefkit.commands import add_io_arguments, write_result
 
-METRIC_CHOICES = ["alignment-potential", "ap-paper", "dpo-implicit", "explicit", "implicit", "random"]
-
 
 class _SelectParser(argparse.ArgumentParser):
     """`prefkit select evolve ...` goes to the evolve parser; anything else is `prefkit select INPUT`.
@@ -28,12 +26,12 @@ class _SelectParser(argparse.ArgumentParser):
 
 
 def _selection_options(p: argparse.ArgumentParser, *, need_model_help: str) -> None:
+    from prefkit.select.metrics import available_metrics, get_metric
+
     p.add_argument("--model", default=None, help=need_model_help)
-    p.add_argument("--metric", choices=METRIC_CHOICES, default="alignment-potential",
-                   help="alignment-potential: z(explicit margin) - weight * z(|implicit margin|) (default); "
-                        "ap-paper: |explicit| - |implicit| raw; dpo-implicit: alignment potential with the "
-                        "DPO implicit margin (needs --reference); explicit: largest explicit margin; "
-                        "implicit: smallest |implicit margin|; random")
+    p.add_argument("--metric", choices=available_metrics(), default="alignment-potential",
+                   help="; ".join(f"{name}: {get_metric(name).help}" for name in available_metrics())
+                        + " (metrics from plugins appear here: see docs/select.md)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--fraction", type=float, default=None, help="keep this fraction of pairs (default 0.4)")
     budget.add_argument("--top-k", type=int, default=None, help="keep this many pairs instead of a fraction")

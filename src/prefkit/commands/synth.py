@@ -1,4 +1,5 @@
-"""`prefkit synth METHOD INPUT -o OUTPUT`: RMBoost and its baselines (RLAIF, West-of-N, RLCD).
+"""`prefkit synth METHOD INPUT -o OUTPUT`: every synth method of the registry
+(`prefkit.synth.methods`): RMBoost and its baselines (RLAIF, West-of-N, RLCD), and plugins'.
 
 Also home of the backend options shared with `prefkit score` (`add_backend_arguments`,
 `backend_from_args`)."""
@@ -9,14 +10,6 @@ import argparse
 import sys
 
 from prefkit.commands import add_io_arguments
-
-METHOD_HELP = {
-    "rmboost": "RMBoost: fix the label, then rewrite y1 into a better/worse y2 (Shen et al. 2024)",
-    "rlaif": "two samples, a pairwise LLM judge picks the better",
-    "west-of-n": "N samples scored by a reward model or judge; best vs worst",
-    "rlcd": "positive- vs negative-principle prompts, labelled by construction",
-}
-
 
 def add_backend_arguments(p: argparse.ArgumentParser, prefix: str = "", what: str = "generator") -> None:
     """--base-url/--model/--local and sampling options (with `prefix`, e.g. 'judge-', for a second backend)."""
@@ -134,51 +127,71 @@ def strict_failure(args, stats) -> int:
 
 
 def register(sub, name, help_text):
+    from prefkit.synth.methods import available_synth_methods, get_synth_method
+
     p = sub.add_parser(name, help=help_text, description=help_text,
-                       epilog="Every method writes canonical pairs plus method columns; see docs/synth.md.")
+                       epilog="Every method writes canonical pairs plus method columns; see docs/synth.md. "
+                              "Methods from plugins appear here too.")
     methods = p.add_subparsers(dest="method", metavar="METHOD")
-    for method, mhelp in METHOD_HELP.items():
-        m = methods.add_parser(method, help=mhelp, description=mhelp)
+    for method in available_synth_methods():
+        entry = get_synth_method(method)
+        m = methods.add_parser(method, help=entry.help, description=entry.help)
         add_io_arguments(m)
         add_backend_arguments(m)
-        if method in ("rlaif", "west-of-n"):
+        if entry.uses_judge:
             add_backend_arguments(m, prefix="judge-", what="judge")
         add_run_arguments(m)
-        g = m.add_argument_group(method)
-        if method in ("rmboost", "rlaif", "rlcd"):
-            g.add_argument("--guideline", default="ultrafeedback",
-                           help="aspect guideline: ultrafeedback, qa, summarization, or a YAML/JSON file")
-        g.add_argument("--seed", type=int, default=42, help="seed for labels, aspect draws and answer order")
-        if method == "rmboost":
-            g.add_argument("--aspects", choices=["llm", "sample"], default="llm",
-                           help="who picks the aspects to change: the LLM (default) or us, at random")
-            g.add_argument("--num-aspects", type=int, default=2, help="aspects drawn per row with --aspects sample")
-            g.add_argument("--max-aspects", type=int, default=3, help="most aspects the LLM may pick")
-            g.add_argument("--near-copy-threshold", type=float, default=0.95,
-                           help="a rewrite this similar to y1 (0-1) counts as failed (default 0.95)")
-        if method == "rlaif":
-            g.add_argument("--both-orders", action="store_true",
-                           help="judge each pair in both orders and keep only consistent verdicts")
-        if method == "west-of-n":
-            g.add_argument("-n", "--num-samples", type=int, default=4, help="samples per prompt (default 4)")
-            g.add_argument("--reward-model", default=None, metavar="DIR",
-                           help="score samples with this reward model (else the judge backend)")
-        if method == "rlcd":
-            g.add_argument("--principle-role", choices=["user", "system"], default="user",
-                           help="put the principle before the user turn (default, any template) or in a "
-                                "system message")
+        _add_option_arguments(m.add_argument_group(method), entry.options)
         m.set_defaults(func=run, _parser=m)
     p.set_defaults(func=None, _parser=p)
 
 
+def _option_fields(options_cls):
+    """The option fields the CLI offers: (field, is sampling) for fields not marked cli=False."""
+    import dataclasses
+
+    return [(f, "sampling" in f.metadata) for f in dataclasses.fields(options_cls) if f.metadata.get("cli", True)]
+
+
+def _add_option_arguments(g, options_cls) -> None:
+    """One flag per option field of a synth method (see prefkit.synth.methods); sampling fields
+    are set by the backend's sampling flags instead."""
+    defaults = options_cls()
+    for f, sampling in _option_fields(options_cls):
+        if sampling:
+            continue
+        flags = f.metadata.get("flags", ("--" + f.name.replace("_", "-"),))
+        default = getattr(defaults, f.name)
+        kw = {"help": f.metadata["help"], "dest": f.name}
+        if isinstance(default, bool):
+            kw["action"] = "store_true"
+        else:
+            kw.update(default=default, type=type(default) if isinstance(default, (int, float)) else str)
+            for key in ("choices", "metavar"):
+                if key in f.metadata:
+                    kw[key] = list(f.metadata[key]) if key == "choices" else f.metadata[key]
+        g.add_argument(*flags, **kw)
+
+
+def options_from_args(args, options_cls):
+    """The method's options object from the parsed flags."""
+    run_dir = run_dir_of(args, str(args.output).rstrip("/") + ".run")
+    kw = {"run_dir": run_dir, "retry_failed": args.retry_failed, "progress": not args.no_progress}
+    for f, sampling in _option_fields(options_cls):
+        if sampling:
+            kw[f.name] = sampling_from_args(args, "judge-" if f.name == "judge_params" else "", **f.metadata["sampling"])
+        else:
+            kw[f.name] = getattr(args, f.name)
+    return options_cls(**kw)
+
+
 def run(args) -> int:
-    from prefkit import synth
-    from prefkit.errors import ConfigError
     from prefkit.report import StageReport
     from prefkit.synth.inputs import read_prompts
+    from prefkit.synth.methods import get_synth_method
 
-    method = args.method
-    report = StageReport(f"synth {method}")
+    entry = get_synth_method(args.method)
+    report = StageReport(f"synth {args.method}")
     prompts = read_prompts(args.input, split=args.split, subset=args.subset, revision=args.revision,
                            format=args.input_format, on_invalid=args.on_invalid, report=report)
     # rows of the input (a preference dataset's read counts them; a prompts file's are the prompts
@@ -186,31 +199,9 @@ def run(args) -> int:
     n_in = report.rows_in or len(prompts) + report.n_dropped
     report.rows_in = report.rows_out = 0
     backend = backend_from_args(args)
-    run_dir = run_dir_of(args, str(args.output).rstrip("/") + ".run")
-    common = dict(run_dir=run_dir, retry_failed=args.retry_failed, progress=not args.no_progress, report=report)
-    if method == "rmboost":
-        ds = synth.rmboost(prompts, backend, guideline=args.guideline, aspects=args.aspects,
-                           num_aspects=args.num_aspects, max_aspects=args.max_aspects, seed=args.seed,
-                           generation=sampling_from_args(args, temperature=0.7),
-                           rewrite=sampling_from_args(args, temperature=0.7, max_tokens=1024),
-                           near_copy_threshold=args.near_copy_threshold, **common)
-    elif method == "rlaif":
-        ds = synth.rlaif(prompts, backend, judge=backend_from_args(args, "judge-"), guideline=args.guideline,
-                         generation=sampling_from_args(args, temperature=1.0),
-                         judge_params=sampling_from_args(args, "judge-", temperature=0.0, max_tokens=1024),
-                         both_orders=args.both_orders, seed=args.seed, **common)
-    elif method == "west-of-n":
-        judge = backend_from_args(args, "judge-")
-        if args.reward_model is None and judge is None:
-            raise ConfigError("west-of-n needs --reward-model DIR or a judge (--judge-model / --judge-local)")
-        ds = synth.west_of_n(prompts, backend, n=args.num_samples, reward_model=args.reward_model,
-                             judge=judge if args.reward_model is None else None,
-                             generation=sampling_from_args(args, temperature=1.0),
-                             judge_params=sampling_from_args(args, "judge-", temperature=0.0, max_tokens=1024),
-                             **common)
-    else:
-        ds = synth.rlcd(prompts, backend, guideline=args.guideline,
-                        generation=sampling_from_args(args, temperature=0.7), **common)
+    options = options_from_args(args, entry.options)
+    extra = {"judge": backend_from_args(args, "judge-")} if entry.uses_judge else {}
+    ds = entry.run(prompts, backend, options, report=report, **extra)
     report.rows_in = max(report.rows_in, n_in)
     return finish(ds, args.output, report, args)
 

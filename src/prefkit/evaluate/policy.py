@@ -16,11 +16,12 @@ or a model behind an OpenAI-compatible server (vLLM, `transformers serve`, ...),
 `MODEL@http://HOST:PORT/v1`. Every generation and every judge request goes through a durable
 `prefkit.synth.runs.Run` in `run_dir`: a killed evaluation resumes where it stopped.
 
-Scorers, any combination: `reward_fn(prompt, response) -> float` (a Python function such as
-the toy world's gold reward), `reward_model` (a sequence-classification reward model), `judge`
-with single-answer grading (1-10) and/or pairwise comparison against reference outputs in both
-orders (win rate, its standard error, ties, parse failures, and the length-controlled win rate
-of `prefkit.evaluate.winrate`). With `output_dir`, writes `results.json`, `report.md`,
+Scorers, any combination (`EvaluateOptions.scorers`; the registry is `prefkit.evaluate.scorers`,
+where `register_scorer` adds one): 'reward-fn' (`reward_fn(prompt, response) -> float`, a Python
+function such as the toy world's gold reward), 'reward-model' (a sequence-classification reward
+model), 'judge-single' (a `judge`'s 1-10 grade) and 'pairwise' (`prefkit.evaluate.pairwise`:
+comparison against reference outputs in both orders: win rate, its standard error, ties, parse
+failures, and the length-controlled win rate of `prefkit.evaluate.winrate`). With `output_dir`, writes `results.json`, `report.md`,
 `per_prompt.jsonl`, a length plot and each policy's outputs in AlpacaEval's format
 (`outputs/NAME.alpaca_eval.json`: instruction, output, generator) and prefkit's
 (`outputs/NAME.jsonl`). See docs/evaluate.md.
@@ -28,17 +29,16 @@ of `prefkit.evaluate.winrate`). With `output_dir`, writes `results.json`, `repor
 
 from __future__ import annotations
 
-import importlib
-import json
 import statistics
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from prefkit.errors import ConfigError, DataError
+from prefkit.errors import ConfigError
+from prefkit.evaluate.options import EvaluateOptions
 from prefkit.evaluate.report import instruction_text, write_report
-from prefkit.evaluate.winrate import LC_LABELS, length_controlled_win_rates, mean_and_se, win_rate
+from prefkit.evaluate.scorers import NEEDS, Scorer, ScoringContext, available_scorers, get_scorer, summary_of
 from prefkit.synth.backends import Backend, LocalBackend, OpenAIBackend, SamplingParams
 from prefkit.synth.runs import Request, Run
 
@@ -208,128 +208,50 @@ def generate_outputs(specs: Sequence[PolicySpec], rows: list, run: Run, params: 
     return out
 
 
-# -- scoring ----------------------------------------------------------------------------------------
-
-def resolve_reward_fn(fn) -> Callable:
-    """A callable, or 'module:function' (e.g. 'prefkit.toy.task:gold_reward')."""
-    if callable(fn):
-        return fn
-    mod, sep, attr = str(fn).partition(":")
-    if not sep:
-        raise ConfigError(f"--reward-fn {fn!r}: expected MODULE:FUNCTION, e.g. prefkit.toy.task:gold_reward")
-    try:
-        f = getattr(importlib.import_module(mod), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"--reward-fn {fn!r}: cannot import it ({exc})") from None
-    if not callable(f):
-        raise ConfigError(f"--reward-fn {fn!r} is not callable")
-    return f
-
-
-def _summary(values: list[float | None]) -> dict:
-    got = [v for v in values if v is not None]
-    m, se = mean_and_se(got)
-    return {"mean": m, "std": statistics.pstdev(got) if len(got) > 1 else (0.0 if got else None),
-            "standard_error": se, "n": len(got), "failed": len(values) - len(got)}
-
-
-def read_reference_outputs(source, rows: list) -> list[str]:
-    """Reference outputs aligned with `rows`: a list of strings, or a file in AlpacaEval's format
-    (JSON list or JSONL of {instruction, output}) or prefkit's (prompt_id or prompt, plus output or
-    response; sample 0 is taken). Matched by prompt_id, else by instruction text."""
-    if isinstance(source, (list, tuple)):
-        if len(source) != len(rows):
-            raise ConfigError(f"reference outputs: {len(source)} given for {len(rows)} prompts")
-        return [str(s) for s in source]
-    path = Path(source)
-    if not path.is_file():
-        raise ConfigError(f"reference outputs file not found: {path}")
-    text = path.read_text()
-    try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            data = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except ValueError as exc:
-        raise DataError(f"not valid JSON ({exc})", file=str(path)) from None
-    by_id, by_text = {}, {}
-    for k, rec in enumerate(data):
-        if not isinstance(rec, dict):
-            raise DataError("expected an object with an output", file=str(path), row=k)
-        if rec.get("sample", 0) not in (0, None):
-            continue
-        out = rec.get("output", rec.get("response"))
-        if not isinstance(out, str):
-            raise DataError("missing; expected the reference output text", file=str(path), row=k, field="output")
-        if rec.get("prompt_id") is not None:
-            by_id.setdefault(str(rec["prompt_id"]), out)
-        instr = rec.get("instruction", rec.get("prompt"))
-        if instr is not None:
-            by_text.setdefault(instruction_text(instr) if not isinstance(instr, str) else instr, out)
-    refs = []
-    for i, row in enumerate(rows):
-        ref = by_id.get(str(row.prompt_id))
-        if ref is None:
-            ref = by_text.get(instruction_text(row.prompt))
-        if ref is None:
-            raise DataError(f"no reference output for prompt {i} ({instruction_text(row.prompt)[:60]!r})",
-                            file=str(path), field="instruction")
-        refs.append(ref)
-    return refs
-
-
 # -- the whole evaluation ---------------------------------------------------------------------------
 
-def evaluate_policies(policies, prompts, *, output_dir=None, run_dir=None, n: int = 1,
-                      temperature: float = 0.7, top_p: float = 1.0, max_new_tokens: int = 512, seed: int = 0,
-                      batch_size: int = 16, reward_fn=None, reward_model=None, judge: Backend | None = None,
-                      judge_modes: Sequence[str] = ("single",), reference: str | None = None,
-                      reference_outputs=None, judge_params: SamplingParams | None = None,
-                      judge_explain: bool = True, official_lc: bool | str = "auto", retry_failed: bool = False,
-                      progress: bool = True,
-                      prompt_options: dict | None = None, rm_options: dict | None = None) -> dict:
-    """Generate with every policy on `prompts`, score, and (with `output_dir`) write the report.
+def evaluate_policies(policies, prompts, options: EvaluateOptions | None = None, **overrides) -> dict:
+    """Generate with every policy on `prompts`, score with the chosen scorers, and (with
+    `options.output_dir`) write the report.
 
-    judge_modes: any of 'single' (1-10 grading) and 'pairwise' (against `reference`, the name of
-    one of the policies, whose sample 0 is the reference, or `reference_outputs`, a file or a list
-    aligned with the prompts). judge_explain=False asks the judge for the verdict / rating alone.
-    official_lc: 'auto' calls AlpacaEval's own length-controlled GLM
-    when its inputs are present (see `prefkit.evaluate.winrate`), False never.
+    policies: {name: model or PolicySpec}, a list of PolicySpecs / `parse_policy` strings, or one.
+    prompts: anything `load_prompts` reads. options: an `EvaluateOptions` (scorers and their
+    inputs, generation, files); its fields may also be given as keywords, which override it.
 
-    Returns {"prompts", "n", "generation", "policies": {name: metrics}, "per_prompt": [rows],
-    "outputs": {name: [[text] * n per prompt]}, "scores": {name: {"reward_fn" | "reward_model" |
-    "judge_single": [[value] * n per prompt]}}, "run": request stats}.
+    Returns {"prompts", "n", "generation", "scorers", "policies": {name: {scorer key: summary}},
+    "per_prompt": [rows], "outputs": {name: [[text] * n per prompt]}, "scores": {name: {scorer
+    key: [[value] * n per prompt]}} (per-output scorers), "run": request stats}.
     """
+    o = EvaluateOptions.of(options, **overrides)
     specs = policy_specs(policies)
-    rows = load_prompts(prompts, **(prompt_options or {}))
+    rows = load_prompts(prompts, **(o.prompt_options or {}))
     if not rows:
         raise ConfigError("no prompts to evaluate")
-    if n < 1:
-        raise ConfigError(f"n must be >= 1, got {n}")
-    modes = [m for m in judge_modes] if judge is not None else []
-    for m in modes:
-        if m not in ("single", "pairwise"):
-            raise ConfigError(f"judge mode must be 'single' or 'pairwise', not {m!r}")
-    if "pairwise" in modes and (reference is None) == (reference_outputs is None):
-        raise ConfigError("pairwise judging needs exactly one of a reference policy or reference outputs")
-    if reference is not None and reference not in [s.name for s in specs]:
-        raise ConfigError(f"reference {reference!r} is not one of the policies ({', '.join(s.name for s in specs)})")
-    if reward_fn is None and reward_model is None and judge is None:
-        raise ConfigError("nothing to score with: give a reward function, a reward model or a judge")
+    scorers = [get_scorer(name) for name in o.chosen_scorers()]
+    if not scorers:
+        raise ConfigError("nothing to score with: give a reward function, a reward model or a judge, or name a "
+                          f"scorer ({', '.join(available_scorers())})")
+    for sc in scorers:
+        for need in sc.missing(o):
+            raise ConfigError(f"scorer {sc.name!r} needs {NEEDS[need]}")
+    if o.reference is not None and o.reference not in [s.name for s in specs]:
+        raise ConfigError(f"reference {o.reference!r} is not one of the policies ({', '.join(s.name for s in specs)})")
+    if o.judge_params is None:
+        o = replace(o, judge_params=SamplingParams(temperature=0.0, max_tokens=512, seed=0))
+    output_dir, run_dir, scratch = o.output_dir, o.run_dir, None
     if output_dir is not None:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-    scratch = None
     if run_dir is None and output_dir is not None:
         run_dir = output_dir / "run"
     elif run_dir is None:  # nowhere to keep the records: a scratch run, removed when done
         scratch = tempfile.TemporaryDirectory(prefix="prefkit-eval-")
         run_dir = Path(scratch.name)
-    gen_params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed)
-    judge_params = judge_params or SamplingParams(temperature=0.0, max_tokens=512, seed=0)
 
-    with Run(run_dir, retry_failed=retry_failed, progress=progress) as run:
-        gen = generate_outputs(specs, rows, run, gen_params, n=n, batch_size=batch_size)
+    n = o.n
+    with Run(run_dir, retry_failed=o.retry_failed, progress=o.progress) as run:
+        gen = generate_outputs(specs, rows, run, o.generation, n=n, batch_size=o.batch_size)
+        ctx = ScoringContext(options=o, rows=rows, run=run)
         results: dict[str, dict] = {}
         per_prompt = []
         for spec in specs:
@@ -345,157 +267,52 @@ def evaluate_policies(policies, prompts, *, output_dir=None, run_dir=None, n: in
                      "length": None if texts[k] is None else len(texts[k]),
                      "generation_failure": g["failures"][i][j]} for k, (i, j) in enumerate(flat)]
             ok = [k for k, t in enumerate(texts) if t is not None]
-            if reward_fn is not None:
-                fn = resolve_reward_fn(reward_fn)
-                vals = [None] * len(texts)
-                for k in ok:
-                    vals[k] = float(fn(rows[flat[k][0]].prompt, texts[k]))
-                res["reward_fn"] = _summary(vals)
-                res["reward_fn"]["name"] = getattr(fn, "__module__", "") + "." + getattr(fn, "__qualname__", str(fn))
-                for r, v in zip(recs, vals):
-                    r["reward_fn"] = v
-            if reward_model is not None:
-                from prefkit.reward_model import RewardModelScorer
-
-                scorer = reward_model if isinstance(reward_model, RewardModelScorer) else \
-                    RewardModelScorer(reward_model, **(rm_options or {}))
-                got = scorer.score([rows[flat[k][0]].prompt for k in ok], [texts[k] for k in ok],
-                                   progress=progress, desc=f"reward model {spec.name}")
-                vals = [None] * len(texts)
-                for k, v in zip(ok, got):
-                    vals[k] = v
-                res["reward_model"] = _summary(vals)
-                res["reward_model"]["name"] = scorer.name
-                for r, v in zip(recs, vals):
-                    r["reward_model"] = v
-            if "single" in modes:
-                from prefkit.evaluate.judging import grade_single
-
-                grades = grade_single(
-                    run, judge, [(rows[flat[k][0]].messages, texts[k]) for k in ok], judge_params,
-                    desc=f"judge {spec.name}", explain=judge_explain)
-                vals = [None] * len(texts)
-                fails = {}
-                for k, gr in zip(ok, grades):
-                    vals[k] = gr.score
-                    recs[k]["judge_score"] = gr.score
-                    recs[k]["judge_failure"] = gr.failure
-                    recs[k]["judge_raw"] = gr.raw
-                    if gr.failure:
-                        key = gr.failure.split(":")[0]
-                        fails[key] = fails.get(key, 0) + 1
-                res["judge_single"] = _summary(vals)
-                res["judge_single"]["failures"] = fails
-                res["judge_single"]["judge"] = judge.describe()
+            for sc in scorers:
+                if not sc.compares:
+                    _score_outputs(sc, ctx, spec.name, [(rows[flat[k][0]], texts[k]) for k in ok], ok, recs, res)
             results[spec.name] = res
             per_prompt.extend(recs)
-
-        if "pairwise" in modes:
-            _pairwise(specs, rows, n, gen, run, judge, judge_params, reference, reference_outputs, results,
-                      per_prompt, official_lc, judge_explain)
+        by_key = {(r["policy"], r["prompt_index"], r["sample"]): r for r in per_prompt}
+        for sc in scorers:
+            if sc.compares:
+                for name, entries in sc.score(ctx, {k: g["outputs"] for k, g in gen.items()}, by_key).items():
+                    results[name].update(entries)
         run_stats = run.stats.to_dict()
-    by_key = {(r["policy"], r["prompt_index"], r["sample"]): r for r in per_prompt}
 
+    reference_outputs = o.reference_outputs
     out = {"prompts": len(rows), "n": n,
-           "generation": {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed},
-           "judge": judge.describe() if judge is not None else None, "judge_modes": modes,
-           "reference": reference if reference is not None else (str(reference_outputs)
-                                                                 if isinstance(reference_outputs, (str, Path))
-                                                                 else ("outputs given" if reference_outputs else None)),
+           "generation": {"temperature": o.temperature, "top_p": o.top_p, "max_new_tokens": o.max_new_tokens,
+                          "seed": o.seed},
+           "scorers": [sc.name for sc in scorers],
+           "judge": o.judge.describe() if o.judge is not None else None,
+           "reference": o.reference if o.reference is not None else (
+               str(reference_outputs) if isinstance(reference_outputs, (str, Path))
+               else ("outputs given" if reference_outputs else None)),
            "policies": results, "per_prompt": per_prompt,
            "outputs": {name: g["outputs"] for name, g in gen.items()},
-           "scores": {spec.name: {m: [[by_key[(spec.name, i, j)].get(k) for j in range(n)] for i in range(len(rows))]
-                                  for m, k in (("reward_fn", "reward_fn"), ("reward_model", "reward_model"),
-                                               ("judge_single", "judge_score"))
-                                  if m in results[spec.name]} for spec in specs},
+           "scores": {spec.name: {sc.key: [[by_key[(spec.name, i, j)].get(sc.column or sc.key) for j in range(n)]
+                                           for i in range(len(rows))]
+                                  for sc in scorers if not sc.compares} for spec in specs},
            "run": run_stats, "run_dir": None if scratch is not None else str(run_dir)}
     if scratch is not None:
         scratch.cleanup()
     if output_dir is not None:
-
         out["files"] = write_report(out, rows, output_dir)
     return out
 
 
-def _pairwise(specs, rows, n, gen, run, judge, judge_params, reference, reference_outputs, results, per_prompt,
-              official_lc, judge_explain=True) -> None:
-    from prefkit.evaluate.judging import compare_pairwise
-    from prefkit.evaluate.winrate import official_length_controlled
-
-    if reference is not None:
-        refs = gen[reference]["outputs"]
-        refs = [r[0] for r in refs]
-        ref_name = reference
-    else:
-        refs = read_reference_outputs(reference_outputs, rows)
-        ref_name = "reference"
-    comparisons, prompt_prefs, all_cmp = {}, {}, {}
-    by_key = {(r["policy"], r["prompt_index"], r["sample"]): r for r in per_prompt}
-    for spec in specs:
-        if spec.name == reference:
-            continue
-        outs = gen[spec.name]["outputs"]
-        items, where = [], []
-        unpaired = 0
-        for i in range(len(rows)):
-            for j in range(n):
-                if outs[i][j] is None or refs[i] is None:
-                    unpaired += 1
-                    continue
-                items.append((rows[i].messages, outs[i][j], refs[i]))
-                where.append((i, j))
-        cmps = compare_pairwise(run, judge, items, judge_params, desc=f"judge {spec.name} vs {ref_name}",
-                                explain=judge_explain)
-        per_prompt_pref: list[list[float]] = [[] for _ in rows]
-        rows_glm = []
-        fails: dict[str, int] = {}
-        orders_asked = orders_read = consistent = both_read = first_shown_wins = decisive = 0
-        for (i, j), c in zip(where, cmps):
-            rec = by_key[(spec.name, i, j)]
-            rec["pairwise"] = {"verdicts": dict(zip(("policy_first", "policy_second"), c.verdicts)),
-                               "preferences": c.preferences, "preference": c.preference,
-                               "failures": c.failures, "reference_length": len(refs[i]),
-                               "judge_raw": dict(zip(("policy_first", "policy_second"), c.raw))}
-            for order, (v, f) in enumerate(zip(c.verdicts, c.failures)):
-                orders_asked += 1
-                if f:
-                    key = f.split(":")[0]
-                    fails[key] = fails.get(key, 0) + 1
-                else:
-                    orders_read += 1
-                    if v in ("A", "B"):
-                        decisive += 1
-                        first_shown_wins += v == "A"
-            if all(p is not None for p in c.preferences):
-                both_read += 1
-                consistent += c.preferences[0] == c.preferences[1]
-            if c.preference is not None:
-                per_prompt_pref[i].append(c.preference)
-                rows_glm.append({"prompt_index": i, "sample": j, "preference": c.preference,
-                                 "policy_length": len(outs[i][j]), "reference_length": len(refs[i]),
-                                 "policy_output": outs[i][j], "reference_output": refs[i]})
-        prefs = [sum(p) / len(p) if p else None for p in per_prompt_pref]
-        wr = win_rate(prefs)
-        wr.update({"reference": ref_name, "comparisons": len(items), "unpaired_outputs": unpaired,
-                   "orders_asked": orders_asked, "verdicts_read": orders_read, "failures": fails,
-                   "both_orders_read": both_read, "position_consistent": consistent,
-                   "first_shown_preferred": (first_shown_wins / decisive) if decisive else None,
-                   "judge": judge.describe()})
-        results[spec.name]["pairwise"] = wr
-        comparisons[spec.name] = rows_glm
-        prompt_prefs[spec.name] = prefs
-        all_cmp[spec.name] = rows_glm
-    if not comparisons:
-        return
-    lc = length_controlled_win_rates({k: v for k, v in comparisons.items()}, prompt_prefs)
-    for name, r in lc.items():
-        results[name]["length_controlled"] = r.to_dict()
-        if not official_lc:
-            continue
-        if n == 1:
-            metrics, why = official_length_controlled([instruction_text(r_.prompt) for r_ in rows], all_cmp[name],
-                                                      policy=name, reference=ref_name)
-        else:
-            metrics, why = None, "AlpacaEval's GLM takes one output per instruction (n = 1)"
-        results[name]["length_controlled_official"] = (
-            {"label": LC_LABELS["official"], **metrics} if metrics is not None else {"available": False, "why": why})
+def _score_outputs(scorer: Scorer, ctx: ScoringContext, policy: str, items: list, ok: list[int], recs: list[dict],
+                   res: dict) -> None:
+    """Run a per-output scorer on one policy's outputs; its summary goes to res[key], its values
+    and details to the outputs' records."""
+    got = scorer.score(ctx, policy, items)
+    if len(got.values) != len(items) or (got.details is not None and len(got.details) != len(items)):
+        raise ConfigError(f"scorer {scorer.name!r} returned {len(got.values)} values for {len(items)} outputs")
+    values = [None] * len(recs)
+    for n_item, (k, v) in enumerate(zip(ok, got.values)):
+        values[k] = None if v is None else float(v)
+        if got.details is not None:
+            recs[k].update(got.details[n_item])
+    res[scorer.key] = {**summary_of(values), **got.summary}
+    for r, v in zip(recs, values):
+        r[scorer.column or scorer.key] = v

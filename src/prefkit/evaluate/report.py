@@ -38,6 +38,11 @@ def _pm(d: dict, key="mean", pct=False) -> str:
     return _fmt(m, pct) + ("" if se is None else f" ± {_fmt(se, pct)}")
 
 
+#: table titles of the built-in per-output scorers (others are titled by their name)
+PER_OUTPUT_TITLES = {"reward_fn": "reward function", "reward_model": "reward model",
+                     "judge_single": "LLM judge, single-answer grade (1-10)"}
+
+
 def markdown_tables(res: dict) -> str:
     pol = res["policies"]
     lines = [f"{res['prompts']} prompts, {res['n']} sample(s) each; generation {json.dumps(res['generation'])}.", ""]
@@ -45,8 +50,9 @@ def markdown_tables(res: dict) -> str:
     for name, r in pol.items():
         cond = f"yes ({r['goal']:g})" if r.get("conditioned") else "no"
         lines.append(f"| {name} | {cond} | {r['outputs']} | {r['generation_failed']} | {_fmt(r['mean_length'], digits=1)} |")
-    for key, title in (("reward_fn", "reward function"), ("reward_model", "reward model"),
-                       ("judge_single", "LLM judge, single-answer grade (1-10)")):
+    per_output = list(dict.fromkeys(k for by_scorer in res.get("scores", {}).values() for k in by_scorer))
+    for key in per_output:  # every per-output scorer, built in or from a plugin
+        title = PER_OUTPUT_TITLES.get(key, f"scorer {key.replace('_', '-')}")
         rows = [(n, r[key]) for n, r in pol.items() if key in r]
         if not rows:
             continue

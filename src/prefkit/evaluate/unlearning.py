@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import statistics
+from dataclasses import dataclass, replace
 from typing import Callable
 
 
@@ -75,10 +76,25 @@ def rejected_logp_probe(pairs, tokenizer, *, spec=None, goal="own", batch_size: 
     return probe
 
 
-def unlearning_probe(model, pairs, *, tokenizer=None, threshold: float = 5.0, limit: int | None = None,
-                     seed: int = 0, goal="own", conditioning="auto", batch_size: int = 16,
-                     max_length: int | None = 1024, progress: bool = True) -> dict:
-    """The probe as a one-off measurement (`prefkit eval unlearning MODEL PAIRS`).
+@dataclass(frozen=True)
+class UnlearningOptions:
+    """The probe's options (also `prefkit eval unlearning`'s): threshold (minimum score_rejected),
+    limit and seed (a seeded sample of at most `limit` pairs), goal ('own', a number or None) and
+    conditioning ('auto': the model directory's spec; None: off), batch_size, max_length, progress."""
+
+    threshold: float = 5.0
+    limit: int | None = None
+    seed: int = 0
+    goal: object = "own"
+    conditioning: object = "auto"
+    batch_size: int = 16
+    max_length: int | None = 1024
+    progress: bool = True
+
+
+def unlearning_probe(model, pairs, options: UnlearningOptions | None = None, *, tokenizer=None, **overrides) -> dict:
+    """The probe as a one-off measurement (`prefkit eval unlearning MODEL PAIRS`); options: an
+    `UnlearningOptions` (its fields may also be given as keywords, which override it).
 
     model: a directory, hub id, .gguf file or shortcut (loaded through prefkit.models), or a
     loaded model with `tokenizer`. pairs: a canonical PAIRS dataset or a path `prefkit.data.read`
@@ -95,6 +111,9 @@ def unlearning_probe(model, pairs, *, tokenizer=None, threshold: float = 5.0, li
     from prefkit.models import load_causal_lm
     from prefkit.report import StageReport
 
+    o = replace(options if options is not None else UnlearningOptions(), **overrides)
+    threshold, limit, seed, goal, conditioning = o.threshold, o.limit, o.seed, o.goal, o.conditioning
+    batch_size, max_length, progress = o.batch_size, o.max_length, o.progress
     if not hasattr(pairs, "column_names"):
         from prefkit.data import read
 

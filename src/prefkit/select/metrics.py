@@ -20,22 +20,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
-# Metric names as the CLI and the Python API spell them.
+from prefkit.registry import Registry
+
+# Built-in metric names as the CLI and the Python API spell them (registered at the end of this module).
 ALIGNMENT_POTENTIAL = "alignment-potential"
 AP_PAPER = "ap-paper"
 DPO_IMPLICIT = "dpo-implicit"
 EXPLICIT = "explicit"
 IMPLICIT = "implicit"
 RANDOM = "random"
-METRICS = (ALIGNMENT_POTENTIAL, AP_PAPER, DPO_IMPLICIT, EXPLICIT, IMPLICIT, RANDOM)
 
-#: metrics that need the policy's log-probabilities (a model)
-NEEDS_MODEL = frozenset({ALIGNMENT_POTENTIAL, AP_PAPER, DPO_IMPLICIT, IMPLICIT})
-#: metrics that need a reference model as well
-NEEDS_REFERENCE = frozenset({DPO_IMPLICIT})
+#: what a metric may need: the pairs' scores, the policy's log-probs, a reference model's log-probs
+NEEDS = ("reward", "policy", "reference")
 
 
 def explicit_margin(score_chosen, score_rejected) -> np.ndarray:
@@ -159,3 +159,108 @@ def threshold_of(scores, k: int) -> float | None:
         return None
     k = min(k, s.size)
     return float(np.partition(s, s.size - k)[s.size - k])
+
+
+# -- the registry of selection metrics --------------------------------------------------------------
+
+#: column(name) -> that metric column of the scored table as float64 (NaN for unscorable rows)
+Column = Callable[[str], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A selection metric: `score(column, weight) -> (N,) array`, larger kept first (NaN: never kept).
+
+    needs: which of NEEDS the scoring pass must provide ('policy': the policy's log-probs and the
+    implicit-margin columns; 'reference': a reference model too, for the DPO-form columns;
+    'reward': the pairs' score columns). ranked_by: one line for the report. uses_weight: the
+    metric reads `weight` (the report and the plot show it). implicit_column: the plot's y axis.
+    boundary(threshold, stats, weight, xs): the selection boundary in the plot's (explicit margin,
+    |implicit margin|) plane: None, ('vline', x), ('hline', y) or ('curve', ys over xs).
+    """
+
+    name: str
+    score: Callable[[Column, float], np.ndarray]
+    needs: frozenset
+    ranked_by: str
+    help: str = ""
+    uses_weight: bool = False
+    implicit_column: str = "implicit_margin"
+    boundary: Callable | None = None
+
+
+_METRICS: Registry[Metric] = Registry("metric")
+
+
+def register_metric(name: str, *, needs=("reward",), ranked_by: str, help: str = "", uses_weight: bool = False,
+                    implicit_column: str = "implicit_margin", boundary: Callable | None = None):
+    """Decorator: make `score(column, weight) -> np.ndarray` the selection metric `name`
+    (`prefkit select --metric NAME`, `SelectOptions(metric=NAME)`); see `Metric` for the rest.
+    The scored table's columns are listed in `prefkit.select.scoring`."""
+    bad = sorted(set(needs) - set(NEEDS))
+    if bad:
+        raise TypeError(f"metric {name!r}: needs must be among {NEEDS}, not {bad}")
+    return _METRICS.decorator(name, lambda score: Metric(name, score, frozenset(needs), ranked_by, help or ranked_by,
+                                                         uses_weight, implicit_column, boundary))
+
+
+#: get_metric(name) -> Metric (ConfigError naming the choices if none); available_metrics() -> sorted names
+get_metric = _METRICS.get
+available_metrics = _METRICS.names
+
+
+def _z_boundary(implicit_stat: str):
+    """z(m_e) - w z(|m_i|) >= t is the line |m_i| = mu_i + sd_i ((m_e - mu_e) / sd_e - t) / w."""
+
+    def boundary(threshold, stats, weight, xs):
+        st_e, st_i = stats["explicit_margin"], stats[implicit_stat]
+        if st_e["std"] == 0 and (st_i["std"] == 0 or weight == 0):
+            return None
+        if st_i["std"] == 0 or weight == 0:  # only the explicit term ranks: z_e >= t
+            return ("vline", st_e["mean"] + st_e["std"] * threshold)
+        if st_e["std"] == 0:  # only the implicit term ranks: -w z_i >= t
+            return ("hline", st_i["mean"] - st_i["std"] * threshold / weight)
+        return ("curve", st_i["mean"] + st_i["std"] * ((xs - st_e["mean"]) / st_e["std"] - threshold) / weight)
+
+    return boundary
+
+
+@register_metric(ALIGNMENT_POTENTIAL, needs=("reward", "policy"), uses_weight=True,
+                 boundary=_z_boundary("abs_implicit_margin"),
+                 ranked_by="z(explicit margin) - weight * z(|implicit margin|), largest first",
+                 help="z(explicit margin) - weight * z(|implicit margin|) (the default)")
+def _alignment_potential(column: Column, weight: float) -> np.ndarray:
+    return alignment_potential(column("z_explicit_margin"), column("z_abs_implicit_margin"), weight)
+
+
+@register_metric(AP_PAPER, needs=("reward", "policy"),
+                 boundary=lambda t, stats, weight, xs: ("curve", np.abs(xs) - t),
+                 ranked_by="|explicit margin| - |implicit margin| (raw), largest first",
+                 help="|explicit| - |implicit| raw (the paper's form)")
+def _ap_paper(column: Column, weight: float) -> np.ndarray:
+    return column("alignment_potential_paper")
+
+
+@register_metric(DPO_IMPLICIT, needs=("reward", "policy", "reference"), uses_weight=True,
+                 implicit_column="dpo_implicit_margin", boundary=_z_boundary("abs_dpo_implicit_margin"),
+                 ranked_by="z(explicit margin) - weight * z(|beta * DPO implicit margin|), largest first",
+                 help="alignment potential with the DPO implicit margin (needs --reference; uses beta)")
+def _dpo_implicit(column: Column, weight: float) -> np.ndarray:
+    return alignment_potential(column("z_explicit_margin"), column("z_abs_dpo_implicit_margin"), weight)
+
+
+@register_metric(EXPLICIT, needs=("reward",), boundary=lambda t, stats, weight, xs: ("vline", t),
+                 ranked_by="explicit margin, largest first", help="largest explicit margin")
+def _explicit(column: Column, weight: float) -> np.ndarray:
+    return column("explicit_margin")
+
+
+@register_metric(IMPLICIT, needs=("policy",), boundary=lambda t, stats, weight, xs: ("hline", -t),
+                 ranked_by="|implicit margin|, smallest first", help="smallest |implicit margin|")
+def _implicit(column: Column, weight: float) -> np.ndarray:
+    return -column("abs_implicit_margin")
+
+
+@register_metric(RANDOM, needs=(), ranked_by="uniform random (seeded)", help="uniform random (seeded by --seed)")
+def _random(column: Column, weight: float) -> np.ndarray:
+    return column("random_score")

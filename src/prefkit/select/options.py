@@ -10,12 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from prefkit.select.metrics import get_metric
 
 
 @dataclass(frozen=True)
 class SelectOptions:
-    """metric: 'alignment-potential' (z(m_e) - weight z(|m_i|)), 'ap-paper', 'dpo-implicit'
-    (needs a reference; uses `beta`), 'explicit', 'implicit' or 'random'.
+    """metric: a name registered with `prefkit.select.register_metric`; built in:
+    'alignment-potential' (z(m_e) - weight z(|m_i|)), 'ap-paper', 'dpo-implicit' (needs a
+    reference; uses `beta`), 'explicit', 'implicit' and 'random'.
     fraction / top_k: keep floor(fraction * scorable pairs) rows, or top_k rows.
     weight: w of alignment potential. beta: beta of the DPO implicit margin.
     batch_size: pairs per model forward. chunk_size: pairs per streaming chunk and cache shard.
@@ -45,6 +47,7 @@ class SelectOptions:
     def __post_init__(self):
         from prefkit.data.validate import on_invalid_mode
 
+        get_metric(self.metric)  # an unknown name is a ConfigError naming the registered ones
         object.__setattr__(self, "on_invalid", on_invalid_mode(self.on_invalid))
 
     @classmethod

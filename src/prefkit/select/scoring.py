@@ -75,10 +75,6 @@ class Scored:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    @property
-    def n_scorable(self) -> int:
-        return self.stats["explicit_margin"]["n"]
-
 
 def _call_score_logps(model, tokenizer, pairs: list[dict], reference, batch_size: int, score_kwargs: dict):
     """Score one chunk with prefkit.logprobs.score_logps; returns {column: array} aligned with

@@ -20,22 +20,6 @@ from prefkit.select.options import SelectOptions
 from prefkit.select.relabeled import expand_to_halves, is_relabeled, representatives
 from prefkit.select.scoring import Scored, score_margins
 
-#: metric -> (column ranked, what larger means), for the docs and the report
-RANKED_BY = {
-    M.ALIGNMENT_POTENTIAL: "z(explicit margin) - weight * z(|implicit margin|), largest first",
-    M.AP_PAPER: "|explicit margin| - |implicit margin| (raw), largest first",
-    M.DPO_IMPLICIT: "z(explicit margin) - weight * z(|beta * DPO implicit margin|), largest first",
-    M.EXPLICIT: "explicit margin, largest first",
-    M.IMPLICIT: "|implicit margin|, smallest first",
-    M.RANDOM: "uniform random (seeded)",
-}
-
-
-def _check_metric(metric: str) -> None:
-    if metric not in M.METRICS:
-        raise ConfigError(f"unknown metric {metric!r}; choose from {', '.join(M.METRICS)}")
-
-
 def _check_budget(fraction, top_k) -> None:
     if top_k is not None:
         if int(top_k) != top_k or top_k < 0:
@@ -46,28 +30,20 @@ def _check_budget(fraction, top_k) -> None:
 
 def selection_scores(scored: Scored, metric: str, weight: float | None = None) -> np.ndarray:
     """The per-row score `metric` ranks by (larger is kept first); -inf for unscorable rows."""
-    _check_metric(metric)
+    m = M.get_metric(metric)
     weight = scored.weight if weight is None else weight
     ds = scored.dataset
 
-    def col(name):
+    def column(name: str) -> np.ndarray:
         if name not in ds.column_names:
             raise ConfigError(f"metric {metric!r} needs column '{name}', which this scoring did not compute "
-                              "(a model is needed for implicit margins, a reference model for dpo-implicit)")
+                              f"(it needs: {', '.join(sorted(m.needs)) or 'nothing'}; a model is needed for "
+                              "implicit margins, a reference model for the DPO-form ones)")
         return np.asarray(ds.data.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
 
-    if metric == M.ALIGNMENT_POTENTIAL:
-        s = M.alignment_potential(col("z_explicit_margin"), col("z_abs_implicit_margin"), weight)
-    elif metric == M.DPO_IMPLICIT:
-        s = M.alignment_potential(col("z_explicit_margin"), col("z_abs_dpo_implicit_margin"), weight)
-    elif metric == M.AP_PAPER:
-        s = col("alignment_potential_paper")
-    elif metric == M.EXPLICIT:
-        s = col("explicit_margin")
-    elif metric == M.IMPLICIT:
-        s = -col("abs_implicit_margin")
-    else:
-        s = col("random_score")
+    s = np.asarray(m.score(column, weight), dtype=np.float64)
+    if s.shape != (len(ds),):
+        raise ConfigError(f"metric {metric!r} returned shape {s.shape}; expected one score per row ({len(ds)},)")
     return np.where(np.isnan(s), -np.inf, s)
 
 
@@ -75,11 +51,11 @@ def score_for(dataset, metrics, options: SelectOptions | None = None, *, model=N
               **kwargs) -> Scored:
     """Score once for every metric in `metrics` (loads model directories given as paths);
     `options` and `kwargs` go to `score_margins`."""
-    for m in metrics:
-        _check_metric(m)
-    need_policy = any(m in M.NEEDS_MODEL for m in metrics)
-    if any(m in M.NEEDS_REFERENCE for m in metrics) and reference is None:
-        raise ConfigError("metric 'dpo-implicit' needs a reference model (--reference DIR)")
+    needs = {n for name in metrics for n in M.get_metric(name).needs}
+    need_policy = bool(needs & {"policy", "reference"})
+    if "reference" in needs and reference is None:
+        which = [name for name in metrics if "reference" in M.get_metric(name).needs]
+        raise ConfigError(f"metric {which[0]!r} needs a reference model (--reference DIR)")
     if need_policy:
         model, tokenizer = load_causal_lm(model, tokenizer)
         if reference is not None:
@@ -96,9 +72,9 @@ def select(dataset, metric: str | None = None, options: SelectOptions | None = N
 
     dataset   PAIRS (with score_chosen / score_rejected) or MULTI rows (paired max vs min score),
               or a `Scored` from `score_margins()` / an earlier call (then nothing is rescored).
-    metric    overrides options.metric: 'alignment-potential' (default; z(m_e) - weight z(|m_i|)),
-              'ap-paper', 'dpo-implicit' (needs `reference`, uses `beta`), 'explicit', 'implicit',
-              'random'.
+    metric    overrides options.metric: a name registered with `register_metric`; built in:
+              'alignment-potential' (default; z(m_e) - weight z(|m_i|)), 'ap-paper', 'dpo-implicit'
+              (needs `reference`, uses `beta`), 'explicit', 'implicit', 'random'.
     options   a `SelectOptions` (fraction or top_k, weight, beta, plot, scored_path and the scoring
               options); its fields may also be given as keywords, which override it.
     model, tokenizer   the policy about to be trained (objects or a model directory).
@@ -107,7 +83,7 @@ def select(dataset, metric: str | None = None, options: SelectOptions | None = N
     o = SelectOptions.of(options, **overrides)
     if metric is not None:
         o = replace(o, metric=metric)
-    _check_metric(o.metric)
+    M.get_metric(o.metric)
     _check_budget(o.fraction, o.top_k)
     if not isinstance(dataset, Scored) and is_relabeled(dataset):
         return _select_relabeled(dataset, o, model=model, tokenizer=tokenizer, reference=reference,
@@ -152,10 +128,10 @@ def _keep(scored: Scored, metric, fraction, top_k, weight, plot, scored_path, re
     report.drop(f"not selected ({metric} below the top {len(idx)})", n_ok - len(idx))
     report.notes.update({
         "metric": metric,
-        "ranked by": RANKED_BY[metric],
+        "ranked by": M.get_metric(metric).ranked_by,
         "budget": len(idx) if top_k is not None else f"{len(idx)} = floor({fraction} x {n_ok})",
         "threshold (lowest kept score)": threshold,
-        "weight": weight if metric in (M.ALIGNMENT_POTENTIAL, M.DPO_IMPLICIT) else None,
+        "weight": weight if M.get_metric(metric).uses_weight else None,
         "margin stats": scored.stats,
     })
     report.notes = {k2: v for k2, v in report.notes.items() if v is not None}

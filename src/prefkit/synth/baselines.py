@@ -17,12 +17,15 @@ from __future__ import annotations
 import random
 import tempfile
 from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
 
 from prefkit.errors import ConfigError
 from prefkit.report import StageReport
 from prefkit.synth import prompts as P
 from prefkit.synth.backends import Backend, SamplingParams
 from prefkit.synth.inputs import pair_row, pairs_dataset, prompt_rows
+from prefkit.synth.methods import GUIDELINE_HELP, SynthOptions, options_of, register_synth_method, sampling_params
 from prefkit.synth.parsing import parse_verdict
 from prefkit.synth.runs import Request, Run
 
@@ -57,18 +60,35 @@ def _two_usable(rep: StageReport, row, a: dict, b: dict, *, failed: str, identic
     return True
 
 
-def rlaif(prompts, backend: Backend, *, judge: Backend | None = None, run_dir=None, guideline="ultrafeedback",
-          generation: SamplingParams | None = None, judge_params: SamplingParams | None = None,
-          both_orders: bool = False, seed: int = 42, retry_failed: bool = False, progress: bool = True,
-          report: StageReport | None = None):
-    """Two samples per prompt; `judge` (default: the generator) picks the better one."""
-    rep, rows, run_dir = _setup(prompts, report, "rlaif", run_dir)
-    guide = P.load_guideline(guideline)
+@dataclass(frozen=True)
+class RlaifOptions(SynthOptions):
+    """RLAIF's options (and `SynthOptions`'): see `rlaif`."""
+
+    generation: SamplingParams | None = field(default=None, metadata={
+        "help": "the generator's sampling", "sampling": {"temperature": 1.0}})
+    guideline: Any = field(default="ultrafeedback", metadata={"help": GUIDELINE_HELP})
+    seed: int = field(default=42, metadata={"help": "seed of the order the answers are shown in (default 42)"})
+    both_orders: bool = field(default=False, metadata={
+        "help": "judge each pair in both orders and keep only consistent verdicts"})
+    judge_params: SamplingParams | None = field(default=None, metadata={
+        "help": "the judge's sampling", "sampling": {"temperature": 0.0, "max_tokens": 1024}})
+
+
+@register_synth_method("rlaif", options=RlaifOptions, uses_judge=True,
+                       help="two samples, a pairwise LLM judge picks the better")
+def rlaif(prompts, backend: Backend, options: RlaifOptions | None = None, *, judge: Backend | None = None,
+          report: StageReport | None = None, **overrides):
+    """Two samples per prompt; `judge` (default: the generator) picks the better one.
+    options: `RlaifOptions` (its fields may be given as keywords)."""
+    o = options_of(RlaifOptions, options, overrides)
+    both_orders, seed = o.both_orders, o.seed
+    rep, rows, run_dir = _setup(prompts, report, "rlaif", o.run_dir)
+    guide = P.load_guideline(o.guideline)
     judge = judge or backend
-    generation = generation or SamplingParams(temperature=1.0)
-    judge_params = judge_params or SamplingParams(temperature=0.0, max_tokens=1024)
+    generation = sampling_params(o, "generation")
+    judge_params = sampling_params(o, "judge_params")
     out = []
-    with Run(run_dir, retry_failed=retry_failed, progress=progress) as run:
+    with Run(run_dir, retry_failed=o.retry_failed, progress=o.progress) as run:
         samples = _samples(run, backend, rows, 2, generation, "rlaif samples")
         todo = []
         for r, (a, b) in zip(rows, samples):
@@ -115,23 +135,42 @@ def rlaif(prompts, backend: Backend, *, judge: Backend | None = None, run_dir=No
     return pairs_dataset(out)
 
 
-def west_of_n(prompts, backend: Backend, *, n: int = 4, reward_model=None, judge: Backend | None = None,
-              run_dir=None, generation: SamplingParams | None = None, judge_params: SamplingParams | None = None,
-              batch_size: int = 16, max_length: int = 1024, retry_failed: bool = False, progress: bool = True,
-              report: StageReport | None = None):
-    """N samples per prompt; best vs worst by a reward model (directory or RewardModelScorer)
-    or by an UltraFeedback-style judge's overall score."""
+@dataclass(frozen=True)
+class WestOfNOptions(SynthOptions):
+    """West-of-N's options (and `SynthOptions`'): see `west_of_n`."""
+
+    generation: SamplingParams | None = field(default=None, metadata={
+        "help": "the generator's sampling", "sampling": {"temperature": 1.0}})
+    n: int = field(default=4, metadata={"help": "samples per prompt (default 4)", "flags": ("-n", "--num-samples")})
+    reward_model: Any = field(default=None, metadata={
+        "help": "score samples with this reward model directory (else the judge backend)", "metavar": "DIR"})
+    judge_params: SamplingParams | None = field(default=None, metadata={
+        "help": "the judge's sampling", "sampling": {"temperature": 0.0, "max_tokens": 1024}})
+    batch_size: int = field(default=16, metadata={"cli": False})  # the reward model's
+    max_length: int = field(default=1024, metadata={"cli": False})
+
+
+@register_synth_method("west-of-n", options=WestOfNOptions, uses_judge=True,
+                       help="N samples scored by a reward model or judge; best vs worst")
+def west_of_n(prompts, backend: Backend, options: WestOfNOptions | None = None, *, judge: Backend | None = None,
+              report: StageReport | None = None, **overrides):
+    """N samples per prompt; best vs worst by a reward model (directory or RewardModelScorer;
+    `options.reward_model`) or by an UltraFeedback-style judge's overall score (`judge`).
+    options: `WestOfNOptions` (its fields may be given as keywords)."""
     from prefkit.synth import judge as J
 
+    o = options_of(WestOfNOptions, options, overrides)
+    n, reward_model, progress = o.n, o.reward_model, o.progress
     if n < 2:
         raise ConfigError("west-of-n needs n >= 2 samples per prompt")
     if (reward_model is None) == (judge is None):
-        raise ConfigError("west-of-n needs exactly one scorer: a reward model or a judge backend")
-    rep, rows, run_dir = _setup(prompts, report, "west-of-n", run_dir)
-    generation = generation or SamplingParams(temperature=1.0)
+        raise ConfigError("west-of-n needs exactly one scorer: a reward model (--reward-model DIR) or a judge "
+                          "backend (--judge-model / --judge-local)")
+    rep, rows, run_dir = _setup(prompts, report, "west-of-n", o.run_dir)
+    generation = sampling_params(o, "generation")
     out = []
     skipped = Counter()  # samples (not rows) left out, by reason
-    with Run(run_dir, retry_failed=retry_failed, progress=progress) as run:
+    with Run(run_dir, retry_failed=o.retry_failed, progress=progress) as run:
         samples = _samples(run, backend, rows, n, generation, f"west-of-{n} samples")
         items = []  # (row index, sample record)
         for i, (r, recs) in enumerate(zip(rows, samples)):
@@ -144,14 +183,14 @@ def west_of_n(prompts, backend: Backend, *, n: int = 4, reward_model=None, judge
             from prefkit.reward_model import RewardModelScorer
 
             scorer = reward_model if isinstance(reward_model, RewardModelScorer) else \
-                RewardModelScorer(reward_model, batch_size=batch_size, max_length=max_length)
+                RewardModelScorer(reward_model, batch_size=o.batch_size, max_length=o.max_length)
             scores = scorer.score([rows[i].prompt for i, _ in items], [rec["text"] for _, rec in items],
                                   progress=progress)
             scorer_name = f"reward model {scorer.name}"
             skipped["sample not scorable by the reward model"] += sum(1 for v in scores if v is None)
         else:
-            judge_params = judge_params or SamplingParams(temperature=0.0, max_tokens=1024)
-            jds = J.judge_items(run, judge, [(rows[i].messages, rec["text"]) for i, rec in items], judge_params,
+            jds = J.judge_items(run, judge, [(rows[i].messages, rec["text"]) for i, rec in items],
+                                sampling_params(o, "judge_params"),
                                 desc="west-of-n judge")
             for jd in jds:
                 if jd.failure:
@@ -185,18 +224,32 @@ def west_of_n(prompts, backend: Backend, *, n: int = 4, reward_model=None, judge
     return pairs_dataset(out)
 
 
-def rlcd(prompts, backend: Backend, *, run_dir=None, guideline="ultrafeedback", principle_role: str = "user",
-         generation: SamplingParams | None = None, retry_failed: bool = False, progress: bool = True,
-         report: StageReport | None = None):
-    """Positive- and negative-principle responses; chosen = positive, by construction."""
+@dataclass(frozen=True)
+class RlcdOptions(SynthOptions):
+    """RLCD's options (and `SynthOptions`'): see `rlcd`."""
+
+    guideline: Any = field(default="ultrafeedback", metadata={"help": GUIDELINE_HELP})
+    principle_role: str = field(default="user", metadata={
+        "help": "put the principle before the user turn (default, any template) or in a system message",
+        "choices": ("user", "system")})
+
+
+@register_synth_method("rlcd", options=RlcdOptions,
+                       help="positive- vs negative-principle prompts, labelled by construction")
+def rlcd(prompts, backend: Backend, options: RlcdOptions | None = None, *, report: StageReport | None = None,
+         **overrides):
+    """Positive- and negative-principle responses; chosen = positive, by construction.
+    options: `RlcdOptions` (its fields may be given as keywords)."""
+    o = options_of(RlcdOptions, options, overrides)
+    principle_role = o.principle_role
     if principle_role not in ("user", "system"):
         raise ConfigError(f"principle_role must be 'user' or 'system', not {principle_role!r}")
-    rep, rows, run_dir = _setup(prompts, report, "rlcd", run_dir)
-    guide = P.load_guideline(guideline)
-    generation = generation or SamplingParams(temperature=0.7)
+    rep, rows, run_dir = _setup(prompts, report, "rlcd", o.run_dir)
+    guide = P.load_guideline(o.guideline)
+    generation = sampling_params(o, "generation")
     pos_p, neg_p = P.rlcd_principle(guide, True), P.rlcd_principle(guide, False)
     out = []
-    with Run(run_dir, retry_failed=retry_failed, progress=progress) as run:
+    with Run(run_dir, retry_failed=o.retry_failed, progress=o.progress) as run:
         reqs = []
         for r in rows:
             reqs.append(Request(P.with_principle(r.messages, pos_p, principle_role), generation, 0, "positive"))

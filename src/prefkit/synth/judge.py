@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from prefkit.data import records as R
 from prefkit.errors import ConfigError
@@ -82,15 +83,32 @@ def _text(response) -> str:
     return str(response.get("text", "")) if isinstance(response, dict) else str(response)
 
 
-def score(dataset, *, judge: Backend | None = None, reward_model=None, run_dir=None,
-          params: SamplingParams | None = None, retry_failed: bool = False, batch_size: int = 16,
-          max_length: int = 1024, progress: bool = True, report: StageReport | None = None):
+@dataclass(frozen=True)
+class ScoreOptions:
+    """The `score` stage's options (also `prefkit score`'s): run_dir (finished judge requests;
+    re-running resumes), params (the judge's sampling; default temperature 0, 1024 tokens),
+    retry_failed, progress; batch_size and max_length of a reward model."""
+
+    run_dir: Any = None
+    params: SamplingParams | None = None
+    retry_failed: bool = False
+    batch_size: int = 16
+    max_length: int = 1024
+    progress: bool = True
+
+
+def score(dataset, options: ScoreOptions | None = None, *, judge: Backend | None = None, reward_model=None,
+          report: StageReport | None = None, **overrides):
     """Score every response of a canonical PAIRS or MULTI dataset.
 
     judge: a backend used as an UltraFeedback-style judge; or reward_model: a directory (or a
-    `RewardModelScorer`) of a sequence-classification reward model. Returns the dataset with
+    `RewardModelScorer`) of a sequence-classification reward model. options: a `ScoreOptions`
+    (its fields may also be given as keywords, which override it). Returns the dataset with
     scores filled in (see the module docstring); nothing is dropped.
     """
+    o = replace(options if options is not None else ScoreOptions(), **overrides)
+    run_dir, params, retry_failed, progress = o.run_dir, o.params, o.retry_failed, o.progress
+    batch_size, max_length = o.batch_size, o.max_length
     from prefkit.data.io import build_dataset
 
     if (judge is None) == (reward_model is None):

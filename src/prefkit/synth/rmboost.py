@@ -15,12 +15,15 @@ from __future__ import annotations
 import random
 import tempfile
 from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
 
 from prefkit.errors import ConfigError
 from prefkit.report import StageReport
 from prefkit.synth import prompts as P
 from prefkit.synth.backends import Backend, SamplingParams
 from prefkit.synth.inputs import pair_row, pairs_dataset, prompt_rows
+from prefkit.synth.methods import GUIDELINE_HELP, SynthOptions, options_of, register_synth_method, sampling_params
 from prefkit.synth.parsing import extract_tag, parse_aspect_list, similarity
 from prefkit.synth.runs import Request, Run
 
@@ -40,27 +43,47 @@ def sample_aspects(guideline: dict[str, str], k: int, seed: int, row: int) -> li
     return sorted(rng.sample(names, k), key=names.index)
 
 
-def rmboost(prompts, backend: Backend, *, run_dir=None, guideline="ultrafeedback", aspects: str = "llm",
-            num_aspects: int = 2, max_aspects: int = 3, seed: int = 42,
-            generation: SamplingParams | None = None, rewrite: SamplingParams | None = None,
-            near_copy_threshold: float = 0.95, retry_failed: bool = False, progress: bool = True,
-            report: StageReport | None = None):
+@dataclass(frozen=True)
+class RMBoostOptions(SynthOptions):
+    """RMBoost's options (and `SynthOptions`'): see `rmboost`."""
+
+    guideline: Any = field(default="ultrafeedback", metadata={"help": GUIDELINE_HELP})
+    seed: int = field(default=42, metadata={"help": "seed of the labels and of the aspect draws (default 42)"})
+    aspects: str = field(default="llm", metadata={
+        "help": "who picks the aspects to change: the LLM (default) or us, at random", "choices": ("llm", "sample")})
+    num_aspects: int = field(default=2, metadata={"help": "aspects drawn per row with --aspects sample"})
+    max_aspects: int = field(default=3, metadata={"help": "most aspects the LLM may pick"})
+    near_copy_threshold: float = field(default=0.95, metadata={
+        "help": "a rewrite this similar to y1 (0-1) counts as failed (default 0.95)"})
+    rewrite: SamplingParams | None = field(default=None, metadata={
+        "help": "sampling of the rewrite (default: temperature 0.7, max(2 x the generation's max_tokens, 1024) "
+                "tokens)", "sampling": {"temperature": 0.7, "max_tokens": 1024}})
+
+
+@register_synth_method("rmboost", options=RMBoostOptions,
+                       help="RMBoost: fix the label, then rewrite y1 into a better/worse y2 (Shen et al. 2024)")
+def rmboost(prompts, backend: Backend, options: RMBoostOptions | None = None, *, report: StageReport | None = None,
+            **overrides):
     """RMBoost pairs for `prompts` (a path, a `datasets.Dataset`, or a list of prompts).
 
-    backend: generates y1 and the rewrite. guideline: 'ultrafeedback', 'qa', 'summarization',
-    a YAML/JSON file, or a {name: description} mapping. aspects: 'llm' (the LLM picks one to
-    `max_aspects`) or 'sample' (we draw `num_aspects` per row, seeded). run_dir: where finished
-    requests are kept (re-running resumes). Returns canonical PAIRS plus rmboost_label,
-    rmboost_aspects, rmboost_raw, rmboost_similarity and rmboost_parse_issue columns.
+    backend: generates y1 and the rewrite. options (`RMBoostOptions`; its fields may be given as
+    keywords): guideline: 'ultrafeedback', 'qa', 'summarization', a YAML/JSON file, or a
+    {name: description} mapping. aspects: 'llm' (the LLM picks one to `max_aspects`) or 'sample'
+    (we draw `num_aspects` per row, seeded). run_dir: where finished requests are kept
+    (re-running resumes). Returns canonical PAIRS plus rmboost_label, rmboost_aspects,
+    rmboost_raw, rmboost_similarity and rmboost_parse_issue columns.
     """
+    o = options_of(RMBoostOptions, options, overrides)
+    aspects, num_aspects, max_aspects, seed = o.aspects, o.num_aspects, o.max_aspects, o.seed
+    near_copy_threshold, run_dir = o.near_copy_threshold, o.run_dir
     if aspects not in ("llm", "sample"):
         raise ConfigError(f"aspects must be 'llm' or 'sample', not {aspects!r}")
-    guide = P.load_guideline(guideline)
+    guide = P.load_guideline(o.guideline)
     rep = report if report is not None else StageReport("synth rmboost")
     rows = prompt_rows(prompts, rep)
     rep.rows_in += len(rows)
-    generation = generation or SamplingParams(temperature=0.7)
-    rewrite = rewrite or SamplingParams(temperature=0.7, max_tokens=max(generation.max_tokens * 2, 1024))
+    generation = sampling_params(o, "generation")
+    rewrite = o.rewrite or SamplingParams(temperature=0.7, max_tokens=max(generation.max_tokens * 2, 1024))
     labels = balanced_labels(len(rows), seed)
     if run_dir is None:
         run_dir = tempfile.mkdtemp(prefix="prefkit-rmboost-")
@@ -69,7 +92,7 @@ def rmboost(prompts, backend: Backend, *, run_dir=None, guideline="ultrafeedback
     out_rows: list[dict] = []
     failed_rewrites = 0
     attempted = 0
-    with Run(run_dir, retry_failed=retry_failed, progress=progress) as run:
+    with Run(run_dir, retry_failed=o.retry_failed, progress=o.progress) as run:
         y1 = run.generate(backend, [Request(r.messages, generation, 0, "y1") for r in rows], desc="rmboost y1")
         todo = []
         for r, lab, rec in zip(rows, labels, y1):

@@ -1,0 +1,57 @@
+"""Helpers shared across the test folders (importable as `helpers`: pytest puts tests/ on sys.path
+for tests/conftest.py): jsonl files, tiny saved models, plugins written outside the package, and
+`prefkit` run as a child process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from prefkit.toy.tiny import tiny_causal_lm, tiny_reward_model
+
+#: the small real-architecture shape most tests save (hidden 32, 2 heads)
+TINY = dict(arch="llama", hidden=32, layers=2, heads=2, intermediate=64, max_position=256)
+
+
+def write_jsonl(path, rows) -> str:
+    """Write `rows` one a line: dicts as JSON (UTF-8, not escaped), strings as they are (for
+    malformed lines); returns the path as a string."""
+    Path(path).write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n"
+                                  for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def save_tiny(directory, tokenizer, *, reward_model: bool = False, **shape) -> str:
+    """Build a tiny causal LM (or, with reward_model, a sequence-classification reward model) for
+    `tokenizer` with `TINY` updated by `shape`, save it and the tokenizer like a hub model in
+    `directory`; returns the directory as a string."""
+    build = tiny_reward_model if reward_model else tiny_causal_lm
+    build(tokenizer, **{**TINY, **shape}).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def write_plugin(root, module: str, source: str) -> dict:
+    """Write a plugin module `module`.py into `root`/plugins (outside the prefkit package) and
+    return the environment for a child `prefkit` that loads it through PREFKIT_PLUGINS."""
+    folder = Path(root) / "plugins"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{module}.py").write_text(textwrap.dedent(source))
+    env = dict(os.environ)
+    env["PREFKIT_PLUGINS"] = module
+    env["PYTHONPATH"] = os.pathsep.join([str(folder), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def run_prefkit(*args, env=None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m prefkit ARGS` in a child process (text output captured)."""
+    return subprocess.run([sys.executable, "-m", "prefkit", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=timeout)
