@@ -14,6 +14,7 @@ import warnings
 
 from prefkit import __version__
 from prefkit.errors import EXIT_USAGE, PrefkitError, exit_code
+from prefkit.plugins import load_plugins
 
 # (name, module, one-line help). Each module defines `register(subparsers)`, which adds its
 # parser and sets `func` to a callable taking the parsed namespace and returning an exit code.
@@ -138,6 +139,11 @@ def _old_spellings(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        load_plugins()  # before the parser, so plugins' names are among its choices
+    except PrefkitError as exc:
+        print(f"prefkit: error: {exc}", file=sys.stderr)
+        return exit_code(exc)
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
