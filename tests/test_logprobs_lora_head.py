@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prefkit.logprobs import concatenated_forward, pair_forward, sequence_logps
+from prefkit.logprobs import pair_forward, sequence_logps
 from prefkit.packed import packing_supported, plan_pairs, plan_rows, scored_hidden
 
 

@@ -121,9 +121,11 @@ def eps_dpo_update_beta(beta: float, *, beta_tilde: torch.Tensor | None = None,
 
 
 class EpsDPOBeta:
-    """eps-DPO's beta control (the protocol in prefkit.train.beta_control): the sigmoid loss, a
-    per-pair beta from `perturbation`'s sums (`eps_dpo_beta`), and a base beta that moves after
-    each optimiser step (`eps_dpo_update_beta`, rule `cfg.beta_update`)."""
+    """eps-DPO: the sigmoid loss with a per-pair beta from perturbed policies (options eps, beta_update).
+
+    The beta control (protocol in prefkit.train.beta_control): a per-pair beta from
+    `perturbation`'s sums (`eps_dpo_beta`), and a base beta that moves after each optimiser step
+    (`eps_dpo_update_beta`, rule `cfg.beta_update`)."""
 
     loss_name = "sigmoid"
     per_pair = True

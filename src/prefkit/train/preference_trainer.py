@@ -37,7 +37,11 @@ from prefkit.losses import PairLogps, get_loss, loss_spec, pair_metrics
 from prefkit.packed import plan_for, scored_hidden
 from prefkit.train.beta_control import BetaControl
 from prefkit.train.beta_control import beta_control as _beta_control
-from prefkit.train.common import STATE_FILE
+from prefkit.train.conditioning import find_conditioning_spec, warn_if_relabeled
+from prefkit.train.integrity import STATE_FILE, guard, resolve_resume, save_final, train_guarded
+from prefkit.train.loading import load_model, lora_config
+from prefkit.train.prepare import prepare_run
+from prefkit.train.run_report import finish_run
 from prefkit.train.trainer_base import MetricsTrainer
 
 logger = logging.get_logger(__name__)
@@ -274,7 +278,6 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
     reference cache use), and `prefkit_conditioning.json` when the data was relabeled.
     """
     from prefkit.tokenize import PairCollator
-    from prefkit.train import common
 
     # An unknown loss or option fails before any model is loaded.
     controls = []
@@ -283,40 +286,40 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
         controls.append(_beta_control(cfg))
         _loss_fn(cfg, controls[0])
 
-    run = common.prepare_run(config, model=model, tokenizer=tokenizer, train_dataset=train_dataset,
+    run = prepare_run(config, model=model, tokenizer=tokenizer, train_dataset=train_dataset,
                              eval_dataset=eval_dataset, renames={config.weight_column: "weight"}, check=check)
     control = controls[0]
     cfg, tokenizer = run.cfg, run.tokenizer
-    spec = conditioning if conditioning is not None else common.find_conditioning_spec(cfg, cfg.train_file)
+    spec = conditioning if conditioning is not None else find_conditioning_spec(cfg, cfg.train_file)
     if spec is None:
-        common.warn_if_relabeled(train_dataset if train_dataset is not None else run.train_enc, cfg)
+        warn_if_relabeled(train_dataset if train_dataset is not None else run.train_enc, cfg)
         if cfg.export_chat_template:
             raise ConfigError("export_chat_template: the training data has no conditioning spec (relabeled data "
                               "written by prefkit relabel has one beside it; in memory, pass conditioning=spec)")
     skipped: list = []
-    resume = common.resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir, required=(STATE_FILE,),
+    resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir, required=(STATE_FILE,),
                                    skipped=skipped)
     if model is None:
-        model = common.load_model("causal-lm", cfg.model_name_or_path, cfg)
+        model = load_model("causal-lm", cfg.model_name_or_path, cfg)
     reference, ref_info = _choose_reference(run, model, ref_model, control)
     if cfg.use_peft:
         from peft import get_peft_model
 
-        model = get_peft_model(model, common.lora_config(cfg, "CAUSAL_LM"))
+        model = get_peft_model(model, lora_config(cfg, "CAUSAL_LM"))
 
     trainer = PreferenceTrainer(
         model=model, args=run.args, train_dataset=run.train_enc, eval_dataset=run.eval_enc,
         data_collator=PairCollator.for_tokenizer(tokenizer), processing_class=tokenizer,
         callbacks=list(callbacks or []), prefkit_config=cfg, reference=reference, beta_control=control,
         probes=probes)
-    result = common.train_guarded(trainer, cfg, resume)
+    result = train_guarded(trainer, cfg, resume)
     final_eval = trainer.evaluate() if run.eval_enc is not None else None
-    with common.guard(cfg, "the trained model"):
-        common.save_final(trainer, cfg.output_dir)
+    with guard(cfg, "the trained model"):
+        save_final(trainer, cfg.output_dir)
 
     cond_path = None
     if trainer.is_world_process_zero() and spec is not None:
-        with common.guard(cfg, "the conditioning spec"):
+        with guard(cfg, "the conditioning spec"):
             cond_path = str(spec.save(cfg.output_dir))
             if cfg.export_chat_template:
                 from prefkit.relabel import export_chat_template
@@ -337,7 +340,7 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
     if cond_path:
         summary.append(f"conditioning spec copied to {cond_path}"
                        + ("; written into the chat template" if cfg.export_chat_template else ""))
-    common.finish_run(trainer, run, kind="dpo", resume=resume, result=result, summary=summary,
+    finish_run(trainer, run, kind="dpo", resume=resume, result=result, summary=summary,
                       headline=f"prefkit train dpo: {cfg.loss_type} beta={cfg.beta}{trainer.beta_control.summary()}, ",
                       run_fields={"final_base_beta": trainer.beta_control.base_beta, "reference": ref_info,
                                   "skipped_incomplete_checkpoints": [str(p) for p in skipped]},
@@ -354,7 +357,6 @@ def _choose_reference(run, model, ref_model, control: BetaControl) -> tuple[Any,
       one pass of ref_model (default: the initial policy), cached on disk -> "precomputed";
     - LoRA without a separate reference: the adapter-disabled base -> "adapter";
     - otherwise a frozen model: ref_model, reference_model_name_or_path, or a copy of the policy."""
-    from prefkit.train import common
 
     cfg = run.cfg
     if not loss_spec(control.loss_name).needs_reference:
@@ -363,7 +365,7 @@ def _choose_reference(run, model, ref_model, control: BetaControl) -> tuple[Any,
         if ref_model is None:
             ref_model = model
             if cfg.reference_model_name_or_path:
-                ref_model = common.load_model("causal-lm", cfg.reference_model_name_or_path, cfg)
+                ref_model = load_model("causal-lm", cfg.reference_model_name_or_path, cfg)
         settings = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length,
                     "truncation_mode": cfg.truncation_mode, "on_long": cfg.on_long,
                     "chat_template": getattr(run.tokenizer, "chat_template", None), "forward": cfg.forward_mode}
@@ -380,7 +382,7 @@ def _choose_reference(run, model, ref_model, control: BetaControl) -> tuple[Any,
     if ref_model is not None:
         reference = ref_model
     elif cfg.reference_model_name_or_path:
-        reference = common.load_model("causal-lm", cfg.reference_model_name_or_path, cfg)
+        reference = load_model("causal-lm", cfg.reference_model_name_or_path, cfg)
     else:
         reference = copy.deepcopy(model)
     return reference, {"mode": "live: a frozen copy of the initial policy"}

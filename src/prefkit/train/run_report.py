@@ -1,0 +1,70 @@
+"""A training run's report: the data summary (every drop and truncation counted) and
+`prefkit_train_report.json`, written atomically by the main process."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefkit.files import atomic_write_text, disk_guard
+from prefkit.report import StageReport
+from prefkit.train.prepare import PreparedRun
+
+REPORT_FILE = "prefkit_train_report.json"
+
+
+def write_report(output_dir: str, payload: dict[str, Any]) -> Path:
+    path = Path(output_dir) / REPORT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **payload}
+    with disk_guard(REPORT_FILE, output_dir, kept="the trained model was saved before it"):
+        return atomic_write_text(path, json.dumps(payload, indent=2, default=str))
+
+
+def data_summary(report: StageReport, eval_pairs: int | None = None) -> str:
+    """The data lines of a run's summary: pairs read, trained on, held out, dropped (by reason), truncated."""
+    n = report.notes
+    trunc = ", ".join(f"{k.replace('truncated_', '')} {n.get(k, 0)}"
+                      for k in ("truncated_prompts", "truncated_chosen", "truncated_rejected"))
+    held = f", {eval_pairs} for evaluation" if eval_pairs else ""
+    lines = [f"pairs: {report.rows_in} read, {report.rows_out} trained on{held}, {report.n_dropped} dropped; "
+             f"truncated: {trunc}"]
+    for reason, k in sorted(report.dropped.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  dropped {k:>6}  {reason}")
+    return "\n".join(lines)
+
+
+def finish_run(trainer, run: PreparedRun, *, kind: str, headline: str, resume: str | None, result,
+               summary: list[str], run_fields: dict[str, Any], eval_fields: dict[str, Any]) -> None:
+    """Write `prefkit_train_report.json` (on the main process) and wait for every process.
+
+    headline: the summary's first line up to "N steps in Ts"; summary: the lines after the
+    data summary; run_fields / eval_fields: the trainer's own entries, placed before `data` /
+    after `eval_data`."""
+    cfg = run.cfg
+    if trainer.is_world_process_zero():
+        data_report = run.data_report
+        data_report.rows_in = run.read_report.rows_in or data_report.rows_in
+        data_report.merge(run.read_report)
+        eval_enc = run.eval_enc
+        lines = [f"{headline}{trainer.state.global_step} steps in {time.time() - run.t0:.1f}s"
+                 + (f" (resumed from {resume})" if resume else ""),
+                 data_summary(data_report, len(eval_enc) if eval_enc is not None else None), *summary]
+        write_report(cfg.output_dir, {
+            "kind": kind,
+            "summary": "\n".join(lines),
+            "config": cfg.to_dict(),
+            "precision": run.precision,
+            "world_size": trainer.accelerator.num_processes,
+            "global_step": trainer.state.global_step,
+            "train_loss": result.training_loss,
+            "resumed_from": resume,
+            **run_fields,
+            "data": data_report.to_dict(),
+            "eval_data": run.eval_report.to_dict() if eval_enc is not None else None,
+            **eval_fields,
+            "log_history": trainer.state.log_history,
+        })
+    trainer.accelerator.wait_for_everyone()
