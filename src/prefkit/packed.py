@@ -47,7 +47,7 @@ from prefkit.lm_head import (
     unwrap_model,
 )
 
-__all__ = ["ForwardPlan", "ForwardGroup", "PackedPlan", "RowLogps", "FORWARD_MODES", "plan_rows", "plan_pairs",
+__all__ = ["ForwardPlan", "ForwardGroup", "RowLogps", "FORWARD_MODES", "plan_rows", "plan_pairs",
            "plan_for", "packing_supported", "scored_hidden", "plan_logps", "packed_pair_logps"]
 
 FORWARD_MODES = ("packed", "padded")
@@ -79,7 +79,6 @@ class ForwardPlan:
     tokens: int             # tokens the forwards process (padding included)
     packed_lengths: list[int]  # tokens of each row the model runs (per pair when packed)
     same: torch.Tensor      # packed pairs whose rejected equals chosen: packed as prompt + chosen, rejected copied
-    packed: bool = True
 
     def complete(self, per_row: torch.Tensor) -> torch.Tensor:
         """Fill the rejected rows of pairs in ``same`` with their chosen rows' values (2B,)."""
@@ -90,9 +89,6 @@ class ForwardPlan:
     @property
     def n_pairs(self) -> int:
         return self.n // 2
-
-
-PackedPlan = ForwardPlan  # the name before padded rows became a plan too
 
 
 def plan_rows(input_ids: torch.Tensor, response_mask: torch.Tensor,
@@ -107,10 +103,10 @@ def plan_rows(input_ids: torch.Tensor, response_mask: torch.Tensor,
     group = ForwardGroup(input_ids, rows * t + pos, attention_mask=attention_mask)
     real = attention_mask.sum(1).tolist() if attention_mask is not None else [t] * n
     return ForwardPlan([group], rows, input_ids[:, 1:][rows, pos], n, scored.sum(1), n * t, real,
-                       torch.zeros(0, dtype=torch.long, device=input_ids.device), packed=False)
+                       torch.zeros(0, dtype=torch.long, device=input_ids.device))
 
 
-def plan_pairs(batch: dict[str, Any], *, pad_tolerance: float = 0.0, max_rows: int | None = None) -> PackedPlan:
+def plan_pairs(batch: dict[str, Any], *, pad_tolerance: float = 0.0, max_rows: int | None = None) -> ForwardPlan:
     """Pack a PairCollator batch (``input_ids``, ``attention_mask``, ``response_mask`` of shape
     (2B, T), chosen rows first; right padded) into one sequence per pair (module docstring)."""
     ids, am, resp = batch["input_ids"], batch.get("attention_mask"), batch["response_mask"]
@@ -180,7 +176,7 @@ def plan_pairs(batch: dict[str, Any], *, pad_tolerance: float = 0.0, max_rows: i
         groups.append(ForwardGroup(gi, torch.cat(flat), position_ids=gp, allowed=allowed))
         tokens += len(g) * t
     lengths = torch.tensor(rlen, dtype=torch.long, device=dev)
-    return PackedPlan(groups, torch.cat(rows_all), torch.cat(labels_all), n, lengths, tokens,
+    return ForwardPlan(groups, torch.cat(rows_all), torch.cat(labels_all), n, lengths, tokens,
                       [lens[i] for i in range(b)], torch.tensor(same, dtype=torch.long, device=dev))
 
 
@@ -188,7 +184,7 @@ def plan_pairs(batch: dict[str, Any], *, pad_tolerance: float = 0.0, max_rows: i
 # which models can run packed
 
 
-def packing_supported(model, plan: PackedPlan | None = None) -> tuple[bool, str]:
+def packing_supported(model, plan: ForwardPlan | None = None) -> tuple[bool, str]:
     """(True, "") when `model`'s attention accepts the packed 4D mask with position ids; else
     (False, why). Sliding-window layers are supported only when every packed row fits the window."""
     cfg = text_config(unwrap_model(model))

@@ -5,6 +5,9 @@ from YAML and overridden from the command line (`--set key=value`).
 
 Every value is checked against its field's type, and an unknown key is an error that names
 the key, where it came from, and the closest known names (a typo never silently does nothing).
+
+Each field's description is its ``metadata["help"]`` (TRL's habit), the one place the CLI's flag
+help reads (prefkit.commands.train; tests/train/test_config.py fails on a field without one).
 """
 
 from __future__ import annotations
