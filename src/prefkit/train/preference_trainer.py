@@ -279,16 +279,10 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
     """
     from prefkit.tokenize import PairCollator
 
-    # An unknown loss or option fails before any model is loaded.
-    controls = []
-
-    def check(cfg) -> None:
-        controls.append(_beta_control(cfg))
-        _loss_fn(cfg, controls[0])
-
+    control = _beta_control(config)   # the run's one beta control
+    _loss_fn(config, control)          # an unknown loss or option fails before anything is loaded
     run = prepare_run(config, model=model, tokenizer=tokenizer, train_dataset=train_dataset,
-                             eval_dataset=eval_dataset, renames={config.weight_column: "weight"}, check=check)
-    control = controls[0]
+                      eval_dataset=eval_dataset, renames={config.weight_column: "weight"})
     cfg, tokenizer = run.cfg, run.tokenizer
     spec = conditioning if conditioning is not None else find_conditioning_spec(cfg, cfg.train_file)
     if spec is None:
@@ -298,7 +292,7 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
                               "written by prefkit relabel has one beside it; in memory, pass conditioning=spec)")
     skipped: list = []
     resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir, required=(STATE_FILE,),
-                                   skipped=skipped)
+                            skipped=skipped)
     if model is None:
         model = load_model("causal-lm", cfg.model_name_or_path, cfg)
     reference, ref_info = _choose_reference(run, model, ref_model, control)
@@ -341,10 +335,10 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
         summary.append(f"conditioning spec copied to {cond_path}"
                        + ("; written into the chat template" if cfg.export_chat_template else ""))
     finish_run(trainer, run, kind="dpo", resume=resume, result=result, summary=summary,
-                      headline=f"prefkit train dpo: {cfg.loss_type} beta={cfg.beta}{trainer.beta_control.summary()}, ",
-                      run_fields={"final_base_beta": trainer.beta_control.base_beta, "reference": ref_info,
-                                  "skipped_incomplete_checkpoints": [str(p) for p in skipped]},
-                      eval_fields={"final_eval": final_eval, "conditioning": cond_path})
+               headline=f"prefkit train dpo: {cfg.loss_type} beta={cfg.beta}{trainer.beta_control.summary()}, ",
+               run_fields={"final_base_beta": trainer.beta_control.base_beta, "reference": ref_info,
+                           "skipped_incomplete_checkpoints": [str(p) for p in skipped]},
+               eval_fields={"final_eval": final_eval, "conditioning": cond_path})
     return cfg.output_dir
 
 

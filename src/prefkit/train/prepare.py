@@ -8,7 +8,6 @@ import copy
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, TrainingArguments, set_seed
@@ -90,21 +89,17 @@ class PreparedRun:
 
 
 def prepare_run(cfg: BaseTrainConfig, *, model=None, tokenizer=None, train_dataset=None, eval_dataset=None,
-                renames: dict[str, str] | None = None,
-                check: Callable[[BaseTrainConfig], None] | None = None) -> PreparedRun:
+                renames: dict[str, str] | None = None) -> PreparedRun:
     """Check the config, fix precision and TrainingArguments, seed, load the tokenizer, read the
     train/eval splits (renaming `renames` columns in both) and encode them, counting drops.
 
-    `check(cfg)` runs right after the config's own check, before anything is loaded. The caller's
-    config is left as it is: the run works on (and reports) a copy that names in-memory inputs."""
+    The caller's config is left as it is: the run works on (and reports) a copy that names in-memory inputs."""
     cfg = copy.copy(cfg)
     if model is not None and not cfg.model_name_or_path:
         cfg.model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", "") or "<in-memory model>"
     if train_dataset is not None and not cfg.train_file:
         cfg.train_file = "<in-memory dataset>"
     cfg.check()
-    if check is not None:
-        check(cfg)
     t0 = time.time()
     precision = resolve_precision(cfg)
     args = training_arguments(cfg)

@@ -75,8 +75,8 @@ def train_rm(config, *, callbacks=None, model=None, tokenizer=None, train_datase
     from prefkit.tokenize import DEFAULT_META_COLUMNS, PairCollator
 
     run = prepare_run(config, model=model, tokenizer=tokenizer, train_dataset=train_dataset,
-                             eval_dataset=eval_dataset,
-                             renames={config.margin_column: MARGIN, config.weight_column: "weight"})
+                      eval_dataset=eval_dataset,
+                      renames={config.margin_column: MARGIN, config.weight_column: "weight"})
     cfg, args, tokenizer = run.cfg, run.args, run.tokenizer
     train_enc, eval_enc = run.train_enc, run.eval_enc
     skipped: list = []
@@ -109,8 +109,8 @@ def train_rm(config, *, callbacks=None, model=None, tokenizer=None, train_datase
         summary.append(f"eval: pairwise accuracy {final_eval['eval_accuracy']:.4f}{before} on {len(eval_enc)} pairs, "
                        f"loss {final_eval['eval_loss']:.4g}, margin {final_eval['eval_rewards/margins']:.4g}")
     finish_run(trainer, run, kind="rm", headline="prefkit train rm: ", resume=resume, result=result,
-                      summary=summary,
-                      run_fields={"skipped_incomplete_checkpoints": [str(p) for p in skipped]},
-                      eval_fields={"initial_eval": initial_eval, "final_eval": final_eval,
-                                   "eval_accuracy": final_eval["eval_accuracy"] if final_eval else None})
+               summary=summary,
+               run_fields={"skipped_incomplete_checkpoints": [str(p) for p in skipped]},
+               eval_fields={"initial_eval": initial_eval, "final_eval": final_eval,
+                            "eval_accuracy": final_eval["eval_accuracy"] if final_eval else None})
     return cfg.output_dir
