@@ -20,6 +20,7 @@ from prefkit.tokenize import encode_pairs
 from prefkit.train.config import BaseTrainConfig, resolve_precision, training_arguments
 from prefkit.train.loading import load_tokenizer
 
+
 def read_pairs(source, *, split=None, on_invalid: str = "drop", report: StageReport | None = None):
     """PAIRS dataset from a path/hub id/in-memory Dataset via prefkit.data.read."""
     ds = read(source, split=split, on_invalid=on_invalid, report=report)
@@ -69,6 +70,19 @@ def encode(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, cfg: BaseTrainC
             keep.append(i)
     report.rows_out -= len(enc) - len(keep)
     return enc.select(keep) if len(keep) < len(enc) else enc
+
+
+def data_summary(report: StageReport, eval_pairs: int | None = None) -> str:
+    """The data lines of a run's summary: pairs read, trained on, held out, dropped (by reason), truncated."""
+    n = report.notes
+    trunc = ", ".join(f"{k.replace('truncated_', '')} {n.get(k, 0)}"
+                      for k in ("truncated_prompts", "truncated_chosen", "truncated_rejected"))
+    held = f", {eval_pairs} for evaluation" if eval_pairs else ""
+    lines = [f"pairs: {report.rows_in} read, {report.rows_out} trained on{held}, {report.n_dropped} dropped; "
+             f"truncated: {trunc}"]
+    for reason, k in sorted(report.dropped.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  dropped {k:>6}  {reason}")
+    return "\n".join(lines)
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""A training run's report: the data summary (every drop and truncation counted) and
-`prefkit_train_report.json`, written atomically by the main process."""
+"""A training run's report, `prefkit_train_report.json`: the summary (with the data summary of
+prefkit.train.prepare, every drop and truncation counted), written atomically by the main process."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from prefkit.files import atomic_write_text, disk_guard
-from prefkit.report import StageReport
-from prefkit.train.prepare import PreparedRun
+from prefkit.train.prepare import PreparedRun, data_summary
 
 REPORT_FILE = "prefkit_train_report.json"
 
@@ -21,19 +20,6 @@ def write_report(output_dir: str, payload: dict[str, Any]) -> Path:
     payload = {"written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **payload}
     with disk_guard(REPORT_FILE, output_dir, kept="the trained model was saved before it"):
         return atomic_write_text(path, json.dumps(payload, indent=2, default=str))
-
-
-def data_summary(report: StageReport, eval_pairs: int | None = None) -> str:
-    """The data lines of a run's summary: pairs read, trained on, held out, dropped (by reason), truncated."""
-    n = report.notes
-    trunc = ", ".join(f"{k.replace('truncated_', '')} {n.get(k, 0)}"
-                      for k in ("truncated_prompts", "truncated_chosen", "truncated_rejected"))
-    held = f", {eval_pairs} for evaluation" if eval_pairs else ""
-    lines = [f"pairs: {report.rows_in} read, {report.rows_out} trained on{held}, {report.n_dropped} dropped; "
-             f"truncated: {trunc}"]
-    for reason, k in sorted(report.dropped.items(), key=lambda kv: -kv[1]):
-        lines.append(f"  dropped {k:>6}  {reason}")
-    return "\n".join(lines)
 
 
 def finish_run(trainer, run: PreparedRun, *, kind: str, headline: str, resume: str | None, result,
