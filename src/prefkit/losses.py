@@ -139,7 +139,7 @@ class LossSpec:
 
     ``fn(logps: PairLogps, *, beta, weights=None, **options) -> LossOutput``; ``needs_reference``:
     whether it reads ``logps.ref_chosen``/``ref_rejected`` (False: the trainer loads no reference);
-    ``options``: keyword -> LossOption; ``help``: the first line of the function's docstring."""
+    ``options``: keyword -> LossOption; ``help``: the first paragraph of the function's docstring."""
 
     name: str
     fn: LossFn
@@ -177,8 +177,8 @@ def register_loss(name: str, *, needs_reference: bool = True,
             specs[p] = LossOption(v.default, helps.pop(p))
         if helps:
             raise TypeError(f"loss {name!r}: help for option(s) the function does not take: {', '.join(helps)}")
-        doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = LossSpec(name, fn, needs_reference, specs, doc[0] if doc else "")
+        summary = " ".join((inspect.getdoc(fn) or "").split("\n\n")[0].split())
+        _REGISTRY[name] = LossSpec(name, fn, needs_reference, specs, summary)
         return fn
 
     return deco
@@ -256,7 +256,7 @@ def sigmoid_loss(logps: PairLogps, *, beta, weights=None, label_smoothing: float
     return LossOutput(_weighted(losses, weights), rw, rl)
 
 
-@register_loss("robust", options={"label_smoothing": _LABEL_SMOOTHING + " (robust DPO's noise rate)"})
+@register_loss("robust", options={"label_smoothing": "the assumed rate of flipped preference labels, in [0, 0.5)"})
 def robust_loss(logps: PairLogps, *, beta, weights=None, label_smoothing: float = 0.0) -> LossOutput:
     """Robust DPO (unbiased under label noise ls): [-(1-ls) log s(beta d) + ls log s(-beta d)] / (1-2ls)."""
     ls = float(label_smoothing)
