@@ -1,8 +1,9 @@
 """DPO-family and eps-DPO training on `transformers.Trainer`.
 
-The trainer's own part is small: one concatenated forward per batch (prefkit.logprobs), the
-reference log-probs (precomputed and cached, or a live reference), and a loss looked up by name
-in prefkit.losses. Everything else (optimiser, schedule, gradient accumulation, mixed precision,
+The trainer's own part is small: one forward per batch through the forward engine
+(prefkit.logprobs.pair_forward on a packed or padded plan), the reference log-probs (precomputed
+and cached, or a live reference), the beta control (prefkit.train.beta_control), and a loss looked
+up by name in prefkit.losses. Everything else (optimiser, schedule, gradient accumulation, mixed precision,
 checkpoints and resume, DDP under torchrun/accelerate, report_to integrations) is the Trainer's.
 
 Reference, by case:
@@ -54,8 +55,8 @@ def _loss_fn(cfg, control: BetaControl):
 
 
 class PreferenceTrainer(MetricsTrainer):
-    """A `transformers.Trainer` whose loss is a prefkit.losses loss over one concatenated
-    chosen+rejected forward. Logs TRL's metric names plus eps-DPO's beta statistics.
+    """A `transformers.Trainer` whose loss is a prefkit.losses loss over one chosen+rejected
+    forward. Logs TRL's metric names plus the beta control's metrics (eps-DPO's beta statistics).
 
     reference: "precomputed" (log-probs in batch["meta"]), "none" (reference-free loss),
     "adapter" (PEFT model with its adapter disabled), or a model (a frozen copy).
