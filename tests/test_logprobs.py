@@ -7,14 +7,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from prefkit.logprobs import (
-    HiddenHead,
-    concatenated_forward,
-    perturbed_sequence_logps,
-    score_logps,
-    sequence_logps,
-)
-from prefkit.losses import PairLogps, eps_dpo_beta, eps_dpo_update_beta, get_loss
+from prefkit.lm_head import HiddenHead
+from prefkit.logprobs import concatenated_forward, pair_forward, score_logps, sequence_logps
+from prefkit.losses import PairLogps, get_loss
+from prefkit.packed import plan_rows, scored_hidden
+from prefkit.train.eps_dpo import eps_dpo_beta, eps_dpo_update_beta, perturbation, perturbed_sequence_logps
 from prefkit.report import StageReport
 from prefkit.tokenize import PairCollator, encode_pairs
 
@@ -96,11 +93,11 @@ def test_full_vocabulary_logits_never_exist_for_the_batch(llama3_tokenizer, tiny
 
 def test_concatenated_forward_splits_chosen_and_rejected(llama3_tokenizer, tiny_llama):
     batch = make_batch(llama3_tokenizer)
-    out = concatenated_forward(tiny_llama, batch, return_head=True)
+    out = concatenated_forward(tiny_llama, batch)
     whole = sequence_logps(tiny_llama, batch["input_ids"], batch["response_mask"], batch["attention_mask"])
     assert torch.equal(torch.cat([out.chosen_logps, out.rejected_logps]), whole.logps)
     assert torch.equal(torch.cat([out.chosen_lengths, out.rejected_lengths]), whole.lengths)
-    assert out.head is not None and not out.head.hidden.requires_grad
+    assert out.ref_chosen_logps is None and out.statistics == ()
     assert out.chosen_logps.shape == (3,)
 
 
@@ -123,15 +120,18 @@ def test_perturbed_logps_match_full_computation(llama3_tokenizer):
     tok = llama3_tokenizer
     policy, reference = tiny_causal_lm(tok, seed=1), tiny_causal_lm(tok, seed=2)
     batch = make_batch(tok)
+    plan = plan_rows(batch["input_ids"], batch["response_mask"], batch["attention_mask"])
+    eps = 0.1
     with torch.no_grad():
-        _, ph = sequence_logps(policy, batch["input_ids"], batch["response_mask"], batch["attention_mask"],
-                               return_head=True)
-        _, rh = sequence_logps(reference, batch["input_ids"], batch["response_mask"], batch["attention_mask"],
-                               return_head=True)
+        rh = scored_hidden(reference, plan)
         fp = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         fr = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    eps = 0.1
-    minus, plus = perturbed_sequence_logps(ph, rh, batch["input_ids"], batch["response_mask"], eps, chunk_size=3)
+    # the engine's statistic, from the policy's own logits chunks (with gradient on the policy)
+    fwd = pair_forward(policy, plan, ref_head=rh, statistic=perturbation(eps), chunk_size=3)
+    minus, plus = fwd.statistics
+    assert fwd.chosen_logps.requires_grad and not minus.requires_grad
+    ref_logps = torch.cat([fwd.ref_chosen_logps, fwd.ref_rejected_logps]).double()
+    assert torch.allclose(ref_logps, naive_logps(fr, batch["input_ids"], batch["response_mask"]), atol=1e-5)
     exp_minus = naive_logps((1 + eps) * fp - eps * fr, batch["input_ids"], batch["response_mask"])
     exp_plus = naive_logps((1 - eps) * fp + eps * fr, batch["input_ids"], batch["response_mask"])
     assert torch.allclose(minus.double(), exp_minus, atol=1e-5) and torch.allclose(plus.double(), exp_plus, atol=1e-5)
@@ -174,7 +174,7 @@ def test_eps_dpo_picks_beta_minus_plus_and_beta_on_constructed_logits():
 
 
 def test_hidden_head_softcap_is_applied():
-    h = HiddenHead(hidden=torch.zeros(1, 2, 2), weight=torch.tensor([[10.0, 0.0], [0.0, 0.0]]), softcap=2.0)
+    h = HiddenHead(hidden=torch.zeros(2, 2), weight=torch.tensor([[10.0, 0.0], [0.0, 0.0]]), softcap=2.0)
     z = h.logits(torch.tensor([[1.0, 0.0]]))
     assert torch.allclose(z, torch.tensor([[2.0 * torch.tanh(torch.tensor(5.0)), 0.0]]))
 

@@ -4,10 +4,10 @@ off by nats, and the head's adapter never trained)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from prefkit.logprobs import concatenated_forward, sequence_logps
+from prefkit.logprobs import pair_forward, sequence_logps
+from prefkit.packed import packing_supported, plan_pairs, plan_rows, scored_hidden
 
 
 def _lora(model, **kw):
@@ -53,16 +53,54 @@ def test_gradients_reach_the_head_adapter_as_through_full_logits(tiny_llama):
     assert via_hidden.abs().sum() > 0
 
 
-def test_eps_dpo_head_carries_the_adapter(tiny_llama):
+def test_the_scored_hidden_rows_head_carries_the_adapter(tiny_llama):
+    """eps-DPO's perturbed policies read the policy's logits from the same head: with the adapter."""
     model = _lora(tiny_llama).eval()
     ids, resp = _batch(2)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "response_mask": resp}
+    plan = plan_rows(ids, resp)
     with torch.no_grad():
-        fwd = concatenated_forward(model, batch, return_head=True)
-        full = model(input_ids=ids).logits[:, :-1]
-        h = fwd.head.hidden[:, :-1]
-        torch.testing.assert_close(fwd.head.logits(h.reshape(-1, h.shape[-1])),
-                                   full.reshape(-1, full.shape[-1]).float(), rtol=1e-5, atol=1e-4)
+        head = scored_hidden(model, plan)
+        full = model(input_ids=ids).logits.reshape(-1, head.weight.shape[0])[plan.groups[0].flat_index]
+        torch.testing.assert_close(head.logits(head.hidden), full.float(), rtol=1e-5, atol=1e-4)
+
+
+def _pair_batch(seed=0):
+    """Four pairs sharing their prompts (5 tokens), right padded, chosen rows first."""
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(5, 300, (4, 5), generator=g)
+    lens = [(6, 3), (4, 7), (5, 5), (2, 8)]
+    t = 5 + max(max(c, r) for c, r in lens)
+    ids = torch.zeros(8, t, dtype=torch.long)
+    att, resp = torch.zeros_like(ids), torch.zeros_like(ids)
+    for i, (c, r) in enumerate(lens):
+        for row, n in ((i, c), (4 + i, r)):
+            ids[row, :5] = prompt[i]
+            ids[row, 5:5 + n] = torch.randint(5, 300, (n,), generator=g)
+            att[row, :5 + n] = 1
+            resp[row, 5:5 + n] = 1
+    return {"input_ids": ids, "attention_mask": att, "response_mask": resp}
+
+
+def test_packed_forward_with_a_head_adapter_equals_padded_values_and_gradients(tiny_llama):
+    """Packing takes LoRA heads: the one chunked head applies the adapter in both plans."""
+    model = _lora(tiny_llama).train()
+    batch = _pair_batch()
+    plan = plan_pairs(batch)
+    assert packing_supported(model, plan) == (True, "")
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    results = []
+    for plan_ in (plan_rows(batch["input_ids"], batch["response_mask"], batch["attention_mask"]), plan):
+        fwd = pair_forward(model, plan_, chunk_size=5)
+        (fwd.chosen_logps.sum() - 0.5 * fwd.rejected_logps.sum()).backward()
+        results.append((torch.cat([fwd.chosen_logps, fwd.rejected_logps]).detach(),
+                        {n: p.grad.clone() for n, p in params.items()}))
+        model.zero_grad()
+    (padded, g_pad), (packed, g_pack) = results
+    torch.testing.assert_close(packed, padded, rtol=0, atol=2e-5)
+    head_b = [n for n in g_pad if "lm_head" in n and "lora_B" in n]
+    assert head_b and g_pad[head_b[0]].abs().sum() > 0
+    for n, g in g_pad.items():
+        torch.testing.assert_close(g_pack[n], g, rtol=1e-3, atol=1e-4, msg=n)
 
 
 def test_dpo_with_lora_on_lm_head_trains_the_head_adapter(tmp_path, chatml_tokenizer):
@@ -86,18 +124,3 @@ def test_dpo_with_lora_on_lm_head_trains_the_head_adapter(tmp_path, chatml_token
     weights = load_file(tmp_path / "out" / "adapter_model.safetensors")
     head_b = [v for k, v in weights.items() if "lm_head" in k and "lora_B" in k]
     assert head_b and head_b[0].abs().sum() > 0    # LoRA B starts at zero: only a gradient moves it
-
-
-def test_packed_forward_defers_to_the_padded_path_for_a_head_adapter(tiny_llama):
-    """The packed chunks' backward uses the head's own weight, so a LoRA adapter on the head
-    sends the trainer (and score_logps) to the padded path, which applies it."""
-    from peft import LoraConfig, get_peft_model
-
-    from prefkit.packed import packing_supported
-
-    assert packing_supported(tiny_llama)[0]
-    model = get_peft_model(tiny_llama, LoraConfig(r=4, target_modules=["q_proj", "lm_head"], lora_dropout=0.0))
-    ok, why = packing_supported(model)
-    assert not ok and "LoRA adapters on the LM head" in why
-    with model.disable_adapter():
-        assert packing_supported(model)[0]   # the adapter-disabled reference packs as the base model

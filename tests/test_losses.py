@@ -23,11 +23,11 @@ from prefkit.losses import (
     PairLogps,
     available_losses,
     bradley_terry_loss,
-    eps_dpo_beta,
-    eps_dpo_update_beta,
     get_loss,
+    loss_spec,
     register_loss,
 )
+from prefkit.train.eps_dpo import eps_dpo_beta, eps_dpo_update_beta
 
 
 def sp(x: float) -> float:
@@ -134,7 +134,7 @@ def test_unknown_loss_and_option_are_config_errors():
 
 
 def test_user_loss_plugs_in():
-    @register_loss("test_margin_sq")
+    @register_loss("test_margin_sq", options={"target": "the margin beta * d aims at"})
     def margin_sq(logps, *, beta, weights=None, target: float = 1.0):
         dw, dl = logps.logratios()
         losses = (beta * (dw - dl) - target) ** 2
@@ -143,8 +143,24 @@ def test_user_loss_plugs_in():
     out = get_loss("test_margin_sq", target=2.0)(pairs(), beta=0.5)
     # (bd - 2)^2: (1-2)^2 = 1, (-0.5-2)^2 = 6.25
     close(out.losses, [1.0, 6.25])
+    spec = loss_spec("test_margin_sq")
+    assert spec.fn is margin_sq and spec.needs_reference
+    assert spec.options["target"].default == 1.0 and spec.options["target"].help == "the margin beta * d aims at"
     with pytest.raises(TypeError):
         register_loss("bad")(lambda logps: None)
+
+
+def test_the_registry_records_each_loss_options_and_whether_it_needs_a_reference():
+    assert [n for n in available_losses() if not loss_spec(n).needs_reference] == ["simpo"]
+    simpo = loss_spec("simpo")
+    assert {k: o.default for k, o in simpo.options.items()} == {"gamma": 0.5, "label_smoothing": 0.0}
+    assert all(o.help for n in available_losses() for o in loss_spec(n).options.values())
+    assert loss_spec("hinge").options == {} and loss_spec("sigmoid").help.startswith("DPO")
+    # an option without help or without a default is refused when the loss is registered
+    with pytest.raises(TypeError, match="'target' needs a help text"):
+        register_loss("no_help")(lambda logps, *, beta, weights=None, target=1.0: None)
+    with pytest.raises(TypeError, match="'target' needs a default"):
+        register_loss("no_default", options={"target": "t"})(lambda logps, *, beta, weights=None, target: None)
 
 
 def test_eps_dpo_beta_choice():

@@ -7,8 +7,9 @@ import datasets
 import pytest
 import torch
 
-from prefkit.logprobs import concatenated_forward, perturbed_sequence_logps, score_logps, sequence_logps
-from prefkit.packed import packed_logps, packed_pair_logps, packing_supported, plan_pairs, scored_hidden
+from prefkit.logprobs import concatenated_forward, score_logps, sequence_logps
+from prefkit.packed import packed_pair_logps, packing_supported, plan_logps, plan_pairs, scored_hidden
+from prefkit.train.eps_dpo import perturbation, perturbed_sequence_logps
 from prefkit.tokenize import PairCollator, encode_pairs
 
 ROWS = [
@@ -59,7 +60,7 @@ def padded_and_packed(model, batch, pad_tolerance):
     g_pad = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
     plan = plan_pairs(batch, pad_tolerance=pad_tolerance)
-    out = packed_logps(scored_hidden(model, plan), plan, chunk_size=5)
+    out = plan_logps(scored_hidden(model, plan), plan, chunk_size=5)
     (out.logps[:b].sum() - 0.5 * out.logps[b:].sum()).backward()
     g_pack = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
@@ -120,21 +121,23 @@ def test_eps_dpo_perturbed_and_reference_logps_from_the_policy_chunks(llama3_tok
     policy, reference = tiny(tok, "llama", "sdpa", seed=1), tiny(tok, "llama", "sdpa", seed=2)
     batch = make_batch(tok)
     args = (batch["input_ids"], batch["response_mask"], batch["attention_mask"])
-    with torch.no_grad():
-        _, ph = sequence_logps(policy, *args, return_head=True)
-        ref_seq, rh = sequence_logps(reference, *args, return_head=True)
-        exp_minus, exp_plus = perturbed_sequence_logps(ph, rh, batch["input_ids"], batch["response_mask"], 0.1)
+    with torch.no_grad():  # expected: from the full logits of the unpacked rows
+        ref_seq = sequence_logps(reference, *args)
+        fp = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        fr = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        exp_minus, exp_plus = perturbed_sequence_logps(fp, fr, batch["input_ids"], batch["response_mask"], 0.1)
     plan = plan_pairs(batch)
     with torch.no_grad():
         ref_hidden = scored_hidden(reference, plan)
-    out = packed_logps(scored_hidden(policy, plan), plan, chunk_size=4, ref_head=ref_hidden, eps=0.1)
-    assert out.logps.requires_grad and not out.minus.requires_grad
+    out = plan_logps(scored_hidden(policy, plan), plan, chunk_size=4, ref_head=ref_hidden, statistic=perturbation(0.1))
+    minus, plus = out.statistics
+    assert out.logps.requires_grad and not minus.requires_grad
     assert torch.allclose(out.ref_logps, ref_seq.logps, atol=2e-5)
-    assert torch.allclose(out.minus, exp_minus, atol=2e-5) and torch.allclose(out.plus, exp_plus, atol=2e-5)
+    assert torch.allclose(minus, exp_minus, atol=2e-5) and torch.allclose(plus, exp_plus, atol=2e-5)
     # the same under no_grad (evaluation)
     with torch.no_grad():
-        ev = packed_logps(scored_hidden(policy, plan), plan, ref_head=ref_hidden, eps=0.1)
-    assert torch.allclose(ev.minus, out.minus, atol=1e-5) and torch.allclose(ev.logps, out.logps.detach(), atol=1e-5)
+        ev = plan_logps(scored_hidden(policy, plan), plan, ref_head=ref_hidden, statistic=perturbation(0.1))
+    assert torch.allclose(ev.statistics[0], minus, atol=1e-5) and torch.allclose(ev.logps, out.logps.detach(), atol=1e-5)
 
 
 def test_sliding_window_and_other_attention_fall_back(gemma_tokenizer, llama3_tokenizer):

@@ -24,6 +24,21 @@ A loss is called as ``loss_fn(logps, beta=..., weights=None) -> LossOutput`` whe
 Loss-specific options (``label_smoothing``, ``gamma``) are bound when the loss is looked up:
 ``get_loss("sigmoid", label_smoothing=0.1)``; an unknown option raises ``ConfigError``.
 
+The registry (the shape every prefkit extension point copies: name -> function, what it needs,
+options). ``register_loss(name, needs_reference=..., options={keyword: help})`` records a
+:class:`LossSpec`: the function, whether it needs the reference's log-probs (simpo does not: no
+reference model is loaded or precomputed), and each option's default (from the function's
+signature) and help. ``loss_spec(name)`` returns it; ``available_losses()`` lists the names. The
+CLI shows them in ``prefkit train dpo --help`` and the trainer reads them (options from the
+config's ``loss_options`` mapping). A loss from outside prefkit is a module that calls
+``register_loss``, loaded as a plugin (prefkit.plugins)::
+
+    @register_loss("mynewloss", options={"margin": "target margin of the log-ratio difference"})
+    def mynewloss(logps, *, beta, weights=None, margin=0.0): ...
+
+    PREFKIT_PLUGINS=my_module prefkit train dpo pairs.jsonl -o out --loss-type mynewloss \
+        --loss-options margin=0.5
+
 Conventions follow Hugging Face TRL 1.16 (DPOTrainer; CPOTrainer for simpo), with
 Delta_w = chosen - ref_chosen, Delta_l = rejected - ref_rejected, d = Delta_w - Delta_l:
 
@@ -38,15 +53,15 @@ Delta_w = chosen - ref_chosen, Delta_l = rejected - ref_rejected, d = Delta_w - 
 Rewards for metrics: beta * Delta_w and beta * Delta_l (per-pair beta when beta is a tensor);
 for simpo beta * chosen/|y_w| and beta * rejected/|y_l| (TRL's CPOTrainer convention).
 
-eps-DPO (docs/methods.md section 4) is the sigmoid loss with a per-pair beta chosen by
-:func:`eps_dpo_beta`; the base beta moves after each optimiser step by :func:`eps_dpo_update_beta`.
+eps-DPO (docs/methods.md section 4) is the sigmoid loss with a per-pair beta; all of it is in
+prefkit.train.eps_dpo.
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -56,17 +71,17 @@ from prefkit.errors import ConfigError
 __all__ = [
     "PairLogps",
     "LossOutput",
-    "EpsDpoChoice",
+    "LossOption",
+    "LossSpec",
     "register_loss",
     "get_loss",
+    "loss_spec",
     "available_losses",
     "sigmoid_loss",
     "robust_loss",
     "hinge_loss",
     "ipo_loss",
     "simpo_loss",
-    "eps_dpo_beta",
-    "eps_dpo_update_beta",
     "bradley_terry_loss",
     "pair_metrics",
 ]
@@ -107,19 +122,63 @@ class LossOutput(NamedTuple):
 
 
 LossFn = Callable[..., LossOutput]
-_REGISTRY: dict[str, LossFn] = {}
+_FIXED = ("logps", "beta", "weights")   # every loss's own arguments; the others are its options
 
 
-def register_loss(name: str) -> Callable[[LossFn], LossFn]:
+@dataclass(frozen=True)
+class LossOption:
+    """One option of a registered loss: its default (from the function's signature) and help."""
+
+    default: Any
+    help: str
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A registered loss: the function, what it needs, its options.
+
+    ``fn(logps: PairLogps, *, beta, weights=None, **options) -> LossOutput``; ``needs_reference``:
+    whether it reads ``logps.ref_chosen``/``ref_rejected`` (False: the trainer loads no reference);
+    ``options``: keyword -> LossOption; ``help``: the first paragraph of the function's docstring."""
+
+    name: str
+    fn: LossFn
+    needs_reference: bool = True
+    options: dict[str, LossOption] = field(default_factory=dict)
+    help: str = ""
+
+
+_REGISTRY: dict[str, LossSpec] = {}
+
+
+def register_loss(name: str, *, needs_reference: bool = True,
+                  options: dict[str, str] | None = None) -> Callable[[LossFn], LossFn]:
     """Decorator: make ``fn(logps: PairLogps, *, beta, weights=None, **options) -> LossOutput``
-    available as ``get_loss(name)``. Re-registering a name replaces it (so a user can override)."""
+    available as ``get_loss(name)``, recorded as a :class:`LossSpec`.
+
+    `options` gives the help of each keyword the function takes besides logps, beta and weights
+    (each needs a default in the signature). Re-registering a name replaces it (so a user can
+    override). A malformed loss is a TypeError when it is registered, not when a run starts."""
 
     def deco(fn: LossFn) -> LossFn:
         params = inspect.signature(fn).parameters
         for required in ("beta", "weights"):
             if required not in params:
                 raise TypeError(f"loss {name!r}: a loss function must accept a '{required}' keyword")
-        _REGISTRY[name] = fn
+        helps = dict(options or {})
+        specs = {}
+        for p, v in params.items():
+            if p in _FIXED or v.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
+                continue
+            if v.default is inspect.Parameter.empty:
+                raise TypeError(f"loss {name!r}: option {p!r} needs a default value")
+            if p not in helps:
+                raise TypeError(f"loss {name!r}: option {p!r} needs a help text (register_loss(options=...))")
+            specs[p] = LossOption(v.default, helps.pop(p))
+        if helps:
+            raise TypeError(f"loss {name!r}: help for option(s) the function does not take: {', '.join(helps)}")
+        summary = " ".join((inspect.getdoc(fn) or "").split("\n\n")[0].split())
+        _REGISTRY[name] = LossSpec(name, fn, needs_reference, specs, summary)
         return fn
 
     return deco
@@ -130,6 +189,13 @@ def available_losses() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def loss_spec(name: str) -> LossSpec:
+    """The :class:`LossSpec` registered as `name`; ConfigError naming the registered ones otherwise."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown loss {name!r}; available: {', '.join(available_losses())}")
+    return _REGISTRY[name]
+
+
 def get_loss(name: str, **options) -> Callable[..., LossOutput]:
     """The loss registered as `name`, with its options bound.
 
@@ -137,18 +203,14 @@ def get_loss(name: str, **options) -> Callable[..., LossOutput]:
     own keywords (sigmoid/robust: label_smoothing; simpo: gamma, label_smoothing); passing one the
     loss does not take raises ConfigError naming the accepted ones.
     """
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown loss {name!r}; available: {', '.join(available_losses())}")
-    fn = _REGISTRY[name]
-    params = inspect.signature(fn).parameters
-    keyword_kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    accepted = [p for p, v in params.items() if p not in ("logps", "beta", "weights") and v.kind in keyword_kinds]
-    takes_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    unknown = [k for k in options if k not in accepted]
+    spec = loss_spec(name)
+    fn = spec.fn
+    takes_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+    unknown = [k for k in options if k not in spec.options]
     if unknown and not takes_var_kw:
         raise ConfigError(
             f"loss {name!r} takes no option(s) {', '.join(map(repr, unknown))}; "
-            f"it accepts: {', '.join(accepted) or 'none'}"
+            f"it accepts: {', '.join(spec.options) or 'none'}"
         )
 
     def bound(logps: PairLogps, *, beta, weights=None) -> LossOutput:
@@ -178,7 +240,10 @@ def _dpo_rewards(logps: PairLogps, beta) -> tuple[torch.Tensor, torch.Tensor, to
     return dw - dl, (b * dw).detach(), (b * dl).detach()
 
 
-@register_loss("sigmoid")
+_LABEL_SMOOTHING = "probability that a preference label is flipped (conservative DPO), in [0, 0.5)"
+
+
+@register_loss("sigmoid", options={"label_smoothing": _LABEL_SMOOTHING})
 def sigmoid_loss(logps: PairLogps, *, beta, weights=None, label_smoothing: float = 0.0) -> LossOutput:
     """DPO: -log s(beta d); with label_smoothing ls > 0 conservative DPO:
     -(1-ls) log s(beta d) - ls log s(-beta d)."""
@@ -191,7 +256,7 @@ def sigmoid_loss(logps: PairLogps, *, beta, weights=None, label_smoothing: float
     return LossOutput(_weighted(losses, weights), rw, rl)
 
 
-@register_loss("robust")
+@register_loss("robust", options={"label_smoothing": "the assumed rate of flipped preference labels, in [0, 0.5)"})
 def robust_loss(logps: PairLogps, *, beta, weights=None, label_smoothing: float = 0.0) -> LossOutput:
     """Robust DPO (unbiased under label noise ls): [-(1-ls) log s(beta d) + ls log s(-beta d)] / (1-2ls)."""
     ls = float(label_smoothing)
@@ -222,7 +287,8 @@ def ipo_loss(logps: PairLogps, *, beta, weights=None) -> LossOutput:
     return LossOutput(_weighted(losses, weights), (b * dw).detach(), (b * dl).detach())
 
 
-@register_loss("simpo")
+@register_loss("simpo", needs_reference=False,
+               options={"gamma": "target reward margin (TRL's simpo_gamma)", "label_smoothing": _LABEL_SMOOTHING})
 def simpo_loss(logps: PairLogps, *, beta, weights=None, gamma: float = 0.5,
                label_smoothing: float = 0.0) -> LossOutput:
     """SimPO (reference-free): -log s(beta (pi_w/|y_w| - pi_l/|y_l|) - gamma), optional label smoothing
@@ -254,65 +320,6 @@ def pair_metrics(output: LossOutput, logps: PairLogps) -> dict[str, float]:
         "logps/chosen": logps.chosen.detach().float().mean().item(),
         "logps/rejected": logps.rejected.detach().float().mean().item(),
     }
-
-
-# --------------------------------------------------------------------------------------------
-# eps-DPO (Lee et al. 2025): per-pair beta by perturbation, base-beta update
-
-
-class EpsDpoChoice(NamedTuple):
-    """beta_tilde (B,) the per-pair beta to train with; steps (B,) int64 in {+1, 0, -1}."""
-
-    beta_tilde: torch.Tensor
-    steps: torch.Tensor
-
-
-@torch.no_grad()
-def eps_dpo_beta(z: torch.Tensor, z_minus: torch.Tensor, z_plus: torch.Tensor, beta: float,
-                 eps: float) -> EpsDpoChoice:
-    """eps-DPO's per-pair beta choice (no gradient).
-
-    z = log pi(y_w|x) - log pi(y_l|x) under the current policy; z_minus / z_plus the same under the
-    perturbed policies softmax((1+eps) f_theta - eps f_ref) (beta- = beta/(1+eps)) and
-    softmax((1-eps) f_theta + eps f_ref) (beta+ = beta/(1-eps)); all (B,).
-
-    - z_minus > z > z_plus  -> beta_tilde = beta/(1+eps), step +1
-    - z_minus < z < z_plus  -> beta_tilde = beta/(1-eps), step -1
-    - otherwise             -> beta_tilde = beta,         step  0
-    """
-    if not 0.0 < eps < 1.0:
-        raise ConfigError(f"eps-DPO needs 0 < eps < 1, got {eps}")
-    z, z_minus, z_plus = z.detach(), z_minus.detach().to(z.dtype), z_plus.detach().to(z.dtype)
-    lower = (z_minus > z) & (z > z_plus)
-    raise_ = (z_minus < z) & (z < z_plus)
-    steps = lower.long() - raise_.long()
-    beta_tilde = torch.full_like(z, float(beta))
-    beta_tilde = torch.where(lower, torch.full_like(z, beta / (1.0 + eps)), beta_tilde)
-    beta_tilde = torch.where(raise_, torch.full_like(z, beta / (1.0 - eps)), beta_tilde)
-    return EpsDpoChoice(beta_tilde, steps)
-
-
-def eps_dpo_update_beta(beta: float, *, beta_tilde: torch.Tensor | None = None,
-                        steps: torch.Tensor | None = None, eps: float | None = None,
-                        rule: str = "paper") -> float:
-    """The base beta after an optimiser step.
-
-    Pass every pair's choice since the last update (all micro-batches, all processes, concatenated).
-    - rule="paper" (default): beta <- mean(beta_tilde)
-    - rule="code" (the authors' code): beta <- beta / (1 + eps * mean(steps))
-    The two agree to first order in eps.
-    """
-    if rule == "paper":
-        if beta_tilde is None or beta_tilde.numel() == 0:
-            return float(beta)
-        return float(beta_tilde.detach().double().mean())
-    if rule == "code":
-        if steps is None or eps is None:
-            raise ConfigError("eps-DPO rule='code' needs steps and eps")
-        if steps.numel() == 0:
-            return float(beta)
-        return float(beta) / (1.0 + float(eps) * float(steps.detach().double().mean()))
-    raise ConfigError(f"unknown eps-DPO beta update rule {rule!r}; choose 'paper' or 'code'")
 
 
 # --------------------------------------------------------------------------------------------

@@ -112,15 +112,50 @@ def test_prepare_run_leaves_the_callers_config_alone(tiny_model_dir, tmp_path):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
-    from prefkit.train import common
     from train_helpers import base_config, make_pairs
 
     cfg = base_config("", None, tmp_path / "out", tokenizer_name_or_path=tiny_model_dir)
     before = dataclasses.asdict(cfg)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    run = common.prepare_run(cfg, model=model, train_dataset=Dataset.from_list(make_pairs(4)))
+    from prefkit.train.prepare import prepare_run
+
+    run = prepare_run(cfg, model=model, train_dataset=Dataset.from_list(make_pairs(4)))
     assert dataclasses.asdict(cfg) == before
     assert run.cfg is not cfg
     assert run.cfg.model_name_or_path == tiny_model_dir  # the in-memory model's own _name_or_path
     assert run.cfg.train_file == "<in-memory dataset>"
     assert len(run.train_enc) == 4
+
+
+def test_every_config_field_has_its_help_in_metadata():
+    """The one description of each option: the CLI flag's help reads it (a missing one fails here,
+    not at parser build time)."""
+    import dataclasses
+
+    for cls in (DPOConfig, RMConfig):
+        missing = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("help")]
+        assert missing == [], f"{cls.__name__} fields without metadata['help']: {missing}"
+
+
+def test_cli_flags_show_the_field_help_and_default(capsys):
+    from prefkit.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "dpo", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--beta BETA DPO beta (eps-DPO: the initial base beta) (default: 0.1)" in out
+    assert "simpo (reference-free): SimPO" in out and "gamma (default 0.5)" in out
+    assert "eps-dpo: eps-DPO: the sigmoid loss with a per-pair beta" in out
+
+
+def test_loss_options_from_the_command_line_and_the_trl_named_fields():
+    cfg = load_config(DPOConfig, overrides={"loss_options": "gamma=0.3,label_smoothing=0.1", "loss_type": "simpo"})
+    assert cfg.loss_options == {"gamma": 0.3, "label_smoothing": 0.1}
+    assert cfg.loss_option_values() == {"gamma": 0.3, "label_smoothing": 0.1}
+    # label_smoothing / simpo_gamma (TRL's names) feed the loss's options; loss_options wins
+    cfg = load_config(DPOConfig, overrides={"simpo_gamma": 1.0, "label_smoothing": 0.2,
+                                            "loss_options": {"gamma": 2.0}})
+    assert cfg.loss_option_values() == {"gamma": 2.0, "label_smoothing": 0.2}
+    assert DPOConfig().loss_option_values() == {}
+    with pytest.raises(ConfigError, match="loss_options: expected KEY=VALUE"):
+        load_config(DPOConfig, overrides={"loss_options": "gamma"})

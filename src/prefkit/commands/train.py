@@ -1,7 +1,10 @@
 """`prefkit train dpo|rm`: thin front-end over prefkit.train.train_dpo / train_rm.
 
 Options come from, in increasing priority: the YAML `--config`, explicit `--<option>` flags
-(one for every config field, e.g. `--beta 0.05 --loss-type ipo`), and `--set key=value`.
+(one for every config field, e.g. `--beta 0.05 --loss-type ipo`), and `--set key=value`. Each
+flag's help is its config field's ``metadata["help"]`` (prefkit.train.config); `train dpo --help`
+ends with the registered losses and their options (prefkit.losses, plugins included), read only
+when the help is shown so that the CLI starts without importing torch.
 """
 
 from __future__ import annotations
@@ -12,79 +15,6 @@ import dataclasses
 _POSITIONAL = {"train_file", "output_dir"}
 _NO_FLAG = {"train_split", "trainer_args"}   # --split; TrainingArguments pass-through goes by --set
 
-# One description per config option (DPOConfig and RMConfig); the default is added once.
-FIELD_HELP = {
-    "model_name_or_path": "model to train: HF id, local dir, or a prefkit model name (same as --model)",
-    "tokenizer_name_or_path": "tokenizer, when not the model's own",
-    "eval_file": "separate evaluation pairs (file, saved dataset dir, or hub id)",
-    "eval_split": "split of eval_file to read",
-    "eval_split_ratio": "hold out this fraction of the training pairs for evaluation when there is no eval_file",
-    "max_length": "most prompt + response tokens per sequence",
-    "max_prompt_length": "most prompt tokens (must be below max_length)",
-    "truncation_mode": "which end of an over-long prompt to keep: keep_end or keep_start",
-    "on_long": "pairs over the length limits: truncate or drop (both counted in the report)",
-    "on_invalid": "unusable pairs (empty response, bad row): drop (counted) or error",
-    "weight_column": "column of per-pair loss weights, used when the data has it",
-    "conditioning": "reward-conditioning spec: auto (found beside the data), none, or a path",
-    "learning_rate": "peak learning rate",
-    "lr_scheduler_type": "learning-rate schedule (transformers name: linear, cosine, constant, ...)",
-    "warmup_ratio": "fraction of the steps spent warming up",
-    "warmup_steps": "exact warmup steps (wins over warmup_ratio when > 0)",
-    "weight_decay": "AdamW weight decay",
-    "max_grad_norm": "gradient clipping norm",
-    "optim": "optimizer (transformers name)",
-    "num_train_epochs": "epochs over the training pairs",
-    "max_steps": "optimizer steps to train (> 0 overrides num_train_epochs)",
-    "per_device_train_batch_size": "pairs per device per micro-batch",
-    "per_device_eval_batch_size": "pairs per device per evaluation batch",
-    "gradient_accumulation_steps": "micro-batches per optimizer step",
-    "gradient_checkpointing": "recompute activations in the backward pass to save memory",
-    "precision": "auto (bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU), bf16, fp16 or fp32",
-    "bf16": "TRL-style switch for bf16 mixed precision (or set precision)",
-    "fp16": "TRL-style switch for fp16 mixed precision (or set precision)",
-    "seed": "random seed (model init, data order, dropout)",
-    "data_seed": "separate seed for the data order",
-    "logging_steps": "log every N steps (a fraction < 1: of the total steps)",
-    "save_steps": "save a checkpoint every N steps (a fraction < 1: of the total steps)",
-    "save_strategy": "when to save checkpoints: steps, epoch or no",
-    "save_total_limit": "keep at most this many checkpoints",
-    "eval_strategy": "when to evaluate: no, steps or epoch",
-    "eval_steps": "evaluate every N steps with eval_strategy steps",
-    "report_to": "logging integrations (wandb, tensorboard, ...; comma-separated) or none; must be installed",
-    "run_name": "run name for the logging integrations",
-    "resume_from_checkpoint": "a checkpoint directory, or auto (the latest complete one in the output dir)",
-    "dataloader_num_workers": "data-loading worker processes",
-    "disable_tqdm": "hide progress bars",
-    "use_peft": "train a LoRA adapter instead of all weights",
-    "lora_r": "LoRA rank",
-    "lora_alpha": "LoRA alpha (scale alpha / r)",
-    "lora_dropout": "dropout on the LoRA input",
-    "lora_target_modules": "modules that get LoRA adapters (comma-separated); unset: all linear layers",
-    "torch_dtype": "dtype the weights are loaded in: auto, float32, bfloat16 or float16",
-    "trust_remote_code": "allow model code from the hub repository",
-    # DPOConfig
-    "loss_type": "sigmoid, robust, hinge, ipo, simpo, eps-dpo, or a registered loss name",
-    "beta": "DPO beta (eps-DPO: the initial base beta)",
-    "label_smoothing": "conservative / robust DPO label smoothing, in [0, 0.5)",
-    "simpo_gamma": "SimPO's target reward margin",
-    "eps": "eps-DPO's perturbation size and beta step",
-    "beta_update": "eps-DPO base-beta update: paper (mean of per-pair beta) or code",
-    "reference_model_name_or_path": "reference model, when not the initial policy",
-    "precompute_ref_log_probs": "compute reference log-probs once before training, cached on disk",
-    "precompute_ref_batch_size": "pairs per batch of that pass (unset: 4 x per_device_train_batch_size; it "
-                                 "holds no gradients)",
-    "forward_mode": "packed: each pair as one sequence, the prompt computed once, no padding (docs/core.md); "
-                    "padded: chosen and rejected rows padded to the batch's longest",
-    "pad_tolerance": "packed rows share a forward only when at most this fraction of its tokens is padding "
-                     "(0: never pad)",
-    "ref_cache_dir": "reference log-prob cache directory (unset: $PREFKIT_CACHE or ~/.cache/prefkit/ref_logps)",
-    "export_chat_template": "write the reward conditioning into the saved tokenizer's chat template, so that "
-                            "servers (transformers serve, vLLM) condition plain messages as prefkit.generate does",
-    # RMConfig
-    "margin_column": "column of per-pair margins m in -log sigmoid(r_w - r_l - m), used when present",
-    "center_rewards_coefficient": "c in c * mean((r_w + r_l)^2), which keeps rewards centred",
-}
-
 _EPILOG = """\
 Any other transformers.TrainingArguments field passes through to the Trainer, from the YAML file
 or --set: e.g. --set deepspeed=ds.json, --set push_to_hub=true --set hub_model_id=me/model,
@@ -92,9 +22,36 @@ or --set: e.g. --set deepspeed=ds.json, --set push_to_hub=true --set hub_model_i
 See docs/train.md."""
 
 
+class _TrainParser(argparse.ArgumentParser):
+    """`train dpo`'s parser: its help ends with the registered losses, listed when it is shown."""
+
+    list_losses = False
+
+    def format_help(self) -> str:
+        if self.list_losses:
+            self.epilog = f"{_EPILOG}\n\n{losses_help()}"
+        return super().format_help()
+
+
+def losses_help() -> str:
+    """The registered losses, what each needs and its options with defaults and help."""
+    from prefkit.losses import available_losses, loss_spec
+    from prefkit.train.beta_control import BETA_CONTROLS
+
+    lines = ["losses (--loss-type; options with --loss-options KEY=VALUE,...):"]
+    for name in available_losses():
+        spec = loss_spec(name)
+        lines.append(f"  {name}{'' if spec.needs_reference else ' (reference-free)'}: {spec.help}")
+        for opt, o in spec.options.items():
+            lines.append(f"      {opt} (default {o.default}): {o.help}")
+    for name, control in sorted(BETA_CONTROLS.items()):
+        lines.append(f"  {name}: {(control.__doc__ or '').strip().splitlines()[0]}")
+    return "\n".join(lines)
+
+
 def register(sub, name, help_text):
     p = sub.add_parser(name, help=help_text, description=help_text)
-    tsub = p.add_subparsers(dest="train_kind", metavar="KIND")
+    tsub = p.add_subparsers(dest="train_kind", metavar="KIND", parser_class=_TrainParser)
     from prefkit.train.config import DPOConfig, RMConfig
 
     for kind, cls, help_kind in (
@@ -103,6 +60,7 @@ def register(sub, name, help_text):
     ):
         kp = tsub.add_parser(kind, help=help_kind, description=help_kind, epilog=_EPILOG,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        kp.list_losses = kind == "dpo"
         kp.add_argument("input", nargs="?", default=None,
                         help="training pairs (file, saved dataset dir, or hub id); or train_file in --config")
         kp.add_argument("output_dir", nargs="?", default=None, metavar="OUTPUT_DIR",
@@ -124,7 +82,7 @@ def register(sub, name, help_text):
             elif "bool" in str(f.type):
                 extra = dict(nargs="?", const="true")
             group.add_argument(flag, dest=f"opt_{f.name}", default=None, metavar=f.name.upper(),
-                               help=f"{FIELD_HELP[f.name]} (default: {_show_default(f)})", **extra)
+                               help=f"{f.metadata.get('help', '')} (default: {_show_default(f)})", **extra)
         kp.set_defaults(func=_run_dpo if kind == "dpo" else _run_rm, _parser=kp, _config_cls=cls)
     p.set_defaults(func=None, _parser=p)
 
@@ -135,6 +93,8 @@ def _show_default(f) -> str:
         return "unset"
     if isinstance(value, list):
         return ",".join(map(str, value)) or "none"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "none"
     return str(value).replace("%", "%%")
 
 

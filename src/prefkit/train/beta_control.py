@@ -1,39 +1,65 @@
-"""The beta a DPO-family loss trains with: fixed, or eps-DPO's per-pair choice (docs/methods.md).
+"""The beta a DPO-family loss trains with: the protocol `PreferenceTrainer` talks to, the fixed
+beta, and the registry of the others (eps-DPO's lives in prefkit.train.eps_dpo).
 
-`PreferenceTrainer` asks its beta control, never the loss name:
+A beta control has:
 - `loss_name`: the registered loss (prefkit.losses) to train with;
-- `needs_heads`: whether the batch's forward passes must keep their final hidden states (eps-DPO
-  builds its perturbed policies from the policy's and the reference's logits);
-- `pair_beta(...)`: the beta for one batch (a float, or a (B,) tensor) and metrics to log;
-- `after_step(accelerator)`: after each optimiser step (eps-DPO moves its base beta here, from
-  every pair of every micro-batch and every process since the last step);
+- `base_beta`: the current base beta (reported, and saved in checkpoints);
+- `statistic`: a LogitStatistic (prefkit.lm_head) the forward computes from the policy's and the
+  reference's logits for it, or None; with one, the run needs a live reference (its logits);
+- `per_pair`: whether `pair_beta(fwd, training=)` picks each batch's beta (a (B,) tensor) and
+  metrics from the forward (prefkit.logprobs.PairForward, whose `statistics` hold the sums of
+  `statistic`); otherwise every pair trains with `base_beta`;
+- `after_step(accelerator)`: after each optimiser step (eps-DPO moves its base beta here);
 - `log(logs)`, `summary()`: what the run's logs and report show;
 - `state_dict()` / `load_state_dict(state)`: what a checkpoint carries so that resume is exact.
 
-A loss with its own beta control registers it in `BETA_CONTROLS` under its loss_type.
+A loss_type with its own beta control is registered in `BETA_CONTROLS`; `beta_control(cfg)` builds
+the run's control once.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from prefkit.losses import eps_dpo_beta, eps_dpo_update_beta
+from prefkit.lm_head import LogitStatistic
+from prefkit.logprobs import PairForward
+from prefkit.train.eps_dpo import EpsDPOBeta
+
+
+class BetaControl(Protocol):
+    loss_name: str
+    base_beta: float
+    statistic: LogitStatistic | None
+    per_pair: bool
+
+    def after_step(self, accelerator) -> None: ...
+
+    def log(self, logs: dict[str, float]) -> None: ...
+
+    def summary(self) -> str: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class PerPairBeta(BetaControl, Protocol):
+    """A beta control with ``per_pair = True``."""
+
+    def pair_beta(self, fwd: PairForward, *, training: bool) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
 class FixedBeta:
     """The config's beta for every pair and every step (sigmoid, ipo, hinge, robust, simpo, ...)."""
 
-    needs_heads = False
+    statistic = None
+    per_pair = False
 
     def __init__(self, cfg):
         self.loss_name = cfg.loss_type
         self.base_beta = float(cfg.beta)
-
-    def pair_beta(self, fwd, ref_head, batch: dict[str, Any], *, training: bool,
-                  chunk_size: int | None = None) -> tuple[Any, dict[str, float]]:
-        return self.base_beta, {}
 
     def after_step(self, accelerator) -> None:
         pass
@@ -51,68 +77,10 @@ class FixedBeta:
         self.base_beta = float(state["base_beta"])
 
 
-class EpsDPOBeta(FixedBeta):
-    """eps-DPO (arXiv:2502.13177): the sigmoid loss with a per-pair beta picked by comparing the
-    policy with two perturbed policies (prefkit.losses.eps_dpo_beta), and a base beta that moves
-    after each optimiser step (prefkit.losses.eps_dpo_update_beta, rule `cfg.beta_update`)."""
-
-    needs_heads = True
-
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.loss_name = "sigmoid"
-        self.eps = float(cfg.eps)
-        self.rule = cfg.beta_update
-        # (beta_tilde, steps) of every training micro-batch since the last optimiser step
-        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def pair_beta(self, fwd, ref_head, batch, *, training, chunk_size=None):
-        from prefkit.logprobs import perturbed_sequence_logps
-
-        if fwd.perturbed is not None:  # the packed forward computed them from its own logits chunks
-            minus, plus = fwd.perturbed
-        else:
-            kw = {"chunk_size": chunk_size} if chunk_size else {}
-            minus, plus = perturbed_sequence_logps(fwd.head, ref_head, batch["input_ids"], batch["response_mask"],
-                                                   self.eps, **kw)
-        b = fwd.chosen_logps.shape[0]
-        # float64 so that the per-pair beta (and the base-beta average) is exact
-        z = (fwd.chosen_logps - fwd.rejected_logps).detach().double()
-        choice = eps_dpo_beta(z, (minus[:b] - minus[b:]).double(), (plus[:b] - plus[b:]).double(),
-                              self.base_beta, self.eps)
-        if training:
-            self.pending.append((choice.beta_tilde.detach().cpu(), choice.steps.detach().cpu()))
-        metrics = {"beta/mean": choice.beta_tilde.double().mean().item(),
-                   "eps/frac_minus": (choice.steps == 1).double().mean().item(),
-                   "eps/frac_plus": (choice.steps == -1).double().mean().item()}
-        return choice.beta_tilde.to(fwd.chosen_logps.dtype), metrics
-
-    def after_step(self, accelerator) -> None:
-        """The base beta from every pair's choice since the last step, over all micro-batches
-        (gradient accumulation) and all processes."""
-        if self.pending:
-            bt = torch.cat([b for b, _ in self.pending]).double()
-            st = torch.cat([s for _, s in self.pending]).double()
-        else:
-            bt = st = torch.zeros(0, dtype=torch.float64)
-        self.pending.clear()
-        if accelerator.num_processes > 1:
-            from accelerate.utils import gather_object
-
-            bt = torch.tensor(gather_object(bt.tolist()), dtype=torch.float64)
-            st = torch.tensor(gather_object(st.tolist()), dtype=torch.float64)
-        self.base_beta = eps_dpo_update_beta(self.base_beta, beta_tilde=bt, steps=st, eps=self.eps, rule=self.rule)
-
-    def log(self, logs):
-        logs["beta/base"] = self.base_beta
-
-    def summary(self):
-        return f" (final base beta {self.base_beta:.6g})"
+#: loss_type -> the class of its beta control (constructed with the run's config)
+BETA_CONTROLS: dict[str, type] = {"eps-dpo": EpsDPOBeta}
 
 
-BETA_CONTROLS: dict[str, type[FixedBeta]] = {"eps-dpo": EpsDPOBeta}
-
-
-def beta_control(cfg) -> FixedBeta:
+def beta_control(cfg) -> BetaControl:
     """The beta control for cfg.loss_type (FixedBeta unless one is registered)."""
     return BETA_CONTROLS.get(cfg.loss_type, FixedBeta)(cfg)

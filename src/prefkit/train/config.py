@@ -5,6 +5,9 @@ from YAML and overridden from the command line (`--set key=value`).
 
 Every value is checked against its field's type, and an unknown key is an error that names
 the key, where it came from, and the closest known names (a typo never silently does nothing).
+
+Each field's description is its ``metadata["help"]`` (TRL's habit), the one place the CLI's flag
+help reads (prefkit.commands.train; tests/train/test_config.py fails on a field without one).
 """
 
 from __future__ import annotations
@@ -28,64 +31,138 @@ class BaseTrainConfig:
     """Options shared by the preference (DPO-family) and reward-model trainers."""
 
     # --- model and data --------------------------------------------------------------
-    model_name_or_path: str | None = None     # HF id or local dir of the model to train
-    tokenizer_name_or_path: str | None = None  # defaults to model_name_or_path
-    train_file: str | None = None             # anything prefkit.data.read accepts
-    train_split: str | None = None
-    eval_file: str | None = None              # separate eval data (pairs)
-    eval_split: str | None = None
-    eval_split_ratio: float = 0.0             # hold out this fraction of train_file when no eval_file
-    output_dir: str = "prefkit_out"
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "model to train: HF id, local dir, or a prefkit model name (same as --model)"},
+    )
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "tokenizer, when not the model's own"})
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "training pairs: a file (.jsonl .json .parquet .csv), a saved dataset dir, or a hub id"},
+    )
+    train_split: str | None = field(default=None, metadata={"help": "split of train_file to read"})
+    eval_file: str | None = field(
+        default=None,
+        metadata={"help": "separate evaluation pairs (file, saved dataset dir, or hub id)"},
+    )
+    eval_split: str | None = field(default=None, metadata={"help": "split of eval_file to read"})
+    eval_split_ratio: float = field(
+        default=0.0,
+        metadata={"help": "hold out this fraction of the training pairs for evaluation when there is no eval_file"},
+    )
+    output_dir: str = field(
+        default="prefkit_out",
+        metadata={"help": "output directory: the model, checkpoints and prefkit_train_report.json"},
+    )
     # --- tokenisation and bad input ----------------------------------------------------
-    max_length: int | None = 1024             # prompt + response tokens
-    max_prompt_length: int | None = 512
-    truncation_mode: str = "keep_end"         # which end of an over-long prompt to keep
-    on_long: str = "truncate"                 # pairs over the limits: 'truncate' or 'drop' (always counted)
-    on_invalid: str = "drop"                  # unusable pairs (empty response, bad row): 'drop' (counted) or 'error'
-    weight_column: str = "weight"             # per-pair loss weight, used when the column exists
-    conditioning: str = "auto"                # 'auto' (find prefkit_conditioning.json beside the data), 'none', or a path
+    max_length: int | None = field(default=1024, metadata={"help": "most prompt + response tokens per sequence"})
+    max_prompt_length: int | None = field(
+        default=512,
+        metadata={"help": "most prompt tokens (must be below max_length)"},
+    )
+    truncation_mode: str = field(
+        default="keep_end",
+        metadata={"help": "which end of an over-long prompt to keep: keep_end or keep_start"},
+    )
+    on_long: str = field(
+        default="truncate",
+        metadata={"help": "pairs over the length limits: truncate or drop (both counted in the report)"},
+    )
+    on_invalid: str = field(
+        default="drop",
+        metadata={"help": "unusable pairs (empty response, bad row): drop (counted) or error"},
+    )
+    weight_column: str = field(
+        default="weight",
+        metadata={"help": "column of per-pair loss weights, used when the data has it"},
+    )
+    conditioning: str = field(
+        default="auto",
+        metadata={"help": "reward-conditioning spec: auto (found beside the data), none, or a path"},
+    )
     # --- optimisation (transformers.TrainingArguments names) ----------------------------
-    learning_rate: float = 1e-6
-    lr_scheduler_type: str = "linear"
-    warmup_ratio: float = 0.0                 # fraction of the steps spent warming up
-    warmup_steps: int = 0                     # exact warmup steps (wins over warmup_ratio when > 0)
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    optim: str = "adamw_torch"
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 8
-    per_device_eval_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    gradient_checkpointing: bool = False
-    precision: str = "auto"                   # auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU
-    bf16: bool | None = None                  # TRL-style switches; set either these or `precision`
-    fp16: bool | None = None
-    seed: int = 42
-    data_seed: int | None = None
+    learning_rate: float = field(default=1e-6, metadata={"help": "peak learning rate"})
+    lr_scheduler_type: str = field(
+        default="linear",
+        metadata={"help": "learning-rate schedule (transformers name: linear, cosine, constant, ...)"},
+    )
+    warmup_ratio: float = field(default=0.0, metadata={"help": "fraction of the steps spent warming up"})
+    warmup_steps: int = field(default=0, metadata={"help": "exact warmup steps (wins over warmup_ratio when > 0)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    optim: str = field(default="adamw_torch", metadata={"help": "optimizer (transformers name)"})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "epochs over the training pairs"})
+    max_steps: int = field(default=-1, metadata={"help": "optimizer steps to train (> 0 overrides num_train_epochs)"})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "pairs per device per micro-batch"})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "pairs per device per evaluation batch"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute activations in the backward pass to save memory"},
+    )
+    precision: str = field(
+        default="auto",
+        metadata={"help": "auto (bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU), bf16, fp16 or fp32"},
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "TRL-style switch for bf16 mixed precision (or set precision)"},
+    )
+    fp16: bool | None = field(
+        default=None,
+        metadata={"help": "TRL-style switch for fp16 mixed precision (or set precision)"},
+    )
+    seed: int = field(default=42, metadata={"help": "random seed (model init, data order, dropout)"})
+    data_seed: int | None = field(default=None, metadata={"help": "separate seed for the data order"})
     # --- logging and checkpoints ----------------------------------------------------------
-    logging_steps: float = 10
-    save_steps: float = 500
-    save_strategy: str = "steps"
-    save_total_limit: int | None = None
-    eval_strategy: str = "no"
-    eval_steps: float | None = None
-    report_to: list[str] = field(default_factory=lambda: ["none"])
-    run_name: str | None = None
-    resume_from_checkpoint: str | None = None  # a checkpoint dir, or 'auto'/'true' for the latest in output_dir
-    dataloader_num_workers: int = 0
-    disable_tqdm: bool | None = None
+    logging_steps: float = field(
+        default=10,
+        metadata={"help": "log every N steps (a fraction < 1: of the total steps)"},
+    )
+    save_steps: float = field(
+        default=500,
+        metadata={"help": "save a checkpoint every N steps (a fraction < 1: of the total steps)"},
+    )
+    save_strategy: str = field(default="steps", metadata={"help": "when to save checkpoints: steps, epoch or no"})
+    save_total_limit: int | None = field(default=None, metadata={"help": "keep at most this many checkpoints"})
+    eval_strategy: str = field(default="no", metadata={"help": "when to evaluate: no, steps or epoch"})
+    eval_steps: float | None = field(
+        default=None,
+        metadata={"help": "evaluate every N steps with eval_strategy steps"},
+    )
+    report_to: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata={"help": "logging integrations (wandb, tensorboard, ...; comma-separated) or none; must be "
+                          "installed"},
+    )
+    run_name: str | None = field(default=None, metadata={"help": "run name for the logging integrations"})
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "a checkpoint directory, or auto (the latest complete one in the output dir)"},
+    )
+    dataloader_num_workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
+    disable_tqdm: bool | None = field(default=None, metadata={"help": "hide progress bars"})
     # --- PEFT LoRA -----------------------------------------------------------------------------
-    use_peft: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] | None = None  # None: all linear layers
+    use_peft: bool = field(default=False, metadata={"help": "train a LoRA adapter instead of all weights"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "modules that get LoRA adapters (comma-separated); unset: all linear layers"},
+    )
     # --- model loading ---------------------------------------------------------------------
-    torch_dtype: str = "auto"                # dtype the weights are loaded in: auto, float32, bfloat16, float16
-    trust_remote_code: bool = False
+    torch_dtype: str = field(
+        default="auto",
+        metadata={"help": "dtype the weights are loaded in: auto, float32, bfloat16 or float16"},
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub repository"})
     # --- any other transformers.TrainingArguments field, passed through as given ------------
-    trainer_args: dict[str, Any] = field(default_factory=dict)
+    trainer_args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "any other transformers.TrainingArguments field, passed through as given (YAML mapping or"
+                          " --set)"},
+    )
 
     # Names of fields that are prefkit's own (not TrainingArguments); subclasses extend.
     def check(self) -> None:
@@ -129,20 +206,76 @@ class BaseTrainConfig:
 class DPOConfig(BaseTrainConfig):
     """DPO-family and eps-DPO training (field names as in TRL's DPOConfig where they exist)."""
 
-    loss_type: str = "sigmoid"              # sigmoid, robust, hinge, ipo, simpo, eps-dpo, or a registered loss
-    beta: float = 0.1
-    label_smoothing: float = 0.0            # conservative DPO / robust DPO
-    simpo_gamma: float = 0.5                # SimPO's target margin (its gamma; TRL: gamma/beta ratio differs)
-    eps: float = 0.01                       # eps-DPO check and step size
-    beta_update: str = "paper"              # eps-DPO base-beta update: 'paper' (mean of per-pair beta) or 'code'
-    reference_model_name_or_path: str | None = None  # default: the initial policy itself
-    precompute_ref_log_probs: bool = True   # one pass, cached on disk; a live reference when a loss needs logits
-    precompute_ref_batch_size: int | None = None
-    ref_cache_dir: str | None = None        # default: $PREFKIT_CACHE or ~/.cache/prefkit/ref_logps
-    forward_mode: str = "packed"            # 'packed': one prefix-shared, unpadded sequence per pair; 'padded': chosen and rejected rows padded
-    pad_tolerance: float = 0.0              # packed rows share a forward only when at most this fraction of its tokens is padding
-    export_chat_template: bool = False      # write the conditioning into the saved tokenizer's chat template
-    learning_rate: float = 1e-6
+    loss_type: str = field(
+        default="sigmoid",
+        metadata={"help": "the loss: a registered loss (prefkit.losses, plugins included) or eps-dpo (the sigmoid "
+                          "loss with eps-DPO's per-pair beta)"},
+    )
+    beta: float = field(default=0.1, metadata={"help": "DPO beta (eps-DPO: the initial base beta)"})
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={"help": "conservative / robust DPO label smoothing, in [0, 0.5) (the loss's label_smoothing "
+                          "option)", "loss_option": "label_smoothing"},
+    )
+    simpo_gamma: float = field(
+        default=0.5,
+        metadata={"help": "SimPO's target reward margin (the simpo loss's gamma option)", "loss_option": "gamma"},
+    )
+    loss_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "options of the loss, as KEY=VALUE,... or a YAML mapping (the loss's own names; see "
+                          "the list of losses below)"},
+    )
+    eps: float = field(default=0.01, metadata={"help": "eps-DPO's perturbation size and beta step"})
+    beta_update: str = field(
+        default="paper",
+        metadata={"help": "eps-DPO base-beta update: paper (mean of per-pair beta) or code"},
+    )
+    reference_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "reference model, when not the initial policy"},
+    )
+    precompute_ref_log_probs: bool = field(
+        default=True,
+        metadata={"help": "compute reference log-probs once before training, cached on disk"},
+    )
+    precompute_ref_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "pairs per batch of that pass (unset: 4 x per_device_train_batch_size; it holds no "
+                          "gradients)"},
+    )
+    ref_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "reference log-prob cache directory (unset: $PREFKIT_CACHE or ~/.cache/prefkit/ref_logps)"},
+    )
+    forward_mode: str = field(
+        default="packed",
+        metadata={"help": "packed: each pair as one sequence, the prompt computed once, no padding (docs/core.md); "
+                          "padded: chosen and rejected rows padded to the batch's longest"},
+    )
+    pad_tolerance: float = field(
+        default=0.0,
+        metadata={"help": "packed rows share a forward only when at most this fraction of its tokens is padding (0:"
+                          " never pad)"},
+    )
+    export_chat_template: bool = field(
+        default=False,
+        metadata={"help": "write the reward conditioning into the saved tokenizer's chat template, so that servers "
+                          "(transformers serve, vLLM) condition plain messages as prefkit.generate does"},
+    )
+    learning_rate: float = field(default=1e-6, metadata={"help": "peak learning rate"})
+
+    def loss_option_values(self) -> dict[str, Any]:
+        """The options to bind to the loss (prefkit.losses.get_loss): the TRL-named fields that feed
+        one (metadata ``loss_option``: label_smoothing, simpo_gamma -> gamma) when set away from
+        their default, then ``loss_options``, which wins."""
+        values = {}
+        for f in fields(self):
+            option = f.metadata.get("loss_option")
+            if option is not None and getattr(self, f.name) != f.default:
+                values[option] = getattr(self, f.name)
+        values.update(self.loss_options)
+        return values
 
     def check(self) -> None:
         super().check()
@@ -162,11 +295,23 @@ class DPOConfig(BaseTrainConfig):
 class RMConfig(BaseTrainConfig):
     """Bradley-Terry reward-model training (AutoModelForSequenceClassification, num_labels=1)."""
 
-    margin_column: str = "margin"           # per-pair margin m in -log sigma(r_w - r_l - m), used when present
-    center_rewards_coefficient: float | None = None  # c in c * mean((r_w + r_l)^2)
-    learning_rate: float = 1e-5
-    eval_split_ratio: float = 0.1
-    max_prompt_length: int | None = None    # a reward model reads the whole conversation
+    margin_column: str = field(
+        default="margin",
+        metadata={"help": "column of per-pair margins m in -log sigmoid(r_w - r_l - m), used when present"},
+    )
+    center_rewards_coefficient: float | None = field(
+        default=None,
+        metadata={"help": "c in c * mean((r_w + r_l)^2), which keeps rewards centred"},
+    )
+    learning_rate: float = field(default=1e-5, metadata={"help": "peak learning rate"})
+    eval_split_ratio: float = field(
+        default=0.1,
+        metadata={"help": "hold out this fraction of the training pairs for evaluation when there is no eval_file"},
+    )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "most prompt tokens (must be below max_length)"},
+    )
 
     def check(self) -> None:
         super().check()
@@ -314,6 +459,15 @@ def _coerce(name: str, value, tp):
             except ConfigError as exc:
                 last_err = exc
         raise last_err or ConfigError(f"{name}: cannot use {value!r}")
+    if origin is dict:
+        if isinstance(value, str):   # KEY=VALUE,KEY=VALUE (the command line), values read as YAML scalars
+            pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+            if any(len(kv) != 2 for kv in pairs):
+                raise ConfigError(f"{name}: expected KEY=VALUE,... or a mapping, got {value!r}")
+            value = _parse_overrides([f"{k.strip()}={v}" for k, v in pairs])
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping of option: value, got {value!r}")
+        return dict(value)
     if origin is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

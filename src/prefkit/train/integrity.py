@@ -7,8 +7,11 @@ finish or leave the previous state as it was, and a full disk said in one line.
   run killed while saving leaves one. It is *corrupt* when a file it has cannot be read
   (a truncated safetensors or torch file, JSON that does not parse).
 - `latest_complete_checkpoint(output_dir)`: what `resume_from_checkpoint: auto` resumes from.
-- Writing files safely (`atomic_write_text`, `disk_guard`, `DiskFullError`) lives in
-  `prefkit.files`, shared with every stage that writes.
+- `resolve_resume(value, output_dir)`: the checkpoint a run resumes from (explicit or 'auto').
+- `guard`, `train_guarded`, `save_final`: writes into the output directory that either finish or
+  leave the previous files as they were (a full disk said in one line). Writing files safely
+  (`atomic_write_text`, `disk_guard`, `DiskFullError`) lives in `prefkit.files`, shared with every
+  stage that writes.
 """
 
 from __future__ import annotations
@@ -16,9 +19,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import struct
+import warnings
 import zipfile
 from pathlib import Path
+
+from prefkit.errors import ConfigError
+from prefkit.files import disk_guard, readable_by_all
 
 
 TRAINER_STATE = "trainer_state.json"       # transformers.trainer_callback.TRAINER_STATE_NAME
@@ -107,3 +115,88 @@ def latest_complete_checkpoint(output_dir, *, required: tuple[str, ...] = (),
         raise DataError(f"{f}: checkpoint file is {kind.split(': ', 1)[1]}; delete {ckpt} to resume from "
                         "the checkpoint before it")
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# resuming, and writing into the run's output directory
+
+
+STATE_FILE = "prefkit_trainer_state.json"   # prefkit's own resumable state, inside each checkpoint
+
+
+def resolve_resume(value, output_dir: str, *, required: tuple[str, ...] = (),
+                   skipped: list | None = None) -> str | None:
+    """A checkpoint dir to resume from: explicit path, or 'auto'/'true' for the latest complete one
+    in output_dir (None when there is none yet: a fresh start).
+
+    'auto' skips checkpoints whose save did not finish (a run killed while saving; each is
+    appended to `skipped` and warned about); a checkpoint with an unreadable file, or an explicit
+    path to an incomplete one, is a ConfigError naming the file (prefkit.train.integrity).
+    `required`: files the trainer itself writes into every checkpoint."""
+    if value in (None, False, "", "false", "no", "none"):
+        return None
+    if value is True or str(value).lower() in ("auto", "true", "yes", "latest"):
+        skipped = skipped if skipped is not None else []
+        found = latest_complete_checkpoint(output_dir, required=required, skipped=skipped)
+        for ckpt in skipped:
+            warnings.warn(f"resume_from_checkpoint auto: skipping {ckpt}, its save did not finish "
+                          "(the run was stopped while saving it)", stacklevel=2)
+        return str(found) if found is not None else None
+    if not os.path.isdir(value):
+        raise ConfigError(f"resume_from_checkpoint: no checkpoint directory {value!r}")
+    problem = checkpoint_problem(value, required=required)
+    if problem is not None:
+        kind, f = problem
+        why = ("missing: the checkpoint's save did not finish" if kind == "incomplete"
+               else kind.split(": ", 1)[1])
+        raise ConfigError(f"{f}: cannot resume from this checkpoint, file {why}")
+    return str(value)
+
+
+def guard(cfg, what: str):
+    """disk_guard for writes into the run's output directory."""
+    return disk_guard(what, cfg.output_dir,
+                      kept="completed checkpoints and files written before are intact; free space and rerun "
+                           "with --resume-from-checkpoint auto")
+
+
+def train_guarded(trainer, cfg, resume: str | None):
+    """trainer.train, with a full disk while saving a checkpoint said in one line (the checkpoint
+    being written is left incomplete; `resume_from_checkpoint: auto` skips it)."""
+    with guard(cfg, "a checkpoint"):
+        return trainer.train(resume_from_checkpoint=resume)
+
+
+_WEIGHT_FILES = r"^(model|adapter_model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?$"
+
+
+def save_final(trainer, output_dir: str) -> None:
+    """trainer.save_model(output_dir), written into a temp directory first and moved into place
+    file by file: a failure while writing (a full disk) leaves the files of an earlier save
+    intact, and the temp directory is removed."""
+    out = Path(output_dir)
+    tmp = out / ".prefkit-saving"
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    try:
+        trainer.save_model(str(tmp))
+        trainer.accelerator.wait_for_everyone()
+        if trainer.is_world_process_zero():
+            fresh = {f.relative_to(tmp) for f in tmp.rglob("*") if f.is_file()}
+            kinds = {m.group(1) for f in fresh if (m := re.match(_WEIGHT_FILES, f.name))}
+            # weight files of the same kind from an earlier save that this one does not have (its
+            # shards) would be read with the new ones; save_pretrained into the directory removes them too
+            for old in out.glob("*"):
+                m = re.match(_WEIGHT_FILES, old.name)
+                if old.is_file() and m and m.group(1) in kinds and old.relative_to(out) not in fresh:
+                    old.unlink()
+            for f in sorted(tmp.rglob("*")):
+                if f.is_file():
+                    dest = out / f.relative_to(tmp)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(f, dest)
+                    readable_by_all(dest)  # safetensors writes 0600
+    finally:
+        if trainer.is_world_process_zero():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,14 +1,15 @@
 """DPO-family and eps-DPO training on `transformers.Trainer`.
 
-The trainer's own part is small: one concatenated forward per batch (prefkit.logprobs), the
-reference log-probs (precomputed and cached, or a live reference), and a loss looked up by name
-in prefkit.losses. Everything else (optimiser, schedule, gradient accumulation, mixed precision,
+The trainer's own part is small: one forward per batch through the forward engine
+(prefkit.logprobs.pair_forward on a packed or padded plan), the reference log-probs (precomputed
+and cached, or a live reference), the beta control (prefkit.train.beta_control), and a loss looked
+up by name in prefkit.losses. Everything else (optimiser, schedule, gradient accumulation, mixed precision,
 checkpoints and resume, DDP under torchrun/accelerate, report_to integrations) is the Trainer's.
 
 Reference, by case:
-- simpo (reference-free): none;
-- eps-dpo: a live reference (it needs the reference's logits, not only its log-probs);
-  with LoRA the adapter-disabled base model, otherwise a frozen copy;
+- a loss registered with needs_reference=False (simpo): none;
+- a beta control with a LogitStatistic (eps-dpo): a live reference (it needs the reference's
+  logits, not only its log-probs); with LoRA the adapter-disabled base model, otherwise a frozen copy;
 - otherwise with precompute_ref_log_probs (default): one pass before training, cached on disk
   (prefkit.train.reference_cache), so only the policy is in memory while training;
 - otherwise live: the adapter-disabled base (LoRA) or a frozen copy.
@@ -31,32 +32,31 @@ from transformers.utils import logging
 
 from prefkit.data import records as R
 from prefkit.errors import ConfigError, DataError
-from prefkit.losses import PairLogps, get_loss, pair_metrics
-from prefkit.train.beta_control import beta_control
-from prefkit.train.common import STATE_FILE
 from prefkit.files import atomic_write_text
+from prefkit.logprobs import PairForward, pair_forward
+from prefkit.losses import PairLogps, get_loss, loss_spec, pair_metrics
+from prefkit.packed import plan_for, scored_hidden
+from prefkit.train.beta_control import BetaControl
+from prefkit.train.beta_control import beta_control as _beta_control
+from prefkit.train.conditioning import find_conditioning_spec, warn_if_relabeled
+from prefkit.train.integrity import STATE_FILE, guard, resolve_resume, save_final, train_guarded
+from prefkit.train.loading import load_model, lora_config
+from prefkit.train.prepare import prepare_run
+from prefkit.train.run_report import finish_run
 from prefkit.train.trainer_base import MetricsTrainer
-
-REFERENCE_FREE = {"simpo"}
 
 logger = logging.get_logger(__name__)
 
 
-def _loss_fn(cfg):
-    """The registered loss for cfg.loss_type with its options bound (the beta control names it:
-    eps-dpo trains the sigmoid loss with a per-pair beta)."""
-    name = beta_control(cfg).loss_name
-    opts: dict[str, Any] = {}
-    if cfg.label_smoothing:
-        opts["label_smoothing"] = cfg.label_smoothing
-    if name == "simpo":
-        opts["gamma"] = cfg.simpo_gamma
-    return get_loss(name, **opts)
+def _loss_fn(cfg, control: BetaControl):
+    """The registered loss the beta control names (eps-dpo trains the sigmoid loss with a per-pair
+    beta), with the config's loss options bound."""
+    return get_loss(control.loss_name, **cfg.loss_option_values())
 
 
 class PreferenceTrainer(MetricsTrainer):
-    """A `transformers.Trainer` whose loss is a prefkit.losses loss over one concatenated
-    chosen+rejected forward. Logs TRL's metric names plus eps-DPO's beta statistics.
+    """A `transformers.Trainer` whose loss is a prefkit.losses loss over one chosen+rejected
+    forward. Logs TRL's metric names plus the beta control's metrics (eps-DPO's beta statistics).
 
     reference: "precomputed" (log-probs in batch["meta"]), "none" (reference-free loss),
     "adapter" (PEFT model with its adapter disabled), or a model (a frozen copy).
@@ -66,18 +66,18 @@ class PreferenceTrainer(MetricsTrainer):
 
     loss_is_scaled_for_ga = False  # compute_loss returns a micro-batch mean
 
-    def __init__(self, *args, prefkit_config, reference, probes: dict[str, Callable] | None = None,
-                 chunk_size: int | None = None, **kwargs):
+    def __init__(self, *args, prefkit_config, reference, beta_control: BetaControl | None = None,
+                 probes: dict[str, Callable] | None = None, chunk_size: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False
         self.pk = prefkit_config
-        self.loss_fn = _loss_fn(prefkit_config)
-        self.beta_control = beta_control(prefkit_config)
+        self.beta_control = beta_control if beta_control is not None else _beta_control(prefkit_config)
+        self.loss_fn = _loss_fn(prefkit_config, self.beta_control)
         self.reference = reference
         if isinstance(reference, torch.nn.Module):
             reference.eval().requires_grad_(False)
             self.reference = reference.to(self.args.device)
-        if self.beta_control.needs_heads and reference in ("precomputed", "none"):
+        if self.beta_control.statistic is not None and reference in ("precomputed", "none"):
             raise ConfigError(f"{prefkit_config.loss_type} needs a live reference model (its logits), "
                               "not precomputed log-probs")
         self.probes = dict(probes or {})
@@ -96,75 +96,41 @@ class PreferenceTrainer(MetricsTrainer):
         else:
             yield self.reference
 
-    def _padded_forward(self, model, batch: dict[str, Any]):
-        """(policy PairForward, reference chosen, rejected, reference head): chosen and rejected
-        rows padded into one concatenated forward (forward_mode='padded')."""
-        from prefkit.logprobs import concatenated_forward, sequence_logps
-
-        meta = batch.get("meta", {})
-        kw = {"chunk_size": self.chunk_size} if self.chunk_size else {}
-        fwd = concatenated_forward(model, batch, return_head=self.beta_control.needs_heads, **kw)
-        ref_c = ref_r = ref_head = None
-        if self.reference == "precomputed":
-            ref_c = meta[R.REF_LOGPS_CHOSEN].to(fwd.chosen_logps.dtype)
-            ref_r = meta[R.REF_LOGPS_REJECTED].to(fwd.chosen_logps.dtype)
-        elif self.reference != "none":
-            with torch.no_grad(), self._reference_model(model) as ref:
-                seq, ref_head = sequence_logps(ref, batch["input_ids"], batch["response_mask"],
-                                               batch.get("attention_mask"), return_head=True, **kw)
-            b = fwd.chosen_logps.shape[0]
-            ref_c, ref_r = seq.logps[:b].detach(), seq.logps[b:].detach()
-        return fwd, ref_c, ref_r, ref_head
-
-    def _packed_forward(self, model, batch: dict[str, Any]):
-        """As `_padded_forward`, through one prefix-shared, unpadded sequence per pair
-        (prefkit.packed); None when the model's attention cannot take the packed mask. The
-        reference runs first (no gradient); with eps-DPO its hidden rows feed the policy's logits
-        chunks, which yield the reference's and the perturbed policies' log-probs as well."""
-        from prefkit.logprobs import PairForward
-        from prefkit.packed import packed_logps, packing_supported, plan_pairs, scored_hidden
-
+    def _forward(self, model, batch: dict[str, Any]) -> PairForward:
+        """The policy's (and a live reference's) log-probs for one batch through the forward engine
+        (prefkit.logprobs.pair_forward): one prefix-shared, unpadded sequence per pair
+        (forward_mode='packed', prefkit.packed) or padded rows, the model's attention permitting.
+        A live reference runs first (no gradient); its hidden rows feed the policy's logits chunks,
+        which yield the reference's log-probs and the beta control's statistic as well."""
         # Under DDP (several processes) the policy runs ONE forward per batch, as DDP's gradient
         # reduction expects: every packed row shares it, padded to the longest (still prefix-shared).
         tol = 1.0 if self.accelerator.num_processes > 1 else self.pk.pad_tolerance
-        plan = plan_pairs(batch, pad_tolerance=tol)
-        ok, why = packing_supported(model, plan)
-        if not ok:
-            if not self._warned_packing:
-                logger.warning("forward_mode=packed: %s; this run uses the padded forward", why)
-                self._warned_packing = True
-            return None
+        plan, why = plan_for(model, batch, forward_mode=self.pk.forward_mode, pad_tolerance=tol)
+        if why and not self._warned_packing:
+            logger.warning("forward_mode=packed: %s; this run uses the padded forward", why)
+            self._warned_packing = True
         kw = {"chunk_size": self.chunk_size} if self.chunk_size else {}
-        meta, b, needs = batch.get("meta", {}), plan.n_pairs, self.beta_control.needs_heads
-        ref_c = ref_r = ref_head = None
+        ref_head = None
         if self.reference not in ("precomputed", "none"):
             with torch.no_grad(), self._reference_model(model) as ref:
                 ref_head = scored_hidden(ref, plan)
-                if not needs:
-                    seq = packed_logps(ref_head, plan, **kw)
-                    ref_c, ref_r, ref_head = seq.logps[:b], seq.logps[b:], None
-        out = packed_logps(scored_hidden(model, plan), plan, ref_head=ref_head,
-                           eps=getattr(self.beta_control, "eps", None) if needs else None, **kw)
+        fwd = pair_forward(model, plan, ref_head=ref_head, statistic=self.beta_control.statistic, **kw)
         if self.reference == "precomputed":
-            ref_c = meta[R.REF_LOGPS_CHOSEN].to(out.logps.dtype)
-            ref_r = meta[R.REF_LOGPS_REJECTED].to(out.logps.dtype)
-        elif ref_head is not None:
-            ref_c, ref_r = out.ref_logps[:b], out.ref_logps[b:]
-        perturbed = (out.minus, out.plus) if out.minus is not None else None
-        fwd = PairForward(out.logps[:b], out.logps[b:], out.lengths[:b], out.lengths[b:], None, perturbed)
-        return fwd, ref_c, ref_r, ref_head
+            meta = batch.get("meta", {})
+            fwd = fwd._replace(ref_chosen_logps=meta[R.REF_LOGPS_CHOSEN].to(fwd.chosen_logps.dtype),
+                               ref_rejected_logps=meta[R.REF_LOGPS_REJECTED].to(fwd.chosen_logps.dtype))
+        return fwd
 
     def pair_loss(self, model, batch: dict[str, Any], *, training: bool):
         """(mean loss, metrics dict) for one PairCollator batch."""
         meta = batch.get("meta", {})
-        res = self._packed_forward(model, batch) if self.pk.forward_mode == "packed" else None
-        fwd, ref_c, ref_r, ref_head = res if res is not None else self._padded_forward(model, batch)
-        logps = PairLogps(fwd.chosen_logps, fwd.rejected_logps, ref_c, ref_r, fwd.chosen_lengths,
-                          fwd.rejected_lengths)
+        fwd = self._forward(model, batch)
+        logps = PairLogps(fwd.chosen_logps, fwd.rejected_logps, fwd.ref_chosen_logps, fwd.ref_rejected_logps,
+                          fwd.chosen_lengths, fwd.rejected_lengths)
         _check_finite(logps, meta)
 
-        beta, metrics = self.beta_control.pair_beta(fwd, ref_head, batch, training=training,
-                                                    chunk_size=self.chunk_size)
+        control = self.beta_control
+        beta, metrics = control.pair_beta(fwd, training=training) if control.per_pair else (control.base_beta, {})
 
         weights = meta.get("weight")
         if weights is not None:
@@ -313,41 +279,42 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
     reference cache use), and `prefkit_conditioning.json` when the data was relabeled.
     """
     from prefkit.tokenize import PairCollator
-    from prefkit.train import common
 
-    # An unknown loss or option fails before any model is loaded.
-    run = common.prepare_run(config, model=model, tokenizer=tokenizer, train_dataset=train_dataset,
-                             eval_dataset=eval_dataset, renames={config.weight_column: "weight"}, check=_loss_fn)
+    control = _beta_control(config)   # the run's one beta control
+    _loss_fn(config, control)          # an unknown loss or option fails before anything is loaded
+    run = prepare_run(config, model=model, tokenizer=tokenizer, train_dataset=train_dataset,
+                      eval_dataset=eval_dataset, renames={config.weight_column: "weight"})
     cfg, tokenizer = run.cfg, run.tokenizer
-    spec = conditioning if conditioning is not None else common.find_conditioning_spec(cfg, cfg.train_file)
+    spec = conditioning if conditioning is not None else find_conditioning_spec(cfg, cfg.train_file)
     if spec is None:
-        common.warn_if_relabeled(train_dataset if train_dataset is not None else run.train_enc, cfg)
+        warn_if_relabeled(train_dataset if train_dataset is not None else run.train_enc, cfg)
         if cfg.export_chat_template:
             raise ConfigError("export_chat_template: the training data has no conditioning spec (relabeled data "
                               "written by prefkit relabel has one beside it; in memory, pass conditioning=spec)")
     skipped: list = []
-    resume = common.resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir, required=(STATE_FILE,),
-                                   skipped=skipped)
+    resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir, required=(STATE_FILE,),
+                            skipped=skipped)
     if model is None:
-        model = common.load_model("causal-lm", cfg.model_name_or_path, cfg)
-    reference, ref_info = _choose_reference(run, model, ref_model)
+        model = load_model("causal-lm", cfg.model_name_or_path, cfg)
+    reference, ref_info = _choose_reference(run, model, ref_model, control)
     if cfg.use_peft:
         from peft import get_peft_model
 
-        model = get_peft_model(model, common.lora_config(cfg, "CAUSAL_LM"))
+        model = get_peft_model(model, lora_config(cfg, "CAUSAL_LM"))
 
     trainer = PreferenceTrainer(
         model=model, args=run.args, train_dataset=run.train_enc, eval_dataset=run.eval_enc,
         data_collator=PairCollator.for_tokenizer(tokenizer), processing_class=tokenizer,
-        callbacks=list(callbacks or []), prefkit_config=cfg, reference=reference, probes=probes)
-    result = common.train_guarded(trainer, cfg, resume)
+        callbacks=list(callbacks or []), prefkit_config=cfg, reference=reference, beta_control=control,
+        probes=probes)
+    result = train_guarded(trainer, cfg, resume)
     final_eval = trainer.evaluate() if run.eval_enc is not None else None
-    with common.guard(cfg, "the trained model"):
-        common.save_final(trainer, cfg.output_dir)
+    with guard(cfg, "the trained model"):
+        save_final(trainer, cfg.output_dir)
 
     cond_path = None
     if trainer.is_world_process_zero() and spec is not None:
-        with common.guard(cfg, "the conditioning spec"):
+        with guard(cfg, "the conditioning spec"):
             cond_path = str(spec.save(cfg.output_dir))
             if cfg.export_chat_template:
                 from prefkit.relabel import export_chat_template
@@ -368,33 +335,32 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
     if cond_path:
         summary.append(f"conditioning spec copied to {cond_path}"
                        + ("; written into the chat template" if cfg.export_chat_template else ""))
-    common.finish_run(trainer, run, kind="dpo", resume=resume, result=result, summary=summary,
-                      headline=f"prefkit train dpo: {cfg.loss_type} beta={cfg.beta}{trainer.beta_control.summary()}, ",
-                      run_fields={"final_base_beta": trainer.beta_control.base_beta, "reference": ref_info,
-                                  "skipped_incomplete_checkpoints": [str(p) for p in skipped]},
-                      eval_fields={"final_eval": final_eval, "conditioning": cond_path})
+    finish_run(trainer, run, kind="dpo", resume=resume, result=result, summary=summary,
+               headline=f"prefkit train dpo: {cfg.loss_type} beta={cfg.beta}{trainer.beta_control.summary()}, ",
+               run_fields={"final_base_beta": trainer.beta_control.base_beta, "reference": ref_info,
+                           "skipped_incomplete_checkpoints": [str(p) for p in skipped]},
+               eval_fields={"final_eval": final_eval, "conditioning": cond_path})
     return cfg.output_dir
 
 
-def _choose_reference(run, model, ref_model) -> tuple[Any, dict[str, Any]]:
+def _choose_reference(run, model, ref_model, control: BetaControl) -> tuple[Any, dict[str, Any]]:
     """(reference for PreferenceTrainer, report entry). With precomputed log-probs the reference
     columns are added to run.train_enc / run.eval_enc here, and no reference stays in memory.
 
-    - a reference-free loss (simpo): "none";
-    - precompute_ref_log_probs, unless the beta control needs the reference's logits (eps-dpo):
+    - a loss registered with needs_reference=False (simpo): "none";
+    - precompute_ref_log_probs, unless the beta control needs the reference's logits (a statistic: eps-dpo):
       one pass of ref_model (default: the initial policy), cached on disk -> "precomputed";
     - LoRA without a separate reference: the adapter-disabled base -> "adapter";
     - otherwise a frozen model: ref_model, reference_model_name_or_path, or a copy of the policy."""
-    from prefkit.train import common
 
     cfg = run.cfg
-    if cfg.loss_type in REFERENCE_FREE:
+    if not loss_spec(control.loss_name).needs_reference:
         return "none", {"mode": "none (reference-free loss)"}
-    if cfg.precompute_ref_log_probs and not beta_control(cfg).needs_heads:
+    if cfg.precompute_ref_log_probs and control.statistic is None:
         if ref_model is None:
             ref_model = model
             if cfg.reference_model_name_or_path:
-                ref_model = common.load_model("causal-lm", cfg.reference_model_name_or_path, cfg)
+                ref_model = load_model("causal-lm", cfg.reference_model_name_or_path, cfg)
         settings = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length,
                     "truncation_mode": cfg.truncation_mode, "on_long": cfg.on_long,
                     "chat_template": getattr(run.tokenizer, "chat_template", None), "forward": cfg.forward_mode}
@@ -411,7 +377,7 @@ def _choose_reference(run, model, ref_model) -> tuple[Any, dict[str, Any]]:
     if ref_model is not None:
         reference = ref_model
     elif cfg.reference_model_name_or_path:
-        reference = common.load_model("causal-lm", cfg.reference_model_name_or_path, cfg)
+        reference = load_model("causal-lm", cfg.reference_model_name_or_path, cfg)
     else:
         reference = copy.deepcopy(model)
     return reference, {"mode": "live: a frozen copy of the initial policy"}

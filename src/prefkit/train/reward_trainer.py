@@ -16,6 +16,10 @@ import torch
 
 from prefkit.errors import ConfigError
 from prefkit.losses import bradley_terry_loss
+from prefkit.train.integrity import guard, resolve_resume, save_final, train_guarded
+from prefkit.train.loading import load_model, lora_config
+from prefkit.train.prepare import prepare_run
+from prefkit.train.run_report import finish_run
 from prefkit.train.trainer_base import MetricsTrainer
 
 MARGIN = "margin"
@@ -69,18 +73,17 @@ def train_rm(config, *, callbacks=None, model=None, tokenizer=None, train_datase
     `prefkit_train_report.json` to output_dir.
     """
     from prefkit.tokenize import DEFAULT_META_COLUMNS, PairCollator
-    from prefkit.train import common
 
-    run = common.prepare_run(config, model=model, tokenizer=tokenizer, train_dataset=train_dataset,
-                             eval_dataset=eval_dataset,
-                             renames={config.margin_column: MARGIN, config.weight_column: "weight"})
+    run = prepare_run(config, model=model, tokenizer=tokenizer, train_dataset=train_dataset,
+                      eval_dataset=eval_dataset,
+                      renames={config.margin_column: MARGIN, config.weight_column: "weight"})
     cfg, args, tokenizer = run.cfg, run.args, run.tokenizer
     train_enc, eval_enc = run.train_enc, run.eval_enc
     skipped: list = []
-    resume = common.resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir, skipped=skipped)
+    resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir, skipped=skipped)
 
     if model is None:
-        model = common.load_model("sequence-classification", cfg.model_name_or_path, cfg, num_labels=1)
+        model = load_model("sequence-classification", cfg.model_name_or_path, cfg, num_labels=1)
     if getattr(model.config, "num_labels", 1) != 1:
         raise ConfigError(f"a reward model has one output; {cfg.model_name_or_path} has "
                           f"num_labels={model.config.num_labels}")
@@ -89,25 +92,25 @@ def train_rm(config, *, callbacks=None, model=None, tokenizer=None, train_datase
     if cfg.use_peft:
         from peft import get_peft_model
 
-        model = get_peft_model(model, common.lora_config(cfg, "SEQ_CLS"))
+        model = get_peft_model(model, lora_config(cfg, "SEQ_CLS"))
 
     collator = PairCollator.for_tokenizer(tokenizer, meta_columns=tuple(DEFAULT_META_COLUMNS) + (MARGIN,))
     trainer = RewardTrainer(model=model, args=args, train_dataset=train_enc, eval_dataset=eval_enc,
                             data_collator=collator, processing_class=tokenizer, callbacks=list(callbacks or []),
                             prefkit_config=cfg)
     initial_eval = trainer.evaluate(metric_key_prefix="initial") if eval_enc is not None and not resume else None
-    result = common.train_guarded(trainer, cfg, resume)
+    result = train_guarded(trainer, cfg, resume)
     final_eval = trainer.evaluate() if eval_enc is not None else None
-    with common.guard(cfg, "the trained model"):
-        common.save_final(trainer, cfg.output_dir)
+    with guard(cfg, "the trained model"):
+        save_final(trainer, cfg.output_dir)
     summary = []
     if final_eval:
         before = (f" (before training {initial_eval['initial_accuracy']:.4f})" if initial_eval else "")
         summary.append(f"eval: pairwise accuracy {final_eval['eval_accuracy']:.4f}{before} on {len(eval_enc)} pairs, "
                        f"loss {final_eval['eval_loss']:.4g}, margin {final_eval['eval_rewards/margins']:.4g}")
-    common.finish_run(trainer, run, kind="rm", headline="prefkit train rm: ", resume=resume, result=result,
-                      summary=summary,
-                      run_fields={"skipped_incomplete_checkpoints": [str(p) for p in skipped]},
-                      eval_fields={"initial_eval": initial_eval, "final_eval": final_eval,
-                                   "eval_accuracy": final_eval["eval_accuracy"] if final_eval else None})
+    finish_run(trainer, run, kind="rm", headline="prefkit train rm: ", resume=resume, result=result,
+               summary=summary,
+               run_fields={"skipped_incomplete_checkpoints": [str(p) for p in skipped]},
+               eval_fields={"initial_eval": initial_eval, "final_eval": final_eval,
+                            "eval_accuracy": final_eval["eval_accuracy"] if final_eval else None})
     return cfg.output_dir
