@@ -188,6 +188,8 @@ def plot_calibration(doc: dict, path: str | Path) -> None:
         left.plot(r["goals"], r["gold"], marker="o", color=colour, label=f"{r['setting']} ({r['slope']:.2f})")
         right.errorbar([k], [r["slope"]], yerr=[[r["slope"] - r["slope_ci95"][0]], [r["slope_ci95"][1] - r["slope"]]],
                        fmt="o", color=colour, capsize=3)
+    goals = rows[0]["goals"] if rows else list(CURVE_GOALS)
+    left.plot(goals, goals, color="grey", linestyle=":", linewidth=1, label="gold = goal (slope 1)")
     left.set_xlabel("goal in the system message")
     left.set_ylabel("mean gold reward (1-10)")
     left.set_title("base policies' goal-following curves")
