@@ -295,13 +295,14 @@ def gold_evaluation(policies, prompts, *, n: int = 4, temperature: float = 1.0, 
 
 def goal_following_curve(model, prompts, goals=CURVE_GOALS, *, n: int = 4, temperature: float = 1.0,
                          max_new_tokens: int = 24, seed: int = 0, spec=None, run_dir=None,
-                         progress: bool = False) -> dict:
+                         progress: bool = False, per_prompt: bool = False) -> dict:
     """Mean gold reward of `model`'s samples on `prompts` when conditioned on each goal.
 
     spec: the conditioning to apply (default: the relabeler's default, system placement, which is
     what the goal prior and the demo's reward-augmented data use). Every goal is sampled with the
     same seeds (`gold_evaluation`). Returns {"goals": [...], "gold": [...], "slope": least-squares
-    slope of gold on goal}.
+    slope of gold on goal}; with `per_prompt`, also "per_prompt": for each goal, each prompt's mean
+    gold reward over its samples (a failed sample counts as missing).
     """
     from prefkit.evaluate.policy import PolicySpec
 
@@ -310,7 +311,16 @@ def goal_following_curve(model, prompts, goals=CURVE_GOALS, *, n: int = 4, tempe
     res = gold_evaluation(policies, prompts, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
                           seed=seed, run_dir=run_dir, progress=progress)
     gold = [res["policies"][f"goal {g}"]["reward_fn"]["mean"] for g in goals]
-    return {"goals": list(goals), "gold": gold, "slope": slope(goals, gold)}
+    out = {"goals": list(goals), "gold": gold, "slope": slope(goals, gold)}
+    if per_prompt:
+        out["per_prompt"] = [[_mean(v for v in row if v is not None)
+                              for row in res["scores"][f"goal {g}"]["reward_fn"]] for g in goals]
+    return out
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
 
 
 def slope(xs, ys) -> float:
