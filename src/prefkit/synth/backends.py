@@ -511,13 +511,17 @@ class LocalBackend(Backend):
     kind = "local"
 
     def __init__(self, model, tokenizer=None, *, batch_size: int = 16, device: str | None = None,
-                 name: str | None = None, conditioning="auto", seed: int = 0):
+                 name: str | None = None, conditioning="auto", seed: int = 0, engine: str | None = None):
+        from prefkit.engines import check_engine
         from prefkit.errors import ConfigError
 
         if not isinstance(model, (str, os.PathLike)) and tokenizer is None:
             raise ConfigError("LocalBackend with a loaded model needs its tokenizer")
         self._model_src = model
         self._tokenizer = tokenizer
+        # which engine decodes (prefkit.engines; None: the default, checked now so that a missing
+        # one is a ConfigError before any request)
+        self.engine = None if engine in (None, "auto") else check_engine(engine)
         self.batch_size = batch_size
         # The batch loop takes up to 4 batches' worth of waiting requests and groups them by
         # sampling parameters (an evaluation's n samples differ in seed: n groups). Twice that many
@@ -590,7 +594,7 @@ class LocalBackend(Backend):
         seed = params.seed if params.seed is not None else self._rng.randrange(2**31)
         texts = generate(model, batch_messages, tokenizer=tok, n=1, temperature=params.temperature,
                          top_p=params.top_p, max_new_tokens=params.max_tokens, batch_size=len(batch_messages),
-                         seed=seed, conditioning=self.conditioning, progress=False)
+                         seed=seed, conditioning=self.conditioning, progress=False, engine=self.engine)
         out = []
         for msgs, (text,) in zip(batch_messages, texts):
             n_prompt = len(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
