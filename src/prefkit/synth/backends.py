@@ -188,6 +188,9 @@ class OpenAIBackend(Backend):
     ca_bundle: str | None = None
     proxy: str | None = field(default=None, repr=False)
     trust_env: bool = True
+    # "transformers" for `transformers serve`: it decodes greedily unless the request's
+    # `generation_config` (a JSON string, the one way it accepts do_sample) asks it to sample
+    server: str = "openai"
     kind: ClassVar[str] = "openai"
 
     def __post_init__(self):
@@ -199,6 +202,8 @@ class OpenAIBackend(Backend):
             self.base_urls = [self.base_urls]
         if not self.base_urls:
             raise ConfigError("OpenAIBackend needs at least one base URL (--base-url)")
+        if self.server not in ("openai", "transformers"):
+            raise ConfigError(f"server must be 'openai' or 'transformers', not {self.server!r}")
         if self.balance not in ("least-loaded", "round-robin"):
             raise ConfigError(f"balance must be 'least-loaded' or 'round-robin', not {self.balance!r}")
         if self.auth not in ("auto", "bearer", "api-key", "none"):
@@ -331,6 +336,9 @@ class OpenAIBackend(Backend):
             body["seed"] = params.seed
         if params.stop:
             body["stop"] = list(params.stop)
+        if self.server == "transformers" and params.temperature > 0:
+            body["generation_config"] = json.dumps({"do_sample": True, "temperature": params.temperature,
+                                                    "top_p": params.top_p, "top_k": 0})
         if self.extra_body:
             body.update(self.extra_body)
         return json.dumps(body, ensure_ascii=False).encode("utf-8")
