@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from child_runs import run_modes  # noqa: E402
 
-SYSTEMS = ["matmul", "hf_plain", "prefkit_hf", "prefkit_ort", "ort_convert", "serve", "llama_cpp"]
+SYSTEMS = ["matmul", "hf_plain", "prefkit_hf", "prefkit_ort", "ort_convert", "serve", "llama_cpp", "fidelity"]
 
 TOPICS = ["rain", "the sea", "a city at night", "coffee", "mountains", "a cat", "autumn", "trains", "the moon",
           "gardens", "libraries", "bicycles", "winter", "friendship", "bread", "rivers"]
@@ -79,6 +79,8 @@ def child(mode: str, a) -> dict:
         params = sum(p.numel() for p in load_pretrained(path).parameters())
         return {"gflops": gflops, "params": params, "threads": threads}
     tok = load_tokenizer(path)
+    if mode == "fidelity":
+        return fidelity(path, ps, a)
     if mode in ("prefkit_hf", "prefkit_ort"):
         from prefkit.generate import generate
 
@@ -190,6 +192,37 @@ def child(mode: str, a) -> dict:
             "samples": len(texts)}
 
 
+def fidelity(path, ps, a) -> dict:
+    """Greedy text of "ort" vs "hf" on the prompts, and the largest next-token log-prob
+    difference over the prompts' first decoding step."""
+    import numpy as np
+    import onnxruntime_genai as og
+    import torch
+
+    from prefkit import engines
+    from prefkit.generate import generate, render_prompts
+    from prefkit.models import load_causal_lm
+
+    kw = dict(n=1, temperature=0, max_new_tokens=a.tokens, progress=False)
+    ort = generate(path, ps, engine="ort", **kw)
+    hf = generate(path, ps, engine="hf", **kw)
+    model, tok = load_causal_lm(path)
+    conv = engines.convert_ort(model, tok)
+    worst = 0.0
+    for text in render_prompts(ps, tok):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        params = og.GeneratorParams(engines._ort_model(conv))
+        params.set_search_options(max_length=len(ids) + 1, batch_size=1)
+        gen = og.Generator(engines._ort_model(conv), params)
+        gen.append_tokens(np.asarray([ids], dtype=np.int32))
+        lp_ort = torch.log_softmax(torch.from_numpy(np.asarray(gen.get_logits())).reshape(-1).float(), -1)
+        with torch.no_grad():
+            lp_hf = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
+        worst = max(worst, float((lp_ort - lp_hf).abs().max()))
+    return {"greedy_identical": sum(x == y for x, y in zip(ort, hf)), "prompts": len(ps),
+            "max_abs_logprob_diff": worst}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2")
@@ -224,6 +257,10 @@ def main():
     hf_rate = res["hf_plain"]["tokens"] / res["hf_plain"]["wall_s"] if base else None
     print(f"{'system':<14}{'tok/s':>9}{'x HF':>7}{'bound':>8}{'RSS MB':>9}{'TTFS s':>9}{'convert s':>11}")
     conv = res.get("ort_convert", {}).get("convert_s")
+    if "fidelity" in res:
+        f = res["fidelity"]
+        print(f"fidelity: greedy identical on {f['greedy_identical']}/{f['prompts']} prompts, next-token "
+              f"log-probs within {f['max_abs_logprob_diff']:.2e}")
     for name, r in res.items():
         if "tokens" not in r:
             continue
