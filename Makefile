@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/http_client_cpu.py
 	$(PY) benchmarks/select_streaming.py
 	$(PY) benchmarks/data_binarize.py
+	$(PY) benchmarks/generate.py
 
 clean:
 	rm -rf $(VENV) demo_out demo_real_out .pytest_cache
