@@ -514,6 +514,7 @@ class LocalBackend(Backend):
     `batch_size`, generated in a worker thread so the event loop keeps writing finished rows.
     Without a seed in the sampling parameters each batch draws its seed from `seed`'s stream.
     Token counts are re-tokenized lengths; the finish reason is not known (None).
+    `engine` picks what decodes, as in `prefkit.generate.generate` (docs/generate.md).
     """
 
     kind = "local"
