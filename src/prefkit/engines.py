@@ -58,8 +58,9 @@ def default_engine() -> str:
     return "ort" if engine_available("ort") else "hf"
 
 
-# Under the default, smaller models stay on "hf": for the toy policy (about 0.1M parameters) the
-# converter's start-up alone (seconds) is longer than HF's sampling (docs/generate.md).
+# Under the default, smaller models stay on "hf": a conversion starts a builder process and
+# writes the model twice, a fixed cost that a small model does not win back (a judgement, not a
+# measurement: docs/generate.md).
 ORT_MIN_PARAMS = 20_000_000
 _WARNED: set[str] = set()
 
