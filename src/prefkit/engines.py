@@ -150,9 +150,21 @@ def convert_ort(model, tokenizer, *, log=None) -> Path:
             if out.exists():
                 shutil.rmtree(out)
             shutil.move(str(dst), str(out))
+        _prune(keep=out)
     if log:
         log(f"converted {identity['name_or_path'] or identity['class']} for onnxruntime-genai: {out}")
     return out
+
+
+KEEP_CONVERSIONS = 3  # a conversion is as large as the model: a loop keeps the latest rounds' only
+
+
+def _prune(keep: Path) -> None:
+    """Remove all but the KEEP_CONVERSIONS most recently converted models (never `keep`)."""
+    done = sorted((d for d in engine_cache_dir().glob("ort-*") if (d / CONVERT_MARKER).is_file()),
+                  key=lambda d: (d / CONVERT_MARKER).stat().st_mtime, reverse=True)
+    for old in [d for d in done if d != keep][KEEP_CONVERSIONS - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
