@@ -4,7 +4,6 @@ off by nats, and the head's adapter never trained)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from prefkit.logprobs import concatenated_forward, sequence_logps
