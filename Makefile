@@ -33,9 +33,11 @@ demo-real: $(STAMP)
 	$(VENV)/bin/prefkit demo --model smollm2 --out demo_real_out
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q -ra
 
 test-fast: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)

@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 
-
 CPU: dict[str, float] = {}  # client CPU milliseconds per request
 SERVER_CPU: dict[str, float] = {}  # server CPU milliseconds per request
 SERVER_PID = 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -85,7 +86,7 @@ _TORCH_WRITER = ("file write failed", "inline_container", "unexpected pos")
 def _nearly_full(where) -> bool:
     """Under 1 MiB free where `where` lives, or a file-size limit (RLIMIT_FSIZE) in force."""
     try:
-        import resource
+        import resource  # noqa: PLC0415  POSIX only
 
         if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
             return True
@@ -95,7 +96,6 @@ def _nearly_full(where) -> bool:
 
 
 def _free_bytes(where) -> int:
-    import shutil
 
     p = Path(where)
     while not p.exists() and p != p.parent:

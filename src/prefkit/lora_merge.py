@@ -8,8 +8,10 @@ asked, the conditioning written into the chat template) and a model card.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from prefkit.errors import ConfigError
 from prefkit.model_card import write_model_card
 from prefkit.models import is_conditioned_template, merge_lora
 from prefkit.relabel.conditioning import load_conditioning
@@ -26,7 +28,6 @@ def merge_lora_for_serving(adapter_dir, out_dir, *, base=None, export_template: 
     spec = load_conditioning(out)
     if export_template:
         if spec is None:
-            from prefkit.errors import ConfigError
 
             raise ConfigError(f"{adapter_dir}: no prefkit_conditioning.json, so there is no conditioning to "
                               "export (was the adapter trained on relabeled data?)")
@@ -36,7 +37,6 @@ def merge_lora_for_serving(adapter_dir, out_dir, *, base=None, export_template: 
 
 
 def _template_conditions(model_dir: Path) -> bool:
-    import json
 
     for name in ("chat_template.jinja", "tokenizer_config.json"):
         f = Path(model_dir) / name

@@ -16,14 +16,19 @@ A name that cannot be loaded is a ConfigError naming it, which the CLI prints as
 from __future__ import annotations
 
 import contextlib
+import difflib
+import fcntl
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from prefkit.errors import ConfigError
 from prefkit.files import readable_by_all
@@ -72,7 +77,6 @@ def models_cache_dir() -> Path:
 def bundled_gguf(name: str) -> Path:
     """The GGUF file of a bundled model, located without importing its package (whose own
     imports, a chat tool and a llama.cpp build, prefkit does not need)."""
-    import importlib.util
 
     spec_ = BUNDLED_MODELS.get(name)
     if spec_ is None:
@@ -111,7 +115,6 @@ def _hash_file(path: Path, chunk: int) -> str:
 def _exclusive(lock_path: Path):
     """An advisory lock, so that two processes (say, the ranks of a torchrun job) importing the
     same file at once do the work once and never see a half-written directory."""
-    import fcntl
 
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as fh:
@@ -172,10 +175,10 @@ def import_gguf(gguf, out_dir=None, *, force: bool = False, log=None) -> Path:
         say = log or (lambda msg: None)
         say(f"importing {src.name} into {out} (once; later runs reuse it) ...")
         try:
-            import gguf  # noqa: F401 - transformers reads the file with it
+            import gguf  # noqa: F401, PLC0415 - optional extra; transformers reads the file with it
         except ImportError:
             raise ConfigError("importing a GGUF file needs the `gguf` package: pip install gguf") from None
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415  heavy (transformers): lazy, so importing this module stays light
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
@@ -263,7 +266,6 @@ def _looks_like_hub_id(name: str) -> bool:
 
 def _did_you_mean(name: str) -> str:
     """'; did you mean smollm2 (a bundled model)?' for a near miss of a bundled model's name."""
-    import difflib
 
     close = difflib.get_close_matches(str(name).lower(), list(BUNDLED_MODELS), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r} (a bundled model, see `prefkit models list`)?" if close else ""
@@ -284,8 +286,6 @@ def hub_reachable() -> bool:
 
 @functools.lru_cache(maxsize=8)
 def _hub_reachable(offline: str, tf_offline: str, endpoint: str, proxy: str) -> bool:
-    import socket
-    from urllib.parse import urlsplit
 
     if any(v.strip().lower() in ("1", "true", "yes", "on") for v in (offline, tf_offline)):
         return False
@@ -315,7 +315,7 @@ def load_tokenizer(tokenizer, *, trust_remote_code: bool = False, pad_with_eos: 
     if tokenizer is None:
         return None
     if _is_path(tokenizer):
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # noqa: PLC0415  heavy (transformers): lazy, so importing this module stays light
 
         path = resolve_model_path(tokenizer)
         local = Path(path).is_dir()
@@ -340,7 +340,7 @@ def load_tokenizer(tokenizer, *, trust_remote_code: bool = False, pad_with_eos: 
 def load_pretrained(path, *, kind: str = "causal-lm", dtype: str | None = None, trust_remote_code: bool = False,
                     **kwargs):
     """A model of `kind` ('causal-lm' or 'sequence-classification') from a directory or shortcut."""
-    import transformers
+    import transformers  # noqa: PLC0415  heavy (transformers): lazy, so importing this module stays light
 
     if kind not in _MODEL_CLASSES:
         raise ValueError(f"kind must be one of {sorted(_MODEL_CLASSES)}")
@@ -394,7 +394,7 @@ def load_lora_merged(adapter_dir, base=None):
     """(merged model in eval mode, tokenizer) for a PEFT LoRA adapter directory. The base model is
     `base` or the adapter's `base_model_name_or_path`, loaded through `load_pretrained`; the
     tokenizer is the adapter directory's when it holds one, else the base model's."""
-    from peft import PeftModel
+    from peft import PeftModel  # noqa: PLC0415  heavy (peft): lazy, so importing this module stays light
 
     adapter_dir = Path(adapter_dir)
     if base is None:
@@ -455,7 +455,7 @@ def model_identity(model, *, skip_substrings: tuple[str, ...] = ()) -> dict:
     Parameters whose names contain any of `skip_substrings` are left out: the reference cache
     passes ("lora_",) so that a PEFT model hashes as its frozen base, the reference it stands for.
     """
-    import torch
+    import torch  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
 
     cfg = getattr(model, "config", None)
     name = str(getattr(cfg, "_name_or_path", "") or getattr(model, "name_or_path", "") or "")

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefkit.errors import EmptyResultError
+
 
 @dataclass
 class StageReport:
@@ -102,7 +104,6 @@ def check_result(report: StageReport, *, allow_empty: bool = False, rows_in: int
     a synthesis or scoring run had every request fail, or when 0 rows come out of a non-empty
     input (`rows_in`, default `report.rows_in`). `allow_empty=True` (`--allow-empty`) accepts such
     partial results."""
-    from prefkit.errors import EmptyResultError
 
     if allow_empty:
         return

@@ -14,28 +14,32 @@ from __future__ import annotations
 import os
 from collections import Counter
 
+from tqdm.auto import tqdm
+
+from prefkit.errors import ConfigError
+from prefkit.models import load_pretrained, load_tokenizer, resolve_model_path
+from prefkit.report import progress_enabled
+from prefkit.tokenize import SkipPair, encode_pair
+
 
 class RewardModelScorer:
     def __init__(self, model, tokenizer=None, *, batch_size: int = 16, max_length: int = 1024,
                  max_prompt_length: int | None = 512,
                  device: str | None = None):
-        import torch
+        import torch  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
 
         if isinstance(model, (str, os.PathLike)):
             self.name = str(model)
-            from prefkit.models import load_pretrained, load_tokenizer, resolve_model_path
 
             path = resolve_model_path(model)
             tokenizer = load_tokenizer(tokenizer if tokenizer is not None else path)
             model = load_pretrained(path, kind="sequence-classification")
         else:
             if tokenizer is None:
-                from prefkit.errors import ConfigError
 
                 raise ConfigError("RewardModelScorer with a loaded model needs its tokenizer")
             self.name = getattr(model.config, "_name_or_path", "") or type(model).__name__
         if getattr(model.config, "num_labels", 1) != 1:
-            from prefkit.errors import ConfigError
 
             raise ConfigError(f"{self.name}: a reward model has one output (num_labels=1), "
                               f"this one has {model.config.num_labels}")
@@ -55,14 +59,13 @@ class RewardModelScorer:
     def encode(self, prompt, response) -> list[int] | None:
         """Token ids exactly as `prefkit.tokenize` lays out a pair for training (prompt then
         response, same chat-template rendering and truncation); None for an unscorable input."""
-        from prefkit.tokenize import _Skip, encode_pair
 
         if isinstance(prompt, list) and isinstance(response, str):
             response = [{"role": "assistant", "content": response}]
         try:
             enc = encode_pair(prompt, response, response, self.tokenizer, max_length=self.max_length,
                               max_prompt_length=self.max_prompt_length)
-        except _Skip as exc:
+        except SkipPair as exc:
             self.skipped[str(exc.args[0]) if exc.args else "unscorable"] += 1
             return None
         if enc["truncated"]:
@@ -73,11 +76,7 @@ class RewardModelScorer:
               desc: str = "reward model") -> list[float | None]:
         """One scalar reward per (prompt, response); None where it cannot be encoded (counted in
         `self.skipped`, e.g. an empty response)."""
-        import torch
-        from tqdm.auto import tqdm
-
-        from prefkit.report import progress_enabled
-
+        import torch  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
         if len(prompts) != len(responses):
             raise ValueError("prompts and responses differ in length")
         encoded = [self.encode(p, r) for p, r in zip(prompts, responses)]

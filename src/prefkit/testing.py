@@ -74,7 +74,7 @@ def transformers_serve(model_dir, log_path, *, lifetime: int = 900, startup_time
     shows when it does not come up within `startup_timeout` seconds. `warm_up` sends one short
     request first: the server loads the model on its first request, so later requests then
     measure the model and not its loading."""
-    import httpx
+    import httpx  # noqa: PLC0415  heavy (httpx): lazy, so importing this module stays light
 
     exe = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
     if exe is None:

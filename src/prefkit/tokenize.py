@@ -55,7 +55,7 @@ _DROP = "_prefkit_drop_reason"
 _TRUNC = "_prefkit_truncated"
 
 
-class _Skip(Exception):
+class SkipPair(Exception):
     """A pair that cannot be encoded: `reason` is the report key, `field` the offending column."""
 
     def __init__(self, reason: str, field: str | None = None, detail: str = ""):
@@ -89,17 +89,17 @@ def encode_pair(prompt, chosen, rejected, tokenizer, *, max_length: int | None =
                 chat_template_kwargs: dict | None = None) -> dict[str, Any]:
     """Encode one pair. Returns ``{"prompt_ids", "chosen_ids", "rejected_ids", "truncated"}`` where
     ``truncated`` is a list of what was cut ("prompt", "chosen", "rejected") and ``boundary_mismatch``
-    tells whether the prompt had to be cut to the shared prefix. Raises ``_Skip`` for a pair to drop."""
+    tells whether the prompt had to be cut to the shared prefix. Raises ``SkipPair`` for a pair to drop."""
     kwargs = dict(chat_template_kwargs or {})
     for name, value in ((PROMPT, prompt), (CHOSEN, chosen), (REJECTED, rejected)):
         if value is None or not isinstance(value, (str, list)):
-            raise _Skip(f"missing or invalid {name}", name)
+            raise SkipPair(f"missing or invalid {name}", name)
     conversational = is_conversational(prompt)
     if conversational != is_conversational(chosen) or conversational != is_conversational(rejected):
-        raise _Skip("prompt and responses mix string and message formats", CHOSEN)
+        raise SkipPair("prompt and responses mix string and message formats", CHOSEN)
     for name, value in ((CHOSEN, chosen), (REJECTED, rejected)):
         if not _response_text(value).strip():
-            raise _Skip(f"empty {name} response", name)
+            raise SkipPair(f"empty {name} response", name)
 
     if conversational:
         try:
@@ -107,7 +107,7 @@ def encode_pair(prompt, chosen, rejected, tokenizer, *, max_length: int | None =
             full_c = _render(tokenizer, prompt + chosen, add_generation_prompt=False, chat_template_kwargs=kwargs)
             full_r = _render(tokenizer, prompt + rejected, add_generation_prompt=False, chat_template_kwargs=kwargs)
         except Exception as exc:  # jinja raise_exception, bad roles...
-            raise _Skip("chat template error", PROMPT, f"{type(exc).__name__}: {exc}") from None
+            raise SkipPair("chat template error", PROMPT, f"{type(exc).__name__}: {exc}") from None
     else:
         eos = tokenizer.eos_token or ""
         chosen = chosen if chosen.endswith(eos) else chosen + eos
@@ -120,11 +120,11 @@ def encode_pair(prompt, chosen, rejected, tokenizer, *, max_length: int | None =
     mismatch = plen < len(prompt_ids)
     prompt_ids, chosen_ids, rejected_ids = prompt_ids[:plen], full_c[plen:], full_r[plen:]
     if not prompt_ids:
-        raise _Skip("empty prompt (no token to condition the response on)", PROMPT)
+        raise SkipPair("empty prompt (no token to condition the response on)", PROMPT)
     if not chosen_ids:
-        raise _Skip("empty chosen response", CHOSEN)
+        raise SkipPair("empty chosen response", CHOSEN)
     if not rejected_ids:
-        raise _Skip("empty rejected response", REJECTED)
+        raise SkipPair("empty rejected response", REJECTED)
 
     truncated = []
     if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
@@ -136,7 +136,7 @@ def encode_pair(prompt, chosen, rejected, tokenizer, *, max_length: int | None =
     if max_length is not None:
         room = max_length - len(prompt_ids)
         if room <= 0:
-            raise _Skip("prompt alone reaches max_length", PROMPT)
+            raise SkipPair("prompt alone reaches max_length", PROMPT)
         if len(chosen_ids) > room:
             chosen_ids = chosen_ids[:room]
             truncated.append("chosen")
@@ -174,7 +174,7 @@ def _encode_with_reasons(dataset, tokenizer, *, max_length, max_prompt_length, p
             enc = encode_pair(row[PROMPT], row[CHOSEN], row[REJECTED], tokenizer, max_length=max_length,
                               max_prompt_length=max_prompt_length, prompt_truncation=prompt_truncation,
                               chat_template_kwargs=chat_template_kwargs)
-        except _Skip as skip:
+        except SkipPair as skip:
             if on_invalid == "error":
                 raise DataError(f"{skip.reason}{': ' + skip.detail if skip.detail else ''}",
                                 row=idx, field=skip.field, reason=skip.reason) from None
@@ -227,7 +227,7 @@ def encode_pairs(dataset, tokenizer, *, max_length: int | None = 1024, max_promp
 
 
 def _to_meta_value(values: list):
-    import torch
+    import torch  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
 
     if all(isinstance(v, bool) for v in values):
         return torch.tensor(values, dtype=torch.bool)
@@ -261,7 +261,7 @@ class PairCollator:
     pad_to_multiple_of: int | None = None
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
+        import torch  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
 
         seqs, resp = [], []
         for key in ("chosen_ids", "rejected_ids"):

@@ -12,7 +12,6 @@ from prefkit.cli import main
 from prefkit.synth import rlaif, rlcd, rmboost, score, west_of_n
 from prefkit.synth.rmboost import balanced_labels
 
-from synth_testkit import make_backend
 
 
 def q(text):

@@ -145,7 +145,7 @@ def test_no_proxy_cidr_and_host_port_bypass_a_dead_proxy(monkeypatch):
             url = f"http://127.0.0.1:{up.port}/v1"
             monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{dead}")
             out = {}
-            for no_proxy in ("127.0.0.0/8", f"127.0.0.1:{up.port}", "127.0.0.1:1", f".localhost,127.0.0.1"):
+            for no_proxy in ("127.0.0.0/8", f"127.0.0.1:{up.port}", "127.0.0.1:1", ".localhost,127.0.0.1"):
                 monkeypatch.setenv("NO_PROXY", no_proxy)
                 out[no_proxy] = await complete(url, connect_timeout=2)
             monkeypatch.setenv("NO_PROXY", ".localhost")

@@ -99,7 +99,6 @@ def test_example_recipes_parse():
     recipes = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
     assert recipes, "examples/*.yaml recipes are missing"
     for r in recipes:
-        text = r.read_text()
         cls = RMConfig if r.name.startswith("rm_") else DPOConfig
         load_config(cls, r)
 

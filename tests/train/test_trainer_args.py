@@ -3,7 +3,6 @@ integrations are checked at start; `prefkit train --help` describes every option
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess

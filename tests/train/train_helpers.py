@@ -14,7 +14,7 @@ def make_pairs(n: int, seed: int = 0, conversational: bool = True) -> list[dict]
     """Prompts asking for a list of fruits; chosen lists them in order, rejected shuffles them."""
     rng = random.Random(seed)
     rows = []
-    for i in range(n):
+    for _ in range(n):
         items = rng.sample(WORDS, rng.randint(2, 4))
         prompt = f"Sort these words: {', '.join(items)}."
         good = ", ".join(sorted(items))

@@ -142,13 +142,11 @@ def _register_policy(whats) -> None:
 
 
 def run_policy(args) -> int:
-    from prefkit.commands.synth import backend_from_args, sampling_from_args
+    from prefkit.commands.synth import backend_from_args, run_dir_of, sampling_from_args, strict_failure
     from prefkit.errors import ConfigError
     from prefkit.evaluate.options import EvaluateOptions
     from prefkit.evaluate.policy import evaluate_policies, load_prompts, parse_policy
     from prefkit.report import StageReport
-
-    from prefkit.commands.synth import run_dir_of, strict_failure
 
     if args.policy_base_url:  # MODEL -> MODEL@URL (a policy with its own @URL keeps it)
         args.policy = [t if "@http" in t else f"{t}@{args.policy_base_url}" for t in args.policy]

@@ -145,10 +145,10 @@ def _run_select(args) -> int:
 def _run_evolve(args) -> int:
     import dataclasses
 
-    from prefkit.select import SelectOptions
     from prefkit.commands.synth import backend_from_args, sampling_from_args
     from prefkit.errors import ConfigError
     from prefkit.report import StageReport
+    from prefkit.select import SelectOptions
     from prefkit.select.evolve import EvolveOptions, evolve_then_select
 
     report = StageReport("select evolve")

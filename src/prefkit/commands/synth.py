@@ -11,6 +11,7 @@ import sys
 
 from prefkit.commands import add_io_arguments
 
+
 def add_backend_arguments(p: argparse.ArgumentParser, prefix: str = "", what: str = "generator") -> None:
     """--base-url/--model/--local and sampling options (with `prefix`, e.g. 'judge-', for a second backend)."""
     dash = f"--{prefix}"

@@ -154,9 +154,8 @@ def _run_rm(args) -> int:
 
 def _print_summary(output_dir) -> None:
     import json
-    from pathlib import Path
-
     import os
+    from pathlib import Path
 
     if os.environ.get("RANK", "0") != "0":   # under torchrun, the main process speaks for all
         return

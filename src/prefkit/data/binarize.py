@@ -24,12 +24,15 @@ with `take`, never converted to Python objects, so ~60k prompts binarize in abou
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
+from pathlib import Path
 
 from prefkit.data import records as R
 from prefkit.data.adapters import make_pair_id
-from prefkit.errors import ConfigError
+from prefkit.errors import ConfigError, DataError, MissingInputError
 from prefkit.report import StageReport
 
 METHODS = ("published", "best-vs-worst", "all-pairs")
@@ -62,11 +65,6 @@ def truthfulqa_prompt_set(prompts) -> frozenset[str]:
     """The match keys (`prompt_match_key`) of a prompt list: a file with one prompt per line, a
     JSON lines file (.jsonl; each line a string or an object with 'prompt', 'question' or
     'instruction', as in the TruthfulQA dataset's 'question' column), or an iterable of strings."""
-    import json
-    import os
-    from pathlib import Path
-
-    from prefkit.errors import DataError, MissingInputError
 
     if isinstance(prompts, (str, os.PathLike)):
         path = Path(os.path.expanduser(str(prompts)))
@@ -103,7 +101,6 @@ def truthfulqa_prompt_set(prompts) -> frozenset[str]:
 def truthfulqa_drops(prompts, sources, listed: frozenset[str] | None) -> list[str | None]:
     """Per row: the drop reason for drop_truthfulqa (TruthfulQA source, or a prompt in `listed`),
     or None to keep it. `sources` None: the data has no source column, so only a list can tell."""
-    from prefkit.errors import ConfigError
 
     if sources is None:
         if not listed:
@@ -129,10 +126,10 @@ def binarize(dataset, *, method: str = "published", seed: int = 42, ties: str = 
     `model_chosen`/`model_rejected`, and provenance (prompt_id, source_row, source and a pair_id
     naming the two responses, e.g. `<prompt_id[:16]>-r12-0v3`). Every dropped prompt, skipped
     response and dropped pair is counted in `report` by reason."""
-    import datasets
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    import datasets  # noqa: PLC0415  heavy (datasets): lazy, so importing this module stays light
+    import numpy as np  # noqa: PLC0415  heavy (numpy): lazy, so importing this module stays light
+    import pyarrow as pa  # noqa: PLC0415  heavy (pyarrow): lazy, so importing this module stays light
+    import pyarrow.compute as pc  # noqa: PLC0415  heavy (pyarrow): lazy, so importing this module stays light
 
     if method not in METHODS:
         raise ConfigError(f"unknown binarize method {method!r}; expected one of {', '.join(METHODS)}")

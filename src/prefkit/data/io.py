@@ -11,12 +11,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from prefkit.data import records as R
 from prefkit.data import validate as V
 from prefkit.data.adapters import ADAPTERS, FORMATS, PASSTHROUGH, detect
 from prefkit.data.sources import open_source
 from prefkit.errors import ConfigError, DataError
-from prefkit.report import StageReport
+from prefkit.files import disk_guard
+from prefkit.report import StageReport, progress_enabled
 
 log = logging.getLogger("prefkit.data")
 
@@ -152,10 +155,6 @@ def read(path, *, split: str | None = None, subset: str | None = None, revision:
 
 
 def _progress(it, label):
-    from tqdm.auto import tqdm
-
-    from prefkit.report import progress_enabled
-
     # disable=None: only on a terminal; TQDM_DISABLE (and --quiet) turn it off
     return tqdm(it, desc=f"reading {Path(label).name}", unit=" rows", disable=None if progress_enabled() else True,
                 mininterval=1.0,
@@ -165,14 +164,14 @@ def _progress(it, label):
 # ---------------------------------------------------------------------------- Arrow tables
 
 def _types():
-    import pyarrow as pa
+    import pyarrow as pa  # noqa: PLC0415  heavy (pyarrow): lazy, so importing this module stays light
 
     msg = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
     return pa, msg
 
 
 def _aspect_struct(dicts) -> "object":
-    import pyarrow as pa
+    import pyarrow as pa  # noqa: PLC0415  heavy (pyarrow): lazy, so importing this module stays light
 
     keys: dict[str, None] = {}
     for d in dicts:
@@ -187,7 +186,7 @@ def _aspect_struct(dicts) -> "object":
 def build_dataset(rows: list[dict], kind: str, extra_cols=(), *, label: str = "<dataset>"):
     """A `datasets.Dataset` from canonical rows with explicit Arrow types for the canonical columns
     (so an all-null score column is still float64 and message lists keep their struct type)."""
-    import datasets
+    import datasets  # noqa: PLC0415  heavy (datasets): lazy, so importing this module stays light
 
     pa, msg = _types()
     text_form = not rows or isinstance(rows[0][R.PROMPT], str)
@@ -260,7 +259,7 @@ def _arrow_batches(dataset, batch_size: int = 1000):
 
 
 def _nested(dataset) -> list[str]:
-    import pyarrow as pa
+    import pyarrow as pa  # noqa: PLC0415  heavy (pyarrow): lazy, so importing this module stays light
 
     table = dataset.with_format("arrow")[:0]
     return [f.name for f in table.schema if pa.types.is_nested(f.type)]
@@ -273,7 +272,6 @@ def write(dataset, path) -> Path:
     to a temporary name and renamed, so a crash never leaves a half-written output; a full disk
     is one DiskFullError line naming the directory (the temporary file is removed and an earlier
     `path` stays as it was)."""
-    from prefkit.files import disk_guard
 
     p = Path(os.path.expanduser(str(path)))
     with disk_guard(p.name, p.parent, kept=f"{p} is as it was before"):
@@ -281,7 +279,7 @@ def write(dataset, path) -> Path:
 
 
 def _write(dataset, path) -> Path:
-    import datasets
+    import datasets  # noqa: PLC0415  heavy (datasets): lazy, so importing this module stays light
 
     p = Path(os.path.expanduser(str(path)))
     suffix = p.suffix.lower()
@@ -330,12 +328,12 @@ def _write(dataset, path) -> Path:
                 if suffix == ".json":
                     f.write("\n]\n")
         elif suffix == ".parquet":
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # noqa: PLC0415  only for a .parquet output
 
             table = dataset.with_format("arrow")[:]
             pq.write_table(table, tmp)
         else:
-            import pyarrow.csv as pcsv
+            import pyarrow.csv as pcsv  # noqa: PLC0415  only for a .csv output
 
             pcsv.write_csv(dataset.with_format("arrow")[:], tmp)
         os.replace(tmp, p)

@@ -13,6 +13,7 @@ from the rows before it is reported with its own row number instead of a schema-
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from array import array
@@ -157,7 +158,6 @@ class CsvSource(ArrowSource):
 
 def _csv_record_lines(path: Path) -> list[int]:
     """The 1-based line on which each data record (after the header) starts; blank lines skipped."""
-    import csv
 
     starts: list[int] = []
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
@@ -171,7 +171,7 @@ def _csv_record_lines(path: Path) -> list[int]:
 
 
 def _read_parquet(path: Path, label: str):
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # noqa: PLC0415  heavy (pyarrow): lazy, so importing this module stays light
 
     try:
         return pq.read_table(path)
@@ -181,7 +181,7 @@ def _read_parquet(path: Path, label: str):
 
 
 def _read_csv(path: Path, label: str):
-    import pyarrow.csv as pcsv
+    import pyarrow.csv as pcsv  # noqa: PLC0415  heavy (pyarrow): lazy, so importing this module stays light
 
     try:
         return pcsv.read_csv(path)
@@ -208,7 +208,7 @@ def _pick_split(dd, split: str | None, label: str):
 def open_source(path, *, split=None, subset=None, revision=None) -> Source:
     """The right `Source` for a local file, a saved `datasets` directory, a local directory of data
     files, or a hub id (the last two through `datasets.load_dataset`)."""
-    import datasets
+    import datasets  # noqa: PLC0415  heavy (datasets): lazy, so importing this module stays light
 
     if isinstance(path, (datasets.Dataset, datasets.DatasetDict)):
         ds = _pick_split(path, split, "<dataset>") if isinstance(path, datasets.DatasetDict) else path

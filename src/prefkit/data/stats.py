@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefkit.data import records as R
+from prefkit.errors import ConfigError
 from prefkit.models import load_tokenizer
 
 
 def _np():
-    import numpy as np
+    import numpy as np  # noqa: PLC0415  heavy (numpy): lazy, so importing this module stays light
 
     return np
 
@@ -30,8 +31,8 @@ def summarize(values) -> dict:
 
 def _text_lengths(col):
     """Characters per response: a string's length, or the summed content of a message list."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    import pyarrow as pa  # noqa: PLC0415  heavy (pyarrow): lazy, so importing this module stays light
+    import pyarrow.compute as pc  # noqa: PLC0415  heavy (pyarrow): lazy, so importing this module stays light
 
     np = _np()
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
@@ -63,8 +64,8 @@ def columns(dataset, tokenizer=None) -> dict:
     PAIRS: score_chosen, score_rejected, margin, chars_chosen, chars_rejected (+ tokens_*), source.
     MULTI: per response: score, chars (+ tokens), row; per prompt: best-minus-worst margin, source.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    import pyarrow as pa  # noqa: PLC0415  heavy (pyarrow): lazy, so importing this module stays light
+    import pyarrow.compute as pc  # noqa: PLC0415  heavy (pyarrow): lazy, so importing this module stays light
 
     np = _np()
     table = dataset.with_format("arrow")[:]
@@ -112,7 +113,6 @@ def columns(dataset, tokenizer=None) -> dict:
         if tokenizer is not None:
             out["tokens"] = _token_lengths(flat.field("text"), tokenizer)
         return out
-    from prefkit.errors import ConfigError
 
     raise ConfigError(f"stats: expected PAIRS (chosen, rejected) or MULTI (responses) columns, got "
                       f"{', '.join(table.column_names)}")
@@ -216,10 +216,10 @@ def format_stats(s: dict) -> str:
 def plot_stats(dataset, out_dir, *, tokenizer=None) -> list[Path]:
     """PNG plots into `out_dir`: score histograms, margin histogram, response length vs score.
     Returns the files written."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  heavy (matplotlib): lazy, so importing this module stays light
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  heavy (matplotlib): lazy, so importing this module stays light
 
     np = _np()
     if tokenizer is not None and isinstance(tokenizer, (str, Path)):

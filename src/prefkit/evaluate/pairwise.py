@@ -103,7 +103,7 @@ def score_pairwise(ctx: ScoringContext, outputs: dict, by_key: dict) -> dict:
                                "preferences": c.preferences, "preference": c.preference,
                                "failures": c.failures, "reference_length": len(refs[i]),
                                "judge_raw": dict(zip(("policy_first", "policy_second"), c.raw))}
-            for order, (v, f) in enumerate(zip(c.verdicts, c.failures)):
+            for v, f in zip(c.verdicts, c.failures):
                 orders_asked += 1
                 if f:
                     key = f.split(":")[0]

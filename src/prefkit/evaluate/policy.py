@@ -39,9 +39,12 @@ from prefkit.errors import ConfigError
 from prefkit.evaluate.options import EvaluateOptions
 from prefkit.evaluate.report import instruction_text, write_report
 from prefkit.evaluate.scorers import NEEDS, Scorer, ScoringContext, available_scorers, get_scorer, summary_of
+from prefkit.generate import resolve_conditioning
+from prefkit.models import load_causal_lm, load_lora_merged, model_identity, resolve_model_path
+from prefkit.relabel import condition, load_conditioning
 from prefkit.synth.backends import Backend, LocalBackend, OpenAIBackend, SamplingParams
+from prefkit.synth.inputs import PromptRow, read_prompts
 from prefkit.synth.runs import Request, Run
-
 
 # -- policies ---------------------------------------------------------------------------------------
 
@@ -110,8 +113,6 @@ def policy_backend(spec: PolicySpec, *, batch_size: int = 16) -> tuple[Backend, 
     loaded here, and the backend's identity carries a hash of the weights, so a retrained model
     in the same directory is never answered from an older run's records. The caller conditions
     the messages (`condition_messages`), so the goal is part of every request's key."""
-    from prefkit.generate import resolve_conditioning
-    from prefkit.relabel import load_conditioning
 
     if spec.served:
         cond = spec.conditioning
@@ -123,7 +124,6 @@ def policy_backend(spec: PolicySpec, *, batch_size: int = 16) -> tuple[Backend, 
                 raise ConfigError(f"{spec.conditioning}: no prefkit_conditioning.json there")
         opts = {"concurrency": 16, "timeout": 300.0, **spec.backend_options}
         return OpenAIBackend(model=str(spec.model), base_urls=list(spec.base_urls), **opts), cond, None
-    from prefkit.models import load_causal_lm, load_lora_merged, model_identity, resolve_model_path
 
     model, tok = spec.model, spec.tokenizer
     source = model
@@ -165,7 +165,6 @@ def load_prompts(prompts, *, split=None, subset=None, revision=None, format: str
                  on_invalid: str = "error", report=None) -> list:
     """`prefkit.synth.inputs.PromptRow`s from any source `read_prompts` takes (a prompts file with
     a prompt or instruction column, a preference dataset, a hub id, a Dataset, a list)."""
-    from prefkit.synth.inputs import PromptRow, read_prompts
 
     if isinstance(prompts, list) and prompts and all(isinstance(p, PromptRow) for p in prompts):
         return prompts
@@ -179,7 +178,6 @@ def generate_outputs(specs: Sequence[PolicySpec], rows: list, run: Run, params: 
                      batch_size: int = 16) -> dict[str, dict]:
     """For each policy: {"outputs": [[text or None] * n per prompt], "failures": [[reason or None]],
     "backend": description, "goal": conditioning goal or None}. Sample j uses seed params.seed + j."""
-    from prefkit.relabel import condition
 
     out = {}
     for spec in specs:

@@ -103,10 +103,10 @@ def markdown_tables(res: dict) -> str:
 
 def plot_lengths(res: dict, path: Path) -> Path | None:
     """One panel per metric: each policy's value against its mean output length."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  heavy (matplotlib): lazy, so importing this module stays light
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  heavy (matplotlib): lazy, so importing this module stays light
 
     pol = res["policies"]
     panels = []

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from prefkit.data import read
 from prefkit.data import records as R
+from prefkit.errors import ConfigError
+from prefkit.reward_model import RewardModelScorer
 
 
 def rm_accuracy(model, pairs, *, tokenizer=None, batch_size: int = 16, max_length: int = 1024,
@@ -19,14 +22,11 @@ def rm_accuracy(model, pairs, *, tokenizer=None, batch_size: int = 16, max_lengt
 
     Returns {"accuracy", "n", "correct", "ties", "skipped", "mean_margin", "per_source":
     {source: {"accuracy", "n"}}, "model"}; per-pair rewards are not kept (use `prefkit score`)."""
-    from prefkit.reward_model import RewardModelScorer
 
     if not hasattr(pairs, "column_names"):
-        from prefkit.data import read
 
         pairs = read(pairs)
     if R.kind_of(pairs.column_names) != "pairs":
-        from prefkit.errors import ConfigError
 
         raise ConfigError("rm_accuracy needs preference pairs (prompt, chosen, rejected)")
     scorer = model if isinstance(model, RewardModelScorer) else RewardModelScorer(

@@ -29,6 +29,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from prefkit.errors import ConfigError
 from prefkit.evaluate.judging import grade_single
 from prefkit.evaluate.winrate import mean_and_se
 from prefkit.registry import Registry
@@ -116,7 +117,6 @@ def summary_of(values: list) -> dict:
 
 def resolve_reward_fn(fn) -> Callable:
     """A callable, or 'module:function' (e.g. 'prefkit.toy.task:gold_reward')."""
-    from prefkit.errors import ConfigError
 
     if callable(fn):
         return fn

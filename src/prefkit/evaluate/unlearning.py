@@ -23,6 +23,16 @@ import statistics
 from dataclasses import dataclass, replace
 from typing import Callable
 
+from prefkit.data import read
+from prefkit.data import records as R
+from prefkit.errors import ConfigError
+from prefkit.generate import resolve_conditioning
+from prefkit.logprobs import score_logps
+from prefkit.models import load_causal_lm
+from prefkit.relabel import condition
+from prefkit.report import StageReport
+from prefkit.tokenize import encode_pairs
+
 
 def high_quality_rejected(pairs, threshold: float = 5.0, limit: int | None = None, seed: int = 0):
     """The pairs whose rejected response scored >= `threshold` (at most `limit`, a seeded sample)."""
@@ -34,7 +44,6 @@ def high_quality_rejected(pairs, threshold: float = 5.0, limit: int | None = Non
 
 def condition_pairs(pairs, spec, goal="own", tokenizer=None):
     """`pairs` with each prompt conditioned on `goal` ('own' = its score_rejected, or a number)."""
-    from prefkit.relabel import condition
 
     def cond(row):
         g = row["score_rejected"] if goal == "own" else goal
@@ -45,8 +54,6 @@ def condition_pairs(pairs, spec, goal="own", tokenizer=None):
 
 def mean_rejected_logp(model, tokenizer, pairs, batch_size: int = 32) -> float:
     """Mean over pairs of log pi(rejected | prompt) (sum over response tokens)."""
-    from prefkit.data import records as R
-    from prefkit.logprobs import score_logps
 
     was_training = model.training
     model.eval()
@@ -65,7 +72,6 @@ def rejected_logp_probe(pairs, tokenizer, *, spec=None, goal="own", batch_size: 
     every logging step; rendering the chat template again each time cost more than the forward
     pass on small models). Rows those defaults cannot encode are left out, as `score_logps`
     leaves them out of the mean."""
-    from prefkit.tokenize import encode_pairs
 
     probe_pairs = condition_pairs(pairs, spec, goal, tokenizer) if spec is not None else pairs
     encoded = encode_pairs(probe_pairs, tokenizer)
@@ -104,18 +110,11 @@ def unlearning_probe(model, pairs, options: UnlearningOptions | None = None, *, 
     conditioning=None probes unconditioned. Returns {mean_rejected_logp, mean_rejected_logp_per_token,
     pairs, pairs_total, skipped, threshold, conditioned, goal, model}; rows the scorer cannot
     score are counted in `skipped` by reason."""
-    from prefkit.data import records as R
-    from prefkit.errors import ConfigError
-    from prefkit.generate import resolve_conditioning
-    from prefkit.logprobs import score_logps
-    from prefkit.models import load_causal_lm
-    from prefkit.report import StageReport
 
     o = replace(options if options is not None else UnlearningOptions(), **overrides)
     threshold, limit, seed, goal, conditioning = o.threshold, o.limit, o.seed, o.goal, o.conditioning
     batch_size, max_length, progress = o.batch_size, o.max_length, o.progress
     if not hasattr(pairs, "column_names"):
-        from prefkit.data import read
 
         pairs = read(pairs)
     if R.kind_of(pairs.column_names) != "pairs":

@@ -40,6 +40,7 @@ figure.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -133,7 +134,7 @@ def fit_l1_logistic(X, y, C: float, sample_weight=None, *, tol: float = 1e-12, m
                 s = -1.0 if g0 > 0 else 1.0  # the solution lies on the side opposite the gradient
 
                 def phi(t):  # derivative of |t| + C L(t) on that side; increasing in s*t
-                    return grad(j, base + t * xj) + s
+                    return grad(j, base + t * xj) + s  # noqa: B023 - called only within this iteration
 
                 lo, hi = 0.0, s * max(1.0, abs(w[j]) * 2)
                 while s * phi(hi) < 0:
@@ -300,13 +301,11 @@ def official_length_controlled(instructions: Sequence[str], comparisons: list[di
     their canonical order (`alpaca_eval.json` of the `tatsu-lab/alpaca_eval` hub dataset),
     and its precomputed difficulty files reachable. Returns (metrics or None, why not)."""
     try:
-        from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate
+        from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate  # noqa: PLC0415  optional extra
     except ImportError:
         return None, "the alpaca-eval package is not installed (pip install 'prefkit[alpaca-eval]')"
     try:
-        import json
-
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download  # noqa: PLC0415  only with the optional extra
 
         path = hf_hub_download("tatsu-lab/alpaca_eval", "alpaca_eval.json", repo_type="dataset")
         with open(path) as fh:
@@ -315,7 +314,6 @@ def official_length_controlled(instructions: Sequence[str], comparisons: list[di
         return None, f"AlpacaEval's evaluation set is not available ({type(exc).__name__})"
     if list(instructions) != canonical:
         return None, "the prompts are not AlpacaEval's 805 instructions in their canonical order"
-    import pandas as pd
 
     rows = [{"instruction": instructions[c["prompt_index"]], "output_1": c["reference_output"],
              "output_2": c["policy_output"], "generator_1": reference, "generator_2": policy,
@@ -323,6 +321,8 @@ def official_length_controlled(instructions: Sequence[str], comparisons: list[di
              # AlpacaEval's scale: 1 = output_1 (reference) preferred, 2 = output_2 (policy), 1.5 tie
              "preference": 1.0 + c["preference"]} for c in comparisons]
     try:
+        import pandas as pd  # noqa: PLC0415  heavy, only for the optional AlpacaEval GLM
+
         metrics = get_length_controlled_winrate(pd.DataFrame(rows), save_weights_dir=None)
     except Exception as exc:  # noqa: BLE001 - e.g. the hub files cannot be fetched
         return None, f"AlpacaEval's GLM failed ({type(exc).__name__}: {str(exc)[:150]})"

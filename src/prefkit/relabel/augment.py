@@ -22,12 +22,28 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from prefkit import data as pdata
+from prefkit.data import binarize, read
 from prefkit.data import records as R
-from prefkit.errors import ConfigError, DataError
-from prefkit.relabel.columns import condition_column, prompt_format
+from prefkit.data.binarize import truthfulqa_drops, truthfulqa_prompt_set
+from prefkit.data.records import (
+    ASPECTS_CHOSEN,
+    ASPECTS_REJECTED,
+    CHOSEN,
+    FINE_GRAINED_CHOSEN,
+    FINE_GRAINED_REJECTED,
+    PAIR_ID,
+    PROMPT,
+    REJECTED,
+    RESPONSES,
+    SCORE_CHOSEN,
+    SCORE_REJECTED,
+)
+from prefkit.errors import ConfigError, DataError, EmptyResultError
 from prefkit.models import load_causal_lm, load_tokenizer
+from prefkit.relabel.columns import condition_column, prompt_format
 from prefkit.relabel.conditioning import OVERALL, ConditioningSpec, make_spec, parse_attributes
-from prefkit.report import StageReport
+from prefkit.report import StageReport, check_result
 
 GOAL_SCORE = "goal_score"
 GOAL_SCORES = "goal_scores"
@@ -125,10 +141,8 @@ def relabel_with_spec(dataset, options: RelabelOptions | None = None, *, report:
                       **overrides):
     """`relabel`, also returning the resolved `ConditioningSpec` (to save beside the output)."""
     o = RelabelOptions.of(options, **overrides)
-    import datasets
-    from datasets.table import InMemoryTable
-
-    from prefkit.data.records import CHOSEN, PAIR_ID, PROMPT, REJECTED, RESPONSES
+    import datasets  # noqa: PLC0415  heavy (datasets): lazy, so importing this module stays light
+    from datasets.table import InMemoryTable  # noqa: PLC0415  heavy (datasets): lazy, so importing this module stays light
 
     report = report if report is not None else StageReport("relabel")
     if not isinstance(dataset, datasets.Dataset):
@@ -137,7 +151,6 @@ def relabel_with_spec(dataset, options: RelabelOptions | None = None, *, report:
     rows_in = len(dataset)
     why = _not_canonical(dataset)
     if why is not None:
-        from prefkit.data import read
 
         sub = StageReport("read")
         dataset = read(dataset, report=sub)
@@ -147,7 +160,6 @@ def relabel_with_spec(dataset, options: RelabelOptions | None = None, *, report:
     report.rows_in = rows_in
     listed = None
     if o.truthfulqa_prompts is not None:
-        from prefkit.data.binarize import truthfulqa_prompt_set
 
         listed = truthfulqa_prompt_set(o.truthfulqa_prompts)
     if RESPONSES in cols and not {CHOSEN, REJECTED} <= cols:
@@ -211,7 +223,6 @@ def relabel_with_spec(dataset, options: RelabelOptions | None = None, *, report:
             keep[mask] = False
 
     if o.drop_truthfulqa or listed is not None:
-        from prefkit.data.binarize import truthfulqa_drops
 
         sources = table[R.SOURCE].to_pylist() if R.SOURCE in cols else None
         reasons = np.array(truthfulqa_drops(table[PROMPT].to_pylist() if listed else [None] * n, sources, listed),
@@ -315,10 +326,11 @@ def _add_implicit_rewards(dataset, *, model, reference, tokenizer, beta, batch_s
     if model is None or tokenizer is None:
         raise ConfigError("goal_from='implicit' needs model= (the policy whose implicit rewards give the goals) "
                           "and tokenizer=")
-    from prefkit.logprobs import score_logps
 
     model = load_causal_lm(model, need_tokenizer=False)[0]
     reference = load_causal_lm(reference, need_tokenizer=False)[0]
+    from prefkit.logprobs import score_logps  # noqa: PLC0415  torch: only goal_from="implicit" scores a model
+
     sub = StageReport("score_logps")
     scored = score_logps(model, tokenizer, dataset, batch_size=batch_size, reference=reference, report=sub)
     report.merge(sub)
@@ -396,7 +408,6 @@ def _not_canonical(dataset) -> str | None:
 
 
 def _binarize(dataset, *, seed, ties, fine_grained_filter, report, drop_truthfulqa=False, truthfulqa_prompts=None):
-    from prefkit.data import binarize
 
     sub = StageReport("binarize")
     pairs = binarize(dataset, seed=seed, ties=ties, fine_grained_filter=fine_grained_filter,
@@ -426,7 +437,6 @@ def _to_float(col, name: str) -> np.ndarray:
 
 def _attribute_scores(table: pa.Table, attr: str) -> tuple[np.ndarray, np.ndarray]:
     """(chosen, rejected) scores for one goal attribute as float arrays (NaN for missing)."""
-    from prefkit.data.records import ASPECTS_CHOSEN, ASPECTS_REJECTED, SCORE_CHOSEN, SCORE_REJECTED
 
     names = table.column_names
     if attr == OVERALL:
@@ -457,7 +467,6 @@ def _attribute_scores(table: pa.Table, attr: str) -> tuple[np.ndarray, np.ndarra
 
 
 def _fine_grained(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    from prefkit.data.records import FINE_GRAINED_CHOSEN, FINE_GRAINED_REJECTED
 
     if FINE_GRAINED_CHOSEN not in table.column_names or FINE_GRAINED_REJECTED not in table.column_names:
         raise ConfigError("fine_grained_filter needs columns fine_grained_chosen and fine_grained_rejected "
@@ -522,9 +531,6 @@ def relabel_file(input: str | os.PathLike, output: str | os.PathLike, options: R
     allow_empty: write OUTPUT even when no row is left from a non-empty INPUT; by default that
     raises `EmptyResultError` (the report is still written beside OUTPUT).
     Returns the StageReport (also written beside OUTPUT)."""
-    from prefkit import data as pdata
-    from prefkit.errors import EmptyResultError
-    from prefkit.report import check_result
 
     options = RelabelOptions.of(options, **overrides)  # a bad option fails before anything is read
     report = StageReport("relabel")

@@ -41,7 +41,7 @@ DEFAULT_TEMPLATE = (
     "{goal_lines}"
 )
 
-_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 
 
 def format_goal(value: float) -> str:
@@ -97,7 +97,7 @@ def check_template(text: str, attributes: Sequence[str], source: str | None = No
     if OVERALL in attributes or len(attributes) == 1:
         allowed.add("goal")
     shows_goal = False
-    for m in _PLACEHOLDER.finditer(text):
+    for m in PLACEHOLDER.finditer(text):
         name = m.group(1)
         if name is None:
             continue
@@ -189,7 +189,7 @@ class ConditioningSpec:
                 return "}"
             return values[m.group(1)]
 
-        return _PLACEHOLDER.sub(sub, self.template)
+        return PLACEHOLDER.sub(sub, self.template)
 
     # -- persistence --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Mapping
 
 from prefkit.errors import ConfigError
-from prefkit.models import HEADER_BEGIN, HEADER_END, base_chat_template
+from prefkit.models import HEADER_BEGIN, HEADER_END, base_chat_template, load_tokenizer
 from prefkit.relabel.columns import SEPARATOR
-from prefkit.relabel.conditioning import _PLACEHOLDER, ConditioningSpec, load_conditioning
+from prefkit.relabel.conditioning import PLACEHOLDER, ConditioningSpec, load_conditioning
 
 _MIN_MARK = 12   # a fixed text shorter than this could occur in a user's own prompt
 
@@ -45,7 +45,7 @@ def conditioning_mark(spec: ConditioningSpec) -> str | None:
     """The longest fixed text of the spec's template (what every S(g) contains, whatever g), or
     None when it has none long enough to recognise."""
     pieces, last = [], 0
-    for m in _PLACEHOLDER.finditer(spec.template):
+    for m in PLACEHOLDER.finditer(spec.template):
         if m.group(1) is not None:
             pieces.append(spec.template[last:m.start()])
             last = m.end()
@@ -122,7 +122,6 @@ def export_chat_template(model_dir: str | os.PathLike, *, goal: float | Mapping[
     spec: default, the directory's `prefkit_conditioning.json` (written by `prefkit train` for
     relabeled data). goal: default, the spec's best goal. Exporting again replaces the earlier
     export (the model's own template is kept inside)."""
-    from prefkit.models import load_tokenizer
 
     d = Path(model_dir)
     if spec is None:

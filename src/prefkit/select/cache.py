@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from prefkit.models import model_identity as identity
+
 
 def row_key(prompt, chosen, rejected) -> str:
     """Content hash of one pair (strings or message lists alike)."""
@@ -37,7 +39,6 @@ def row_key(prompt, chosen, rejected) -> str:
 def model_identity(model) -> dict:
     """The scored model's identity (`prefkit.models.model_identity`, adapters included: a trained
     LoRA policy scores differently from its base)."""
-    from prefkit.models import model_identity as identity
 
     return identity(model)
 
@@ -72,7 +73,7 @@ class LogpCache:
         self._load()
 
     def _load(self) -> None:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # noqa: PLC0415  heavy (pyarrow): lazy, so importing this module stays light
 
         for shard in sorted(self.dir.glob("shard-*.parquet")):
             table = pq.read_table(shard)
@@ -92,8 +93,8 @@ class LogpCache:
 
     def put_many(self, keys: list[str], values: dict[str, np.ndarray]) -> None:
         """Persist one chunk (a shard) and make it visible to `get`."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        import pyarrow as pa  # noqa: PLC0415  heavy (pyarrow): lazy, so importing this module stays light
+        import pyarrow.parquet as pq  # noqa: PLC0415  heavy (pyarrow): lazy, so importing this module stays light
 
         if not keys:
             return

@@ -14,7 +14,9 @@ durable request run, so an interrupted evolve resumes without redoing finished r
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,9 @@ from prefkit.data import records as R
 from prefkit.errors import ConfigError
 from prefkit.report import StageReport
 from prefkit.select.options import SelectOptions
+from prefkit.select.selection import select
+from prefkit.synth import Request, Run, SamplingParams, west_of_n
+from prefkit.synth.parsing import extract_tag
 
 # Our own Evol-Instruct-style operations: name -> what the rewrite must do.
 OPERATIONS = {
@@ -101,7 +106,6 @@ def evolve_messages(instruction: str, operation: str, max_ratio: float = 3.0) ->
 
 def parse_evolved(text: str | None) -> str | None:
     """The rewrite inside the last complete <prompt>...</prompt>, or None when missing or empty."""
-    from prefkit.synth.parsing import extract_tag
 
     found = extract_tag(text, "prompt")
     return found.text if found.issue is None else None
@@ -150,11 +154,8 @@ def evolve_prompts(dataset, backend, *, operations=tuple(OPERATIONS), seed: int 
     prompts: prompt, prompt_id, evolved_from, evolve_operation, source ('evolve:<operation>').
     Failed requests and rejected rewrites are counted in `report` by reason. `run_dir` keeps
     finished requests (re-running resumes); default: a temporary directory."""
-    import tempfile
 
-    from datasets import Dataset
-
-    from prefkit.synth import Request, Run, SamplingParams
+    from datasets import Dataset  # noqa: PLC0415  heavy (datasets): lazy, so importing this module stays light
 
     ops = list(operations)
     if not ops:
@@ -203,7 +204,7 @@ def evolve_prompts(dataset, backend, *, operations=tuple(OPERATIONS), seed: int 
 def merge(base, new, report: StageReport | None = None):
     """Append `new` pairs to `base`: columns are aligned (missing ones filled with None, types
     from `base`), and new pairs whose prompt already appears in `base` are dropped and counted."""
-    from datasets import concatenate_datasets
+    from datasets import concatenate_datasets  # noqa: PLC0415  heavy (datasets): lazy, so importing this module stays light
 
     base_prompts = {_norm(prompt_text(p)) for p in base[R.PROMPT]}
     keep = [i for i, p in enumerate(new[R.PROMPT]) if _norm(prompt_text(p)) not in base_prompts]
@@ -272,10 +273,6 @@ def evolve_then_select(selected, backend, options: EvolveOptions | None = None,
     selected with the selection options (fraction of the evolved pairs) under the policy `model`,
     and appended to `selected` (columns aligned; `evolved_from` names each parent prompt).
     """
-    from pathlib import Path
-
-    from prefkit.select.selection import select
-    from prefkit.synth import SamplingParams, west_of_n
 
     evolve_fields = {f.name for f in fields(EvolveOptions)}
     o = replace(options or EvolveOptions(), **{k: v for k, v in overrides.items() if k in evolve_fields})

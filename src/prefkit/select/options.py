@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from prefkit.data.validate import on_invalid_mode
 from prefkit.select.metrics import get_metric
 
 
@@ -45,7 +46,6 @@ class SelectOptions:
     scored_path: Any = None
 
     def __post_init__(self):
-        from prefkit.data.validate import on_invalid_mode
 
         get_metric(self.metric)  # an unknown name is a ConfigError naming the registered ones
         object.__setattr__(self, "on_invalid", on_invalid_mode(self.on_invalid))

@@ -18,10 +18,10 @@ from prefkit.select import metrics as M
 def plot_margins(scored, path, *, metric: str, scores, selected, threshold, weight: float = 1.0,
                  max_points: int = 20000, seed: int = 0) -> Path:
     """Write the PNG to `path` and return it."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  heavy (matplotlib): lazy, so importing this module stays light
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  heavy (matplotlib): lazy, so importing this module stays light
 
     m = M.get_metric(metric)
     ds = scored.dataset

@@ -33,10 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
 
+from prefkit.data import binarize
 from prefkit.data import records as R
 from prefkit.errors import ConfigError, DataError
-from prefkit.report import StageReport
+from prefkit.report import StageReport, progress_enabled
 from prefkit.select import metrics as M
 from prefkit.select.cache import LogpCache, model_identity, row_key, tokenizer_identity
 from prefkit.select.options import SelectOptions
@@ -79,9 +82,7 @@ class Scored:
 def _call_score_logps(model, tokenizer, pairs: list[dict], reference, batch_size: int, score_kwargs: dict):
     """Score one chunk with prefkit.logprobs.score_logps; returns {column: array} aligned with
     `pairs`, NaN where the scorer dropped a row (e.g. a prompt that fills the whole max_length)."""
-    from datasets import Dataset
-
-    from prefkit.logprobs import score_logps
+    from datasets import Dataset  # noqa: PLC0415  heavy (datasets): lazy, so importing this module stays light
 
     rows = [{R.PROMPT: p[R.PROMPT], R.CHOSEN: p[R.CHOSEN], R.REJECTED: p[R.REJECTED], "_select_row": i}
             for i, p in enumerate(pairs)]
@@ -89,13 +90,15 @@ def _call_score_logps(model, tokenizer, pairs: list[dict], reference, batch_size
     kwargs = {"progress": False, **score_kwargs}
     if reference is not None:
         kwargs["reference"] = reference
-    import datasets
+    import datasets  # noqa: PLC0415  heavy (datasets): lazy, so importing this module stays light
 
     # our own bar covers the whole pass; silence the per-chunk tokenizing bars of `datasets`
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
+    from prefkit import logprobs  # noqa: PLC0415  torch: scoring only (metrics, plots, selection over a scored file need none)
+
     try:
-        out = score_logps(model, tokenizer, ds, batch_size=batch_size, **kwargs)
+        out = logprobs.score_logps(model, tokenizer, ds, batch_size=batch_size, **kwargs)
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()
@@ -111,7 +114,7 @@ def _call_score_logps(model, tokenizer, pairs: list[dict], reference, batch_size
 def _scores_of(table, fld: str, row0: int, file, on_invalid: str, report: StageReport) -> np.ndarray:
     """The column as float64 with NaN where unusable; raises (or counts, with on_invalid='drop')
     at missing, NaN and infinite values, naming the first bad row."""
-    import pyarrow.compute as pc
+    import pyarrow.compute as pc  # noqa: PLC0415  heavy (pyarrow): lazy, so importing this module stays light
 
     col = table.column(fld)
     try:
@@ -160,13 +163,7 @@ def score_margins(dataset, options: SelectOptions | None = None, *, model=None, 
     larger than memory); without it the float columns are loaded into memory and the temporary
     files removed. `file` names the input in errors.
     """
-    from datasets import Dataset, concatenate_datasets
-    from tqdm.auto import tqdm
-
-    from prefkit.report import progress_enabled
-
-    from prefkit.data import binarize
-
+    from datasets import Dataset, concatenate_datasets  # noqa: PLC0415  heavy (datasets): lazy, so importing this module stays light
     o = SelectOptions.of(options, **overrides)
     on_invalid, work_dir, cache_dir = o.on_invalid, o.work_dir, o.cache_dir
     report = report if report is not None else StageReport("select")
@@ -210,8 +207,6 @@ def score_margins(dataset, options: SelectOptions | None = None, *, model=None, 
         counts = {"cached": 0, "scored": 0}
         n = len(dataset)
         bar = tqdm(total=n, desc="select: scoring pairs", unit="pair", disable=not progress_enabled(o.progress), dynamic_ncols=True)
-        import pyarrow as pa
-
         writer = sink = None
         row0 = 0
         try:
@@ -271,7 +266,7 @@ def score_margins(dataset, options: SelectOptions | None = None, *, model=None, 
 def _check_multi_scores(dataset, file) -> None:
     """A NaN response score is an error naming the row and the field (missing scores are merely
     skipped by the pairing and counted)."""
-    import pyarrow.compute as pc
+    import pyarrow.compute as pc  # noqa: PLC0415  heavy (pyarrow): lazy, so importing this module stays light
 
     for start in range(0, len(dataset), 10000):
         resp = dataset.with_format("arrow")[start:start + 10000].column(R.RESPONSES).combine_chunks()
@@ -395,11 +390,7 @@ def _logps_for_chunk(rows, scorable, ctx: _Pass1) -> dict:
 
 
 def _pass2(raw_path, metrics_path, stats, weight, seed, has_policy, has_reference, progress, n):
-    import pyarrow as pa
-    from tqdm.auto import tqdm
-
-    from prefkit.report import progress_enabled
-
+    import pyarrow as pa  # noqa: PLC0415  heavy (pyarrow): lazy, so importing this module stays light
     if n == 0:
         return
     rng = np.random.default_rng(seed)

@@ -12,13 +12,16 @@ from dataclasses import replace
 
 import numpy as np
 
+from prefkit.data import write
 from prefkit.errors import ConfigError
 from prefkit.models import load_causal_lm
 from prefkit.report import StageReport
 from prefkit.select import metrics as M
 from prefkit.select.options import SelectOptions
+from prefkit.select.plot import plot_margins
 from prefkit.select.relabeled import expand_to_halves, is_relabeled, representatives
 from prefkit.select.scoring import Scored, score_margins
+
 
 def _check_budget(fraction, top_k) -> None:
     if top_k is not None:
@@ -141,14 +144,12 @@ def _keep(scored: Scored, metric, fraction, top_k, weight, plot, scored_path, re
     # unscorable rows (skipped with on_invalid="skip") rank at -inf and show as NaN
     ds = ds.add_column("selection_score", np.where(np.isfinite(s), s, np.nan).tolist())
     if scored_path is not None:
-        from prefkit.data import write
 
         selected = np.zeros(len(ds), dtype=bool)
         selected[idx] = True
         write(ds.add_column("selected", selected.tolist()), scored_path)
     out = ds.select(idx)
     if plot is not None:
-        from prefkit.select.plot import plot_margins
 
         plot_margins(scored, plot, metric=metric, scores=s, selected=idx, threshold=threshold, weight=weight)
     return out

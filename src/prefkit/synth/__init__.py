@@ -14,8 +14,13 @@ scoring (`judge.score`; the reward-model scorer itself is `prefkit.reward_model`
 from prefkit.synth.backends import Backend, Completion, LocalBackend, OpenAIBackend, RequestFailed, SamplingParams
 from prefkit.synth.baselines import RlaifOptions, RlcdOptions, WestOfNOptions, rlaif, rlcd, west_of_n
 from prefkit.synth.judge import ScoreOptions, score
-from prefkit.synth.methods import (SynthMethod, SynthOptions, available_synth_methods, get_synth_method,
-                                   register_synth_method)
+from prefkit.synth.methods import (
+                                   SynthMethod,
+                                   SynthOptions,
+                                   available_synth_methods,
+                                   get_synth_method,
+                                   register_synth_method,
+)
 from prefkit.synth.rmboost import RMBoostOptions, rmboost
 from prefkit.synth.runs import Request, Run, RunStore
 

@@ -22,6 +22,8 @@ from typing import Any
 
 from prefkit.errors import ConfigError
 from prefkit.report import StageReport
+from prefkit.reward_model import RewardModelScorer
+from prefkit.synth import judge as J
 from prefkit.synth import prompts as P
 from prefkit.synth.backends import Backend, SamplingParams
 from prefkit.synth.inputs import pair_row, pairs_dataset, prompt_rows
@@ -157,7 +159,6 @@ def west_of_n(prompts, backend: Backend, options: WestOfNOptions | None = None, 
     """N samples per prompt; best vs worst by a reward model (directory or RewardModelScorer;
     `options.reward_model`) or by an UltraFeedback-style judge's overall score (`judge`).
     options: `WestOfNOptions` (its fields may be given as keywords)."""
-    from prefkit.synth import judge as J
 
     o = options_of(WestOfNOptions, options, overrides)
     n, reward_model, progress = o.n, o.reward_model, o.progress
@@ -173,14 +174,13 @@ def west_of_n(prompts, backend: Backend, options: WestOfNOptions | None = None, 
     with Run(run_dir, retry_failed=o.retry_failed, progress=progress) as run:
         samples = _samples(run, backend, rows, n, generation, f"west-of-{n} samples")
         items = []  # (row index, sample record)
-        for i, (r, recs) in enumerate(zip(rows, samples)):
+        for i, recs in enumerate(samples):
             for rec in recs:
                 if rec["ok"]:
                     items.append((i, rec))
                 else:
                     skipped[f"sample request failed: {rec['reason']}"] += 1
         if reward_model is not None:
-            from prefkit.reward_model import RewardModelScorer
 
             scorer = reward_model if isinstance(reward_model, RewardModelScorer) else \
                 RewardModelScorer(reward_model, batch_size=o.batch_size, max_length=o.max_length)

@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from prefkit.data import read
 from prefkit.data import records as R
+from prefkit.data.adapters import detect, make_pair_id, prompt_hash
+from prefkit.data.io import build_dataset
+from prefkit.data.sources import open_source
 from prefkit.errors import DataError
 
 
@@ -47,14 +51,11 @@ def read_prompts(source, *, split=None, subset=None, revision=None, format: str 
     """Prompts from a prompts file (a `prompt` column, strings or message lists; an `instruction`
     column also works), from any preference dataset `prefkit.data.read` understands (its prompts),
     from a `datasets.Dataset`, or from a Python list of prompts / row dicts."""
-    from prefkit.data.adapters import prompt_hash
 
     if isinstance(source, list):
         rows = [(i, r if isinstance(r, dict) else {R.PROMPT: r}) for i, r in enumerate(source)]
         label = "<prompts>"
     else:
-        from prefkit.data.adapters import detect
-        from prefkit.data.sources import open_source
 
         src = open_source(source, split=split, subset=subset, revision=revision)
         label = src.label
@@ -67,7 +68,6 @@ def read_prompts(source, *, split=None, subset=None, revision=None, format: str 
             except DataError:
                 known = False
         if known:  # a preference dataset: take its canonical prompts
-            from prefkit.data import read
 
             ds = read(source, split=split, subset=subset, revision=revision, format=format,
                       on_invalid=on_invalid, report=report)
@@ -117,7 +117,6 @@ def answer(prompt_row: PromptRow, text: str):
 def pair_row(p: PromptRow, method: str, chosen: str, rejected: str, *, score_chosen=None,
              score_rejected=None, **meta) -> dict:
     """A canonical PAIRS row plus method metadata columns."""
-    from prefkit.data.adapters import make_pair_id
 
     row = {
         R.PROMPT: p.prompt,
@@ -137,6 +136,5 @@ def pair_row(p: PromptRow, method: str, chosen: str, rejected: str, *, score_cho
 
 def pairs_dataset(rows: list[dict]):
     """Canonical Arrow types for the pair columns (prefkit.data's builder)."""
-    from prefkit.data.io import build_dataset
 
     return build_dataset(rows, "pairs")

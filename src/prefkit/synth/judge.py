@@ -19,8 +19,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from prefkit.data import records as R
+from prefkit.data.io import build_dataset
 from prefkit.errors import ConfigError
 from prefkit.report import StageReport
+from prefkit.reward_model import RewardModelScorer
 from prefkit.synth import prompts as P
 from prefkit.synth.backends import Backend, SamplingParams
 from prefkit.synth.parsing import Ratings, parse_ratings
@@ -109,7 +111,6 @@ def score(dataset, options: ScoreOptions | None = None, *, judge: Backend | None
     o = replace(options if options is not None else ScoreOptions(), **overrides)
     run_dir, params, retry_failed, progress = o.run_dir, o.params, o.retry_failed, o.progress
     batch_size, max_length = o.batch_size, o.max_length
-    from prefkit.data.io import build_dataset
 
     if (judge is None) == (reward_model is None):
         raise ConfigError("score needs exactly one of a judge backend or a reward model")
@@ -132,7 +133,6 @@ def score(dataset, options: ScoreOptions | None = None, *, judge: Backend | None
 
     failures = Counter()
     if reward_model is not None:
-        from prefkit.reward_model import RewardModelScorer
 
         scorer = reward_model if isinstance(reward_model, RewardModelScorer) else \
             RewardModelScorer(reward_model, batch_size=batch_size, max_length=max_length)

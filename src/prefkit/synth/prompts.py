@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
 from prefkit.errors import ConfigError
 
 GUIDELINES: dict[str, dict[str, str]] = {
@@ -47,8 +49,6 @@ def load_guideline(spec: str | dict | list) -> dict[str, str]:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
         else:
-            import yaml
-
             data = yaml.safe_load(text)
     except Exception as exc:
         raise ConfigError(f"{path}: cannot read the aspect guideline: {exc}") from None

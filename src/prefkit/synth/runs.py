@@ -18,15 +18,19 @@ drops the lock when the holder dies, so a killed run can be resumed at once.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import json
 import os
+import shutil
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
+
+from tqdm.auto import tqdm
 
 from prefkit.errors import ConfigError, PrefkitError
 from prefkit.report import progress_enabled
@@ -71,7 +75,6 @@ class RunStore:
 
     # -- open / close ----------------------------------------------------------------------
     def open(self) -> "RunStore":
-        import fcntl
 
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock_fh = open(self.dir / LOCK_FILE, "a")
@@ -80,7 +83,7 @@ class RunStore:
         except OSError:
             self._lock_fh.close()
             self._lock_fh = None
-            raise PrefkitError(f"run directory {self.dir} is in use by another prefkit process")
+            raise PrefkitError(f"run directory {self.dir} is in use by another prefkit process") from None
         self._load()
         self._fh = open(self.path, "ab", buffering=0)
         return self
@@ -209,8 +212,6 @@ async def execute(backend: Backend, requests: Iterable[Request], store: RunStore
     Returns (records by key, key of each input request by position, stats). Every key ends
     with exactly one current record: {"ok": True, "text": ...} or {"ok": False, "reason": ...}.
     """
-    from tqdm.auto import tqdm
-
     requests = list(requests)
     ident = backend.identity()
     keys: dict[int, str] = {}
@@ -343,7 +344,6 @@ def discard_run_dir(run_dir: str | os.PathLike) -> bool:
     """Remove a run directory's finished requests (`--fresh`): the next run asks for everything
     again. Refuses a directory that holds anything but a run's own files (a mistyped --run-dir
     must not delete other data). Returns whether there was one to remove."""
-    import shutil
 
     d = Path(run_dir)
     if not d.exists():

@@ -32,21 +32,32 @@ so an interrupted demo resumes.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
+import multiprocessing
 import os
 import statistics
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
+from prefkit import data
+from prefkit.errors import ConfigError
+from prefkit.evaluate.policy import PolicySpec
+from prefkit.evaluate.unlearning import high_quality_rejected, rejected_logp_probe
+from prefkit.generate import generate
+from prefkit.models import load_causal_lm, merge_lora
+from prefkit.relabel import find_conditioning, relabel_file
+from prefkit.report import StageReport
 from prefkit.toy import task
-from prefkit.toy.demo_config import (METHOD_LABELS, METHODS, DemoConfig, eval_run_dir, eval_seed, log,
-                                      world_name)
+from prefkit.toy.demo_config import METHOD_LABELS, METHODS, DemoConfig, eval_run_dir, eval_seed, log, world_name
 from prefkit.toy.demo_report import write_report
 from prefkit.toy.judge import JudgeConfig, judge, write_jsonl
 from prefkit.toy.rm_comparison import stage_reward_models
 from prefkit.toy.select_ablation import stage_select
 from prefkit.toy.world import base_policy, default_cache_dir, goal_following_curve, gold_evaluation
+from prefkit.train import DPOConfig, train_dpo
 
 PROBED = ("dpo", "ra", "eps-dpo")   # methods whose training logs the unlearning probe
 
@@ -54,7 +65,6 @@ PROBED = ("dpo", "ra", "eps-dpo")   # methods whose training logs the unlearning
 # ----------------------------------------------------------------------------------- stages
 
 def stage_sample(ctx: dict) -> None:
-    from prefkit.generate import generate
 
     cfg: DemoConfig = ctx["config"]
     world = ctx["world"]
@@ -77,8 +87,6 @@ def stage_judge(ctx: dict) -> None:
 
 
 def stage_binarize(ctx: dict) -> None:
-    from prefkit import data
-    from prefkit.report import StageReport
 
     report = StageReport("read + binarize")
     multi = data.read(str(ctx["judged_path"]), format="ultrafeedback", on_invalid="drop", report=report)
@@ -92,7 +100,6 @@ def stage_binarize(ctx: dict) -> None:
 
 def stage_relabel(ctx: dict) -> None:
     """RA pairs (D^w + D^l) and, for ra-half, the paper's size-matched half (one row per pair)."""
-    from prefkit.relabel import relabel_file
 
     cfg: DemoConfig = ctx["config"]
     ctx["ra_path"] = ctx["dir"] / "ra_pairs.jsonl"
@@ -109,9 +116,6 @@ def stage_relabel(ctx: dict) -> None:
 def relabel_implicit(ctx: dict) -> None:
     """The implicit-reward ablation's data: goals from the trained DPO model's implicit rewards
     beta * (log pi_DPO - log pi_base) of each response, mapped onto 1-10 (`prefkit.relabel`)."""
-    from prefkit.relabel import relabel_file
-
-    from prefkit.errors import ConfigError
 
     cfg: DemoConfig = ctx["config"]
     if "dpo" not in ctx["models"]:
@@ -125,11 +129,7 @@ def relabel_implicit(ctx: dict) -> None:
 
 
 def stage_train(ctx: dict) -> None:
-    from prefkit.evaluate.unlearning import high_quality_rejected, rejected_logp_probe
-    from prefkit.models import load_causal_lm
-    from prefkit.relabel import find_conditioning
-    from prefkit.train import DPOConfig, train_dpo
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # noqa: PLC0415  heavy (transformers): lazy, so importing this module stays light
 
     cfg: DemoConfig = ctx["config"]
     tok = AutoTokenizer.from_pretrained(str(ctx["base"]))
@@ -176,7 +176,6 @@ def stage_train(ctx: dict) -> None:
         ctx["results"][f"last_log_{method}"] = {k: last[-1][k] for k in ("loss", "rewards/accuracies", "rewards/margins")
                                                 if last and k in last[-1]}
         if dcfg.use_peft:   # a LoRA adapter: the later stages load the merged model
-            from prefkit.models import merge_lora
 
             out = merge_lora(out, ctx["dir"] / f"{method}-merged", base=ctx["base"])
         ctx["models"][method] = out
@@ -188,8 +187,6 @@ def stage_evaluate(ctx: dict) -> None:
     model (RA models conditioned on the best goal through their prefkit_conditioning.json). The
     evaluation's report, per-prompt rows and AlpacaEval-format outputs go to <seed>/eval; its
     requests to <seed>/eval/run, which the goal curves share."""
-    from prefkit.evaluate.policy import PolicySpec
-    from prefkit.relabel import find_conditioning
 
     cfg: DemoConfig = ctx["config"]
     spec = find_conditioning(str(ctx["ra_path"]))
@@ -215,7 +212,6 @@ def stage_goal_curves(ctx: dict) -> None:
     conditioning spec, the evaluation's prompts, seeds and request run, so a curve's goal-10 point
     is made of the conditioned evaluation's first `curve_samples` samples) for the base policy,
     DPO and RA."""
-    from prefkit.relabel import find_conditioning
 
     cfg: DemoConfig = ctx["config"]
     spec = find_conditioning(str(ctx["ra_path"]))
@@ -296,7 +292,7 @@ PARTS = (("core", ABLATION_STAGES), ("select", ("select",)), ("reward models", (
 
 
 def _job_base(world, threads: int, progress: bool):
-    import torch
+    import torch  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
 
     torch.set_num_threads(threads)
     return prepare_base(world, progress)
@@ -304,15 +300,13 @@ def _job_base(world, threads: int, progress: bool):
 
 def _job_part(out: Path, config: DemoConfig, world, stage_names, seed: int, base: Path, part: str,
               threads: int, progress: bool):
-    import torch
+    import torch  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
 
     torch.set_num_threads(threads)
     return run_seed(out, config, world, base, _stages(stage_names), seed, progress, part=part)
 
 
 def _run_in_two_processes(worlds, config: DemoConfig, workers: int, progress: bool) -> list[dict]:
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     threads = max(1, workers // 2)
     log(f"running the demo's jobs in 2 processes, {threads} torch thread(s) each")
@@ -414,7 +408,7 @@ def run_seed(out: Path, config: DemoConfig, world, base: Path, stages, seed: int
     if earlier is not None:
         return earlier, 1
     seed_dir.mkdir(parents=True, exist_ok=True)
-    import torch
+    import torch  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
 
     ctx = {"config": config, "world": world, "seed": seed, "dir": seed_dir, "base": base,
            "results": {"seed": seed, "torch_threads": torch.get_num_threads()}, "progress": progress,
@@ -446,7 +440,6 @@ def _frozen_heap():
     which otherwise walks the ~400k objects that torch, transformers and datasets leave after
     import: about 0.2 s each time, 13 times a seed. Only objects alive at the start are frozen,
     and they are unfrozen at the end, so nothing collectable stays uncollected."""
-    import gc
 
     gc.collect()
     gc.freeze()

@@ -16,8 +16,15 @@ import statistics
 import time
 from pathlib import Path
 
-from prefkit.toy.demo_config import (CONDITIONED, CURVE_POLICIES, METHOD_LABELS, POLICIES, PROBE_THRESHOLD,
-                                     DemoConfig, world_name)
+from prefkit.toy.demo_config import (
+    CONDITIONED,
+    CURVE_POLICIES,
+    METHOD_LABELS,
+    POLICIES,
+    PROBE_THRESHOLD,
+    DemoConfig,
+    world_name,
+)
 from prefkit.toy.rm_comparison import RM_LABELS, RM_METHODS
 from prefkit.toy.rm_comparison import report_lines as rm_report_lines
 from prefkit.toy.select_ablation import ABLATION_METRICS
@@ -120,7 +127,7 @@ def _threads_text(runs: list[dict], mach: dict) -> str:
 
 
 def machine() -> dict:
-    import torch
+    import torch  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
 
     try:
         load = [round(x, 2) for x in os.getloadavg()]
@@ -133,10 +140,10 @@ def machine() -> dict:
 # ----------------------------------------------------------------------------------- plots
 
 def _plt():
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  heavy (matplotlib): lazy, so importing this module stays light
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  heavy (matplotlib): lazy, so importing this module stays light
 
     return plt
 
@@ -377,7 +384,7 @@ def write_report(out: Path, config: DemoConfig, runs: list[dict], total_seconds:
         lines += ["## Prior ablation: each method with and without the goal prior", "",
                   "| method | with the prior (mean ± sd) | without (mean ± sd) | with minus without, per seed | mean ± sd |",
                   "|---|---|---|---|---|"]
-        for n, a in summary["prior_ablation"].items():
+        for a in summary["prior_ablation"].values():
             d = a["difference"]
             lines.append(f"| {a['label']} | {a['with_prior']['mean']:.3f} ± {a['with_prior']['sd']:.3f} | "
                          f"{a['without_prior']['mean']:.3f} ± {a['without_prior']['sd']:.3f} | {_per(d['values'])} | "

@@ -59,7 +59,7 @@ def judge(prompts: Sequence, responses: Sequence[Sequence[str]], config: JudgeCo
     """UltraFeedback raw rows: one per prompt, one completion per response."""
     rng = random.Random(config.seed)
     rows = []
-    for i, (prompt, resps) in enumerate(zip(prompts, responses)):
+    for prompt, resps in zip(prompts, responses):
         names = list(models) if models is not None else [f"sample_{j}" for j in range(len(resps))]
         instruction = prompt if isinstance(prompt, str) else task._user_text(prompt)
         rows.append({

@@ -25,7 +25,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from prefkit.models import resolve_model_path
+from prefkit.toy.demo import STAGES, run_world
 from prefkit.toy.demo_config import METHOD_LABELS, DemoConfig, log
+from prefkit.toy.demo_report import (
+    PROBE_CURVES,
+    curve_table,
+    main_table,
+    plot_curves,
+    plot_gold,
+    plot_unlearning,
+    summarize,
+    verdict_lines,
+)
 
 # The methods the issue names, in training order.
 REAL_METHODS = ("dpo", "ra", "eps-dpo")
@@ -55,7 +67,6 @@ class RealWorld:
         return "real-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in self.model)
 
     def base_policy(self) -> Path:
-        from prefkit.models import resolve_model_path
 
         return Path(resolve_model_path(self.model))
 
@@ -82,7 +93,6 @@ def run_real_demo(out: str | Path = "demo_real_out", config: DemoConfig | None =
                   progress: bool = True, report: bool = True) -> Path:
     """Run the real-model demo; returns the report's path (results.json beside it), or the output
     directory when `report` is False (a single seed run in parallel with another, say)."""
-    from prefkit.toy.demo import STAGES, run_world
 
     config = config or real_config()
     out = Path(out)
@@ -101,8 +111,6 @@ def run_real_demo(out: str | Path = "demo_real_out", config: DemoConfig | None =
 
 def write_real_report(out: Path, config: DemoConfig, run: dict, total_seconds: float) -> Path:
     """results.json (the toy demo's schema, docs/toy.md) and report.md with the plots."""
-    from prefkit.toy.demo_report import (curve_table, main_table, plot_curves, plot_gold, plot_unlearning,
-                                         summarize, verdict_lines)
 
     summary = summarize(config, [run], total_seconds)
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -173,6 +181,5 @@ def write_real_report(out: Path, config: DemoConfig, run: dict, total_seconds: f
 
 
 def _probe_curves():
-    from prefkit.toy.demo_report import PROBE_CURVES
 
     return PROBE_CURVES

@@ -13,9 +13,20 @@ fraction of its training pairs whose label agrees with the gold reward (label ac
 
 from __future__ import annotations
 
+import statistics
 import time
 
+from prefkit import synth
+from prefkit.evaluate.rm_accuracy import rm_accuracy
+from prefkit.generate import generate
+from prefkit.report import StageReport
+from prefkit.synth import SamplingParams
 from prefkit.toy import task
+from prefkit.toy.demo_config import log
+from prefkit.toy.judge import JudgeConfig
+from prefkit.toy.rewriter import ToyRewriter
+from prefkit.train import train_rm
+from prefkit.train.config import RMConfig
 
 RM_METHODS = ("rmboost", "rlaif", "west-of-n", "rlcd")
 RM_LABELS = {"rmboost": "RMBoost", "rlaif": "RLAIF", "west-of-n": "West-of-N (N=4, toy judge)", "rlcd": "RLCD"}
@@ -30,9 +41,7 @@ TOY_GUIDELINE = {
 
 def gold_pairs(base, prompts, *, temperature: float, max_new_tokens: int, seed: int):
     """Held-out pairs labelled by the gold reward: two base samples per prompt, distinct gold scores."""
-    import datasets
-
-    from prefkit.generate import generate
+    import datasets  # noqa: PLC0415  heavy (datasets): lazy, so importing this module stays light
 
     samples = generate(base, prompts, n=2, temperature=temperature, max_new_tokens=max_new_tokens,
                        batch_size=128, seed=seed, desc="gold-labelled eval samples")
@@ -49,8 +58,6 @@ def gold_pairs(base, prompts, *, temperature: float, max_new_tokens: int, seed: 
 
 def synthesize(method: str, prompts, backend, run_dir, *, seed: int, temperature: float, max_new_tokens: int,
                report):
-    from prefkit import synth
-    from prefkit.synth import SamplingParams
 
     gen = SamplingParams(temperature=temperature, max_tokens=max_new_tokens)
     common = dict(run_dir=str(run_dir), generation=gen, progress=False, report=report)
@@ -67,13 +74,6 @@ def synthesize(method: str, prompts, backend, run_dir, *, seed: int, temperature
 
 
 def stage_reward_models(ctx: dict) -> None:
-    from prefkit.evaluate.rm_accuracy import rm_accuracy
-    from prefkit.report import StageReport
-    from prefkit.toy.demo_config import log
-    from prefkit.toy.judge import JudgeConfig
-    from prefkit.toy.rewriter import ToyRewriter
-    from prefkit.train import train_rm
-    from prefkit.train.config import RMConfig
 
     cfg = ctx["config"]
     seed, res, base = ctx["seed"], ctx["results"], ctx["base"]
@@ -120,7 +120,6 @@ def stage_reward_models(ctx: dict) -> None:
 
 def report_lines(results: list[dict], config) -> list[str]:
     """The report section (empty when the stage did not run)."""
-    import statistics
 
     if not any(f"rm_acc_{m}" in r for r in results for m in RM_METHODS):
         return []

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import time
 
+from prefkit.data import read, write
+from prefkit.select.selection import selection_ablation
+from prefkit.toy.demo_config import eval_run_dir, eval_seed
+from prefkit.toy.world import gold_evaluation
+from prefkit.train import DPOConfig, train_dpo
+
 ABLATION_METRICS = ("alignment-potential", "explicit", "implicit", "random")
 
 
 def stage_select(ctx: dict, *, fraction: float = 0.4, metrics=ABLATION_METRICS) -> None:
-    from prefkit.data import read, write
-    from prefkit.select.selection import selection_ablation
-    from prefkit.toy.demo_config import eval_run_dir, eval_seed
-    from prefkit.toy.world import gold_evaluation
-    from prefkit.train import DPOConfig, train_dpo
 
     cfg = ctx["config"]
     seed, seed_dir, res = ctx["seed"], ctx["dir"], ctx["results"]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
 CHAT_TEMPLATES = {
     # Qwen2 style: <|im_start|>role\ncontent<|im_end|>\n
     "chatml": (
@@ -69,8 +71,7 @@ DEFAULT_CORPUS = [
 def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512, template: str = "chatml",
                     model_max_length: int = 2048):
     """Train a byte-level BPE tokenizer on `corpus` and wrap it as a PreTrainedTokenizerFast."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415  heavy (transformers): lazy, so importing this module stays light
 
     if template not in CHAT_TEMPLATES:
         raise ValueError(f"unknown chat template style {template!r}; choose from {sorted(CHAT_TEMPLATES)}")
@@ -99,7 +100,7 @@ def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512, 
 
 def _config(arch: str, tokenizer, hidden: int, layers: int, heads: int, intermediate: int | None,
             max_position: int, **extra):
-    from transformers import LlamaConfig, Qwen2Config
+    from transformers import LlamaConfig, Qwen2Config  # noqa: PLC0415  heavy (transformers): lazy, so importing this module stays light
 
     cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
     return cls(
@@ -121,8 +122,8 @@ def _config(arch: str, tokenizer, hidden: int, layers: int, heads: int, intermed
 def tiny_causal_lm(tokenizer, arch: str = "llama", hidden: int = 64, layers: int = 2, heads: int = 4,
                    intermediate: int | None = None, max_position: int = 2048, seed: int = 0):
     """A randomly initialised Llama/Qwen2 causal LM sized for tests (fp32, eval mode)."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    import torch  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415  heavy (transformers): lazy, so importing this module stays light
 
     torch.manual_seed(seed)
     cfg = _config(arch, tokenizer, hidden, layers, heads, intermediate, max_position)
@@ -133,8 +134,8 @@ def tiny_causal_lm(tokenizer, arch: str = "llama", hidden: int = 64, layers: int
 def tiny_reward_model(tokenizer, arch: str = "llama", hidden: int = 64, layers: int = 2, heads: int = 4,
                       intermediate: int | None = None, max_position: int = 2048, seed: int = 0):
     """A randomly initialised sequence-classification model with one output (a reward model)."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
+    import torch  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
+    from transformers import AutoModelForSequenceClassification  # noqa: PLC0415  heavy (transformers): lazy, so importing this module stays light
 
     torch.manual_seed(seed)
     cfg = _config(arch, tokenizer, hidden, layers, heads, intermediate, max_position, num_labels=1)

@@ -30,7 +30,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from prefkit.evaluate.policy import PolicySpec, evaluate_policies
+from prefkit.relabel import condition, make_spec
+from prefkit.report import progress_enabled
 from prefkit.toy import task
+from prefkit.toy.tiny import build_tokenizer, tiny_causal_lm
 
 # Bump when the task, the corpus or the training code changes what a config produces.
 # 2: the tokenizer corpus holds the relabeler's own conditioning text; the goal prior.
@@ -61,7 +67,6 @@ _CONDITIONING_WORDS = [
 
 def conditioning_spec():
     """The relabeler's default conditioning (its template, system placement, a 1-10 scale)."""
-    from prefkit.relabel import make_spec
 
     return make_spec(placement="system")
 
@@ -120,7 +125,6 @@ def tokenizer_corpus(config: ToyWorldConfig) -> list[str]:
 
 
 def world_tokenizer(config: ToyWorldConfig | None = None):
-    from prefkit.toy.tiny import build_tokenizer
 
     config = config or ToyWorldConfig()
     return build_tokenizer(tokenizer_corpus(config), vocab_size=config.vocab_size, template="chatml",
@@ -151,7 +155,6 @@ def demonstrations(n: int, seed: int, config: ToyWorldConfig | None = None) -> l
         goal = None
         if spec is not None and prior_rng.random() < config.goal_prior:
             goal = min(10.0, max(1.0, round(2 * (gold + prior_rng.gauss(0.0, config.goal_noise))) / 2))
-            from prefkit.relabel import condition
 
             messages = condition(messages, goal=goal, spec=spec)
         rows.append({"messages": messages, "response": response, "quality": quality, "gold": gold, "goal": goal})
@@ -167,11 +170,7 @@ def pretrain(model, tokenizer, rows: list[dict], *, steps: int, batch_size: int,
     gradients add up to the whole batch's. Returns the loss per step. The model is trained in place
     and left in eval mode.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from prefkit.report import progress_enabled
-
+    import torch  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
     examples = []
     for row in rows:
         prompt_ids = tokenizer.apply_chat_template(row["messages"], add_generation_prompt=True,
@@ -211,8 +210,8 @@ def batch_backward(model, batch: list[tuple[list[int], list[int]]], pad: int,
     rows), run as `micro_batches` length-sorted, right-padded micro-batches: each adds its token
     losses divided by the whole batch's token count, so the gradients sum to the one-batch
     gradient. Returns the loss."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
+    import torch.nn.functional as F  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
 
     batch = sorted(batch, key=lambda e: len(e[0]) + len(e[1]))
     n_tokens = sum(len(r) for _, r in batch)
@@ -244,9 +243,7 @@ def base_policy(config: ToyWorldConfig | None = None, cache_dir: str | Path | No
     Cached under `cache_dir` (default `$PREFKIT_CACHE/toy` or `~/.cache/prefkit/toy`) in
     `base-<config hash>`; a later call with the same config returns the cached directory.
     """
-    import torch
-
-    from prefkit.toy.tiny import tiny_causal_lm
+    import torch  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
 
     config = config or ToyWorldConfig()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -286,7 +283,6 @@ def gold_evaluation(policies, prompts, *, n: int = 4, temperature: float = 1.0, 
     ({name: model directory or PolicySpec}); sample j of every prompt is drawn with seed + j.
     Requests shared between calls with one `run_dir` (the same model, messages and sampling) are
     generated once, so an evaluation and a goal-following curve on the same prompts agree."""
-    from prefkit.evaluate.policy import evaluate_policies
 
     return evaluate_policies(policies, prompts, reward_fn=task.gold_reward, n=n, temperature=temperature,
                              max_new_tokens=max_new_tokens, seed=seed, batch_size=128, run_dir=run_dir,
@@ -304,7 +300,6 @@ def goal_following_curve(model, prompts, goals=CURVE_GOALS, *, n: int = 4, tempe
     slope of gold on goal}; with `per_prompt`, also "per_prompt": for each goal, each prompt's mean
     gold reward over its samples (a failed sample counts as missing).
     """
-    from prefkit.evaluate.policy import PolicySpec
 
     spec = spec if spec is not None else conditioning_spec()
     policies = {f"goal {g}": PolicySpec(f"goal {g}", str(model), conditioning=spec, goal=g) for g in goals}
