@@ -247,7 +247,9 @@ class Runner:
     def key(self, step: Step, inputs: dict) -> str | None:
         if any(v is None for v in inputs.values()):
             return None
-        opts = self.recipe.stages[step.stage]
+        # train's `reference` is in its inputs (the reference model's hash): in round 1 both choices
+        # name the initial policy, so they share round 1's work
+        opts = {k: v for k, v in self.recipe.stages[step.stage].items() if not (step.stage == "train" and k == "reference")}
         return _sha_json({"stage": step.stage, "options": opts, "inputs": inputs})
 
     def execute(self, steps: list[Step], *, dry_run: bool = False) -> dict:

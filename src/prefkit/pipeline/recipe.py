@@ -285,7 +285,8 @@ def _check_train(opts: dict, where: _Where) -> None:
         cfg.check()
     except ConfigError as exc:
         msg = str(exc)
-        key = next((k for k in fields if msg.startswith(k) or f"'{k}'" in msg or f" {k} " in f" {msg} "), None)
+        key = next((k for k in fields if msg.startswith(k)), None) or \
+            next((k for k in fields if f"'{k}'" in msg or f" {k} " in f" {msg} "), None)
         raise where.error(f"stages.train.{key}" if key else "stages.train", msg) from None
     launch = opts.get("launch")
     if launch is not None:

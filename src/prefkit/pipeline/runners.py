@@ -258,6 +258,8 @@ def train_config(ctx: StageContext):
     fields = {k: v for k, v in ctx.options.items() if k not in ("reference", "launch")}
     which = ctx.options.get("reference") or "initial"
     reference = ctx.initial if which == "initial" else None   # None: the policy being trained (the previous round's)
+    if not ctx.progress:
+        fields.setdefault("disable_tqdm", True)
     if ctx.run_dir is not None:
         fields.setdefault("ref_cache_dir", str(ctx.run_dir / "ref_cache"))
     cfg = load_config(DPOConfig, overrides=fields, model_name_or_path=ctx.policy, train_file=str(ctx.data),
@@ -266,8 +268,31 @@ def train_config(ctx: StageContext):
     return cfg, which, reference or ctx.policy
 
 
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def check_resumable(output_dir: Path) -> None:
+    """The latest finished checkpoint must hold its weights: one line naming it, never the
+    trainer's traceback, when they have gone missing."""
+    from prefkit.errors import DataError
+    from prefkit.train.integrity import checkpoints
+
+    for ckpt in checkpoints(output_dir):
+        if not (ckpt / "trainer_state.json").is_file():
+            continue   # an unfinished save: the trainer skips it
+        has_weights = any((ckpt / f).is_file() for f in WEIGHT_FILES) or any(
+            p.is_dir() for p in ckpt.iterdir() if p.name.startswith(("pytorch_model_fsdp", "global_step")))
+        if not has_weights:
+            raise DataError(f"{ckpt}: cannot resume from this checkpoint: its weights file "
+                            f"({' or '.join(WEIGHT_FILES[:2])}) is missing; delete {ckpt} to resume from the one "
+                            "before it")
+        return
+
+
 def run_train(ctx: StageContext) -> dict:
     cfg, which, reference = train_config(ctx)
+    check_resumable(Path(cfg.output_dir))
     launch = ctx.options.get("launch")
     if launch:
         from prefkit.pipeline.launch import train_in_processes
@@ -290,7 +315,8 @@ def run_train(ctx: StageContext) -> dict:
             "metrics": {"reference": which, "reference_model": str(reference), "policy": ctx.policy,
                         "last_log": {k: v for k, v in last.items()
                                      if k in ("loss", "rewards/accuracies", "rewards/margins", "step", "epoch")},
-                        "train_loss": summary.get("train_loss"), "steps": summary.get("step")}}
+                        "train_loss": summary.get("train_loss"), "steps": summary.get("step"),
+                        "loss_values": [[h["step"], h["loss"]] for h in history if "loss" in h]}}
 
 
 # -- evaluate ---------------------------------------------------------------------------------------

@@ -78,8 +78,10 @@ def _dpo_config():
 
 
 def _losses():
+    """The registered losses and the losses with their own beta control (eps-dpo)."""
     from prefkit.losses import available_losses
-    return available_losses()
+    from prefkit.train.beta_control import BETA_CONTROLS
+    return sorted(set(available_losses()) | set(BETA_CONTROLS))
 
 
 def _evaluate_policies():
