@@ -234,14 +234,17 @@ def run_evolve(ctx: StageContext) -> dict:
     from prefkit.select.evolve import EvolveOptions, evolve_then_select
 
     opts = dict(ctx.options)
-    backend = _backend(opts.pop("backend") or {})
+    backend = _backend(opts.pop("backend", None) or {})
+    reward_model = opts.pop("reward_model", None)
+    if reward_model is None:
+        raise ConfigError("evolve: set reward_model (it scores the responses to the evolved prompts)")
     sel = SelectOptions(progress=ctx.progress, **(opts.pop("select", None) or {}))
     report = StageReport("evolve")
     selected = data.read(str(ctx.data), report=report)
     res = evolve_then_select(selected, backend, EvolveOptions(run_dir=str(ctx.dir / "run"), progress=ctx.progress,
                                                               **opts),
                              sel, model=ctx.policy, tokenizer=ctx.policy, report=report,
-                             reward_model=None)
+                             reward_model=reward_model)
     out = data.write(res.merged, str(ctx.dir / "pairs.jsonl"))
     return {"output": str(out), "metrics": {"evolved_prompts": len(res.evolved_prompts),
                                             "evolved_pairs": len(res.evolved_pairs),

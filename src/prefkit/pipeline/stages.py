@@ -113,6 +113,7 @@ STAGES: dict[str, StageDef] = {s.name: s for s in (
     StageDef("evolve", _evolve_options, "run_evolve", exclude=("progress", "run_dir"),
              extras=(Option("backend", dict, None, doc="the rewriting LLM: {build: MODULE:FUNCTION} or "
                                                        "{model: NAME, base_urls: [URL, ...]}"),
+                     Option("reward_model", str, None, doc="the reward model that scores the evolved prompts' responses"),
                      Option("select", dict, None, doc="SelectOptions of the second selection"))),
     StageDef("train", _dpo_config, "run_train",
              exclude=("model_name_or_path", "tokenizer_name_or_path", "train_file", "output_dir",
