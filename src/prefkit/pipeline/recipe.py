@@ -25,10 +25,10 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from prefkit.errors import ConfigError
 from prefkit.pipeline.stages import ORDER, STAGES, accepts_passthrough
+from prefkit.train.config import DPOConfig, _trainer_args, load_config
 
 TOP_KEYS = ("name", "description", "policy", "prompts", "rounds", "stages")
 POLICY_KEYS = ("model", "build", "args")
@@ -208,7 +208,6 @@ def _check_stage(name: str, opts, where: _Where) -> dict:
         option = schema.get(key)
         if option is None:
             if accepts_passthrough(stage, key):
-                from prefkit.train.config import _trainer_args
                 try:
                     _trainer_args({key: value}, "recipe")
                 except ConfigError as exc:
@@ -277,8 +276,6 @@ def validate(data: dict, where: _Where, *, rounds: int | None = None) -> Recipe:
 
 def _check_train(opts: dict, where: _Where) -> None:
     """The trainer's own checks on the recipe's values (a DPOConfig with placeholder paths)."""
-    from prefkit.train import DPOConfig, load_config
-
     fields = {k: v for k, v in opts.items() if k not in ("reference", "launch")}
     try:
         cfg = load_config(DPOConfig, overrides=fields, model_name_or_path="policy", train_file="data.jsonl")
@@ -304,10 +301,3 @@ def load_recipe(path: str | Path, *, overrides=None, rounds: int | None = None) 
     recipe.overrides = list(overrides or [])
     return recipe
 
-
-def stage_option(recipe: Recipe, stage: str, name: str) -> Any:
-    """A stage option: the recipe's value, else the schema's default."""
-    opts = recipe.stages.get(stage, {})
-    if name in opts:
-        return opts[name]
-    return STAGES[stage].options()[name].default

@@ -217,8 +217,8 @@ def run_select(ctx: StageContext) -> dict:
 # -- evolve -----------------------------------------------------------------------------------------
 
 def _backend(spec: dict):
-    from prefkit.synth.backends import OpenAIBackend
     from prefkit.pipeline.refs import call_ref
+    from prefkit.synth.backends import OpenAIBackend
 
     if spec.get("build"):
         return call_ref(spec["build"], spec.get("args") or {})
