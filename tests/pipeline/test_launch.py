@@ -20,7 +20,8 @@ SETTINGS = ["prompts.train.args.n=16", "prompts.train.per_round=16", "train.logg
 def _train(run_dir, extra):
     recipe = load_recipe(TOY, overrides=SETTINGS + extra, rounds=1)
     res = run(recipe, run_dir, until="train", progress=False, log=lambda m: None)
-    return next(e for e in res["steps"] if e["stage"] == "train"), res
+    step = next(e for e in res["steps"] if e["stage"] == "train")
+    return json.loads((Path(run_dir) / step["dir"] / "done").read_text()), res   # with the per-step losses
 
 
 def test_two_process_train_stage_matches_one_process(tmp_path, monkeypatch):
