@@ -1,0 +1,437 @@
+"""The engine: runs a recipe's stages round after round, each once for its inputs and options.
+
+    from prefkit.pipeline import run
+    manifest = run("examples/recipes/toy-quick.yaml", "runs/toy-quick")
+
+Layout of a run directory:
+
+    RUN_DIR/manifest.json                 recipe, package versions, hashes, timings, stage states
+    RUN_DIR/round-K/STAGE/KEY/            one stage's work; KEY = hash of its inputs' content
+                                          hashes and its options
+    RUN_DIR/round-K/STAGE/KEY/done        written last (atomically): output, its hash, metrics
+    RUN_DIR/round-0/evaluate/KEY/         the initial policy's evaluation (the baseline)
+    RUN_DIR/report.md, results.json, plots/
+
+A stage whose `done` marker exists for its key is skipped; an interrupted one runs again in the
+same directory, where its stage function resumes (see `prefkit.pipeline.runners`). A changed
+option changes that stage's key and, through its output's hash, the keys of the stages after
+it; the stages before it keep theirs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefkit.errors import ConfigError
+from prefkit.files import atomic_write_text
+from prefkit.pipeline.recipe import Recipe, load_recipe
+from prefkit.pipeline.refs import call_ref
+from prefkit.pipeline.runners import RUNNERS, StageContext
+from prefkit.pipeline.stages import DATA_STAGES, ORDER, STAGES
+
+MANIFEST = "manifest.json"
+DONE = "done"
+# The files that make a model what it is (not its logs, reports or checkpoints).
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".gguf", ".model")
+MODEL_FILES = ("config.json", "adapter_config.json", "prefkit_conditioning.json", "tokenizer.json",
+               "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
+
+
+# -- hashes -----------------------------------------------------------------------------------------
+
+def _sha_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _sha_json(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Hasher:
+    """Content hashes of files and model directories, remembered by (path, size, mtime) in
+    RUN_DIR/hashes.json so a large initial policy is read once per run directory."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "hashes.json"
+        try:
+            self.cache = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.cache = {}
+
+    def file(self, path: Path) -> str:
+        st = path.stat()
+        sig = f"{st.st_size}:{st.st_mtime_ns}"
+        key = str(path.resolve())
+        got = self.cache.get(key)
+        if got and got[0] == sig:
+            return got[1]
+        sha = _sha_file(path)
+        self.cache[key] = [sig, sha]
+        return sha
+
+    def of(self, target: str) -> str:
+        """A data file's hash, a model directory's (its model files), or a hub id's own text."""
+        p = Path(target)
+        if p.is_file():
+            return self.file(p)
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.is_file() and
+                           (f.name in MODEL_FILES or f.suffix in MODEL_FILE_SUFFIXES or f.suffix == ".jsonl"))
+            if not files:
+                raise ConfigError(f"{p}: no model or data files to hash")
+            return _sha_json([(f.name, self.file(f)) for f in files])
+        return _sha_json({"hub_id": target})
+
+    def save(self) -> None:
+        atomic_write_text(self.path, json.dumps(self.cache, indent=0))
+
+
+# -- the plan ---------------------------------------------------------------------------------------
+
+@dataclass
+class Step:
+    round: int
+    stage: str
+
+    @property
+    def label(self) -> str:
+        return f"round-{self.round}/{self.stage}"
+
+
+def plan(recipe: Recipe, until: str | None = None) -> list[Step]:
+    steps: list[Step] = []
+    names = [s for s in ORDER if s in recipe.stages]
+    ev = recipe.stages.get("evaluate")
+    if ev is not None and ev.get("baseline", True):
+        steps.append(Step(0, "evaluate"))
+    for k in range(1, recipe.rounds + 1):
+        steps.extend(Step(k, s) for s in names)
+    if until:
+        r, _, stage = until.rpartition("/") if "/" in until else until.rpartition(":")
+        stage = stage.strip()
+        if stage not in recipe.stages:
+            raise ConfigError(f"--until {until!r}: {stage!r} is not a stage of this recipe "
+                              f"({', '.join(names)})")
+        k = recipe.rounds
+        if r:
+            try:
+                k = int(r.replace("round-", ""))
+            except ValueError:
+                raise ConfigError(f"--until {until!r}: expected STAGE or round-K/STAGE") from None
+        idx = next((i for i, s in enumerate(steps) if s.round == k and s.stage == stage), None)
+        if idx is None:
+            raise ConfigError(f"--until {until!r}: no such step (rounds 1..{recipe.rounds})")
+        steps = steps[:idx + 1]
+    return steps
+
+
+# -- inputs -----------------------------------------------------------------------------------------
+
+def resolve_policy(recipe: Recipe) -> str:
+    if recipe.policy.get("build"):
+        out = call_ref(recipe.policy["build"], recipe.policy.get("args"))
+        return str(out)
+    from prefkit.models import resolve_model_path
+
+    return str(resolve_model_path(recipe.policy["model"]))
+
+
+def load_prompt_set(src: dict | None, recipe_dir: Path) -> list:
+    if src is None:
+        return []
+    from prefkit.evaluate.policy import load_prompts
+
+    if src.get("build"):
+        prompts = call_ref(src["build"], src.get("args"))
+        rows = load_prompts(list(prompts))
+    elif src.get("file"):
+        f = Path(src["file"])
+        if not f.is_absolute() and not f.exists() and (recipe_dir / f).exists():
+            f = recipe_dir / f
+        rows = load_prompts(str(f), split=src.get("split"))
+    else:
+        rows = load_prompts(src["dataset"], split=src.get("split"), subset=src.get("subset"),
+                            revision=src.get("revision"))
+    if src.get("limit"):
+        rows = rows[:src["limit"]]
+    return rows
+
+
+def round_prompts(rows: list, src: dict, k: int) -> list:
+    """Round k's prompts: all of them, or the k-th slice of `per_round` (wrapping around)."""
+    n = src.get("per_round")
+    if not n or n >= len(rows):
+        return rows
+    start = ((k - 1) * n) % len(rows)
+    got = rows[start:start + n]
+    return got + rows[:n - len(got)]
+
+
+def _prompts_hash(rows) -> str:
+    return _sha_json([[r.prompt, r.prompt_id] for r in rows])
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+def package_versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("prefkit", "torch", "transformers", "datasets", "accelerate", "peft", "trl"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    if out.get("prefkit") is None:
+        from prefkit import __version__
+        out["prefkit"] = __version__
+    return out
+
+
+class Runner:
+    def __init__(self, recipe: Recipe, run_dir: Path, *, progress: bool = True, log=None):
+        self.recipe = recipe
+        self.run_dir = run_dir
+        self.progress = progress
+        self.log = log or (lambda msg: print(f"prefkit run: {msg}", file=sys.stderr, flush=True))
+        self.hasher = Hasher(run_dir)
+        self.manifest_path = run_dir / MANIFEST
+
+    # ---- state
+    def _load_manifest(self) -> dict:
+        try:
+            old = json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError):
+            old = {}
+        return {"recipe_file": self.recipe.file, "recipe": self.recipe.to_dict(), "recipe_text": self.recipe.text,
+                "versions": package_versions(), "started": old.get("started", time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                              time.gmtime())),
+                "invocations": old.get("invocations", 0) + 1, "stages": {}, "history": old.get("history", [])}
+
+    def _save_manifest(self) -> None:
+        self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2, default=str))
+        self.hasher.save()
+
+    def step_dir(self, step: Step, key: str) -> Path:
+        return self.run_dir / f"round-{step.round}" / step.stage / key[:12]
+
+    # ---- one step
+    def inputs(self, step: Step, state: dict) -> dict[str, str]:
+        """Named input hashes of a step (None where an upstream step has not finished)."""
+        s = step.stage
+        ins = {} if s in ("score", "pair") else {"policy": state["policy_hash"]}
+        if s == "generate":
+            ins["prompts"] = state["prompts_hash"]
+        elif s == "evaluate":
+            ins["eval_prompts"] = state["eval_hash"]
+        elif s == "train":
+            ins["data"] = state.get("data_hash")
+            ins["reference"] = state["initial_hash"] if (self.recipe.stages["train"].get("reference") or "initial") \
+                == "initial" else state["policy_hash"]
+        else:
+            ins["data"] = state.get("data_hash")
+        return ins
+
+    def key(self, step: Step, inputs: dict) -> str | None:
+        if any(v is None for v in inputs.values()):
+            return None
+        # train's `reference` is in its inputs (the reference model's hash): in round 1 both choices
+        # name the initial policy, so they share round 1's work
+        opts = {k: v for k, v in self.recipe.stages[step.stage].items() if not (step.stage == "train" and k == "reference")}
+        return _sha_json({"stage": step.stage, "options": opts, "inputs": inputs})
+
+    def execute(self, steps: list[Step], *, dry_run: bool = False) -> dict:
+        self.manifest = self._load_manifest()
+        initial = resolve_policy(self.recipe)
+        recipe_dir = Path(self.recipe.file).parent
+        train_rows = load_prompt_set(self.recipe.prompts["train"], recipe_dir)
+        eval_rows = load_prompt_set(self.recipe.prompts.get("eval"), recipe_dir)
+        initial_hash = self.hasher.of(initial)
+        self.manifest["initial_policy"] = {"path": initial, "hash": initial_hash}
+        self.manifest["prompts"] = {"train": {"n": len(train_rows), "hash": _prompts_hash(train_rows)},
+                                    "eval": {"n": len(eval_rows), "hash": _prompts_hash(eval_rows)}}
+        state = {"policy": initial, "policy_hash": initial_hash, "initial_hash": initial_hash,
+                 "eval_hash": _prompts_hash(eval_rows)}
+        lines = []
+        timings: dict[str, list[float]] = {}
+        t_start = time.time()
+        current_round = None
+        for i, step in enumerate(steps):
+            if step.round != current_round:
+                current_round = step.round
+                if step.round >= 1:
+                    rows = round_prompts(train_rows, self.recipe.prompts["train"], step.round)
+                    state.update(round_rows=rows, prompts_hash=_prompts_hash(rows), data=None, data_hash=None)
+                    state["round_start_policy"] = state["policy"]
+            ins = self.inputs(step, state)
+            key = self.key(step, ins)
+            entry = {"round": step.round, "stage": step.stage, "inputs": ins, "key": key}
+            if key is None:
+                entry["status"] = "waiting"
+                lines.append(entry)
+                self._advance_unknown(step, state)
+                continue
+            d = self.step_dir(step, key)
+            entry["dir"] = str(d.relative_to(self.run_dir))
+            done = d / DONE
+            if done.is_file():
+                marker = json.loads(done.read_text())
+                entry.update(status="done", output=marker["output"], output_hash=marker["output_hash"],
+                             seconds=marker.get("seconds"), metrics=_light(marker.get("metrics", {})))
+            elif dry_run:
+                entry["status"] = "interrupted" if d.exists() else "to run"
+                lines.append(entry)
+                self._advance_unknown(step, state)
+                continue
+            else:
+                eta = _eta(steps[i:], timings)
+                self.log(f"round {step.round}/{self.recipe.rounds} · {step.stage} ({i + 1}/{len(steps)})"
+                         f" · elapsed {_clock(time.time() - t_start)}" + (f" · ETA {_clock(eta)}" if eta else "")
+                         + (" · resuming" if d.exists() else ""))
+                d.mkdir(parents=True, exist_ok=True)
+                marker = self._run_step(step, d, state, eval_rows, key, ins)
+                timings.setdefault(step.stage, []).append(marker["seconds"])
+                entry.update(status="done", output=marker["output"], output_hash=marker["output_hash"],
+                             seconds=marker["seconds"], metrics=_light(marker["metrics"]), ran=True)
+            lines.append(entry)
+            self.manifest["stages"][f"round-{step.round}/{step.stage}"] = entry
+            if not dry_run:
+                self._save_manifest()
+            self._advance(step, state, entry)
+        if not dry_run:
+            self.manifest["history"].append({"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                             "seconds": round(time.time() - t_start, 1),
+                                             "ran": [f"round-{e['round']}/{e['stage']}" for e in lines if e.get("ran")]})
+            self._save_manifest()
+        return {"steps": lines, "manifest": self.manifest}
+
+    def _run_step(self, step: Step, d: Path, state: dict, eval_rows, key: str, ins: dict) -> dict:
+        stage = STAGES[step.stage]
+        ctx = StageContext(round=step.round, stage=step.stage, dir=d, options=dict(self.recipe.stages[step.stage]),
+                           policy=state["policy"], initial=self.manifest["initial_policy"]["path"],
+                           data=state.get("data"), prompts=state.get("round_rows", []), eval_prompts=eval_rows,
+                           run_dir=self.run_dir, progress=self.progress)
+        atomic_write_text(d / "stage.json", json.dumps({"round": step.round, "stage": step.stage, "key": key,
+                                                        "inputs": ins, "options": ctx.options}, indent=2, default=str))
+        t0 = time.time()
+        result = RUNNERS[stage.runner](ctx)
+        out = result["output"]
+        if step.stage in DATA_STAGES and state.get("data") and out != state["data"]:
+            _carry_conditioning(state["data"], out)
+        marker = {"key": key, "output": out, "output_hash": self.hasher.of(out),
+                  "metrics": result.get("metrics", {}), "seconds": round(time.time() - t0, 2),
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        atomic_write_text(d / DONE, json.dumps(marker, indent=2, default=str))
+        return marker
+
+    def _advance(self, step: Step, state: dict, entry: dict) -> None:
+        if step.stage in DATA_STAGES:
+            state["data"], state["data_hash"] = entry["output"], entry["output_hash"]
+        elif step.stage == "train":
+            state["policy"], state["policy_hash"] = entry["output"], entry["output_hash"]
+
+    def _advance_unknown(self, step: Step, state: dict) -> None:
+        if step.stage in DATA_STAGES:
+            state["data"], state["data_hash"] = None, None
+        elif step.stage == "train":
+            state["policy"], state["policy_hash"] = None, None
+
+
+def _carry_conditioning(src: str, out: str) -> None:
+    """A relabeled dataset's conditioning spec follows its rows through later data stages."""
+    from prefkit.relabel import find_conditioning
+
+    spec = find_conditioning(src)
+    if spec is not None and find_conditioning(out) is None:
+        spec.write_beside(out)
+
+
+def _light(metrics: dict) -> dict:
+    """Metrics for the manifest: without the per-row value lists (kept in the done markers)."""
+    return {k: v for k, v in metrics.items() if not k.endswith("_values")}
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _eta(remaining: list[Step], timings: dict) -> float | None:
+    if not timings:
+        return None
+    overall = sum(sum(v) for v in timings.values()) / sum(len(v) for v in timings.values())
+    return sum((sum(timings[s.stage]) / len(timings[s.stage])) if s.stage in timings else overall
+               for s in remaining)
+
+
+# -- the public entry points ------------------------------------------------------------------------
+
+def default_run_dir(recipe: Recipe) -> Path:
+    return Path("runs") / recipe.name
+
+
+def run(recipe, run_dir=None, *, overrides=None, rounds: int | None = None, until: str | None = None,
+        dry_run: bool = False, progress: bool = True, log=None) -> dict:
+    """Run (or, with dry_run, plan) a recipe in `run_dir`; returns {"steps": [...], "manifest": {...},
+    "run_dir": path}. `recipe`: a path or a `Recipe` from `load_recipe`."""
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides=overrides, rounds=rounds)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
+    steps = plan(recipe, until)
+    if not dry_run:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    runner = Runner(recipe, run_dir, progress=progress, log=log)
+    if dry_run:
+        runner.hasher.save = lambda: None
+    result = runner.execute(steps, dry_run=dry_run)
+    result["run_dir"] = str(run_dir)
+    if not dry_run:
+        from prefkit.pipeline.report import write_report
+
+        result["report"] = str(write_report(run_dir))
+    return result
+
+
+def status(run_dir) -> dict:
+    """Where a run stands: each planned step's state from the manifest and the markers on disk."""
+    run_dir = Path(run_dir)
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not a run directory (no {MANIFEST})")
+    manifest = json.loads(path.read_text())
+    rows = []
+    for label, e in manifest.get("stages", {}).items():
+        rows.append({"step": label, "status": e.get("status"), "seconds": e.get("seconds"), "dir": e.get("dir")})
+    # stage directories started but not finished (a killed run)
+    for d in sorted(run_dir.glob("round-*/*/*")):
+        if d.is_dir() and not (d / DONE).exists() and (d / "stage.json").exists():
+            label = f"{d.parent.parent.name}/{d.parent.name}"
+            detail = _partial(d)
+            rows.append({"step": label, "status": "interrupted", "dir": str(d.relative_to(run_dir)), "detail": detail})
+    return {"run_dir": str(run_dir), "recipe": manifest.get("recipe_file"), "rounds": manifest["recipe"]["rounds"],
+            "started": manifest.get("started"), "updated": manifest.get("updated"), "steps": rows,
+            "history": manifest.get("history", [])}
+
+
+def _partial(d: Path) -> str:
+    chunks = list((d / "chunks").glob("chunk-*.json")) if (d / "chunks").is_dir() else []
+    if chunks:
+        return f"{len(chunks)} generation chunks written"
+    ckpts = sorted((d / "model").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) \
+        if (d / "model").is_dir() else []
+    if ckpts:
+        return f"latest checkpoint {ckpts[-1].name}"
+    if (d / "run").is_dir():
+        return "request run in progress"
+    return "started"

@@ -1,0 +1,176 @@
+"""Reports across rounds: RUN_DIR/report.md, results.json and plots/, from the manifest and the
+stages' done markers; and the text of `--dry-run` and `--status`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefkit.files import atomic_write_text
+
+SCORERS = ("reward_fn", "reward_model")
+
+
+def _marker(run_dir: Path, entry: dict) -> dict:
+    if not entry.get("dir"):
+        return {}
+    try:
+        return json.loads((run_dir / entry["dir"] / "done").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def collect(run_dir: Path) -> dict:
+    """Per round, each stage's metrics (with the per-row values of scores and margins)."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    rounds: dict[int, dict] = {}
+    for label, entry in manifest.get("stages", {}).items():
+        if entry.get("status") != "done":
+            continue
+        m = _marker(run_dir, entry).get("metrics", entry.get("metrics", {}))
+        rounds.setdefault(entry["round"], {})[entry["stage"]] = {**m, "seconds": entry.get("seconds"),
+                                                                  "dir": entry.get("dir")}
+    reward = []
+    for k in sorted(rounds):
+        ev = rounds[k].get("evaluate")
+        if ev:
+            for s in SCORERS:
+                if s in ev:
+                    reward.append({"round": k, "scorer": s, "mean": ev[s].get("mean"),
+                                   "standard_error": ev[s].get("standard_error"), "n": ev[s].get("n")})
+    return {"recipe": manifest.get("recipe_file"), "name": manifest["recipe"]["name"],
+            "versions": manifest.get("versions"), "initial_policy": manifest.get("initial_policy"),
+            "rounds": {str(k): rounds[k] for k in sorted(rounds)}, "reward_per_round": reward,
+            "history": manifest.get("history", [])}
+
+
+def _fmt(v, digits=3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def write_report(run_dir) -> Path:
+    run_dir = Path(run_dir)
+    res = collect(run_dir)
+    plots = _plots(run_dir, res)
+    light = {**res, "rounds": {k: {s: {m: v for m, v in met.items() if not m.endswith("_values")}
+                                    for s, met in st.items()} for k, st in res["rounds"].items()}}
+    atomic_write_text(run_dir / "results.json", json.dumps(light, indent=2, default=str))
+    lines = [f"# {res['name']}: report across rounds", "",
+             f"Recipe `{res['recipe']}`; initial policy `{(res['initial_policy'] or {}).get('path')}`.", ""]
+    if res["reward_per_round"]:
+        lines += ["## Reward per round (held-out prompts)", "", "| round | scorer | mean | s.e. | n |",
+                  "|---|---|---|---|---|"]
+        for r in res["reward_per_round"]:
+            lines.append(f"| {r['round']} | {r['scorer']} | {_fmt(r['mean'])} | {_fmt(r['standard_error'])} "
+                         f"| {r['n']} |")
+        lines.append("")
+    lines += ["## Data per round", "", "| round | responses | mean score | pairs | mean margin | relabeled rows "
+              "| selected | train loss | reference | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for k, st in res["rounds"].items():
+        if k == "0":
+            continue
+        g, sc, pr = st.get("generate", {}), st.get("score", {}), st.get("pair", {})
+        rl, se, tr = st.get("relabel", {}), st.get("select", {}), st.get("train", {})
+        secs = sum(v.get("seconds") or 0 for v in st.values())
+        lines.append(f"| {k} | {_fmt(g.get('responses'))} | {_fmt((sc.get('scores') or {}).get('mean'))} "
+                     f"| {_fmt(pr.get('pairs'))} | {_fmt((pr.get('margins') or {}).get('mean'))} "
+                     f"| {_fmt(rl.get('rows_out'))} | {_fmt(se.get('kept'))} | {_fmt(tr.get('train_loss'))} "
+                     f"| {_fmt(tr.get('reference'))} | {secs:.1f} |")
+    lines.append("")
+    drops = [(k, s, reason, n) for k, st in res["rounds"].items() for s, met in st.items()
+             for reason, n in (met.get("dropped") or {}).items()]
+    if drops:
+        lines += ["## Dropped rows by reason", "", "| round | stage | reason | rows |", "|---|---|---|---|"]
+        lines += [f"| {k} | {s} | {reason} | {n} |" for k, s, reason, n in drops]
+        lines.append("")
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
+    lines += ["## Runs", ""] + [f"- {h['finished']}: {h['seconds']} s, ran {', '.join(h['ran']) or 'nothing'}"
+                                for h in res["history"]] + [""]
+    lines += ["Package versions: " + ", ".join(f"{k} {v}" for k, v in (res["versions"] or {}).items() if v), ""]
+    return atomic_write_text(run_dir / "report.md", "\n".join(lines))
+
+
+def _plots(run_dir: Path, res: dict) -> list[Path]:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    made = []
+    if res["reward_per_round"]:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for scorer in SCORERS:
+            pts = [r for r in res["reward_per_round"] if r["scorer"] == scorer and r["mean"] is not None]
+            if pts:
+                ax.errorbar([p["round"] for p in pts], [p["mean"] for p in pts],
+                            yerr=[p["standard_error"] or 0 for p in pts], marker="o", capsize=3, label=scorer)
+        ax.set_xlabel("round (0: initial policy)")
+        ax.set_ylabel("mean reward on held-out prompts")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "reward_per_round.png", dpi=100)
+        plt.close(fig)
+        made.append(out / "reward_per_round.png")
+    for stage, key, label, name in (("score", "score_values", "score of each response", "score_distribution"),
+                                    ("pair", "margin_values", "score margin of each pair", "margin_distribution")):
+        series = [(k, st[stage][key]) for k, st in res["rounds"].items() if stage in st and st[stage].get(key)]
+        if series:
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            for k, vals in series:
+                ax.hist(vals, bins=20, alpha=0.5, label=f"round {k}")
+            ax.set_xlabel(label)
+            ax.set_ylabel("count")
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(out / f"{name}.png", dpi=100)
+            plt.close(fig)
+            made.append(out / f"{name}.png")
+    counts = []
+    for k, st in res["rounds"].items():
+        for s in ("pair", "relabel", "select", "evolve"):
+            if s in st:
+                kept = st[s].get("pairs", st[s].get("rows_out", st[s].get("kept", st[s].get("merged"))))
+                counts.append((f"r{k} {s}", kept or 0, sum((st[s].get("dropped") or {}).values())))
+    if counts:
+        fig, ax = plt.subplots(figsize=(max(5, len(counts) * 0.8), 3.5))
+        xs = range(len(counts))
+        ax.bar(xs, [c[1] for c in counts], label="kept")
+        ax.bar(xs, [c[2] for c in counts], bottom=[c[1] for c in counts], label="dropped")
+        ax.set_xticks(list(xs), [c[0] for c in counts], rotation=45, ha="right")
+        ax.set_ylabel("rows")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "kept_dropped.png", dpi=100)
+        plt.close(fig)
+        made.append(out / "kept_dropped.png")
+    return made
+
+
+# -- text for the command line ----------------------------------------------------------------------
+
+def format_plan(result: dict, title: str = "plan") -> str:
+    lines = [f"{title}: {result['run_dir']}"]
+    for e in result["steps"]:
+        where = e.get("dir") or "(its key waits on the steps before it)"
+        status = e["status"] + (" (ran now)" if e.get("ran") else "")
+        ins = ", ".join(f"{k}={(v or '?')[:8]}" for k, v in e["inputs"].items())
+        lines.append(f"  round-{e['round']}/{e['stage']:<9} {status:<16} {where}  [{ins}]")
+    return "\n".join(lines)
+
+
+def format_status(st: dict) -> str:
+    lines = [f"run {st['run_dir']} (recipe {st['recipe']}, {st['rounds']} rounds; started {st['started']}, "
+             f"updated {st['updated']})"]
+    for r in st["steps"]:
+        extra = f" {r['seconds']} s" if r.get("seconds") is not None else ""
+        detail = f" ({r['detail']})" if r.get("detail") else ""
+        lines.append(f"  {r['step']:<20} {r['status']}{extra}{detail}  {r.get('dir') or ''}")
+    return "\n".join(lines)
