@@ -136,17 +136,22 @@ def test_schema_is_read_from_the_options_objects():
     """Every field of the options objects appears in the schema, with its default (one spelling)."""
     import dataclasses
 
+    from prefkit.evaluate.options import EvaluateOptions
     from prefkit.relabel import RelabelOptions
-    from prefkit.select import SelectOptions
+    from prefkit.select import SelectOptions, available_metrics
 
     relabel = STAGES["relabel"].options()
     for f in dataclasses.fields(RelabelOptions):
         if f.name not in STAGES["relabel"].exclude:
             assert relabel[f.name].default == f.default
     select = STAGES["select"].options()
-    assert select["metric"].choices == tuple(__import__("prefkit.select", fromlist=["METRICS"]).METRICS)
+    assert select["metric"].choices == tuple(available_metrics())
     assert set(select) >= {f.name for f in dataclasses.fields(SelectOptions)} - set(STAGES["select"].exclude)
     assert {"n", "temperature", "top_p", "max_new_tokens"} <= set(STAGES["generate"].options())
+    evaluate = STAGES["evaluate"].options()
+    for f in dataclasses.fields(EvaluateOptions):
+        if f.name in STAGES["evaluate"].include:
+            assert evaluate[f.name].default == f.default
 
 
 def test_cli_bad_recipe_exits_2_with_one_line(tmp_path):

@@ -135,7 +135,7 @@ def run_score(ctx: StageContext) -> dict:
     prompts = [rows[i]["prompt"] for i, _ in flat]
     texts = [rows[i]["responses"][j]["text"] for i, j in flat]
     if ctx.options.get("reward_fn"):
-        from prefkit.evaluate.policy import resolve_reward_fn
+        from prefkit.evaluate.scorers import resolve_reward_fn
 
         fn = resolve_reward_fn(ctx.options["reward_fn"])
         scores = [float(fn(p, t)) if t else None for p, t in zip(prompts, texts)]
@@ -186,9 +186,6 @@ def run_relabel(ctx: StageContext) -> dict:
 
 # -- select -----------------------------------------------------------------------------------------
 
-NO_MODEL_METRICS = ("explicit", "random")
-
-
 def _reference(ctx: StageContext, which: str | None):
     if which in (None, "none"):
         return None
@@ -198,17 +195,17 @@ def _reference(ctx: StageContext, which: str | None):
 def run_select(ctx: StageContext) -> dict:
     from prefkit import data
     from prefkit.report import StageReport
-    from prefkit.select import SelectOptions, select
+    from prefkit.select import SelectOptions, get_metric, select
 
     opts = dict(ctx.options)
     reference = _reference(ctx, opts.pop("reference", "initial"))
     options = SelectOptions(progress=ctx.progress, cache_dir=str(ctx.dir / "cache"), **opts)
     report = StageReport("select")
     pairs = data.read(str(ctx.data), report=report)
-    needs_model = options.metric not in NO_MODEL_METRICS
+    needs_model = "policy" in get_metric(options.metric).needs
     kept = select(pairs, options=options, model=ctx.policy if needs_model else None,
                   tokenizer=ctx.policy if needs_model else None,
-                  reference=reference if options.metric == "dpo-implicit" else None, report=report)
+                  reference=reference if "reference" in get_metric(options.metric).needs else None, report=report)
     out = data.write(kept, str(ctx.dir / "pairs.jsonl"))
     return {"output": str(out), "metrics": {"pairs_in": len(pairs), "kept": len(kept),
                                             "dropped": dict(report.dropped)}}

@@ -2,7 +2,7 @@
 
 A stage's options are the fields of its options dataclass (`RelabelOptions`, `SelectOptions`,
 `DPOConfig`, ...) or the keyword parameters of its public function (`prefkit.generate.generate`,
-`prefkit.data.binarize`, `prefkit.evaluate.policy.evaluate_policies`): name, type and default
+`prefkit.data.binarize`, `prefkit.evaluate.options.EvaluateOptions`): name, type and default
 come from there, so an option added to a stage appears in the recipe schema with no second
 spelling. Choices come from a field's `metadata["choices"]`, a `Literal[...]` annotation, or a
 registry named in `prefkit.pipeline.stages` (loss names, selection metrics, binarize methods).

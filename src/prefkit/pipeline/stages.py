@@ -63,8 +63,8 @@ def _select_options():
 
 
 def _select_metrics():
-    from prefkit.select import METRICS
-    return METRICS
+    from prefkit.select import available_metrics
+    return available_metrics()
 
 
 def _evolve_options():
@@ -84,9 +84,9 @@ def _losses():
     return sorted(set(available_losses()) | set(BETA_CONTROLS))
 
 
-def _evaluate_policies():
-    from prefkit.evaluate.policy import evaluate_policies
-    return evaluate_policies
+def _evaluate_options():
+    from prefkit.evaluate.options import EvaluateOptions
+    return EvaluateOptions
 
 
 SERVERS = Option("servers", list, None, doc="OpenAI-compatible base URLs serving the policy (MODEL@URL); "
@@ -98,7 +98,7 @@ STAGES: dict[str, StageDef] = {s.name: s for s in (
              exclude=("model", "prompts", "tokenizer", "progress", "desc"),
              extras=(SERVERS, SERVED_MODEL,
                      Option("chunk_size", int, 64, doc="prompts per durable chunk (a kill loses at most one chunk)"))),
-    StageDef("score", _evaluate_policies, "run_score", include=("reward_fn", "reward_model", "rm_options"),
+    StageDef("score", _evaluate_options, "run_score", include=("reward_fn", "reward_model", "rm_options"),
              extras=(Option("batch_size", int, 16, doc="reward-model batch size"),)),
     StageDef("pair", _binarize, "run_pair", exclude=("report", "dataset", "truthfulqa_prompts"),
              choices={"method": _binarize_methods, "ties": lambda: ("drop", "keep")}),
@@ -125,7 +125,7 @@ STAGES: dict[str, StageDef] = {s.name: s for s in (
                      Option("launch", dict, None, doc="{num_processes: N, config_file: accelerate.yaml}: "
                                                       "start the stage through `accelerate launch`")),
              passthrough="trainer_args"),
-    StageDef("evaluate", _evaluate_policies, "run_evaluate",
+    StageDef("evaluate", _evaluate_options, "run_evaluate",
              include=("n", "temperature", "top_p", "max_new_tokens", "seed", "batch_size", "reward_fn",
                       "reward_model", "reference_outputs", "rm_options"),
              extras=(Option("baseline", bool, True, doc="also evaluate the initial policy (as round 0)"),)),
