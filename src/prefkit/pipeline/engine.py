@@ -26,14 +26,20 @@ import platform
 import sys
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
+from prefkit import __version__
 from prefkit.errors import ConfigError
+from prefkit.evaluate.policy import load_prompts
 from prefkit.files import atomic_write_text
+from prefkit.models import resolve_model_path
 from prefkit.pipeline.recipe import Recipe, load_recipe
 from prefkit.pipeline.refs import call_ref
+from prefkit.pipeline.report import write_report
 from prefkit.pipeline.runners import RUNNERS, StageContext
 from prefkit.pipeline.stages import DATA_STAGES, ORDER, STAGES
+from prefkit.relabel import find_conditioning
 
 MANIFEST = "manifest.json"
 DONE = "done"
@@ -141,7 +147,6 @@ def resolve_policy(recipe: Recipe) -> str:
     if recipe.policy.get("build"):
         out = call_ref(recipe.policy["build"], recipe.policy.get("args"))
         return str(out)
-    from prefkit.models import resolve_model_path
 
     return str(resolve_model_path(recipe.policy["model"]))
 
@@ -149,7 +154,6 @@ def resolve_policy(recipe: Recipe) -> str:
 def load_prompt_set(src: dict | None, recipe_dir: Path) -> list:
     if src is None:
         return []
-    from prefkit.evaluate.policy import load_prompts
 
     if src.get("build"):
         prompts = call_ref(src["build"], src.get("args"))
@@ -184,7 +188,6 @@ def _prompts_hash(rows) -> str:
 # -- the run ----------------------------------------------------------------------------------------
 
 def package_versions() -> dict:
-    from importlib import metadata
 
     out = {"python": platform.python_version()}
     for name in ("prefkit", "torch", "transformers", "datasets", "accelerate", "peft", "trl"):
@@ -193,7 +196,6 @@ def package_versions() -> dict:
         except metadata.PackageNotFoundError:
             out[name] = None
     if out.get("prefkit") is None:
-        from prefkit import __version__
         out["prefkit"] = __version__
     return out
 
@@ -350,7 +352,6 @@ class Runner:
 
 def _carry_conditioning(src: str, out: str) -> None:
     """A relabeled dataset's conditioning spec follows its rows through later data stages."""
-    from prefkit.relabel import find_conditioning
 
     spec = find_conditioning(src)
     if spec is not None and find_conditioning(out) is None:
@@ -397,7 +398,6 @@ def run(recipe, run_dir=None, *, overrides=None, rounds: int | None = None, unti
     result = runner.execute(steps, dry_run=dry_run)
     result["run_dir"] = str(run_dir)
     if not dry_run:
-        from prefkit.pipeline.report import write_report
 
         result["report"] = str(write_report(run_dir))
     return result

@@ -26,6 +26,8 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from prefkit.errors import ConfigError
 from prefkit.pipeline.stages import ORDER, STAGES, accepts_passthrough
 from prefkit.train.config import DPOConfig, _trainer_args, load_config
@@ -75,7 +77,6 @@ class _Where:
 
 
 def _to_python(node, where: _Where, path: str):
-    import yaml
 
     where.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
@@ -94,7 +95,6 @@ def _to_python(node, where: _Where, path: str):
 
 
 def read_yaml(path: str | Path) -> tuple[dict, _Where, str]:
-    import yaml
 
     p = Path(path)
     if not p.is_file():
@@ -122,7 +122,6 @@ def _unknown(where: _Where, path: str, key: str, valid) -> ConfigError:
 
 def apply_overrides(data: dict, where: _Where, overrides) -> None:
     """`key.sub=value` (YAML values); a leading stage name means `stages.<stage>`."""
-    import yaml
 
     for item in overrides or ():
         if "=" not in item:

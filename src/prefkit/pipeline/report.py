@@ -24,7 +24,7 @@ def collect(run_dir: Path) -> dict:
     """Per round, each stage's metrics (with the per-row values of scores and margins)."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
     rounds: dict[int, dict] = {}
-    for label, entry in manifest.get("stages", {}).items():
+    for entry in manifest.get("stages", {}).values():
         if entry.get("status") != "done":
             continue
         m = _marker(run_dir, entry).get("metrics", entry.get("metrics", {}))
@@ -97,9 +97,9 @@ def write_report(run_dir) -> Path:
 
 def _plots(run_dir: Path, res: dict) -> list[Path]:
     try:
-        import matplotlib
+        import matplotlib  # noqa: PLC0415 -- optional for a report: without it the report has no plots
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
         return []
     out = run_dir / "plots"
