@@ -24,14 +24,13 @@ sequence-classification reward model), 'judge-single' (an LLM judge's 1-10 grade
 
 from __future__ import annotations
 
-import importlib
 import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from prefkit.errors import ConfigError
 from prefkit.evaluate.judging import grade_single
 from prefkit.evaluate.winrate import mean_and_se
+from prefkit.refs import resolve_ref
 from prefkit.registry import Registry
 from prefkit.reward_model import RewardModelScorer
 from prefkit.synth.runs import Run
@@ -117,19 +116,9 @@ def summary_of(values: list) -> dict:
 
 def resolve_reward_fn(fn) -> Callable:
     """A callable, or 'module:function' (e.g. 'prefkit.toy.task:gold_reward')."""
-
     if callable(fn):
         return fn
-    mod, sep, attr = str(fn).partition(":")
-    if not sep:
-        raise ConfigError(f"--reward-fn {fn!r}: expected MODULE:FUNCTION, e.g. prefkit.toy.task:gold_reward")
-    try:
-        f = getattr(importlib.import_module(mod), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"--reward-fn {fn!r}: cannot import it ({exc})") from None
-    if not callable(f):
-        raise ConfigError(f"--reward-fn {fn!r} is not callable")
-    return f
+    return resolve_ref(fn, what="--reward-fn", example="prefkit.toy.task:gold_reward")
 
 
 # -- the built-in per-output scorers ----------------------------------------------------------------

@@ -35,10 +35,10 @@ from prefkit.evaluate.policy import load_prompts
 from prefkit.files import atomic_write_text
 from prefkit.models import resolve_model_path
 from prefkit.pipeline.recipe import Recipe, load_recipe
-from prefkit.pipeline.refs import call_ref
 from prefkit.pipeline.report import write_report
 from prefkit.pipeline.runners import RUNNERS, StageContext
 from prefkit.pipeline.stages import DATA_STAGES, ORDER, STAGES
+from prefkit.refs import call_ref
 from prefkit.relabel import find_conditioning
 
 MANIFEST = "manifest.json"

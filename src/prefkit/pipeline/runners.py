@@ -214,7 +214,7 @@ def run_select(ctx: StageContext) -> dict:
 # -- evolve -----------------------------------------------------------------------------------------
 
 def _backend(spec: dict):
-    from prefkit.pipeline.refs import call_ref
+    from prefkit.refs import call_ref
     from prefkit.synth.backends import OpenAIBackend
 
     if spec.get("build"):
