@@ -20,6 +20,7 @@ Fidelity rules this module keeps (docs/generate.md measures them):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -41,9 +42,9 @@ def engine_available(name: str) -> bool:
         return True
     if name == "ort":
         try:
-            import onnx  # noqa: F401  (the builder's dependencies)
-            import onnx_ir  # noqa: F401
-            import onnxruntime_genai  # noqa: F401
+            import onnx  # noqa: F401, PLC0415  optional extra (the builder's dependencies): probed, not used
+            import onnx_ir  # noqa: F401, PLC0415  optional extra
+            import onnxruntime_genai  # noqa: F401, PLC0415  optional extra
         except ImportError:
             return False
         return True
@@ -103,8 +104,6 @@ def engine_cache_dir() -> Path:
 
 
 def _identity_key(identity: dict) -> str:
-    import hashlib
-
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -177,8 +176,8 @@ _ORT_LOCK = threading.Lock()
 
 def _ort_model(path: Path):
     """The loaded engine model, running on as many threads as torch in this process."""
-    import onnxruntime_genai as og
-    import torch
+    import onnxruntime_genai as og  # noqa: PLC0415  optional extra
+    import torch  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
 
     threads = torch.get_num_threads()
     key = f"{path}:{threads}"
@@ -199,8 +198,8 @@ def ort_pad_id(path: Path) -> int:
 def ort_generate(path: Path, batch: list[list[int]], *, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int, eos_ids: list[int], vocab_size: int) -> list[list[int]]:
     """New token ids for a batch of prompts of one length (each row its own sample)."""
-    import numpy as np
-    import onnxruntime_genai as og
+    import numpy as np  # noqa: PLC0415  heavy (numpy): only with the optional engine
+    import onnxruntime_genai as og  # noqa: PLC0415  optional extra
 
     width = len(batch[0])
     if any(len(b) != width for b in batch):

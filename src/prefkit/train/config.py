@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from prefkit.errors import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -194,8 +196,6 @@ class BaseTrainConfig:
 
     def save(self, path: str | Path) -> Path:
         """Write the config as YAML (readable back with load_config)."""
-        import yaml
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -367,7 +367,7 @@ _MOVED_TRAINER_ARGS = {"logging_dir": "TENSORBOARD_LOGGING_DIR"}
 
 def trainer_arg_names() -> set[str]:
     """The fields of transformers.TrainingArguments (what `trainer_args` may hold)."""
-    from transformers import TrainingArguments
+    from transformers import TrainingArguments  # noqa: PLC0415  heavy (transformers): lazy, so the CLI reads configs without it
 
     return {f.name for f in fields(TrainingArguments) if f.init} | set(_MOVED_TRAINER_ARGS)
 
@@ -389,8 +389,6 @@ def _trainer_args(value, source: str) -> dict:
 
 
 def _read_yaml(path) -> dict:
-    import yaml
-
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file not found: {p}")
@@ -404,8 +402,6 @@ def _read_yaml(path) -> dict:
 
 
 def _parse_overrides(overrides) -> dict:
-    import yaml
-
     if overrides is None:
         return {}
     if isinstance(overrides, dict):
@@ -511,7 +507,7 @@ def _coerce(name: str, value, tp):
 
 def resolve_precision(cfg: BaseTrainConfig) -> str:
     """'bf16', 'fp16' or 'fp32' for this machine; an explicit request the hardware cannot do is an error."""
-    import torch
+    import torch  # noqa: PLC0415  heavy (torch): lazy, so the CLI reads configs without it
 
     want = cfg.precision
     if cfg.bf16:
@@ -534,8 +530,8 @@ def resolve_precision(cfg: BaseTrainConfig) -> str:
 
 def training_arguments(cfg: BaseTrainConfig, **extra):
     """The transformers.TrainingArguments for `cfg` (prefkit's own options stay in cfg)."""
-    import torch
-    from transformers import TrainingArguments
+    import torch  # noqa: PLC0415  heavy (torch): lazy, so the CLI reads configs without it
+    from transformers import TrainingArguments  # noqa: PLC0415  heavy (transformers): lazy, so the CLI reads configs without it
 
     precision = resolve_precision(cfg)
     report_to = [r for r in (cfg.report_to or []) if r] or ["none"]
@@ -580,7 +576,7 @@ def training_arguments(cfg: BaseTrainConfig, **extra):
             os.environ[env] = str(passthrough[name])
         passthrough.pop(name, None)
     if passthrough.get("use_liger_kernel"):
-        from transformers.utils import is_liger_kernel_available
+        from transformers.utils import is_liger_kernel_available  # noqa: PLC0415  heavy (transformers): lazy, so the CLI reads configs without it
 
         if not is_liger_kernel_available():   # the Trainer would find out only inside train()
             raise ConfigError("use_liger_kernel: liger-kernel is not installed (pip install liger-kernel)")
@@ -603,7 +599,7 @@ _INTEGRATION_PACKAGE = {"azure_ml": "azureml-core", "comet_ml": "comet-ml", "dag
 def check_report_to(report_to: list[str]) -> None:
     """Every report_to integration is one transformers knows and is installed, checked before any
     model is loaded ('all' and 'none' as transformers reads them)."""
-    from transformers.integrations.integration_utils import (
+    from transformers.integrations.integration_utils import (  # noqa: PLC0415  heavy (transformers): lazy, so the CLI reads configs without it
         INTEGRATION_TO_CALLBACK,
         get_available_reporting_integrations,
     )
@@ -624,7 +620,7 @@ def check_report_to(report_to: list[str]) -> None:
 
 
 def _has_accelerator() -> bool:
-    import torch
+    import torch  # noqa: PLC0415  heavy (torch): lazy, so the CLI reads configs without it
 
     if torch.cuda.is_available():
         return True
