@@ -31,7 +31,7 @@ import threading
 from pathlib import Path
 
 from prefkit.errors import ConfigError
-from prefkit.models import _exclusive, model_identity, models_cache_dir
+from prefkit.models import exclusive_lock, model_identity, models_cache_dir
 
 ENGINES = ("ort", "hf")
 CONVERT_MARKER = "prefkit_engine.json"
@@ -126,7 +126,7 @@ def convert_ort(model, tokenizer, *, log=None) -> Path:
     marker = out / CONVERT_MARKER
     if marker.is_file():
         return out
-    with _exclusive(engine_cache_dir() / f".{out.name}.lock"):
+    with exclusive_lock(engine_cache_dir() / f".{out.name}.lock"):
         if marker.is_file():
             return out
         with tempfile.TemporaryDirectory(dir=engine_cache_dir(), prefix=".convert-") as tmp:
@@ -174,7 +174,7 @@ _ORT_MODELS: dict[str, object] = {}
 _ORT_LOCK = threading.Lock()
 
 
-def _ort_model(path: Path):
+def ort_model(path: Path):
     """The loaded engine model, running on as many threads as torch in this process."""
     import onnxruntime_genai as og  # noqa: PLC0415  optional extra
     import torch  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
@@ -204,7 +204,7 @@ def ort_generate(path: Path, batch: list[list[int]], *, temperature: float, top_
     width = len(batch[0])
     if any(len(b) != width for b in batch):
         raise ValueError("ort_generate: a batch holds prompts of one length")
-    model = _ort_model(path)
+    model = ort_model(path)
     params = og.GeneratorParams(model)
     opts = dict(max_length=width + max_new_tokens, batch_size=len(batch))
     if temperature > 0:

@@ -336,7 +336,7 @@ def load_config(cls=DPOConfig, path: str | Path | None = None, overrides=None, *
     values: dict[str, Any] = {}
     passthrough: dict[str, Any] = {}
     sources = [(f"config file {path}", _read_yaml(path))] if path is not None else []
-    sources += [("override", _parse_overrides(overrides)), ("argument", kwargs)]
+    sources += [("override", parse_overrides(overrides)), ("argument", kwargs)]
     for source, items in sources:
         for k, v in items.items():
             if k == "trainer_args":
@@ -401,7 +401,7 @@ def _read_yaml(path) -> dict:
     return data
 
 
-def _parse_overrides(overrides) -> dict:
+def parse_overrides(overrides) -> dict:
     if overrides is None:
         return {}
     if isinstance(overrides, dict):
@@ -460,7 +460,7 @@ def _coerce(name: str, value, tp):
             pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
             if any(len(kv) != 2 for kv in pairs):
                 raise ConfigError(f"{name}: expected KEY=VALUE,... or a mapping, got {value!r}")
-            value = _parse_overrides([f"{k.strip()}={v}" for k, v in pairs])
+            value = parse_overrides([f"{k.strip()}={v}" for k, v in pairs])
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: expected a mapping of option: value, got {value!r}")
         return dict(value)
@@ -590,7 +590,7 @@ def training_arguments(cfg: BaseTrainConfig, **extra):
         raise ConfigError(f"TrainingArguments{passed}: {msg}") from None
 
 
-_INTEGRATION_PACKAGE = {"azure_ml": "azureml-core", "comet_ml": "comet-ml", "dagshub": "dagshub",
+INTEGRATION_PACKAGE = {"azure_ml": "azureml-core", "comet_ml": "comet-ml", "dagshub": "dagshub",
                         "dvclive": "dvclive", "mlflow": "mlflow", "neptune": "neptune", "tensorboard": "tensorboard",
                         "wandb": "wandb", "codecarbon": "codecarbon", "clearml": "clearml", "swanlab": "swanlab",
                         "trackio": "trackio"}
@@ -614,8 +614,8 @@ def check_report_to(report_to: list[str]) -> None:
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
             raise ConfigError(f"report_to: unknown integration {name!r}{hint} "
                               f"(known: {', '.join(sorted(INTEGRATION_TO_CALLBACK))})")
-        if name in _INTEGRATION_PACKAGE and name not in available:
-            raise ConfigError(f"report_to: {name!r} is not installed (pip install {_INTEGRATION_PACKAGE[name]}), "
+        if name in INTEGRATION_PACKAGE and name not in available:
+            raise ConfigError(f"report_to: {name!r} is not installed (pip install {INTEGRATION_PACKAGE[name]}), "
                               "or set report_to: none")
 
 
