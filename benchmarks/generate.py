@@ -211,9 +211,9 @@ def fidelity(path, ps, a) -> dict:
     worst = 0.0
     for text in render_prompts(ps, tok):
         ids = tok(text, add_special_tokens=False)["input_ids"]
-        params = og.GeneratorParams(engines._ort_model(conv))
+        params = og.GeneratorParams(engines.ort_model(conv))
         params.set_search_options(max_length=len(ids) + 1, batch_size=1)
-        gen = og.Generator(engines._ort_model(conv), params)
+        gen = og.Generator(engines.ort_model(conv), params)
         gen.append_tokens(np.asarray([ids], dtype=np.int32))
         lp_ort = torch.log_softmax(torch.from_numpy(np.asarray(gen.get_logits())).reshape(-1).float(), -1)
         with torch.no_grad():

@@ -202,13 +202,13 @@ def test_on_invalid_is_spelled_error_or_drop_everywhere(tmp_path):
                     assert set(a.choices) == {"error", "drop", "skip"} and a.metavar == "{error,drop}", p.prog
     assert seen >= 12
     # train's option is a config field checked by the config: the same two words
-    from prefkit.cli import _old_spellings
+    from prefkit.cli import accept_old_spellings
 
     src = _jsonl(tmp_path / "in.jsonl", [GOOD])
     for word, expect in (("drop", "drop"), ("error", "error"), ("skip", "drop")):
         args = build_parser().parse_args(["train", "dpo", str(src), str(tmp_path / "run"), "--model", "m",
                                           "--on-invalid", word])
-        _old_spellings(args)
+        accept_old_spellings(args)
         assert config_from_args(args).on_invalid == expect
 
 
@@ -225,10 +225,10 @@ def test_old_skip_spelling_still_works_with_a_note(tmp_path, capsys):
 
 
 def _leaf_parsers():
-    from prefkit.cli import _subparsers
+    from prefkit.cli import all_parsers
 
     out = []
-    for p in _subparsers(build_parser()):
+    for p in all_parsers(build_parser()):
         if not any(a.__class__.__name__ == "_SubParsersAction" for a in p._actions):
             out.append(p)
     return out

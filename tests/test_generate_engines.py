@@ -166,9 +166,9 @@ def test_next_token_log_probs_agree_with_hf(model_dir):
     path = engines.convert_ort(model, tok)
     for text in render_prompts(PROMPTS, tok):
         ids = tok(text, add_special_tokens=False)["input_ids"]
-        params = og.GeneratorParams(engines._ort_model(path))
+        params = og.GeneratorParams(engines.ort_model(path))
         params.set_search_options(max_length=len(ids) + 1, batch_size=1)
-        gen = og.Generator(engines._ort_model(path), params)
+        gen = og.Generator(engines.ort_model(path), params)
         gen.append_tokens(np.asarray([ids], dtype=np.int32))
         ort = torch.log_softmax(torch.from_numpy(np.asarray(gen.get_logits())).reshape(-1).float(), -1)
         with torch.no_grad():

@@ -24,9 +24,9 @@ def test_a_near_miss_of_a_bundled_model_suggests_it(capsys):
 
 def test_a_hub_id_while_offline_fails_at_once(monkeypatch):
     from prefkit.errors import ConfigError
-    from prefkit.models import _hub_reachable, load_pretrained
+    from prefkit.models import hub_reachable_with, load_pretrained
 
-    _hub_reachable.cache_clear()
+    hub_reachable_with.cache_clear()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t0 = time.monotonic()
     with pytest.raises(ConfigError, match="the hub is not reachable"):
@@ -37,7 +37,7 @@ def test_a_hub_id_while_offline_fails_at_once(monkeypatch):
 def test_no_connection_to_the_hub_counts_as_offline(monkeypatch):
     import socket
 
-    from prefkit.models import _hub_reachable, hub_reachable
+    from prefkit.models import hub_reachable_with, hub_reachable
 
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -46,7 +46,7 @@ def test_no_connection_to_the_hub_counts_as_offline(monkeypatch):
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    _hub_reachable.cache_clear()
+    hub_reachable_with.cache_clear()
     assert hub_reachable() is False
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
@@ -56,7 +56,7 @@ def test_no_connection_to_the_hub_counts_as_offline(monkeypatch):
         assert hub_reachable() is True
     finally:
         srv.close()
-        _hub_reachable.cache_clear()
+        hub_reachable_with.cache_clear()
 
 
 def test_cli_errors_name_the_format_flag(tmp_path, capsys):

@@ -68,13 +68,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         else:
             stub = sub.add_parser(name, help=help_text, description=help_text)
             stub.set_defaults(func=None, _parser=stub)
-    for p in _subparsers(parser):
+    for p in all_parsers(parser):
         # The same flag after any command; SUPPRESS keeps `prefkit -q CMD` from being reset.
         p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
     return parser
 
 
-def _subparsers(parser: argparse.ArgumentParser):
+def all_parsers(parser: argparse.ArgumentParser):
     """Every parser below `parser` (commands, their subcommands, `select evolve`)."""
     seen = []
     todo = [parser]
@@ -161,7 +161,7 @@ def _is_terminal(stream) -> bool:
         return False
 
 
-def _old_spellings(args) -> None:
+def accept_old_spellings(args) -> None:
     """`--on-invalid skip` (every stage's old word for 'drop') still works, with a note."""
     for attr in ("on_invalid", "opt_on_invalid"):
         if getattr(args, attr, None) == "skip":
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         # `prefkit` or `prefkit data` alone: show the relevant help.
         (getattr(args, "_parser", None) or parser).print_help()
         return 0 if args.command is None else EXIT_USAGE
-    _old_spellings(args)
+    accept_old_spellings(args)
     try:
         with _quiet(getattr(args, "quiet", False), bars_off=not _is_terminal(sys.stderr)):
             rc = args.func(args)

@@ -20,6 +20,7 @@ Fidelity rules this module keeps (docs/generate.md measures them):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ import threading
 from pathlib import Path
 
 from prefkit.errors import ConfigError
-from prefkit.models import _exclusive, model_identity, models_cache_dir
+from prefkit.models import exclusive_lock, model_identity, models_cache_dir
 
 ENGINES = ("ort", "hf")
 CONVERT_MARKER = "prefkit_engine.json"
@@ -41,9 +42,9 @@ def engine_available(name: str) -> bool:
         return True
     if name == "ort":
         try:
-            import onnx  # noqa: F401  (the builder's dependencies)
-            import onnx_ir  # noqa: F401
-            import onnxruntime_genai  # noqa: F401
+            import onnx  # noqa: F401, PLC0415  optional extra (the builder's dependencies): probed, not used
+            import onnx_ir  # noqa: F401, PLC0415  optional extra
+            import onnxruntime_genai  # noqa: F401, PLC0415  optional extra
         except ImportError:
             return False
         return True
@@ -103,8 +104,6 @@ def engine_cache_dir() -> Path:
 
 
 def _identity_key(identity: dict) -> str:
-    import hashlib
-
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -127,7 +126,7 @@ def convert_ort(model, tokenizer, *, log=None) -> Path:
     marker = out / CONVERT_MARKER
     if marker.is_file():
         return out
-    with _exclusive(engine_cache_dir() / f".{out.name}.lock"):
+    with exclusive_lock(engine_cache_dir() / f".{out.name}.lock"):
         if marker.is_file():
             return out
         with tempfile.TemporaryDirectory(dir=engine_cache_dir(), prefix=".convert-") as tmp:
@@ -175,10 +174,10 @@ _ORT_MODELS: dict[str, object] = {}
 _ORT_LOCK = threading.Lock()
 
 
-def _ort_model(path: Path):
+def ort_model(path: Path):
     """The loaded engine model, running on as many threads as torch in this process."""
-    import onnxruntime_genai as og
-    import torch
+    import onnxruntime_genai as og  # noqa: PLC0415  optional extra
+    import torch  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
 
     threads = torch.get_num_threads()
     key = f"{path}:{threads}"
@@ -199,13 +198,13 @@ def ort_pad_id(path: Path) -> int:
 def ort_generate(path: Path, batch: list[list[int]], *, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int, eos_ids: list[int], vocab_size: int) -> list[list[int]]:
     """New token ids for a batch of prompts of one length (each row its own sample)."""
-    import numpy as np
-    import onnxruntime_genai as og
+    import numpy as np  # noqa: PLC0415  heavy (numpy): only with the optional engine
+    import onnxruntime_genai as og  # noqa: PLC0415  optional extra
 
     width = len(batch[0])
     if any(len(b) != width for b in batch):
         raise ValueError("ort_generate: a batch holds prompts of one length")
-    model = _ort_model(path)
+    model = ort_model(path)
     params = og.GeneratorParams(model)
     opts = dict(max_length=width + max_new_tokens, batch_size=len(batch))
     if temperature > 0:

@@ -29,9 +29,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from tqdm.auto import tqdm
+
 from prefkit import engines
 from prefkit.errors import ConfigError
-from prefkit.models import load_causal_lm
+from prefkit.models import base_chat_template, load_causal_lm
+from prefkit.relabel import condition, load_conditioning
+from prefkit.report import progress_enabled
 
 
 def resolve_conditioning(model, conditioning: Any = "auto"):
@@ -45,8 +49,6 @@ def resolve_conditioning(model, conditioning: Any = "auto"):
         return None
     if not (Path(path) / "prefkit_conditioning.json").exists():
         return None
-    from prefkit.relabel import load_conditioning
-
     return load_conditioning(path)
 
 
@@ -56,12 +58,8 @@ def render_prompts(prompts: Sequence, tokenizer, spec=None, goal=None) -> list[s
     # system placement gives a system message, as in the (conversational) training data.
     conversations = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
     if spec is not None:
-        from prefkit.relabel import condition
-
         g = spec.best_goal if goal is None else goal
         conversations = [condition(m, goal=g, spec=spec, tokenizer=tokenizer) for m in conversations]
-    from prefkit.models import base_chat_template
-
     # the model's own template (an exported one conditions by itself, for servers)
     template = base_chat_template(getattr(tokenizer, "chat_template", None))
     texts = []
@@ -79,10 +77,7 @@ def generate(model, prompts: Sequence, *, tokenizer=None, n: int = 1, temperatur
 
     temperature=0 decodes greedily (then the n responses are identical).
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from prefkit.report import progress_enabled
+    import torch  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
 
     if n < 1:
         raise ConfigError(f"generate: n must be >= 1, got {n}")
@@ -152,10 +147,6 @@ def _generate_ort(path, encoded, jobs, n, tokenizer, *, temperature, top_p, max_
                   eos_ids, progress, desc) -> list[list[str]]:
     """`generate` through ONNX Runtime GenAI: batches of prompts of one token length (no
     padding), each batch seeded with `seed` + its index."""
-    from tqdm.auto import tqdm
-
-    from prefkit.report import progress_enabled
-
     out: list[list[str]] = [[""] * n for _ in encoded]
     batches, cur = [], []
     for job in jobs:  # jobs are sorted by prompt length

@@ -30,9 +30,21 @@ from contextlib import contextmanager, nullcontext
 from typing import Any, NamedTuple
 
 import torch
+from tqdm.auto import tqdm
 
+from prefkit.data import records as R
+from prefkit.errors import ConfigError
 from prefkit.lm_head import DEFAULT_CHUNK_SIZE, HiddenHead, LogitStatistic
 from prefkit.packed import ForwardPlan, plan_for, plan_logps, plan_rows, scored_hidden
+from prefkit.report import StageReport, progress_enabled
+from prefkit.tokenize import (
+    DROP_REASON,
+    TRUNCATED,
+    PairCollator,
+    check_options,
+    count_encoded,
+    encode_with_reasons,
+)
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -170,30 +182,20 @@ def score_logps(model, tokenizer, dataset, *, batch_size: int = 8, max_length: i
     rejected rows padded, :func:`concatenated_forward`) for a model whose attention cannot take it.
     """
     if forward not in ("packed", "padded"):
-        from prefkit.errors import ConfigError
-
         raise ConfigError(f"forward must be 'packed' or 'padded', got {forward!r}")
-    from tqdm.auto import tqdm
-
-    from prefkit.report import progress_enabled
-
-    from prefkit.data import records as R
-    from prefkit.report import StageReport
-    from prefkit.tokenize import _DROP, _TRUNC, PairCollator, _check_options, _count, _encode_with_reasons
-
     report = report if report is not None else StageReport("score_logps")
     report.rows_in += len(dataset)
     if {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(dataset.column_names):
         encoded = dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])
         reasons = [""] * len(encoded)
     else:
-        _check_options(max_length, max_prompt_length, prompt_truncation, "drop")
-        enc = _encode_with_reasons(dataset, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
+        check_options(max_length, max_prompt_length, prompt_truncation, "drop")
+        enc = encode_with_reasons(dataset, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
                                    prompt_truncation=prompt_truncation, chat_template_kwargs=chat_template_kwargs,
                                    on_invalid="drop", num_proc=None, desc="Tokenizing pairs for scoring")
-        _count(enc, report)
-        reasons = enc[_DROP]
-        encoded = enc.select_columns(["prompt_ids", "chosen_ids", "rejected_ids", _DROP, _TRUNC])
+        count_encoded(enc, report)
+        reasons = enc[DROP_REASON]
+        encoded = enc.select_columns(["prompt_ids", "chosen_ids", "rejected_ids", DROP_REASON, TRUNCATED])
     keep = [i for i, r in enumerate(reasons) if not r]
     prompt_ids, chosen_ids, rejected_ids = encoded["prompt_ids"], encoded["chosen_ids"], encoded["rejected_ids"]
     cost = {i: len(prompt_ids[i]) + max(len(chosen_ids[i]), len(rejected_ids[i])) for i in keep}

@@ -112,7 +112,7 @@ def _hash_file(path: Path, chunk: int) -> str:
 
 
 @contextlib.contextmanager
-def _exclusive(lock_path: Path):
+def exclusive_lock(lock_path: Path):
     """An advisory lock, so that two processes (say, the ranks of a torchrun job) importing the
     same file at once do the work once and never see a half-written directory."""
 
@@ -166,7 +166,7 @@ def import_gguf(gguf, out_dir=None, *, force: bool = False, log=None) -> Path:
     out = Path(out_dir) if out_dir else _default_import_dir(src, sha)
     if not force and _import_is_current(out, sha):
         return out
-    with _exclusive(out.parent / f".{out.name}.lock"):
+    with exclusive_lock(out.parent / f".{out.name}.lock"):
         if not force and _import_is_current(out, sha):   # another process finished it meanwhile
             return out
         if out.exists() and any(out.iterdir()) and not (out / IMPORT_MARKER).exists() and not force:
@@ -279,14 +279,14 @@ def hub_reachable() -> bool:
     TRANSFORMERS_OFFLINE, or when a TCP connection to the hub (or the HTTPS proxy) does not open
     within 3 s. Then a hub id is looked up in the local cache only, and a model that is not there
     fails at once instead of after the hub client's retries (about a minute)."""
-    return _hub_reachable(os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""),
-                          os.environ.get("HF_ENDPOINT", ""),
-                          os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or "")
+    return hub_reachable_with(os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""),
+                              os.environ.get("HF_ENDPOINT", ""),
+                              os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or "")
 
 
 @functools.lru_cache(maxsize=8)
-def _hub_reachable(offline: str, tf_offline: str, endpoint: str, proxy: str) -> bool:
-
+def hub_reachable_with(offline: str, tf_offline: str, endpoint: str, proxy: str) -> bool:
+    """`hub_reachable` for these settings, cached by them (tests clear it with `cache_clear()`)."""
     if any(v.strip().lower() in ("1", "true", "yes", "on") for v in (offline, tf_offline)):
         return False
     target = urlsplit(proxy if "://" in proxy else f"http://{proxy}") if proxy else urlsplit(

@@ -51,8 +51,8 @@ DEFAULT_META_COLUMNS = (
     REF_LOGPS_CHOSEN, REF_LOGPS_REJECTED,
 )
 
-_DROP = "_prefkit_drop_reason"
-_TRUNC = "_prefkit_truncated"
+DROP_REASON = "_prefkit_drop_reason"
+TRUNCATED = "_prefkit_truncated"
 
 
 class SkipPair(Exception):
@@ -147,7 +147,7 @@ def encode_pair(prompt, chosen, rejected, tokenizer, *, max_length: int | None =
             "truncated": truncated, "boundary_mismatch": mismatch}
 
 
-def _check_options(max_length, max_prompt_length, prompt_truncation, on_invalid):
+def check_options(max_length, max_prompt_length, prompt_truncation, on_invalid):
     if prompt_truncation not in ("keep_end", "keep_start"):
         raise ConfigError(f"prompt_truncation must be 'keep_end' or 'keep_start', got {prompt_truncation!r}")
     if on_invalid not in ("drop", "error"):
@@ -158,7 +158,7 @@ def _check_options(max_length, max_prompt_length, prompt_truncation, on_invalid)
         raise ConfigError(f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length})")
 
 
-def _encode_with_reasons(dataset, tokenizer, *, max_length, max_prompt_length, prompt_truncation,
+def encode_with_reasons(dataset, tokenizer, *, max_length, max_prompt_length, prompt_truncation,
                          chat_template_kwargs, on_invalid, num_proc, desc):
     """Map every row to its encoding plus a drop reason ('' when kept); nothing removed yet."""
     for col in (PROMPT, CHOSEN, REJECTED):
@@ -169,7 +169,7 @@ def _encode_with_reasons(dataset, tokenizer, *, max_length, max_prompt_length, p
         raise ConfigError("the tokenizer has neither a pad nor an eos token to pad with")
 
     def fn(row, idx):
-        out = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "pair_index": idx, _DROP: "", _TRUNC: []}
+        out = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "pair_index": idx, DROP_REASON: "", TRUNCATED: []}
         try:
             enc = encode_pair(row[PROMPT], row[CHOSEN], row[REJECTED], tokenizer, max_length=max_length,
                               max_prompt_length=max_prompt_length, prompt_truncation=prompt_truncation,
@@ -178,10 +178,10 @@ def _encode_with_reasons(dataset, tokenizer, *, max_length, max_prompt_length, p
             if on_invalid == "error":
                 raise DataError(f"{skip.reason}{': ' + skip.detail if skip.detail else ''}",
                                 row=idx, field=skip.field, reason=skip.reason) from None
-            out[_DROP] = skip.reason
+            out[DROP_REASON] = skip.reason
             return out
         out.update(prompt_ids=enc["prompt_ids"], chosen_ids=enc["chosen_ids"], rejected_ids=enc["rejected_ids"])
-        out[_TRUNC] = enc["truncated"] + (["boundary"] if enc["boundary_mismatch"] else [])
+        out[TRUNCATED] = enc["truncated"] + (["boundary"] if enc["boundary_mismatch"] else [])
         return out
 
     drop_cols = [c for c in ENCODED_COLUMNS if c in dataset.column_names]
@@ -190,12 +190,12 @@ def _encode_with_reasons(dataset, tokenizer, *, max_length, max_prompt_length, p
     return dataset.map(fn, with_indices=True, num_proc=num_proc, desc=desc)
 
 
-def _count(encoded, report: StageReport) -> None:
-    reasons = encoded[_DROP]
+def count_encoded(encoded, report: StageReport) -> None:
+    reasons = encoded[DROP_REASON]
     for i, reason in enumerate(reasons):
         if reason:
             report.drop(reason, 1, example=f"row {i}")
-    trunc = encoded[_TRUNC]
+    trunc = encoded[TRUNCATED]
     for key, note in (("prompt", "truncated_prompts"), ("chosen", "truncated_chosen"),
                       ("rejected", "truncated_rejected"), ("boundary", "prompt_boundary_mismatch")):
         report.notes[note] = report.notes.get(note, 0) + sum(key in t for t in trunc)
@@ -212,16 +212,16 @@ def encode_pairs(dataset, tokenizer, *, max_length: int | None = 1024, max_promp
     `report` (see the module docstring); ``max_length`` bounds len(prompt) + len(response) of each
     sequence; ``None`` disables a limit.
     """
-    _check_options(max_length, max_prompt_length, prompt_truncation, on_invalid)
+    check_options(max_length, max_prompt_length, prompt_truncation, on_invalid)
     report = report if report is not None else StageReport("tokenize")
     report.rows_in += len(dataset)
-    encoded = _encode_with_reasons(dataset, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
+    encoded = encode_with_reasons(dataset, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
                                    prompt_truncation=prompt_truncation, chat_template_kwargs=chat_template_kwargs,
                                    on_invalid=on_invalid, num_proc=num_proc, desc="Tokenizing pairs")
-    _count(encoded, report)
-    if any(encoded[_DROP]):
-        encoded = encoded.filter(lambda r: not r, input_columns=[_DROP], num_proc=num_proc)
-    encoded = encoded.remove_columns([_DROP, _TRUNC])
+    count_encoded(encoded, report)
+    if any(encoded[DROP_REASON]):
+        encoded = encoded.filter(lambda r: not r, input_columns=[DROP_REASON], num_proc=num_proc)
+    encoded = encoded.remove_columns([DROP_REASON, TRUNCATED])
     report.rows_out += len(encoded)
     return encoded
 

@@ -147,7 +147,7 @@ def test_demo_bad_options_are_one_line_errors(argv, message, tmp_path, capsys):
 def test_a_seed_resumes_part_by_part_and_its_parts_merge_into_results_json(tmp_path):
     """The two-process demo runs a seed as parts (PARTS): each part's results-<part>.json is read back
     instead of rerunning its stages, and the merged results.json replaces the part files."""
-    from prefkit.toy.demo import PARTS, _merge_parts, run_seed
+    from prefkit.toy.demo import PARTS, merge_parts, run_seed
     from prefkit.toy.demo_config import quick_config
 
     calls = []
@@ -169,6 +169,6 @@ def test_a_seed_resumes_part_by_part_and_its_parts_merge_into_results_json(tmp_p
         "results-core.json", "results-select.json", "results-reward-models.json"}
     again, reused = run_seed(tmp_path, cfg, cfg.world, tmp_path, stages, 0, progress=False, part="select")
     assert reused == 1 and again == parts["select"] and len(calls) == 3        # read back, not rerun
-    merged = _merge_parts(tmp_path, 0, parts)
+    merged = merge_parts(tmp_path, 0, parts)
     assert merged["from_sample"] == 1 and merged["from_select"] == 2 and merged["from_reward_models"] == 3
     assert [p.name for p in (tmp_path / "seed0").iterdir()] == ["results.json"]

@@ -63,9 +63,9 @@ def test_names_that_are_neither_prefkit_nor_trainer_fields_are_refused(override,
 def _missing_integration() -> str:
     from transformers.integrations.integration_utils import get_available_reporting_integrations
 
-    from prefkit.train.config import _INTEGRATION_PACKAGE
+    from prefkit.train.config import INTEGRATION_PACKAGE
 
-    missing = sorted(set(_INTEGRATION_PACKAGE) - set(get_available_reporting_integrations()))
+    missing = sorted(set(INTEGRATION_PACKAGE) - set(get_available_reporting_integrations()))
     if not missing:
         pytest.skip("every reporting integration is installed here")
     return "wandb" if "wandb" in missing else missing[0]

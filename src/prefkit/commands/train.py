@@ -108,7 +108,7 @@ def _default(f):
 
 def config_from_args(args):
     """The config the command line describes (YAML, then flags, then --set)."""
-    from prefkit.train.config import _parse_overrides, load_config
+    from prefkit.train.config import load_config, parse_overrides
 
     values = {}
     for k, v in vars(args).items():
@@ -126,7 +126,7 @@ def config_from_args(args):
         values["model_name_or_path"] = args.model
     if args.split is not None:
         values["train_split"] = args.split
-    values.update(_parse_overrides(args.overrides))
+    values.update(parse_overrides(args.overrides))
     from prefkit.report import progress_enabled
 
     if not progress_enabled() and "disable_tqdm" not in values:  # --quiet or TQDM_DISABLE

@@ -52,7 +52,7 @@ def _provenance(row: dict, index: int, prompt) -> tuple[str, int, str | None]:
     if src_row is None:
         src_row = index
     elif isinstance(src_row, bool) or not isinstance(src_row, int) or src_row < 0:
-        raise V.fail(R.SOURCE_ROW, f"expected a non-negative integer row index, got {V._type_name(src_row)}",
+        raise V.fail(R.SOURCE_ROW, f"expected a non-negative integer row index, got {V.type_name(src_row)}",
                      V.WRONG_TYPE)
     source = row.get(R.SOURCE)
     if source is not None:
@@ -72,7 +72,7 @@ def _uf_rating(value, field: str) -> float | None:
         except ValueError:
             raise V.fail(field, f"is {value!r}; expected a rating '1'..'5' or 'N/A'", V.BAD_SCORE) from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise V.fail(field, f"expected a rating '1'..'5' or 'N/A', got {V._type_name(value)}", V.WRONG_TYPE)
+        raise V.fail(field, f"expected a rating '1'..'5' or 'N/A', got {V.type_name(value)}", V.WRONG_TYPE)
     return V.score(value, field, lo=UF_RATING_RANGE[0], hi=UF_RATING_RANGE[1])
 
 
@@ -80,13 +80,13 @@ def from_ultrafeedback(row: dict, index: int) -> dict:
     instruction = V.text(V.require(row, "instruction", "the instruction text"), "instruction")
     completions = V.require(row, "completions", "a list of completions")
     if not isinstance(completions, list):
-        raise V.fail("completions", f"expected a list of completions, got {V._type_name(completions)}",
+        raise V.fail("completions", f"expected a list of completions, got {V.type_name(completions)}",
                      V.WRONG_TYPE)
     responses = []
     for j, c in enumerate(completions):
         f = f"completions[{j}]"
         if not isinstance(c, dict):
-            raise V.fail(f, f"expected a completion object, got {V._type_name(c)}", V.WRONG_TYPE)
+            raise V.fail(f, f"expected a completion object, got {V.type_name(c)}", V.WRONG_TYPE)
         text = V.text(V.require(c, "response", "the response text", field=f"{f}.response"), f"{f}.response")
         score = V.score(c.get("overall_score"), f"{f}.overall_score", lo=UF_SCORE_RANGE[0],
                         hi=UF_SCORE_RANGE[1], required=True)
@@ -94,7 +94,7 @@ def from_ultrafeedback(row: dict, index: int) -> dict:
         aspects = None
         if ann is not None:
             if not isinstance(ann, dict):
-                raise V.fail(f"{f}.annotations", f"expected an object of aspects, got {V._type_name(ann)}",
+                raise V.fail(f"{f}.annotations", f"expected an object of aspects, got {V.type_name(ann)}",
                              V.WRONG_TYPE)
             aspects = {}
             for name, a in ann.items():
@@ -216,7 +216,7 @@ def from_trl(row: dict, index: int) -> dict:
         prompt = V.text(prompt, R.PROMPT)
         for col, val in ((R.CHOSEN, chosen), (R.REJECTED, rejected)):
             if not isinstance(val, str):
-                raise V.fail(col, f"expected a string like 'prompt' (standard format), got {V._type_name(val)}",
+                raise V.fail(col, f"expected a string like 'prompt' (standard format), got {V.type_name(val)}",
                              V.WRONG_TYPE)
         chosen, rejected = V.text(chosen, R.CHOSEN), V.text(rejected, R.REJECTED)
     elif isinstance(prompt, list):
@@ -224,11 +224,11 @@ def from_trl(row: dict, index: int) -> dict:
         for col, val in ((R.CHOSEN, chosen), (R.REJECTED, rejected)):
             if not isinstance(val, list):
                 raise V.fail(col, "expected a list of messages like 'prompt' (conversational format), got "
-                             f"{V._type_name(val)}", V.WRONG_TYPE)
+                             f"{V.type_name(val)}", V.WRONG_TYPE)
         chosen = V.messages(chosen, R.CHOSEN, need_user=False, assistant_only=True)
         rejected = V.messages(rejected, R.REJECTED, need_user=False, assistant_only=True)
     else:
-        raise V.fail(R.PROMPT, f"expected a string or a list of messages, got {V._type_name(prompt)}",
+        raise V.fail(R.PROMPT, f"expected a string or a list of messages, got {V.type_name(prompt)}",
                      V.WRONG_TYPE)
     return _finish_pair(row, index, prompt, chosen, rejected)
 
@@ -246,12 +246,12 @@ def from_multi(row: dict, index: int) -> dict:
         prompt = V.text(prompt, R.PROMPT)
     resps = V.require(row, R.RESPONSES, "a list of {text, score, ...} responses")
     if not isinstance(resps, list):
-        raise V.fail(R.RESPONSES, f"expected a list of responses, got {V._type_name(resps)}", V.WRONG_TYPE)
+        raise V.fail(R.RESPONSES, f"expected a list of responses, got {V.type_name(resps)}", V.WRONG_TYPE)
     responses = []
     for j, r in enumerate(resps):
         f = f"{R.RESPONSES}[{j}]"
         if not isinstance(r, dict):
-            raise V.fail(f, f"expected a {{text, score, ...}} object, got {V._type_name(r)}", V.WRONG_TYPE)
+            raise V.fail(f, f"expected a {{text, score, ...}} object, got {V.type_name(r)}", V.WRONG_TYPE)
         model = r.get("model")
         responses.append({
             "text": V.text(V.require(r, "text", "the response text", field=f"{f}.text"), f"{f}.text"),

@@ -37,7 +37,7 @@ IDENTICAL = "chosen equals rejected"
 PROMPT_ENDS_WITH_ANSWER = "prompt ends with an assistant turn"
 
 
-def _type_name(value) -> str:
+def type_name(value) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -67,7 +67,7 @@ def require(row: dict, key: str, what: str, *, field: str | None = None):
 def text(value, field: str, *, allow_empty: bool = False) -> str:
     """A decodable string (non-empty unless allowed)."""
     if not isinstance(value, str):
-        raise fail(field, f"expected a string, got {_type_name(value)}", WRONG_TYPE)
+        raise fail(field, f"expected a string, got {type_name(value)}", WRONG_TYPE)
     if not allow_empty and (not value or value.isspace()):
         raise fail(field, "is empty; expected non-empty text", EMPTY)
     try:
@@ -82,13 +82,13 @@ def text(value, field: str, *, allow_empty: bool = False) -> str:
 def messages(value, field: str, *, need_user: bool, assistant_only: bool = False) -> list[dict]:
     """A list of {role, content} messages with known roles, returned as clean dicts."""
     if not isinstance(value, list) or not value:
-        raise fail(field, f"expected a non-empty list of {{role, content}} messages, got {_type_name(value)}",
+        raise fail(field, f"expected a non-empty list of {{role, content}} messages, got {type_name(value)}",
                    BAD_MESSAGES if isinstance(value, list) else WRONG_TYPE)
     out = []
     for i, msg in enumerate(value):
         where = f"{field}[{i}]"
         if not isinstance(msg, dict):
-            raise fail(where, f"expected a {{role, content}} message, got {_type_name(msg)}", BAD_MESSAGES)
+            raise fail(where, f"expected a {{role, content}} message, got {type_name(msg)}", BAD_MESSAGES)
         role = msg.get("role")
         if role not in ROLES:
             raise fail(f"{where}.role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}",
@@ -125,7 +125,7 @@ def score(value, field: str, *, lo: float | None = None, hi: float | None = None
             raise fail(field, "missing; expected a number", MISSING)
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise fail(field, f"expected a number, got {_type_name(value)}", WRONG_TYPE)
+        raise fail(field, f"expected a number, got {type_name(value)}", WRONG_TYPE)
     value = float(value)
     if not math.isfinite(value):
         raise fail(field, f"is {value}; expected a finite number", BAD_SCORE)
@@ -139,5 +139,5 @@ def aspects(value, field: str, *, lo: float | None = None, hi: float | None = No
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise fail(field, f"expected an object of aspect ratings, got {_type_name(value)}", WRONG_TYPE)
+        raise fail(field, f"expected an object of aspect ratings, got {type_name(value)}", WRONG_TYPE)
     return {str(k): score(v, f"{field}.{k}", lo=lo, hi=hi) for k, v in value.items()}

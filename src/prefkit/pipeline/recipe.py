@@ -30,7 +30,7 @@ import yaml
 
 from prefkit.errors import ConfigError
 from prefkit.pipeline.stages import ORDER, STAGES, accepts_passthrough
-from prefkit.train.config import DPOConfig, _trainer_args, load_config
+from prefkit.train.config import DPOConfig, check_trainer_args, load_config
 
 TOP_KEYS = ("name", "description", "policy", "prompts", "rounds", "stages")
 POLICY_KEYS = ("model", "build", "args")
@@ -208,7 +208,7 @@ def _check_stage(name: str, opts, where: _Where) -> dict:
         if option is None:
             if accepts_passthrough(stage, key):
                 try:
-                    _trainer_args({key: value}, "recipe")
+                    check_trainer_args({key: value}, "recipe")
                 except ConfigError as exc:
                     raise where.error(sub, str(exc).split(": ", 2)[-1]) from None
                 out[key] = value

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from prefkit.errors import ConfigError
-from prefkit.train.config import _coerce  # the one type coercion of prefkit's configs
+from prefkit.train.config import coerce_value  # the one type coercion of prefkit's configs
 
 _MISSING = object()
 
@@ -35,7 +35,7 @@ class Option:
     def check(self, value):
         """`value` coerced to this option's type; ConfigError with the valid values otherwise."""
         if value is not None and self.type is not Any:
-            value = _coerce(self.name, value, self.type)
+            value = coerce_value(self.name, value, self.type)
         if self.choices is not None and value is not None:
             values = value if isinstance(value, (list, tuple)) else [value]
             for v in values:

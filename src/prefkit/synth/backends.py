@@ -21,9 +21,20 @@ import json
 import os
 import random
 import re
+import ssl
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import aiohttp
+import yarl
+
+from prefkit import __version__
+from prefkit.engines import check_engine
+from prefkit.errors import ConfigError
+from prefkit.generate import generate
+from prefkit.models import load_causal_lm
 from prefkit.synth.proxies import basic_auth, bypasses_proxy, split_credentials
 
 
@@ -111,17 +122,13 @@ class _Endpoint:
     """One base URL: its chat-completions URL (query kept, e.g. Azure's api-version) and load."""
 
     def __init__(self, url: str, api_version: str | None = None):
-        from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-        from prefkit.errors import ConfigError
-
         self.url = url
         stripped, self.credentials = split_credentials(url.strip())
         u = urlsplit(stripped)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ConfigError(f"base URL must be http(s)://HOST[:PORT]/PATH[?QUERY], not {_redact_url(url)!r}")
         try:
-            u.port
+            _ = u.port  # raises on an invalid port
         except ValueError:
             raise ConfigError(f"base URL {_redact_url(url)!r} has an invalid port") from None
         self.host = u.hostname
@@ -199,8 +206,6 @@ class OpenAIBackend(Backend):
     kind: ClassVar[str] = "openai"
 
     def __post_init__(self):
-        from prefkit.errors import ConfigError
-
         if not self.model:
             raise ConfigError("OpenAIBackend needs a model name (--model)")
         if isinstance(self.base_urls, str):
@@ -249,7 +254,6 @@ class OpenAIBackend(Backend):
                 out.extend(value.split()[1:])  # "Bearer XYZ" -> also XYZ alone
         out += [ep.password for ep in self._endpoint_specs if ep.password]
         out += [basic_auth(*ep.credentials).split()[1] for ep in self._endpoint_specs if ep.credentials]
-        from urllib.parse import urlsplit
 
         for proxy in [self.proxy, *getattr(self, "_proxies", {}).values()]:
             pw = urlsplit(proxy).password if proxy else None
@@ -264,8 +268,6 @@ class OpenAIBackend(Backend):
         return _BEARER.sub(lambda m: f"{m.group(1)} {_REDACTED}", _redact_url(text))
 
     def _request_headers(self, endpoint: _Endpoint) -> dict[str, str]:
-        from prefkit import __version__
-
         h = {"Content-Type": "application/json", "Accept": "application/json",
              "User-Agent": f"prefkit/{__version__}"}
         auth = self.auth
@@ -287,10 +289,6 @@ class OpenAIBackend(Backend):
         loop = asyncio.get_running_loop()
         if self._session is not None and self._loop is loop:
             return
-        import ssl
-
-        import aiohttp
-        import yarl
 
         # First use, or a new event loop: a session belongs to the loop that opened it. An
         # abandoned session of an earlier (closed) loop is dropped without touching that loop.
@@ -312,7 +310,6 @@ class OpenAIBackend(Backend):
         """`proxy`, else (with `trust_env`) the HTTP_PROXY/HTTPS_PROXY for the URL's scheme
         unless NO_PROXY names its host (either case of the variable names; CIDR ranges, host:port
         and leading dots as requests and httpx read them: prefkit.synth.proxies)."""
-        import urllib.request
 
         if self.proxy:
             return self.proxy
@@ -326,8 +323,6 @@ class OpenAIBackend(Backend):
         if "://" not in proxy:
             proxy = f"http://{proxy}"
         if not proxy.startswith(("http://", "https://")):
-            from prefkit.errors import ConfigError
-
             raise ConfigError(f"{scheme.upper()}_PROXY={_redact_url(proxy)!r}: only http:// and https:// "
                               "proxies are supported")
         return proxy
@@ -372,8 +367,6 @@ class OpenAIBackend(Backend):
                         payload = (f"the server redirects to {location} with HTTP {status}, which turns a POST "
                                    "into a GET; use that URL as the base URL").encode()
                     raise _HTTPStatus(status, payload, resp.headers.get("Retry-After"))
-            import aiohttp
-            import yarl
 
             if deadline is None:  # the first redirect: the rest of the try shares one deadline
                 deadline = asyncio.get_running_loop().time() + self.timeout
@@ -467,7 +460,6 @@ def _retryable(reason: str, detail: str) -> RequestFailed:
 
 def _classify(exc: Exception) -> tuple[str, str, bool, float | None]:
     """(reason, detail, retryable, server-requested delay) for an exception from one try."""
-    import aiohttp
 
     def what(e: BaseException) -> str:
         return f"{type(e).__name__}: {str(e)[:200]}"
@@ -538,8 +530,6 @@ class LocalBackend(Backend):
 
     def __init__(self, model, tokenizer=None, *, batch_size: int = 16, device: str | None = None,
                  name: str | None = None, conditioning="auto", seed: int = 0, engine: str | None = None):
-        from prefkit.engines import check_engine
-        from prefkit.errors import ConfigError
 
         if not isinstance(model, (str, os.PathLike)) and tokenizer is None:
             raise ConfigError("LocalBackend with a loaded model needs its tokenizer")
@@ -567,8 +557,6 @@ class LocalBackend(Backend):
 
     def _load(self):
         if self._loaded is None:
-            from prefkit.models import load_causal_lm
-
             model, tok = load_causal_lm(self._model_src, self._tokenizer)
             if self.device is not None:
                 model = model.to(self.device)
@@ -614,7 +602,6 @@ class LocalBackend(Backend):
     def _generate(self, batch_messages: list[list[dict]], params: SamplingParams) -> list[Completion]:
         """One padded batch through `prefkit.generate` (which also applies a reward-conditioning
         spec saved beside the model, as for every local sampling in prefkit)."""
-        from prefkit.generate import generate
 
         model, tok = self._load()
         seed = params.seed if params.seed is not None else self._rng.randrange(2**31)

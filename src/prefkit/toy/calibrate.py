@@ -36,8 +36,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefkit.errors import ConfigError
+from prefkit.evaluate.policy import PolicySpec
 from prefkit.toy import task
-from prefkit.toy.world import CURVE_GOALS, QUICK_CONFIG, ToyWorldConfig, base_policy, goal_following_curve, slope
+from prefkit.toy.world import (
+    CURVE_GOALS,
+    QUICK_CONFIG,
+    ToyWorldConfig,
+    base_policy,
+    goal_following_curve,
+    gold_evaluation,
+    slope,
+)
 
 TARGET_SLOPES = (0.0, 0.2, 0.4, 0.6, 0.8)
 PROMPT_SEED = 5000   # docs/toy.md's goal-prior criterion prompts; the demo's prompt seeds are 1000+ and 2000+
@@ -83,9 +92,6 @@ def measure(setting: Setting, *, base_world: ToyWorldConfig | None = None, promp
             samples: int = 4, goals=CURVE_GOALS, eval_seed: int = 0, cache_dir=None,
             progress: bool = False) -> dict:
     """Train (or load) the base policy of `setting` and measure its goal-following curve."""
-    from prefkit.evaluate.policy import PolicySpec
-    from prefkit.toy.world import gold_evaluation
-
     world = setting.world(base_world or ToyWorldConfig())
     started = time.time()
     base = base_policy(world, cache_dir=cache_dir, progress=progress)
@@ -175,10 +181,10 @@ def calibrate(settings: list[Setting], out: str | Path, *, base_world: ToyWorldC
 def plot_calibration(doc: dict, path: str | Path) -> None:
     """Left: each setting's goal-following curve (gold reward against goal); right: each setting's
     slope with its 95% interval over prompts, the targets as dotted lines."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  heavy (matplotlib): lazy, so importing this module stays light
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  heavy (matplotlib): lazy, so importing this module stays light
 
     rows = sorted(doc["rows"], key=lambda r: r["slope"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))

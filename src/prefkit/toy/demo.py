@@ -349,7 +349,7 @@ def _run_in_two_processes(worlds, config: DemoConfig, workers: int, progress: bo
                 if part == "core" and "select" in parts[(k, seed)]:
                     add(k, seed, "select")
                 if set(partial[(k, seed)]) == set(parts[(k, seed)]):
-                    runs[k]["results"][seed] = _merge_parts(worlds[k][0], seed, partial[(k, seed)])
+                    runs[k]["results"][seed] = merge_parts(worlds[k][0], seed, partial[(k, seed)])
             while ready and len(running) < 2:
                 _, k, seed, part = ready.pop(0)
                 o, world, names = worlds[k]
@@ -359,7 +359,7 @@ def _run_in_two_processes(worlds, config: DemoConfig, workers: int, progress: bo
     return runs
 
 
-def _merge_parts(out: Path, seed: int, parts: dict[str, dict]) -> dict:
+def merge_parts(out: Path, seed: int, parts: dict[str, dict]) -> dict:
     """One seed's results.json from its parts' results (in PARTS order), then the parts' files go."""
     seed_dir = out / f"seed{seed}"
     merged = {}

@@ -61,7 +61,7 @@ def judge(prompts: Sequence, responses: Sequence[Sequence[str]], config: JudgeCo
     rows = []
     for prompt, resps in zip(prompts, responses):
         names = list(models) if models is not None else [f"sample_{j}" for j in range(len(resps))]
-        instruction = prompt if isinstance(prompt, str) else task._user_text(prompt)
+        instruction = prompt if isinstance(prompt, str) else task.user_text(prompt)
         rows.append({
             "source": source,
             "instruction": instruction,

@@ -80,7 +80,7 @@ def make_prompts(n: int, seed: int = 0, min_items: int = 3, max_items: int = 6) 
 
 def requested_items(prompt) -> list[str]:
     """The words a prompt asks to sort, in the order given (a string, or messages with a user turn)."""
-    text = _user_text(prompt)
+    text = user_text(prompt)
     if ":" not in text:
         raise ValueError(f"not a toy-task prompt (no ':' before the words): {text!r}")
     # The words follow the last ':' (a conditioning prefix may come before the instruction).
@@ -155,7 +155,7 @@ def _words(text: str) -> list[str]:
     return [w.strip(".:;!?\"'()").lower() for w in _SPLIT_RE.split(text.strip()) if w.strip(".:;!?\"'()")]
 
 
-def _user_text(prompt) -> str:
+def user_text(prompt) -> str:
     if isinstance(prompt, str):
         return prompt
     users = [m["content"] for m in prompt if m.get("role") == "user"]

@@ -25,7 +25,7 @@ def train_dpo(config, **kwargs):
     """Train a policy with a DPO-family loss or eps-DPO; returns the output directory.
     Keyword arguments (callbacks, probes, model, ref_model, tokenizer, train_dataset,
     eval_dataset): see prefkit.train.preference_trainer.train_dpo."""
-    from prefkit.train.preference_trainer import train_dpo as _train
+    from prefkit.train.preference_trainer import train_dpo as _train  # noqa: PLC0415  heavy (torch): prefkit.train.config is read without it
 
     return _train(config, **kwargs)
 
@@ -33,6 +33,6 @@ def train_dpo(config, **kwargs):
 def train_rm(config, **kwargs):
     """Train a Bradley-Terry reward model; returns the output directory. Keyword arguments
     (callbacks, model, tokenizer, train_dataset, eval_dataset): see prefkit.train.reward_trainer.train_rm."""
-    from prefkit.train.reward_trainer import train_rm as _train
+    from prefkit.train.reward_trainer import train_rm as _train  # noqa: PLC0415  heavy (torch): prefkit.train.config is read without it
 
     return _train(config, **kwargs)

@@ -7,6 +7,7 @@ import os
 import warnings
 
 from prefkit.errors import ConfigError
+from prefkit.relabel import find_conditioning, load_conditioning
 from prefkit.train.config import BaseTrainConfig
 
 
@@ -14,8 +15,6 @@ def find_conditioning_spec(cfg: BaseTrainConfig, data_source):
     """The reward-conditioning spec that goes with the training data (None if there is none)."""
     if cfg.conditioning == "none":
         return None
-    from prefkit.relabel import find_conditioning, load_conditioning
-
     if cfg.conditioning != "auto":
         spec = load_conditioning(cfg.conditioning)
         if spec is None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from prefkit.errors import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -194,8 +196,6 @@ class BaseTrainConfig:
 
     def save(self, path: str | Path) -> Path:
         """Write the config as YAML (readable back with load_config)."""
-        import yaml
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -336,18 +336,18 @@ def load_config(cls=DPOConfig, path: str | Path | None = None, overrides=None, *
     values: dict[str, Any] = {}
     passthrough: dict[str, Any] = {}
     sources = [(f"config file {path}", _read_yaml(path))] if path is not None else []
-    sources += [("override", _parse_overrides(overrides)), ("argument", kwargs)]
+    sources += [("override", parse_overrides(overrides)), ("argument", kwargs)]
     for source, items in sources:
         for k, v in items.items():
             if k == "trainer_args":
-                passthrough.update(_trainer_args(v, source))
+                passthrough.update(check_trainer_args(v, source))
             elif _check_key(cls, k, source) == "trainer_args":
                 passthrough[k] = v
             else:
                 values[k] = v
     known = {f.name: f for f in fields(cls)}
     hints = typing.get_type_hints(cls)
-    coerced = {k: _coerce(k, v, hints[known[k].name]) for k, v in values.items()}
+    coerced = {k: coerce_value(k, v, hints[known[k].name]) for k, v in values.items()}
     cfg = cls(**coerced)
     cfg.trainer_args = passthrough
     return cfg
@@ -367,12 +367,12 @@ _MOVED_TRAINER_ARGS = {"logging_dir": "TENSORBOARD_LOGGING_DIR"}
 
 def trainer_arg_names() -> set[str]:
     """The fields of transformers.TrainingArguments (what `trainer_args` may hold)."""
-    from transformers import TrainingArguments
+    from transformers import TrainingArguments  # noqa: PLC0415  heavy (transformers): lazy, so the CLI reads configs without it
 
     return {f.name for f in fields(TrainingArguments) if f.init} | set(_MOVED_TRAINER_ARGS)
 
 
-def _trainer_args(value, source: str) -> dict:
+def check_trainer_args(value, source: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -389,8 +389,6 @@ def _trainer_args(value, source: str) -> dict:
 
 
 def _read_yaml(path) -> dict:
-    import yaml
-
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file not found: {p}")
@@ -403,9 +401,7 @@ def _read_yaml(path) -> dict:
     return data
 
 
-def _parse_overrides(overrides) -> dict:
-    import yaml
-
+def parse_overrides(overrides) -> dict:
     if overrides is None:
         return {}
     if isinstance(overrides, dict):
@@ -430,7 +426,7 @@ def _check_key(cls, key: str, source: str) -> str:
     if key in names:
         return "field"
     if key in trainer_arg_names():
-        _trainer_args({key: None}, source)
+        check_trainer_args({key: None}, source)
         return "trainer_args"
     close = difflib.get_close_matches(key, names, n=3) or difflib.get_close_matches(key, sorted(trainer_arg_names()), n=3)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
@@ -442,7 +438,7 @@ _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
 
 
-def _coerce(name: str, value, tp):
+def coerce_value(name: str, value, tp):
     """Coerce `value` to the annotated type `tp` (handles Optional, bool, int, float, str, list[str])."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -455,7 +451,7 @@ def _coerce(name: str, value, tp):
             if a is type(None):
                 continue
             try:
-                return _coerce(name, value, a)
+                return coerce_value(name, value, a)
             except ConfigError as exc:
                 last_err = exc
         raise last_err or ConfigError(f"{name}: cannot use {value!r}")
@@ -464,7 +460,7 @@ def _coerce(name: str, value, tp):
             pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
             if any(len(kv) != 2 for kv in pairs):
                 raise ConfigError(f"{name}: expected KEY=VALUE,... or a mapping, got {value!r}")
-            value = _parse_overrides([f"{k.strip()}={v}" for k, v in pairs])
+            value = parse_overrides([f"{k.strip()}={v}" for k, v in pairs])
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: expected a mapping of option: value, got {value!r}")
         return dict(value)
@@ -473,7 +469,7 @@ def _coerce(name: str, value, tp):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             value = [value]
-        return [_coerce(name, v, args[0] if args else str) for v in value]
+        return [coerce_value(name, v, args[0] if args else str) for v in value]
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -511,7 +507,7 @@ def _coerce(name: str, value, tp):
 
 def resolve_precision(cfg: BaseTrainConfig) -> str:
     """'bf16', 'fp16' or 'fp32' for this machine; an explicit request the hardware cannot do is an error."""
-    import torch
+    import torch  # noqa: PLC0415  heavy (torch): lazy, so the CLI reads configs without it
 
     want = cfg.precision
     if cfg.bf16:
@@ -534,8 +530,8 @@ def resolve_precision(cfg: BaseTrainConfig) -> str:
 
 def training_arguments(cfg: BaseTrainConfig, **extra):
     """The transformers.TrainingArguments for `cfg` (prefkit's own options stay in cfg)."""
-    import torch
-    from transformers import TrainingArguments
+    import torch  # noqa: PLC0415  heavy (torch): lazy, so the CLI reads configs without it
+    from transformers import TrainingArguments  # noqa: PLC0415  heavy (transformers): lazy, so the CLI reads configs without it
 
     precision = resolve_precision(cfg)
     report_to = [r for r in (cfg.report_to or []) if r] or ["none"]
@@ -574,13 +570,13 @@ def training_arguments(cfg: BaseTrainConfig, **extra):
         use_cpu=not _has_accelerator(),
         disable_tqdm=cfg.disable_tqdm,
     )
-    passthrough = _trainer_args(cfg.trainer_args, "config")
+    passthrough = check_trainer_args(cfg.trainer_args, "config")
     for name, env in _MOVED_TRAINER_ARGS.items():
         if passthrough.get(name) is not None:
             os.environ[env] = str(passthrough[name])
         passthrough.pop(name, None)
     if passthrough.get("use_liger_kernel"):
-        from transformers.utils import is_liger_kernel_available
+        from transformers.utils import is_liger_kernel_available  # noqa: PLC0415  heavy (transformers): lazy, so the CLI reads configs without it
 
         if not is_liger_kernel_available():   # the Trainer would find out only inside train()
             raise ConfigError("use_liger_kernel: liger-kernel is not installed (pip install liger-kernel)")
@@ -594,7 +590,7 @@ def training_arguments(cfg: BaseTrainConfig, **extra):
         raise ConfigError(f"TrainingArguments{passed}: {msg}") from None
 
 
-_INTEGRATION_PACKAGE = {"azure_ml": "azureml-core", "comet_ml": "comet-ml", "dagshub": "dagshub",
+INTEGRATION_PACKAGE = {"azure_ml": "azureml-core", "comet_ml": "comet-ml", "dagshub": "dagshub",
                         "dvclive": "dvclive", "mlflow": "mlflow", "neptune": "neptune", "tensorboard": "tensorboard",
                         "wandb": "wandb", "codecarbon": "codecarbon", "clearml": "clearml", "swanlab": "swanlab",
                         "trackio": "trackio"}
@@ -603,7 +599,7 @@ _INTEGRATION_PACKAGE = {"azure_ml": "azureml-core", "comet_ml": "comet-ml", "dag
 def check_report_to(report_to: list[str]) -> None:
     """Every report_to integration is one transformers knows and is installed, checked before any
     model is loaded ('all' and 'none' as transformers reads them)."""
-    from transformers.integrations.integration_utils import (
+    from transformers.integrations.integration_utils import (  # noqa: PLC0415  heavy (transformers): lazy, so the CLI reads configs without it
         INTEGRATION_TO_CALLBACK,
         get_available_reporting_integrations,
     )
@@ -618,13 +614,13 @@ def check_report_to(report_to: list[str]) -> None:
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
             raise ConfigError(f"report_to: unknown integration {name!r}{hint} "
                               f"(known: {', '.join(sorted(INTEGRATION_TO_CALLBACK))})")
-        if name in _INTEGRATION_PACKAGE and name not in available:
-            raise ConfigError(f"report_to: {name!r} is not installed (pip install {_INTEGRATION_PACKAGE[name]}), "
+        if name in INTEGRATION_PACKAGE and name not in available:
+            raise ConfigError(f"report_to: {name!r} is not installed (pip install {INTEGRATION_PACKAGE[name]}), "
                               "or set report_to: none")
 
 
 def _has_accelerator() -> bool:
-    import torch
+    import torch  # noqa: PLC0415  heavy (torch): lazy, so the CLI reads configs without it
 
     if torch.cuda.is_available():
         return True

@@ -2,7 +2,6 @@
 
 eps-DPO trains the sigmoid DPO loss with a per-pair beta. For each pair it compares the policy
 with two perturbed policies built from the policy's and the reference's logits f_theta, f_ref:
-
     pi-  = softmax((1+eps) f_theta - eps f_ref)   (the optimal policy for beta- = beta/(1+eps))
     pi+  = softmax((1-eps) f_theta + eps f_ref)   (the optimal policy for beta+ = beta/(1-eps))
 
@@ -18,6 +17,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
+from accelerate.utils import gather_object
 
 from prefkit.errors import ConfigError
 from prefkit.lm_head import DEFAULT_CHUNK_SIZE, LogitStatistic, sum_rows
@@ -162,8 +162,6 @@ class EpsDPOBeta:
             bt = st = torch.zeros(0, dtype=torch.float64)
         self.pending.clear()
         if accelerator.num_processes > 1:
-            from accelerate.utils import gather_object
-
             bt = torch.tensor(gather_object(bt.tolist()), dtype=torch.float64)
             st = torch.tensor(gather_object(st.tolist()), dtype=torch.float64)
         self.base_beta = eps_dpo_update_beta(self.base_beta, beta_tilde=bt, steps=st, eps=self.eps, rule=self.rule)

@@ -25,9 +25,8 @@ import warnings
 import zipfile
 from pathlib import Path
 
-from prefkit.errors import ConfigError
+from prefkit.errors import ConfigError, DataError
 from prefkit.files import disk_guard, readable_by_all
-
 
 TRAINER_STATE = "trainer_state.json"       # transformers.trainer_callback.TRAINER_STATE_NAME
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -100,8 +99,6 @@ def latest_complete_checkpoint(output_dir, *, required: tuple[str, ...] = (),
     """The newest checkpoint whose save finished (incomplete ones, e.g. from a run killed while
     saving, are skipped and appended to `skipped`). A finished checkpoint with an unreadable file
     raises ConfigError naming the file: resuming from an older one would silently lose steps."""
-    from prefkit.errors import DataError
-
     for ckpt in checkpoints(output_dir):
         problem = checkpoint_problem(ckpt, required=required)
         if problem is None:

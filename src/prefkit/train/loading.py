@@ -25,7 +25,7 @@ def load_model(kind: str, path: str, cfg: BaseTrainConfig, **kwargs):
 
 def lora_config(cfg: BaseTrainConfig, task_type: str):
     """The peft LoraConfig of the run's lora_* options (all linear layers unless lora_target_modules)."""
-    from peft import LoraConfig  # peft only when LoRA is used
+    from peft import LoraConfig  # noqa: PLC0415  heavy (peft): only when LoRA is used
 
     return LoraConfig(task_type=task_type, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=cfg.lora_target_modules or "all-linear")

@@ -33,9 +33,12 @@ from transformers.utils import logging
 from prefkit.data import records as R
 from prefkit.errors import ConfigError, DataError
 from prefkit.files import atomic_write_text
-from prefkit.logprobs import PairForward, pair_forward
+from prefkit.logprobs import PairForward, pair_forward, score_logps
 from prefkit.losses import PairLogps, get_loss, loss_spec, pair_metrics
 from prefkit.packed import plan_for, scored_hidden
+from prefkit.relabel import export_chat_template
+from prefkit.tokenize import PairCollator
+from prefkit.train import reference_cache as rc
 from prefkit.train.beta_control import BetaControl
 from prefkit.train.beta_control import beta_control as _beta_control
 from prefkit.train.conditioning import find_conditioning_spec, warn_if_relabeled
@@ -218,9 +221,6 @@ def ref_batch_size(cfg) -> int:
 def _reference_logps(ref_model, tokenizer, encoded, cfg, args, precision: str, settings: dict,
                      desc: str) -> tuple[Any, dict]:
     """Add ref_logps_chosen/ref_logps_rejected to `encoded`, from the disk cache or one pass."""
-    from prefkit.logprobs import score_logps
-    from prefkit.train import reference_cache as rc
-
     fingerprint = rc.dataset_fingerprint(encoded, ["prompt_ids", "chosen_ids", "rejected_ids"])
     identity = rc.model_identity(ref_model)
     key = rc.cache_key(fingerprint, identity, {**settings, "precision": precision})
@@ -278,8 +278,6 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
     checkpoints, `prefkit_train_report.json` (config, metrics history, truncated/dropped counts,
     reference cache use), and `prefkit_conditioning.json` when the data was relabeled.
     """
-    from prefkit.tokenize import PairCollator
-
     control = _beta_control(config)   # the run's one beta control
     _loss_fn(config, control)          # an unknown loss or option fails before anything is loaded
     run = prepare_run(config, model=model, tokenizer=tokenizer, train_dataset=train_dataset,
@@ -298,7 +296,7 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
         model = load_model("causal-lm", cfg.model_name_or_path, cfg)
     reference, ref_info = _choose_reference(run, model, ref_model, control)
     if cfg.use_peft:
-        from peft import get_peft_model
+        from peft import get_peft_model  # noqa: PLC0415  heavy (peft): only when LoRA is used
 
         model = get_peft_model(model, lora_config(cfg, "CAUSAL_LM"))
 
@@ -317,8 +315,6 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
         with guard(cfg, "the conditioning spec"):
             cond_path = str(spec.save(cfg.output_dir))
             if cfg.export_chat_template:
-                from prefkit.relabel import export_chat_template
-
                 export_chat_template(cfg.output_dir, spec=spec)
     train_logs = [h for h in trainer.state.log_history if "loss" in h]
     last = train_logs[-1] if train_logs else {}

@@ -22,11 +22,16 @@ import hashlib
 import json
 import os
 import time
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from prefkit import models
+from prefkit.files import atomic_write_text, is_disk_full
 
 CACHE_VERSION = 2    # 2: identity from prefkit.models (class, dtype, integer sampling)
 
@@ -42,9 +47,7 @@ def _sha(obj: Any) -> str:
 
 def model_identity(model) -> dict:
     """The reference's identity: a PEFT model hashes as its frozen base model."""
-    from prefkit.models import model_identity as identity
-
-    return identity(model, skip_substrings=("lora_",))
+    return models.model_identity(model, skip_substrings=("lora_",))
 
 
 def dataset_fingerprint(dataset, columns: list[str] | None = None, batch_size: int = 4096) -> str:
@@ -112,8 +115,6 @@ def read_entry(entry: Path, expected_rows: int | None = None) -> tuple[np.ndarra
     """The cached (chosen, rejected) arrays of a cache entry, or why they cannot be used: missing,
     unreadable (truncated/corrupt file), a checksum that differs from meta.json's, or a row count
     that differs from the data's."""
-    import zipfile
-
     arrays = entry / "ref_logps.npz"
     if not arrays.exists():
         return "missing"
@@ -144,8 +145,6 @@ def load_or_compute(key: str, compute: Callable[[], tuple[np.ndarray, np.ndarray
     (temp file, checksum into meta.json, rename), so a run killed mid-write leaves no entry that
     passes the check; a full disk leaves no entry and the run continues with the computed arrays.
     """
-    import warnings
-
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     entry = root / key
     arrays = entry / "ref_logps.npz"
@@ -166,8 +165,6 @@ def load_or_compute(key: str, compute: Callable[[], tuple[np.ndarray, np.ndarray
     bad = first_nonfinite(chosen, rejected)
     if bad is not None:
         raise NonFiniteLogps(*bad, cached=False, path=arrays)
-    from prefkit.files import atomic_write_text, is_disk_full
-
     tmp = entry / f".tmp-{os.getpid()}.npz"
     try:
         entry.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import torch
 
 from prefkit.errors import ConfigError
 from prefkit.losses import bradley_terry_loss
+from prefkit.tokenize import DEFAULT_META_COLUMNS, PairCollator
 from prefkit.train.integrity import guard, resolve_resume, save_final, train_guarded
 from prefkit.train.loading import load_model, lora_config
 from prefkit.train.prepare import prepare_run
@@ -72,8 +73,6 @@ def train_rm(config, *, callbacks=None, model=None, tokenizer=None, train_datase
     accuracy in the report. Writes the model + tokenizer, checkpoints and
     `prefkit_train_report.json` to output_dir.
     """
-    from prefkit.tokenize import DEFAULT_META_COLUMNS, PairCollator
-
     run = prepare_run(config, model=model, tokenizer=tokenizer, train_dataset=train_dataset,
                       eval_dataset=eval_dataset,
                       renames={config.margin_column: MARGIN, config.weight_column: "weight"})
@@ -90,7 +89,7 @@ def train_rm(config, *, callbacks=None, model=None, tokenizer=None, train_datase
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.config.pad_token_id = pad  # the classification head reads the last non-pad token
     if cfg.use_peft:
-        from peft import get_peft_model
+        from peft import get_peft_model  # noqa: PLC0415  heavy (peft): only when LoRA is used
 
         model = get_peft_model(model, lora_config(cfg, "SEQ_CLS"))
 
