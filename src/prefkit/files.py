@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -119,3 +120,13 @@ def disk_guard(what: str, where: str | os.PathLike, *, kept: str = "") -> Iterat
             raise
         tail = f"; {kept}" if kept else ""
         raise DiskFullError(f"{where}: no space left on device while writing {what}{tail}") from exc
+
+
+def sha256_file(path, chunk: int = 1 << 22) -> str:
+    """SHA-256 hex digest of a file's bytes, read in `chunk`-byte blocks (the one file hash of
+    prefkit: data fingerprints, recipe stage keys, the reference cache, imported models)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -31,7 +31,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from prefkit.errors import ConfigError
-from prefkit.files import readable_by_all
+from prefkit.files import readable_by_all, sha256_file
 
 IMPORT_MARKER = "prefkit_import.json"
 
@@ -99,16 +99,8 @@ def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = _hash_file(path, chunk)
+        _SHA_CACHE[key] = sha256_file(path, chunk)
     return _SHA_CACHE[key]
-
-
-def _hash_file(path: Path, chunk: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager

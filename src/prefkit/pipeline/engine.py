@@ -32,7 +32,7 @@ from pathlib import Path
 from prefkit import __version__
 from prefkit.errors import ConfigError
 from prefkit.evaluate.policy import load_prompts
-from prefkit.files import atomic_write_text
+from prefkit.files import atomic_write_text, sha256_file
 from prefkit.models import resolve_model_path
 from prefkit.pipeline.recipe import Recipe, load_recipe
 from prefkit.pipeline.report import write_report
@@ -50,14 +50,6 @@ MODEL_FILES = ("config.json", "adapter_config.json", "prefkit_conditioning.json"
 
 
 # -- hashes -----------------------------------------------------------------------------------------
-
-def _sha_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _sha_json(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
@@ -81,7 +73,7 @@ class Hasher:
         got = self.cache.get(key)
         if got and got[0] == sig:
             return got[1]
-        sha = _sha_file(path)
+        sha = sha256_file(path)
         self.cache[key] = [sig, sha]
         return sha
 

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from prefkit import models
-from prefkit.files import atomic_write_text, is_disk_full
+from prefkit.files import atomic_write_text, is_disk_full, sha256_file
 
 CACHE_VERSION = 2    # 2: identity from prefkit.models (class, dtype, integer sampling)
 
@@ -103,14 +103,6 @@ def first_nonfinite(chosen: np.ndarray, rejected: np.ndarray) -> tuple[int, str,
     return row, side, float((chosen if side == "chosen" else rejected)[row])
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_entry(entry: Path, expected_rows: int | None = None) -> tuple[np.ndarray, np.ndarray] | str:
     """The cached (chosen, rejected) arrays of a cache entry, or why they cannot be used: missing,
     unreadable (truncated/corrupt file), a checksum that differs from meta.json's, or a row count
@@ -121,7 +113,7 @@ def read_entry(entry: Path, expected_rows: int | None = None) -> tuple[np.ndarra
     try:
         meta = json.loads((entry / "meta.json").read_text()) if (entry / "meta.json").exists() else {}
         want = meta.get("sha256")
-        if want and _file_sha256(arrays) != want:
+        if want and sha256_file(arrays) != want:
             return f"{arrays}: checksum differs from meta.json (the file was changed or damaged)"
         with np.load(arrays) as z:
             chosen, rejected = np.asarray(z["chosen"], dtype=np.float64), np.asarray(z["rejected"], dtype=np.float64)
@@ -169,7 +161,7 @@ def load_or_compute(key: str, compute: Callable[[], tuple[np.ndarray, np.ndarray
     try:
         entry.mkdir(parents=True, exist_ok=True)
         np.savez(tmp, chosen=chosen, rejected=rejected)
-        info = {"key": key, "rows": int(len(chosen)), "seconds": round(seconds, 3), "sha256": _file_sha256(tmp),
+        info = {"key": key, "rows": int(len(chosen)), "seconds": round(seconds, 3), "sha256": sha256_file(tmp),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(meta or {})}
         atomic_write_text(entry / "meta.json", json.dumps(info, indent=2, default=str))
         os.replace(tmp, arrays)
