@@ -83,6 +83,15 @@ def test_sampling_seeded_and_parameters_honoured(model_dir):
     assert same_as_greedy(cold) >= 0.75 * total and same_as_greedy(a) <= 0.25 * total
 
 
+def test_batches_larger_than_the_engine_takes_are_split(model_dir):
+    """ONNX Runtime GenAI decodes at most ORT_MAX_BATCH sequences at once; a larger batch_size (the
+    loop's 64 prompts x 4 samples) is split, not refused."""
+    n = engines.ORT_MAX_BATCH + 8
+    out = generate(model_dir, PROMPTS[:1], n=n, temperature=1.0, max_new_tokens=4, batch_size=2 * n, seed=3,
+                   progress=False, engine="ort")
+    assert len(out) == 1 and len(out[0]) == n and len(set(out[0])) > 1
+
+
 def test_reward_conditioning_applied(tmp_path, model_dir):
     import shutil
 

@@ -63,6 +63,9 @@ def default_engine() -> str:
 # writes the model twice, a fixed cost that a small model does not win back (a judgement, not a
 # measurement: docs/generate.md).
 ORT_MIN_PARAMS = 20_000_000
+# The most sequences ONNX Runtime GenAI decodes in one Generator: 0.18 refuses more ("batch_size (64)
+# must be in [1, 32]", found by benchmarks/generate.py at 64 prompts x 4 samples); larger batches are split.
+ORT_MAX_BATCH = 32
 _WARNED: set[str] = set()
 
 

@@ -148,6 +148,7 @@ def _generate_ort(path, encoded, jobs, n, tokenizer, *, temperature, top_p, max_
     """`generate` through ONNX Runtime GenAI: batches of prompts of one token length (no
     padding), each batch seeded with `seed` + its index."""
     out: list[list[str]] = [[""] * n for _ in encoded]
+    batch_size = min(batch_size, engines.ORT_MAX_BATCH)
     batches, cur = [], []
     for job in jobs:  # jobs are sorted by prompt length
         if cur and (len(cur) == batch_size or len(encoded[job[0]]) != len(encoded[cur[0][0]])):
