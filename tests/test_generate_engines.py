@@ -130,11 +130,14 @@ def test_unknown_engine_is_a_config_error(model_dir):
         generate(model_dir, PROMPTS, engine="vllm", progress=False)
 
 
-def test_default_engine_keeps_small_models_on_hf(model_dir):
+def test_default_engine_is_hf_and_ort_keeps_small_models_on_hf(model_dir, monkeypatch):
     from prefkit.models import load_causal_lm
 
-    model, _ = load_causal_lm(model_dir)
+    monkeypatch.delenv("PREFKIT_ENGINE", raising=False)
+    assert engines.default_engine() == "hf"  # the faster at loop shapes (docs/generate.md)
+    monkeypatch.setenv("PREFKIT_ENGINE", "ort")
     assert engines.default_engine() == "ort"
+    model, _ = load_causal_lm(model_dir)
     assert engines.auto_engine_for(model) == "hf"  # below ORT_MIN_PARAMS
 
 

@@ -6,8 +6,11 @@
   keyed by `prefkit.models.model_identity`, so a loop that trains a new model each round converts
   each round's model once and reuses it for every call after.
 
-`default_engine()` is the fastest engine that passed the fidelity checks of docs/generate.md
-and is installed: "ort" when onnxruntime-genai and its builder's dependencies import, else "hf".
+`default_engine()` is "hf", or $PREFKIT_ENGINE when set: at the loop's shapes (64 prompts x 4
+samples x 128 tokens on SmolLM2, quiet 2-core machine, docs/generate.md) "ort" ran at 0.78x HF
+`generate`, because its batches hold only prompts of one token length (a prompt's n samples) while
+HF batches 32 padded rows; it was 5.4x at 8 prompts x 32 tokens. "ort" is there to ask for
+(`engine="ort"`, `PREFKIT_ENGINE=ort`), as it passes the same fidelity checks.
 
 Fidelity rules this module keeps (docs/generate.md measures them):
 - prefkit renders and tokenizes every prompt itself (chat template, reward conditioning), and
@@ -52,11 +55,11 @@ def engine_available(name: str) -> bool:
 
 
 def default_engine() -> str:
-    """$PREFKIT_ENGINE when set, else the fastest installed engine that passed fidelity."""
+    """$PREFKIT_ENGINE when set, else "hf" (the faster one at loop shapes; see the module docstring)."""
     env = os.environ.get("PREFKIT_ENGINE")
     if env:
         return check_engine(env)
-    return "ort" if engine_available("ort") else "hf"
+    return "hf"
 
 
 # Under the default, smaller models stay on "hf": a conversion starts a builder process and
@@ -70,8 +73,8 @@ _WARNED: set[str] = set()
 
 
 def auto_engine_for(model) -> str:
-    """The default engine for a loaded model: "ort" for a merged model of at least
-    ORT_MIN_PARAMS parameters when installed, else "hf"."""
+    """The engine for a loaded model when the default is "ort" ($PREFKIT_ENGINE=ort): "ort" for
+    a merged model of at least ORT_MIN_PARAMS parameters, else "hf"."""
     if not engine_available("ort") or hasattr(model, "merge_and_unload"):
         return "hf"
     return "ort" if sum(p.numel() for p in model.parameters()) >= ORT_MIN_PARAMS else "hf"

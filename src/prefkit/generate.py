@@ -17,11 +17,11 @@
 - Sampling is seeded: the same call gives the same samples (for one engine).
 - `engine` picks what decodes (`prefkit.engines`): "hf" (transformers `generate`, always
   there), "ort" (ONNX Runtime GenAI, the `engines` extra; the model is converted once per
-  identity and cached), or None/"auto" for the default: "ort" when installed, else "hf". Greedy
-  decoding (temperature=0) gives HF's text on either (docs/generate.md). Under the default, "hf"
-  decodes models below `engines.ORT_MIN_PARAMS` parameters (conversion costs more than it saves),
-  PEFT model objects, models the converter cannot convert, and prompts holding the engine's
-  padding token.
+  identity and cached), or None/"auto" for the default: "hf", or $PREFKIT_ENGINE (at the loop's
+  shapes "ort" measured 0.78x HF here: docs/generate.md). Greedy decoding (temperature=0) gives
+  HF's text on either. With PREFKIT_ENGINE=ort, "hf" still decodes models below
+  `engines.ORT_MIN_PARAMS` parameters (conversion costs more than it saves), PEFT model objects,
+  models the converter cannot convert, and prompts holding the engine's padding token.
 """
 
 from __future__ import annotations
