@@ -195,8 +195,6 @@ def child(mode: str, a) -> dict:
 def fidelity(path, ps, a) -> dict:
     """Greedy text of "ort" vs "hf" on the prompts, and the largest next-token log-prob
     difference over the prompts' first decoding step."""
-    import numpy as np
-    import onnxruntime_genai as og
     import torch
 
     from prefkit import engines
@@ -211,11 +209,7 @@ def fidelity(path, ps, a) -> dict:
     worst = 0.0
     for text in render_prompts(ps, tok):
         ids = tok(text, add_special_tokens=False)["input_ids"]
-        params = og.GeneratorParams(engines.ort_model(conv))
-        params.set_search_options(max_length=len(ids) + 1, batch_size=1)
-        gen = og.Generator(engines.ort_model(conv), params)
-        gen.append_tokens(np.asarray([ids], dtype=np.int32))
-        lp_ort = torch.log_softmax(torch.from_numpy(np.asarray(gen.get_logits())).reshape(-1).float(), -1)
+        lp_ort = torch.log_softmax(torch.from_numpy(engines.ort_next_token_logits(conv, ids)).float(), -1)
         with torch.no_grad():
             lp_hf = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
         worst = max(worst, float((lp_ort - lp_hf).abs().max()))

@@ -201,6 +201,20 @@ def ort_pad_id(path: Path) -> int:
     return int(json.loads((Path(path) / "genai_config.json").read_text())["model"]["pad_token_id"])
 
 
+def ort_next_token_logits(path: Path, ids: list[int]):
+    """The engine's logits (a 1-D numpy array over the vocabulary) for the token after `ids`: what
+    the fidelity checks compare with HF's (tests/test_generate_engines.py, benchmarks/generate.py)."""
+    import numpy as np  # noqa: PLC0415  heavy (numpy): only with the optional engine
+    import onnxruntime_genai as og  # noqa: PLC0415  optional extra
+
+    model = ort_model(path)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + 1, batch_size=1)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.asarray([ids], dtype=np.int32))
+    return np.asarray(gen.get_logits()).reshape(-1)
+
+
 def ort_generate(path: Path, batch: list[list[int]], *, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int, eos_ids: list[int], vocab_size: int) -> list[list[int]]:
     """New token ids for a batch of prompts of one length (each row its own sample)."""
