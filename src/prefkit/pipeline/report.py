@@ -96,15 +96,20 @@ def write_report(run_dir) -> Path:
 
 
 def _plots(run_dir: Path, res: dict) -> list[Path]:
-    try:
-        import matplotlib  # noqa: PLC0415 -- optional for a report: without it the report has no plots
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError:
-        return []
+    import matplotlib  # noqa: PLC0415 -- heavy (matplotlib): loaded only when a report is drawn
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
     made = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png", dpi=100)
+        plt.close(fig)
+        made.append(out / f"{name}.png")
+
     if res["reward_per_round"]:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for scorer in SCORERS:
@@ -115,10 +120,7 @@ def _plots(run_dir: Path, res: dict) -> list[Path]:
         ax.set_xlabel("round (0: initial policy)")
         ax.set_ylabel("mean reward on held-out prompts")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "reward_per_round.png", dpi=100)
-        plt.close(fig)
-        made.append(out / "reward_per_round.png")
+        save(fig, "reward_per_round")
     for stage, key, label, name in (("score", "score_values", "score of each response", "score_distribution"),
                                     ("pair", "margin_values", "score margin of each pair", "margin_distribution")):
         series = [(k, st[stage][key]) for k, st in res["rounds"].items() if stage in st and st[stage].get(key)]
@@ -129,10 +131,7 @@ def _plots(run_dir: Path, res: dict) -> list[Path]:
             ax.set_xlabel(label)
             ax.set_ylabel("count")
             ax.legend()
-            fig.tight_layout()
-            fig.savefig(out / f"{name}.png", dpi=100)
-            plt.close(fig)
-            made.append(out / f"{name}.png")
+            save(fig, name)
     counts = []
     for k, st in res["rounds"].items():
         for s in ("pair", "relabel", "select", "evolve"):
@@ -147,10 +146,7 @@ def _plots(run_dir: Path, res: dict) -> list[Path]:
         ax.set_xticks(list(xs), [c[0] for c in counts], rotation=45, ha="right")
         ax.set_ylabel("rows")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "kept_dropped.png", dpi=100)
-        plt.close(fig)
-        made.append(out / "kept_dropped.png")
+        save(fig, "kept_dropped")
     return made
 
 
