@@ -40,6 +40,7 @@ from prefkit.pipeline.runners import RUNNERS, StageContext
 from prefkit.pipeline.stages import DATA_STAGES, ORDER, STAGES
 from prefkit.refs import call_ref
 from prefkit.relabel import find_conditioning
+from prefkit.relabel.carry import carry_conditioning
 
 MANIFEST = "manifest.json"
 DONE = "done"
@@ -321,8 +322,10 @@ class Runner:
         t0 = time.time()
         result = RUNNERS[stage.runner](ctx)
         out = result["output"]
-        if step.stage in DATA_STAGES and state.get("data") and out != state["data"]:
-            _carry_conditioning(state["data"], out)
+        # a relabeled dataset's spec follows its rows through later data stages (a stage that wrote
+        # its own spec, relabel, keeps it)
+        if step.stage in DATA_STAGES and state.get("data") and out != state["data"] and find_conditioning(out) is None:
+            carry_conditioning(state["data"], out)
         marker = {"key": key, "output": out, "output_hash": self.hasher.of(out),
                   "metrics": result.get("metrics", {}), "seconds": round(time.time() - t0, 2),
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -340,14 +343,6 @@ class Runner:
             state["data"], state["data_hash"] = None, None
         elif step.stage == "train":
             state["policy"], state["policy_hash"] = None, None
-
-
-def _carry_conditioning(src: str, out: str) -> None:
-    """A relabeled dataset's conditioning spec follows its rows through later data stages."""
-
-    spec = find_conditioning(src)
-    if spec is not None and find_conditioning(out) is None:
-        spec.write_beside(out)
 
 
 def _light(metrics: dict) -> dict:
