@@ -89,7 +89,7 @@ def test_bad_type(tmp_path):
 def test_unknown_top_level_key_and_stage(tmp_path):
     p = _edited(tmp_path, "rounds: 2", "rounds: 2\nfoo: 1")
     assert _error(p) == (f"{p}:{_line_of(p, 'foo: 1')}: foo: unknown key; valid keys: name, description, policy, "
-                         "prompts, rounds, stages")
+                         "prompts, rounds, stages, arms")
     p = _edited(tmp_path, "  pair:", "  pairs:")
     msg = _error(p)
     assert f"{p}:{_line_of(p, 'pairs:')}: stages.pairs: unknown key (did you mean pair?)" in msg

@@ -8,7 +8,8 @@ import pytest
 
 from prefkit.errors import ConfigError
 from prefkit.toy.calibrate import Setting, calibrate, nearest, parse_setting
-from prefkit.toy.world import ToyWorldConfig, slope
+from prefkit.evaluate.goal_curve import slope
+from prefkit.toy.world import ToyWorldConfig
 
 TINY = ToyWorldConfig(hidden=32, heads=2, n_demos=120, steps=4, batch_size=8, lr=5e-3)
 

@@ -1,6 +1,7 @@
 """`prefkit demo --quick` end to end (slow), and the unlearning probe's filter (fast)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,7 @@ def test_high_quality_rejected_filter():
     assert len(high_quality_rejected(ds, threshold=7.0, limit=1)) == 1
 
 
-POLICIES = ("base", "base-conditioned", "dpo", "ra", "ra-half", "eps-dpo", "ira")
+POLICIES = ("base", "base-conditioned", "dpo", "ra", "ra-half", "eps-dpo")
 SELECT = ("select:alignment-potential", "select:explicit", "select:implicit", "select:random")
 RM = ("rm:rmboost", "rm:rlaif", "rm:west-of-n", "rm:rlcd")
 
@@ -29,6 +30,12 @@ def _check_entry(e, n_seeds):
     assert len(e["values"]) == n_seeds
     assert e["mean"] == pytest.approx(statistics.fmean(e["values"]))
     assert e["sd"] == pytest.approx(statistics.stdev(e["values"]) if n_seeds > 1 else 0.0)
+
+
+def _done(run_dir, label):
+    """The done marker of a step of a demo run (the engine's manifest names its directory)."""
+    entry = json.loads((run_dir / "manifest.json").read_text())["stages"][label]
+    return json.loads((run_dir / entry["dir"] / "done").read_text()), run_dir / entry["dir"]
 
 
 @pytest.mark.slow
@@ -65,30 +72,35 @@ def test_demo_quick_end_to_end(tmp_path, capfd):
         e = summary["methods"][name]
         assert f"| `{name}` | {e['mean']:.3f} | {e['sd']:.3f} |" in report
 
-    seed0 = main_world["per_seed"][0]
+    # each seed is a run of the demo's recipe on the loop engine, its arms sharing the data stages
+    seed0, run0 = main_world["per_seed"][0], out / "seed0"
+    manifest = json.loads((run0 / "manifest.json").read_text())
+    assert manifest["recipe"]["name"] == "toy-demo"
+    dirs = {label.split("/", 1)[0]: e["dir"] for label, e in manifest["stages"].items() if label.endswith("round-1/pair")}
+    assert len(dirs) == 9 and len(set(dirs.values())) == 1          # 9 arms, one pair stage
+    assert (run0 / "report.md").exists()
     curves = main_world["goal_following"]
     assert set(curves) == {"base", "dpo", "ra"} and curves["base"]["goals"] == [2, 4, 6, 8, 10]
-    # base-conditioned is the base policy conditioned on goal 10 by hand; RA is conditioned on 10 through
-    # its prefkit_conditioning.json: the goal-10 point of their curve (1 sample per prompt in --quick)
-    # is their evaluation's sample 0 (the same requests), read from the evaluation's per-prompt rows
-    rows = [json.loads(line) for line in (out / "seed0" / "eval" / "per_prompt.jsonl").read_text().splitlines()]
-    for policy, curve in (("base-conditioned", "base"), ("ra", "ra")):
-        first = [r["reward_fn"] for r in rows if r["policy"] == policy and r["sample"] == 0]
+    # base-conditioned is the base policy at goal 10 through the RA data's spec, RA at goal 10 through its
+    # prefkit_conditioning.json: the goal-10 point of their curve (1 sample per prompt in --quick) is their
+    # evaluation's sample 0 (the same requests), read from the evaluation's per-prompt rows
+    for arm, curve in (("base-conditioned", "base"), ("ra", "ra")):
+        _, d = _done(run0, f"{arm}/round-1/evaluate")
+        rows = [json.loads(line) for line in (d / "per_prompt.jsonl").read_text().splitlines()]
+        first = [r["reward_fn"] for r in rows if r["sample"] == 0]
         assert len(first) == 16 and curves[curve]["values"][0][-1] == pytest.approx(sum(first) / len(first), abs=1e-12)
-        both = [r["reward_fn"] for r in rows if r["policy"] == policy]
-        assert seed0[f"gold_{policy}"] == pytest.approx(sum(both) / len(both), abs=1e-12)
-    assert (out / "seed0" / "eval" / "outputs" / "dpo.alpaca_eval.json").exists()
+        both = [r["reward_fn"] for r in rows]
+        assert seed0[f"gold_{arm}"] == pytest.approx(sum(both) / len(both), abs=1e-12)
     # the reported DPO number is the gold reward of the saved DPO model
+    train, _ = _done(run0, "dpo/round-1/train")
     eval_prompts = task.make_prompts(16, seed=2000)
-    again = gold_evaluation({"dpo": str(out / "seed0" / "dpo")}, eval_prompts, n=2, max_new_tokens=24, seed=10_000)
+    again = gold_evaluation({"dpo": train["output"]}, eval_prompts, n=2, max_new_tokens=24, seed=10_000)
     assert again["policies"]["dpo"]["reward_fn"]["mean"] == seed0["gold_dpo"]
-    # RA half: one row per kept pair, RA: two; IRA's goals come from implicit rewards
+    # RA half: one row per kept pair, RA: two; the RA models carry their conditioning, DPO's does not
     assert 2 * seed0["ra-half_pairs"] == seed0["ra_pairs"]
-    ira_rows = [json.loads(line) for line in (out / "seed0" / "ira_pairs.jsonl").read_text().splitlines()]
-    assert len(ira_rows) == seed0["ira_pairs"] and "implicit_reward_chosen" in ira_rows[0]
-    for m in ("ra", "ra-half", "ira"):
-        assert (out / "seed0" / m / "prefkit_conditioning.json").exists()
-    assert not (out / "seed0" / "dpo" / "prefkit_conditioning.json").exists()
+    for arm in ("ra", "ra-half"):
+        assert (Path(_done(run0, f"{arm}/round-1/train")[0]["output"]) / "prefkit_conditioning.json").exists()
+    assert not (Path(train["output"]) / "prefkit_conditioning.json").exists()
     if seed0["probe_pairs"]:  # the probe before training, then at each logging step
         assert len(seed0["probe_dpo"]["probe/hq_rejected_logp"]) >= 2
 
@@ -106,9 +118,10 @@ def test_demo_quick_end_to_end(tmp_path, capfd):
     for key in [k for k in seed0 if k.startswith(("gold_", "select_gold_", "rm_acc_", "curve_"))]:
         assert seed0_alone[key] == seed0[key], key
 
-    # a rerun resumes: finished seeds are skipped and the summary's numbers are the same
+    # a rerun runs nothing again (every step is done) and the summary's numbers are the same
+    capfd.readouterr()
     assert main(["demo", "--quick", "--seeds", "2", "--out", str(out)]) == 0
-    assert "skipping" in capfd.readouterr().out   # from the worker processes too
+    assert "· train" not in capfd.readouterr().out
     assert json.loads((out / "results.json").read_text())["methods"] == summary["methods"]
 
 
@@ -133,7 +146,7 @@ def test_summary_entries_are_per_seed_values_with_their_mean_and_sd():
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "dpo,foo"], "--methods: unknown foo"),
     (["--seeds", "0"], "--seeds must be >= 1"),
-    (["--methods", "ra,ira"], "--methods: ira relabels with the DPO model's implicit rewards; add dpo"),
+    (["--methods", "ra,ira"], "--methods: unknown ira"),
 ])
 def test_demo_bad_options_are_one_line_errors(argv, message, tmp_path, capsys):
     from prefkit.cli import main
@@ -142,33 +155,3 @@ def test_demo_bad_options_are_one_line_errors(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()
-
-
-def test_a_seed_resumes_part_by_part_and_its_parts_merge_into_results_json(tmp_path):
-    """The two-process demo runs a seed as parts (PARTS): each part's results-<part>.json is read back
-    instead of rerunning its stages, and the merged results.json replaces the part files."""
-    from prefkit.toy.demo import PARTS, merge_parts, run_seed
-    from prefkit.toy.demo_config import quick_config
-
-    calls = []
-
-    def fake_stage(name):
-        def fn(ctx):
-            calls.append(name)
-            ctx["results"][f"from_{name.replace(' ', '_')}"] = len(calls)
-        return fn
-
-    stages = [(n, fake_stage(n)) for n in ("sample", "select", "reward models")]
-    cfg = quick_config()
-    parts = {}
-    for part, _ in PARTS:
-        parts[part], reused = run_seed(tmp_path, cfg, cfg.world, tmp_path, stages, 0, progress=False, part=part)
-        assert reused == 0
-    assert calls == ["sample", "select", "reward models"]
-    assert {p.name for p in (tmp_path / "seed0").iterdir()} == {
-        "results-core.json", "results-select.json", "results-reward-models.json"}
-    again, reused = run_seed(tmp_path, cfg, cfg.world, tmp_path, stages, 0, progress=False, part="select")
-    assert reused == 1 and again == parts["select"] and len(calls) == 3        # read back, not rerun
-    merged = merge_parts(tmp_path, 0, parts)
-    assert merged["from_sample"] == 1 and merged["from_select"] == 2 and merged["from_reward_models"] == 3
-    assert [p.name for p in (tmp_path / "seed0").iterdir()] == ["results.json"]

@@ -11,10 +11,9 @@ def register(sub, name, help_text):
     p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="a small, fast configuration (about 2 minutes)")
-    p.add_argument("--methods", default="dpo,ra,ra-half,eps-dpo,ira",
-                   help="comma-separated methods to train: dpo, ra (DPO on reward-augmented data), ra-half (a "
-                        "random half of the RA rows), eps-dpo, ira (RA with the DPO model's implicit rewards as "
-                        "goals; needs dpo) (default: all)")
+    p.add_argument("--methods", default="dpo,ra,ra-half,eps-dpo",
+                   help="comma-separated methods to train (arms of the demo's recipe): dpo, ra (DPO on "
+                        "reward-augmented data), ra-half (a random half of the RA rows), eps-dpo (default: all)")
     p.add_argument("--world", choices=("prior", "no-prior"), default="prior",
                    help="the main world: base policy with the goal prior (default) or without it; the other "
                         "one runs as the ablation world")
@@ -49,8 +48,6 @@ def run(args) -> int:
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ConfigError(f"--methods: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(METHODS)}")
-    if "ira" in methods and "dpo" not in methods:
-        raise ConfigError("--methods: ira relabels with the DPO model's implicit rewards; add dpo")
     config.methods = methods
     if args.world == "no-prior":
         config.world, config.ablation_world = config.ablation_world or no_prior(config.world), config.world

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 DESCRIPTION = """Run a recipe: per round, the stages it names (generate, score, pair, relabel, select,
-evolve, train, evaluate) with the options of their stage functions. Each stage's output is kept
+evolve, train, evaluate) with the options of their stage functions; with arms, each arm (the
+stages with its changes) from the initial policy, sharing the steps they have in common. Each stage's output is kept
 under RUN_DIR/round-K/STAGE/KEY (KEY: a hash of its inputs and options): running the same command
 again skips finished stages and resumes an interrupted one; a changed option reruns the stages
 from it on. The whole recipe is checked before anything runs. See docs/loop.md."""
@@ -21,6 +22,8 @@ def register(sub, name, help_text):
     p.add_argument("--rounds", type=int, default=None, help="number of rounds (overrides the recipe's)")
     p.add_argument("--until", default=None, metavar="STAGE",
                    help="stop after this stage: STAGE (in the last round) or round-K/STAGE")
+    p.add_argument("--arm", dest="arms", action="append", default=None, metavar="ARM",
+                   help="run only this arm of a recipe with arms (repeatable; default: every arm)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (stages, inputs, outputs, what is already done) and run nothing")
     p.add_argument("--status", action="store_true", help="say where the run in RUN_DIR (the argument) stands")
@@ -38,7 +41,7 @@ def run_cmd(args) -> int:
     from prefkit.pipeline.recipe import load_recipe
 
     recipe = load_recipe(args.target, overrides=args.overrides, rounds=args.rounds)
-    result = engine.run(recipe, args.run_dir, until=args.until, dry_run=args.dry_run,
+    result = engine.run(recipe, args.run_dir, until=args.until, arms=args.arms, dry_run=args.dry_run,
                         progress=not args.no_progress)
     if args.dry_run:
         print(format_plan(result))

@@ -37,7 +37,7 @@ from prefkit.models import resolve_model_path
 from prefkit.pipeline.recipe import Recipe, load_recipe
 from prefkit.pipeline.report import write_report
 from prefkit.pipeline.runners import RUNNERS, StageContext
-from prefkit.pipeline.stages import DATA_STAGES, ORDER, STAGES
+from prefkit.pipeline.stages import DATA_STAGES, ORDER, ROUND1_EVALUATE, STAGES
 from prefkit.refs import call_ref
 from prefkit.relabel import find_conditioning
 from prefkit.relabel.carry import carry_conditioning
@@ -101,24 +101,41 @@ class Hasher:
 class Step:
     round: int
     stage: str
+    arm: str | None = None
 
     @property
     def label(self) -> str:
-        return f"round-{self.round}/{self.stage}"
+        return (f"{self.arm}/" if self.arm is not None else "") + f"round-{self.round}/{self.stage}"
 
 
-def plan(recipe: Recipe, until: str | None = None) -> list[Step]:
+def plan(recipe: Recipe, until: str | None = None, arms=None) -> list[Step]:
+    """The steps, arm after arm (an arm's steps that equal an earlier arm's run once: their keys
+    are equal). arms: the names to run (default: all of them)."""
+    names_all = recipe.arm_names()
+    if arms:
+        unknown = [a for a in arms if a not in names_all]
+        if unknown or names_all == [None]:
+            raise ConfigError(f"--arm {', '.join(unknown or arms)}: not an arm of this recipe"
+                              + (f" ({', '.join(names_all)})" if names_all != [None] else " (it has none)"))
+        names_all = [a for a in names_all if a in arms]
+    return [s for arm in names_all for s in _plan_arm(recipe, arm, until)]
+
+
+def _plan_arm(recipe: Recipe, arm: str | None, until: str | None) -> list[Step]:
     steps: list[Step] = []
-    names = [s for s in ORDER if s in recipe.stages]
-    ev = recipe.stages.get("evaluate")
+    stages = recipe.stages_of(arm)
+    names = [s for s in ORDER if s in stages]
+    ev = stages.get("evaluate")
     if ev is not None and ev.get("baseline", True):
-        steps.append(Step(0, "evaluate"))
+        steps.append(Step(0, "evaluate", arm))
     for k in range(1, recipe.rounds + 1):
-        steps.extend(Step(k, s) for s in names)
+        steps.extend(Step(k, s, arm) for s in names)
     if until:
         r, _, stage = until.rpartition("/") if "/" in until else until.rpartition(":")
         stage = stage.strip()
-        if stage not in recipe.stages:
+        if stage not in stages:
+            if arm is not None and any(stage in recipe.stages_of(a) for a in recipe.arm_names()):
+                return steps   # an arm without that stage runs whole
             raise ConfigError(f"--until {until!r}: {stage!r} is not a stage of this recipe "
                               f"({', '.join(names)})")
         k = recipe.rounds
@@ -211,7 +228,14 @@ class Runner:
         return {"recipe_file": self.recipe.file, "recipe": self.recipe.to_dict(), "recipe_text": self.recipe.text,
                 "versions": package_versions(), "started": old.get("started", time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                               time.gmtime())),
-                "invocations": old.get("invocations", 0) + 1, "stages": {}, "history": old.get("history", [])}
+                "invocations": old.get("invocations", 0) + 1,
+                # earlier invocations' steps stay (a step of this plan replaces its own line)
+                "stages": {k: v for k, v in old.get("stages", {}).items() if k in self._labels()},
+                "history": old.get("history", [])}
+
+    def _labels(self) -> set[str]:
+        """Every step of the whole recipe (all arms and rounds)."""
+        return {s.label for s in plan(self.recipe)}
 
     def _save_manifest(self) -> None:
         self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -225,6 +249,7 @@ class Runner:
     def inputs(self, step: Step, state: dict) -> dict[str, str]:
         """Named input hashes of a step (None where an upstream step has not finished)."""
         s = step.stage
+        options = self.recipe.stages_of(step.arm)
         ins = {} if s in ("score", "pair") else {"policy": state["policy_hash"]}
         if s == "generate":
             ins["prompts"] = state["prompts_hash"]
@@ -232,7 +257,7 @@ class Runner:
             ins["eval_prompts"] = state["eval_hash"]
         elif s == "train":
             ins["data"] = state.get("data_hash")
-            ins["reference"] = state["initial_hash"] if (self.recipe.stages["train"].get("reference") or "initial") \
+            ins["reference"] = state["initial_hash"] if (options["train"].get("reference") or "initial") \
                 == "initial" else state["policy_hash"]
         else:
             ins["data"] = state.get("data_hash")
@@ -243,7 +268,9 @@ class Runner:
             return None
         # train's `reference` is in its inputs (the reference model's hash): in round 1 both choices
         # name the initial policy, so they share round 1's work
-        opts = {k: v for k, v in self.recipe.stages[step.stage].items() if not (step.stage == "train" and k == "reference")}
+        opts = {k: v for k, v in self.recipe.stages_of(step.arm)[step.stage].items()
+                if not (step.stage == "train" and k == "reference")
+                and not (step.round == 0 and k in ROUND1_EVALUATE)}
         return _sha_json({"stage": step.stage, "options": opts, "inputs": inputs})
 
     def execute(self, steps: list[Step], *, dry_run: bool = False) -> dict:
@@ -256,13 +283,15 @@ class Runner:
         self.manifest["initial_policy"] = {"path": initial, "hash": initial_hash}
         self.manifest["prompts"] = {"train": {"n": len(train_rows), "hash": _prompts_hash(train_rows)},
                                     "eval": {"n": len(eval_rows), "hash": _prompts_hash(eval_rows)}}
-        state = {"policy": initial, "policy_hash": initial_hash, "initial_hash": initial_hash,
+        start = {"policy": initial, "policy_hash": initial_hash, "initial_hash": initial_hash,
                  "eval_hash": _prompts_hash(eval_rows)}
         lines = []
         timings: dict[str, list[float]] = {}
         t_start = time.time()
-        current_round = None
+        current_round, current_arm, state = None, object(), {}
         for i, step in enumerate(steps):
+            if step.arm != current_arm:   # each arm starts from the initial policy
+                current_arm, current_round, state = step.arm, None, dict(start)
             if step.round != current_round:
                 current_round = step.round
                 if step.round >= 1:
@@ -272,6 +301,8 @@ class Runner:
             ins = self.inputs(step, state)
             key = self.key(step, ins)
             entry = {"round": step.round, "stage": step.stage, "inputs": ins, "key": key}
+            if step.arm is not None:
+                entry["arm"] = step.arm
             if key is None:
                 entry["status"] = "waiting"
                 lines.append(entry)
@@ -291,7 +322,8 @@ class Runner:
                 continue
             else:
                 eta = _eta(steps[i:], timings)
-                self.log(f"round {step.round}/{self.recipe.rounds} · {step.stage} ({i + 1}/{len(steps)})"
+                self.log((f"{step.arm} · " if step.arm is not None else "")
+                         + f"round {step.round}/{self.recipe.rounds} · {step.stage} ({i + 1}/{len(steps)})"
                          f" · elapsed {_clock(time.time() - t_start)}" + (f" · ETA {_clock(eta)}" if eta else "")
                          + (" · resuming" if d.exists() else ""))
                 d.mkdir(parents=True, exist_ok=True)
@@ -300,20 +332,22 @@ class Runner:
                 entry.update(status="done", output=marker["output"], output_hash=marker["output_hash"],
                              seconds=marker["seconds"], metrics=_light(marker["metrics"]), ran=True)
             lines.append(entry)
-            self.manifest["stages"][f"round-{step.round}/{step.stage}"] = entry
+            self.manifest["stages"][step.label] = entry
             if not dry_run:
                 self._save_manifest()
             self._advance(step, state, entry)
         if not dry_run:
             self.manifest["history"].append({"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                              "seconds": round(time.time() - t_start, 1),
-                                             "ran": [f"round-{e['round']}/{e['stage']}" for e in lines if e.get("ran")]})
+                                             "ran": [_label(e) for e in lines if e.get("ran")]})
             self._save_manifest()
         return {"steps": lines, "manifest": self.manifest}
 
     def _run_step(self, step: Step, d: Path, state: dict, eval_rows, key: str, ins: dict) -> dict:
         stage = STAGES[step.stage]
-        ctx = StageContext(round=step.round, stage=step.stage, dir=d, options=dict(self.recipe.stages[step.stage]),
+        options = {k: v for k, v in self.recipe.stages_of(step.arm)[step.stage].items()
+                   if not (step.round == 0 and k in ROUND1_EVALUATE)}
+        ctx = StageContext(round=step.round, stage=step.stage, dir=d, options=options, pairs=state.get("pairs"),
                            policy=state["policy"], initial=self.manifest["initial_policy"]["path"],
                            data=state.get("data"), prompts=state.get("round_rows", []), eval_prompts=eval_rows,
                            run_dir=self.run_dir, progress=self.progress)
@@ -335,6 +369,8 @@ class Runner:
     def _advance(self, step: Step, state: dict, entry: dict) -> None:
         if step.stage in DATA_STAGES:
             state["data"], state["data_hash"] = entry["output"], entry["output_hash"]
+        if step.stage == "pair":
+            state["pairs"] = entry["output"]
         elif step.stage == "train":
             state["policy"], state["policy_hash"] = entry["output"], entry["output_hash"]
 
@@ -343,6 +379,10 @@ class Runner:
             state["data"], state["data_hash"] = None, None
         elif step.stage == "train":
             state["policy"], state["policy_hash"] = None, None
+
+
+def _label(entry: dict) -> str:
+    return (f"{entry['arm']}/" if entry.get("arm") is not None else "") + f"round-{entry['round']}/{entry['stage']}"
 
 
 def _light(metrics: dict) -> dict:
@@ -370,13 +410,14 @@ def default_run_dir(recipe: Recipe) -> Path:
 
 
 def run(recipe, run_dir=None, *, overrides=None, rounds: int | None = None, until: str | None = None,
-        dry_run: bool = False, progress: bool = True, log=None) -> dict:
+        arms=None, dry_run: bool = False, progress: bool = True, log=None) -> dict:
     """Run (or, with dry_run, plan) a recipe in `run_dir`; returns {"steps": [...], "manifest": {...},
-    "run_dir": path}. `recipe`: a path or a `Recipe` from `load_recipe`."""
+    "run_dir": path}. `recipe`: a path or a `Recipe` from `load_recipe`; arms: the arms to run
+    (default: all)."""
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides=overrides, rounds=rounds)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
-    steps = plan(recipe, until)
+    steps = plan(recipe, until, arms)
     if not dry_run:
         run_dir.mkdir(parents=True, exist_ok=True)
     runner = Runner(recipe, run_dir, progress=progress, log=log)

@@ -32,7 +32,7 @@ from prefkit.errors import ConfigError
 from prefkit.pipeline.stages import ORDER, STAGES, accepts_passthrough
 from prefkit.train.config import DPOConfig, check_trainer_args, load_config
 
-TOP_KEYS = ("name", "description", "policy", "prompts", "rounds", "stages")
+TOP_KEYS = ("name", "description", "policy", "prompts", "rounds", "stages", "arms")
 POLICY_KEYS = ("model", "build", "args")
 PROMPT_SETS = ("train", "eval")
 PROMPT_KEYS = ("file", "dataset", "build", "args", "split", "subset", "revision", "limit", "per_round")
@@ -48,10 +48,19 @@ class Recipe:
     stages: dict[str, dict]             # stage -> checked options (only those the recipe sets)
     text: str = ""
     overrides: list = field(default_factory=list)
+    # arm -> its stages (the recipe's `stages` with the arm's changes); empty: one arm, `stages`
+    arms: dict[str, dict[str, dict]] = field(default_factory=dict)
+
+    def arm_names(self) -> list[str | None]:
+        """The arms to run: the recipe's names, or [None] for a recipe without arms."""
+        return list(self.arms) or [None]
+
+    def stages_of(self, arm: str | None) -> dict[str, dict]:
+        return self.arms[arm] if arm is not None else self.stages
 
     def to_dict(self) -> dict:
         return {"name": self.name, "file": self.file, "policy": self.policy, "prompts": self.prompts,
-                "rounds": self.rounds, "stages": self.stages, "overrides": self.overrides}
+                "rounds": self.rounds, "stages": self.stages, "arms": self.arms, "overrides": self.overrides}
 
 
 class _Where:
@@ -193,8 +202,8 @@ def _check_policy(policy, where: _Where) -> dict:
     return dict(policy)
 
 
-def _check_stage(name: str, opts, where: _Where) -> dict:
-    path = f"stages.{name}"
+def _check_stage(name: str, opts, where: _Where, path: str | None = None) -> dict:
+    path = path or f"stages.{name}"
     stage = STAGES[name]
     if opts is None:
         opts = {}
@@ -255,27 +264,62 @@ def validate(data: dict, where: _Where, *, rounds: int | None = None) -> Recipe:
         if opts is False:
             continue
         checked[name] = _check_stage(name, opts, where)
-    if "evaluate" in checked and checked_prompts["eval"] is None:
+    arms = _check_arms(data.get("arms"), checked, where)
+    for arm, arm_stages in (arms.items() if arms else [(None, checked)]):
+        _check_stage_set(arm_stages, checked_prompts, n_rounds, where, arm)
+    return Recipe(name=str(data.get("name") or Path(where.file).stem), file=where.file, policy=policy,
+                  prompts=checked_prompts, rounds=n_rounds, stages=checked, arms=arms)
+
+
+def _check_arms(arms, base: dict[str, dict], where: _Where) -> dict[str, dict[str, dict]]:
+    """`arms: {NAME: {STAGE: false | {option: value}}}`: each arm is the recipe's stages with
+    these changes (false drops the stage; options are set over the recipe's, or add the stage)."""
+    if arms is None:
+        return {}
+    if not isinstance(arms, dict) or not arms:
+        raise where.error("arms", "expected a mapping {ARM: {STAGE: false or {option: value}}}")
+    out = {}
+    for arm, changes in arms.items():
+        path = f"arms.{arm}"
+        if not isinstance(arm, str) or not arm or "/" in arm or arm.startswith("round-"):
+            raise where.error(path, "an arm's name is a word without '/' (it names directories and rows of the report)")
+        changes = changes or {}
+        if not isinstance(changes, dict):
+            raise where.error(path, f"expected a mapping {{STAGE: false or {{option: value}}}}, got {changes!r}")
+        stages = {k: dict(v) for k, v in base.items()}
+        for name, opts in changes.items():
+            if name not in STAGES:
+                raise _unknown(where, f"{path}.{name}", name, ORDER)
+            if opts is False:
+                stages.pop(name, None)
+                continue
+            stages[name] = {**stages.get(name, {}), **_check_stage(name, opts, where, f"{path}.{name}")}
+        out[arm] = {name: stages[name] for name in ORDER if name in stages}
+    return out
+
+
+def _check_stage_set(checked: dict[str, dict], prompts: dict, n_rounds: int, where: _Where, arm: str | None) -> None:
+    """What one arm's stages need of each other and of the prompts."""
+    at = (lambda name: f"arms.{arm}.{name}" if arm is not None else f"stages.{name}")
+    if "evaluate" in checked and prompts["eval"] is None:
         raise where.error("prompts", "the evaluate stage needs held-out prompts: add prompts.eval")
     if "evaluate" in checked and not any(checked["evaluate"].get(k) for k in ("reward_fn", "reward_model")):
-        raise where.error("stages.evaluate", "nothing to score with: set reward_fn or reward_model")
+        raise where.error(at("evaluate"), "nothing to score with: set reward_fn or reward_model")
     if "score" in checked and not any(checked["score"].get(k) for k in ("reward_fn", "reward_model")):
-        raise where.error("stages.score", "nothing to score with: set reward_fn or reward_model")
+        raise where.error(at("score"), "nothing to score with: set reward_fn or reward_model")
     if "train" in checked and n_rounds > 1 and checked["train"].get("reference") is None:
-        raise where.error("stages.train", "with more than one round, say which model is the reference: "
-                                          "reference: initial (the first policy) or previous (the last round's)")
+        raise where.error(at("train"), "with more than one round, say which model is the reference: "
+                                       "reference: initial (the first policy) or previous (the last round's)")
     if "train" in checked:
-        _check_train(checked["train"], where)
+        _check_train(checked["train"], where, at("train"))
     for name in ("generate", "score", "pair"):
         if name in checked and "generate" not in checked:
-            raise where.error(f"stages.{name}", "needs the generate stage before it")
-    return Recipe(name=str(data.get("name") or Path(where.file).stem), file=where.file, policy=policy,
-                  prompts=checked_prompts, rounds=n_rounds, stages=checked)
+            raise where.error(at(name), "needs the generate stage before it")
 
 
-def _check_train(opts: dict, where: _Where) -> None:
+def _check_train(opts: dict, where: _Where, path: str = "stages.train") -> None:
     """The trainer's own checks on the recipe's values (a DPOConfig with placeholder paths)."""
-    fields = {k: v for k, v in opts.items() if k not in ("reference", "launch")}
+    fields = {k: v for k, v in opts.items() if k not in ("reference", "launch", "unlearning_probe")}
     try:
         cfg = load_config(DPOConfig, overrides=fields, model_name_or_path="policy", train_file="data.jsonl")
         cfg.check()
@@ -283,12 +327,12 @@ def _check_train(opts: dict, where: _Where) -> None:
         msg = str(exc)
         key = next((k for k in fields if msg.startswith(k)), None) or \
             next((k for k in fields if f"'{k}'" in msg or f" {k} " in f" {msg} "), None)
-        raise where.error(f"stages.train.{key}" if key else "stages.train", msg) from None
+        raise where.error(f"{path}.{key}" if key else path, msg) from None
     launch = opts.get("launch")
     if launch is not None:
         for k in launch:
             if k not in ("num_processes", "config_file"):
-                raise _unknown(where, f"stages.train.launch.{k}", k, ("num_processes", "config_file"))
+                raise _unknown(where, f"{path}.launch.{k}", k, ("num_processes", "config_file"))
 
 
 def load_recipe(path: str | Path, *, overrides=None, rounds: int | None = None) -> Recipe:

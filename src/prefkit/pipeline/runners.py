@@ -12,6 +12,7 @@ checkpoint (`resume_from_checkpoint: auto`), evaluation's requests go through a 
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ class StageContext:
     policy: str                  # the policy this round starts from (initial or the previous round's)
     initial: str                 # the initial policy
     data: str | None = None      # the latest dataset of this round (the previous data stage's output)
+    pairs: str | None = None     # this round's pair-stage output (before relabeling and selection)
     prompts: list = field(default_factory=list)   # this round's PromptRows (generate)
     eval_prompts: list = field(default_factory=list)
     run_dir: Path | None = None
@@ -138,7 +140,12 @@ def run_score(ctx: StageContext) -> dict:
         from prefkit.evaluate.scorers import resolve_reward_fn
 
         fn = resolve_reward_fn(ctx.options["reward_fn"])
-        scores = [float(fn(p, t)) if t else None for p, t in zip(prompts, texts)]
+        kwargs = ctx.options.get("reward_args") or {}
+        got = [fn(p, t, **kwargs) if t else None for p, t in zip(prompts, texts)]
+        for (i, j), g in zip(flat, got):   # a reward function may also give aspects (a judge's ratings)
+            if isinstance(g, dict):
+                rows[i]["responses"][j].update({k: g[k] for k in ("aspects", "fine_grained") if k in g})
+        scores = [None if g is None else float(g["score"] if isinstance(g, dict) else g) for g in got]
         scorer = ctx.options["reward_fn"]
     else:
         from prefkit.reward_model import RewardModelScorer
@@ -161,7 +168,8 @@ def run_pair(ctx: StageContext) -> dict:
     from prefkit.report import StageReport
 
     report = StageReport("pair")
-    multi = data.read(str(ctx.data), format="multi", report=report)
+    # a row that cannot be read (an empty sample, say) is dropped and counted by reason, not fatal
+    multi = data.read(str(ctx.data), format="multi", on_invalid="drop", report=report)
     pairs = data.binarize(multi, report=report, **ctx.options)
     out = data.write(pairs, str(ctx.dir / "pairs.jsonl"))
     margins = [c - r for c, r in zip(pairs["score_chosen"], pairs["score_rejected"])] if len(pairs) else []
@@ -255,7 +263,7 @@ def train_config(ctx: StageContext):
     """The DPOConfig of this round's training: the recipe's fields, the engine's paths."""
     from prefkit.train import DPOConfig, load_config
 
-    fields = {k: v for k, v in ctx.options.items() if k not in ("reference", "launch")}
+    fields = {k: v for k, v in ctx.options.items() if k not in ("reference", "launch", "unlearning_probe")}
     which = ctx.options.get("reference") or "initial"
     reference = ctx.initial if which == "initial" else None   # None: the policy being trained (the previous round's)
     if not ctx.progress:
@@ -290,18 +298,57 @@ def check_resumable(output_dir: Path) -> None:
         return
 
 
+def unlearning_probes(ctx: StageContext, cfg, settings: dict) -> tuple[dict, dict]:
+    """The unlearning probe of the train stage (`unlearning_probe: {threshold, pairs}`): probe
+    functions for `train_dpo(probes=...)` on this round's pairs whose rejected response scored >=
+    threshold, and their values under the policy before training. On relabeled data (a
+    conditioning spec) the rejected responses are conditioned on their own score and on the best
+    goal; otherwise they are scored as they are."""
+    from transformers import AutoTokenizer
+
+    from prefkit import data
+    from prefkit.evaluate.unlearning import high_quality_rejected, rejected_logp_probe
+    from prefkit.models import load_causal_lm
+    from prefkit.relabel import find_conditioning
+
+    unknown = set(settings) - {"threshold", "pairs"}
+    if unknown:
+        raise ConfigError(f"train.unlearning_probe: unknown {', '.join(sorted(unknown))}; valid: threshold, pairs")
+    if not ctx.pairs:
+        raise ConfigError("train.unlearning_probe needs this round's pairs (the pair stage)")
+    hq = high_quality_rejected(data.read(ctx.pairs), threshold=float(settings.get("threshold", 5.0)),
+                               limit=int(settings.get("pairs", 48)), seed=cfg.seed)
+    if not len(hq):
+        return {}, {"probe_pairs": 0}
+    tok = AutoTokenizer.from_pretrained(str(ctx.policy))
+    spec = find_conditioning(ctx.data) if ctx.data else None
+    if spec is not None:
+        probes = {"probe/hq_rejected_logp": rejected_logp_probe(hq, tok, spec=spec, goal="own"),
+                  "probe/hq_rejected_logp_best_goal": rejected_logp_probe(hq, tok, spec=spec, goal=spec.best_goal)}
+    else:
+        probes = {"probe/hq_rejected_logp": rejected_logp_probe(hq, tok)}
+    model = load_causal_lm(ctx.policy, need_tokenizer=False)[0]
+    initial = {name: fn(model) for name, fn in probes.items()}
+    del model
+    return probes, {"probe_pairs": len(hq), "initial": initial}
+
+
 def run_train(ctx: StageContext) -> dict:
     cfg, which, reference = train_config(ctx)
     check_resumable(Path(cfg.output_dir))
     launch = ctx.options.get("launch")
+    probe_settings = ctx.options.get("unlearning_probe")
+    probes, probe_info = unlearning_probes(ctx, cfg, probe_settings) if probe_settings is not None else ({}, {})
     if launch:
+        if probes:
+            raise ConfigError("train: unlearning_probe runs in this process; it cannot be combined with launch")
         from prefkit.pipeline.launch import train_in_processes
 
         train_in_processes(cfg, launch, ctx.dir)
     else:
         from prefkit.train import train_dpo
 
-        train_dpo(cfg)
+        train_dpo(cfg, probes=probes or None)
     out = Path(cfg.output_dir)
     if cfg.use_peft:   # later rounds and the evaluation load a whole model
         from prefkit.models import merge_lora
@@ -316,24 +363,74 @@ def run_train(ctx: StageContext) -> dict:
                         "last_log": {k: v for k, v in last.items()
                                      if k in ("loss", "rewards/accuracies", "rewards/margins", "step", "epoch")},
                         "train_loss": summary.get("train_loss"), "steps": summary.get("step"),
-                        "loss_values": [[h["step"], h["loss"]] for h in history if "loss" in h]}}
+                        "loss_values": [[h["step"], h["loss"]] for h in history if "loss" in h],
+                        **({"probes": {name: [[0, v]] + [[h["step"], h[name]] for h in history if name in h]
+                                       for name, v in probe_info.get("initial", {}).items()},
+                            "probe_pairs": probe_info.get("probe_pairs")} if probe_settings is not None else {})}}
 
 
 # -- evaluate ---------------------------------------------------------------------------------------
 
-def run_evaluate(ctx: StageContext) -> dict:
-    from prefkit.evaluate.policy import evaluate_policies
+def _evaluate_spec(ctx: StageContext, which: str):
+    """The conditioning of `conditioning: which` (evaluate stage): a spec, a path holding one,
+    'auto' or None."""
+    if which in ("auto", None):
+        return "auto"
+    if which == "none":
+        return None
+    if which == "data":
+        from prefkit.relabel import find_conditioning
 
-    opts = {k: v for k, v in ctx.options.items() if k != "baseline"}
+        spec = find_conditioning(ctx.data) if ctx.data else None
+        if spec is None:
+            raise ConfigError(f"round {ctx.round} evaluate: conditioning: data, but this round's data "
+                              f"({ctx.data or 'none'}) carries no conditioning spec; relabel it first, or use "
+                              "conditioning: system")
+        return spec
+    from prefkit.relabel import make_spec
+
+    return make_spec(placement=which, tokenizer=ctx.policy)
+
+
+def run_evaluate(ctx: StageContext) -> dict:
+    from prefkit.evaluate.goal_curve import goal_following_curve
+    from prefkit.evaluate.policy import PolicySpec, evaluate_policies
+    from prefkit.evaluate.scorers import resolve_reward_fn
+
+    opts = {k: v for k, v in ctx.options.items() if k not in ("baseline", "goal", "conditioning", "curve_goals",
+                                                              "curve_samples", "reward_args")}
+    if ctx.options.get("reward_args") and opts.get("reward_fn"):
+        opts["reward_fn"] = functools.partial(resolve_reward_fn(opts["reward_fn"]), **ctx.options["reward_args"])
     name = f"round-{ctx.round}"
-    res = evaluate_policies({name: ctx.policy}, ctx.eval_prompts, output_dir=str(ctx.dir), progress=ctx.progress,
-                            **opts)
+    goal = ctx.options.get("goal")
+    cond = _evaluate_spec(ctx, ctx.options.get("conditioning") or "auto")
+    policy = PolicySpec(name, ctx.policy, conditioning=cond, goal=goal)
+    run = ctx.dir / "run"   # the evaluation and the curve share finished requests
+    res = evaluate_policies({name: policy}, ctx.eval_prompts, output_dir=str(ctx.dir), run_dir=str(run),
+                            progress=ctx.progress, **opts)
     pol = res["policies"][name]
-    metrics = {"policy": ctx.policy}
+    metrics = {"policy": ctx.policy, "goal": goal}
     for key in ("reward_fn", "reward_model"):
         if key in pol:
             metrics[key] = {k: pol[key].get(k) for k in ("mean", "std", "standard_error", "n", "failed")}
     metrics["mean_length"] = pol.get("mean_length")
+    first = next(iter(res["scores"].get(name, {}).values()), None)   # the first per-output scorer's values
+    metrics["examples"] = [[row.prompt if isinstance(row.prompt, str) else str(row.prompt), outs[0],
+                            first[i][0] if first else None]
+                           for i, (row, outs) in enumerate(list(zip(ctx.eval_prompts, res["outputs"][name]))[:3])]
+    goals = ctx.options.get("curve_goals")
+    if goals:
+        if cond is None:
+            raise ConfigError(f"round {ctx.round} evaluate: curve_goals needs a conditioning spec "
+                              "(conditioning: auto, data, system or user)")
+        spec = cond
+        if spec == "auto":
+            from prefkit.relabel import load_conditioning, make_spec
+
+            spec = load_conditioning(ctx.policy) or make_spec(placement="system", tokenizer=ctx.policy)
+        curve_opts = {**opts, "n": ctx.options.get("curve_samples") or opts.get("n", 1)}
+        metrics["curve"] = goal_following_curve(ctx.policy, ctx.eval_prompts, [float(g) for g in goals], spec=spec,
+                                                run_dir=str(run), progress=ctx.progress, **curve_opts)
     return {"output": str(ctx.dir / "results.json"), "metrics": metrics}
 
 

@@ -91,6 +91,9 @@ def _evaluate_options():
 
 SERVERS = Option("servers", list, None, doc="OpenAI-compatible base URLs serving the policy (MODEL@URL); "
                  "none: generate locally")
+REWARD_ARGS = Option("reward_args", dict, None, doc="keyword arguments for reward_fn (called as "
+                     "reward_fn(prompt, response, **reward_args)); it may return a number or "
+                     "{score, aspects, fine_grained}")
 SERVED_MODEL = Option("served_model", str, None, doc="the model name the servers serve (default: the policy path)")
 
 STAGES: dict[str, StageDef] = {s.name: s for s in (
@@ -99,7 +102,7 @@ STAGES: dict[str, StageDef] = {s.name: s for s in (
              extras=(SERVERS, SERVED_MODEL,
                      Option("chunk_size", int, 64, doc="prompts per durable chunk (a kill loses at most one chunk)"))),
     StageDef("score", _evaluate_options, "run_score", include=("reward_fn", "reward_model", "rm_options"),
-             extras=(Option("batch_size", int, 16, doc="reward-model batch size"),)),
+             extras=(Option("batch_size", int, 16, doc="reward-model batch size"), REWARD_ARGS)),
     StageDef("pair", _binarize, "run_pair", exclude=("report", "dataset", "truthfulqa_prompts"),
              choices={"method": _binarize_methods, "ties": lambda: ("drop", "keep")}),
     StageDef("relabel", _relabel_options, "run_relabel", exclude=("model", "reference"),
@@ -122,16 +125,33 @@ STAGES: dict[str, StageDef] = {s.name: s for s in (
              extras=(Option("reference", str, None, ("initial", "previous"),
                             doc="the frozen reference from round 2 on: the initial policy or the previous round's "
                                 "(required when rounds > 1)"),
+                     Option("unlearning_probe", dict, None,
+                            doc="{threshold: 5.0, pairs: 48}: log the mean log-probability of the rejected responses "
+                                "of up to `pairs` of this round's pairs whose rejected response scored >= threshold, "
+                                "at every logging step (on relabeled data: at the rejected response's own goal and "
+                                "at the best goal) (prefkit.evaluate.unlearning)"),
                      Option("launch", dict, None, doc="{num_processes: N, config_file: accelerate.yaml}: "
                                                       "start the stage through `accelerate launch`")),
              passthrough="trainer_args"),
     StageDef("evaluate", _evaluate_options, "run_evaluate",
              include=("n", "temperature", "top_p", "max_new_tokens", "seed", "batch_size", "reward_fn",
                       "reward_model", "reference_outputs", "rm_options"),
-             extras=(Option("baseline", bool, True, doc="also evaluate the initial policy (as round 0)"),)),
+             extras=(Option("baseline", bool, True, doc="also evaluate the initial policy (as round 0)"),
+                     Option("goal", float, None, doc="condition the policy on this quality goal (e.g. 10) through "
+                                                     "the conditioning below"),
+                     Option("conditioning", str, "auto", ("auto", "data", "system", "user", "none"),
+                            doc="the goal's spec: auto (the policy's own prefkit_conditioning.json), data (this "
+                                "round's relabeled data's), system / user (the relabeler's default at that "
+                                "placement), none; round 0 is always evaluated without"),
+                     Option("curve_goals", list, None, doc="also a goal-following curve at these goals "
+                                                           "(prefkit.evaluate.goal_curve), e.g. [2, 4, 6, 8, 10]"),
+                     Option("curve_samples", int, None, doc="samples per prompt at each curve goal (default n)"),
+                     REWARD_ARGS)),
 )}
 
 ORDER = tuple(STAGES)
+# evaluate options that apply from round 1 on (round 0, the initial policy, is evaluated without them)
+ROUND1_EVALUATE = ("goal", "conditioning", "curve_goals", "curve_samples")
 DATA_STAGES = ("generate", "score", "pair", "relabel", "select", "evolve")
 
 

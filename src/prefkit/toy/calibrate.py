@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefkit.errors import ConfigError
+from prefkit.evaluate.goal_curve import slope
 from prefkit.evaluate.policy import PolicySpec
 from prefkit.toy import task
 from prefkit.toy.world import (
@@ -45,7 +46,6 @@ from prefkit.toy.world import (
     base_policy,
     goal_following_curve,
     gold_evaluation,
-    slope,
 )
 
 TARGET_SLOPES = (0.0, 0.2, 0.4, 0.6, 0.8)

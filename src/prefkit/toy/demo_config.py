@@ -11,12 +11,14 @@ from prefkit.toy.world import CURVE_GOALS, QUICK_CONFIG, ToyWorldConfig
 
 PROBE_THRESHOLD = 5.0
 
-# Trained methods, in training order (ira relabels with the implicit rewards of the dpo model).
-METHODS = ("dpo", "ra", "ra-half", "eps-dpo", "ira")
+# Trained methods: arms of the demo's main recipe (src/prefkit/toy/demo_recipes/main.yaml).
+METHODS = ("dpo", "ra", "ra-half", "eps-dpo")
 # Every policy the main table reports: the base policy twice (no goal; the best goal), then the methods.
 POLICIES = ("base", "base-conditioned", *METHODS)
-CONDITIONED = ("base-conditioned", "ra", "ra-half", "ira")   # sampled with the best goal (10)
-CURVE_POLICIES = ("base", "dpo", "ra")                      # goal-following curves
+CONDITIONED = ("base-conditioned", "ra", "ra-half")   # sampled with the best goal (10)
+CURVE_POLICIES = ("base", "dpo", "ra")
+# The selection ablation's metrics: the arms select-<metric> of the main recipe.
+SELECT_METRICS = ("alignment-potential", "explicit", "implicit", "random")                      # goal-following curves
 
 METHOD_LABELS = {
     "base": "base policy, no goal",
@@ -24,7 +26,6 @@ METHOD_LABELS = {
     "dpo": "DPO",
     "ra": "DPO on reward-augmented data (RA), goal 10",
     "ra-half": "RA half: a random half of D^w + D^l, goal 10",
-    "ira": "RA with DPO implicit rewards as goals, goal 10",
     "eps-dpo": "eps-DPO",
 }
 
@@ -72,23 +73,16 @@ class DemoConfig:
     probe_threshold: float = PROBE_THRESHOLD
     # Run the worlds' jobs (base policies, then seeds) in two processes (when there are 2+ cores).
     parallel_worlds: bool = True
+    # The main world's extra parts: the selection ablation (arms of the main recipe) and the
+    # reward-model comparison.
+    select: bool = True
+    reward_models: bool = True
 
 
 def quick_config(seeds: int = 1) -> DemoConfig:
     return DemoConfig(seeds=seeds, n_train_prompts=48, n_eval_prompts=16, eval_samples=2, curve_samples=1,
                       probe_pairs=8, probe_points=2, rm_prompts=32, rm_eval_prompts=32, world=QUICK_CONFIG,
                       ablation_world=no_prior(QUICK_CONFIG))
-
-
-def eval_seed(ctx: dict) -> int:
-    """The held-out evaluation's sampling seed for a seed's context (sample j uses it + j)."""
-    return 10_000 + ctx["seed"]
-
-
-def eval_run_dir(ctx: dict):
-    """The seed's evaluation request run, shared by every stage that evaluates on the held-out
-    prompts (evaluate, goal curves, select), so equal requests are generated once."""
-    return ctx["dir"] / "eval" / "run"
 
 
 def world_name(world: ToyWorldConfig) -> str:

@@ -22,19 +22,19 @@ from prefkit.toy.demo_config import (
     METHOD_LABELS,
     POLICIES,
     PROBE_THRESHOLD,
+    SELECT_METRICS,
     DemoConfig,
     world_name,
 )
 from prefkit.toy.rm_comparison import RM_LABELS, RM_METHODS
 from prefkit.toy.rm_comparison import report_lines as rm_report_lines
-from prefkit.toy.select_ablation import ABLATION_METRICS
 
 SCHEMA_VERSION = 1
 SELECT_PREFIX, RM_PREFIX = "select:", "rm:"
 
 # One colour per policy, the same in every plot (matplotlib's tab10 order).
 COLOURS = {"base": "#7f7f7f", "base-conditioned": "#17becf", "dpo": "#1f77b4", "ra": "#d62728",
-           "ra-half": "#ff7f0e", "ira": "#9467bd", "eps-dpo": "#2ca02c"}
+           "ra-half": "#ff7f0e", "eps-dpo": "#2ca02c"}
 SEED_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
@@ -57,7 +57,7 @@ def world_methods(results: list[dict]) -> dict:
         vals = [r.get(f"gold_{name}") for r in results]
         if results and all(v is not None for v in vals):
             out[name] = entry(vals, METHOD_LABELS[name], "gold reward")
-    for metric in ABLATION_METRICS:
+    for metric in SELECT_METRICS:
         vals = [r.get(f"select_gold_{metric.replace('-', '_')}") for r in results]
         if results and all(v is not None for v in vals):
             out[SELECT_PREFIX + metric] = entry(vals, f"selection: {metric} ({results[0].get('select_fraction')} "
@@ -193,7 +193,7 @@ def plot_curves(path: Path, curves_by_world: list[tuple[str, dict]]) -> None:
 
 PROBE_CURVES = [("dpo", "probe/hq_rejected_logp", "-", "DPO: log π(y_l | x)"),
                 ("ra", "probe/hq_rejected_logp", "-", "RA: log π(y_l | S(r_l), x)"),
-                ("ra", "probe/hq_rejected_logp_goal10", "--", "RA: log π(y_l | S(10), x)"),
+                ("ra", "probe/hq_rejected_logp_best_goal", "--", "RA: log π(y_l | S(10), x)"),
                 ("eps-dpo", "probe/hq_rejected_logp", "-.", "eps-DPO: log π(y_l | x)")]
 
 
@@ -251,8 +251,6 @@ def verdict_lines(methods: dict) -> list[str]:
     """Plain statements of who beat whom, per seed and on average; nothing is hidden when a method loses."""
     checks = [("ra", "dpo", "reward augmentation (RA) vs DPO"),
               ("ra-half", "dpo", "RA half (as many pairs as DPO) vs DPO"),
-              ("ira", "dpo", "RA with implicit-reward goals vs DPO"),
-              ("ra", "ira", "RA with judge goals vs RA with implicit-reward goals"),
               ("eps-dpo", "dpo", "eps-DPO vs DPO"),
               ("base-conditioned", "base", "base policy conditioned on goal 10 vs no goal"),
               (SELECT_PREFIX + "alignment-potential", SELECT_PREFIX + "random",
@@ -321,11 +319,13 @@ def write_report(out: Path, config: DemoConfig, runs: list[dict], total_seconds:
            f"demonstration's gold score plus N(0, {world.goal_noise:g}) (the goal prior, docs/toy.md)"
            if world.goal_prior > 0 else "none of them carries a goal (no goal prior)")
         + f"; base dir `{runs[0]['base']}`.", "",
-        f"**Pipeline per seed.** {config.n_train_prompts} training prompts x {config.samples_per_prompt} "
+        "**Pipeline per seed**: one run of the recipe `src/prefkit/toy/demo_recipes/main.yaml` on the loop engine "
+        "(`prefkit run`), one arm per method, each from the base policy, sharing the stages before the one it "
+        f"changes. {config.n_train_prompts} training prompts x {config.samples_per_prompt} "
         f"samples (T={config.temperature}) -> noisy judge (aspect noise {config.judge.aspect_noise}, overall noise "
         f"{config.judge.overall_noise}) in UltraFeedback's schema -> `prefkit.data.read` + `binarize` (published: "
-        "best vs random other) -> `prefkit.relabel` (D^w + D^l; half: one of the two rows per pair, by a seeded coin; "
-        "implicit: goals from the trained DPO model's implicit rewards against the base policy, mapped onto 1-10) -> "
+        "best vs random other) -> `prefkit.relabel` (D^w + D^l; half: one of the two rows per pair, by a seeded coin) "
+        "-> "
         f"`prefkit.train.train_dpo` (sigmoid, beta {config.beta}, lr {config.learning_rate}, batch "
         f"{config.batch_size}, 1 epoch, cosine; eps-DPO: the same with `loss_type=\"eps-dpo\"`) -> "
         f"{config.eval_samples} samples per held-out prompt ({config.n_eval_prompts} prompts, T={config.temperature}), "
@@ -361,7 +361,7 @@ def write_report(out: Path, config: DemoConfig, runs: list[dict], total_seconds:
                      else f"| {label} | no probe points (no rejected response scored >= {PROBE_THRESHOLD:g}) | |")
     lines += ["", "![unlearning](unlearning.png)", ""]
 
-    sel = [SELECT_PREFIX + m for m in ABLATION_METRICS if SELECT_PREFIX + m in methods]
+    sel = [SELECT_PREFIX + m for m in SELECT_METRICS if SELECT_PREFIX + m in methods]
     if sel:
         budget = ", ".join(str(r.get("select_budget")) for r in results)
         lines += ["## Selection ablation (equal budget, DPO on each subset)", "",
@@ -396,7 +396,7 @@ def write_report(out: Path, config: DemoConfig, runs: list[dict], total_seconds:
         for r in run["results"]:
             lines.append(
                 f"- {w['name']}, seed {r['seed']}: {r.get('pairs')} pairs, {r.get('ra_pairs')} RA pairs, "
-                f"{r.get('ra-half_pairs')} RA-half pairs, {r.get('ira_pairs')} IRA pairs; judge/gold correlation "
+                f"{r.get('ra-half_pairs')} RA-half pairs; judge/gold correlation "
                 f"{r.get('judge_gold_corr', float('nan')):.2f}; mean gold of training samples "
                 f"{r.get('train_samples_gold_mean', float('nan')):.2f}; last train logs: "
                 + "; ".join(f"{m}: " + ", ".join(f"{k}={v:.3g}" for k, v in r.get(f"last_log_{m}", {}).items())

@@ -15,6 +15,7 @@ conciseness), not UltraFeedback's four; the adapter keeps whatever aspects a row
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass
@@ -52,6 +53,22 @@ def judge_completion(prompt, response: str, rng: random.Random, config: JudgeCon
         "overall_score": overall,
         "critique": f"gold {gold:.2f} seen with noise",
     }
+
+
+def judged_score(prompt, response: str, *, aspect_noise: float = 0.5, overall_noise: float = 1.0,
+                 seed: int = 0) -> dict:
+    """The noisy judge as a reward function for a recipe's score stage (`reward_fn:
+    prefkit.toy.judge:judged_score`, `reward_args: {aspect_noise, overall_noise, seed}`):
+    {score (the overall 1-10 score), aspects (1-5 ratings), fine_grained}. Its noise is drawn
+    from a generator seeded by (seed, prompt, response), so a response's rating does not depend
+    on the order responses are scored in (a resumed or reordered stage rates alike), and the same
+    response to the same prompt always gets the same rating."""
+    instruction = prompt if isinstance(prompt, str) else task.user_text(prompt)
+    digest = hashlib.sha256(json.dumps([seed, instruction, response]).encode()).digest()
+    rng = random.Random(int.from_bytes(digest[:8], "big"))
+    c = judge_completion(instruction, response, rng, JudgeConfig(aspect_noise, overall_noise, seed))
+    return {"score": c["overall_score"], "fine_grained": c["fine-grained_score"],
+            "aspects": {name: float(a["Rating"]) for name, a in c["annotations"].items()}}
 
 
 def judge(prompts: Sequence, responses: Sequence[Sequence[str]], config: JudgeConfig = JudgeConfig(),

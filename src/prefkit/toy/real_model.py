@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefkit.models import resolve_model_path
-from prefkit.toy.demo import STAGES, run_world
+from prefkit.toy.demo import run_worlds
 from prefkit.toy.demo_config import METHOD_LABELS, DemoConfig, log
 from prefkit.toy.demo_report import (
     PROBE_CURVES,
@@ -43,7 +43,7 @@ from prefkit.toy.demo_report import (
 REAL_METHODS = ("dpo", "ra", "eps-dpo")
 REAL_CURVE_POLICIES = ("base", "ra")     # before training / after RA training
 REAL_CURVE_GOALS = (2, 6, 10)
-REAL_STAGES = ("sample", "judge", "binarize", "relabel", "train", "evaluate", "goal curves")
+REAL_STAGES = ("generate", "score", "pair", "relabel", "train", "evaluate")   # the recipe's stages
 
 # LoRA on every linear layer (prefkit.train.config's defaults for r, alpha and dropout).
 LORA_OPTIONS = {"use_peft": True, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
@@ -78,7 +78,7 @@ def real_config(seeds: int = 2, model: str = "smollm2") -> DemoConfig:
                       probe_pairs=8, probe_points=3, methods=REAL_METHODS, world=RealWorld(model=model),
                       ablation_world=None, train_options=dict(LORA_OPTIONS), curve_policies=REAL_CURVE_POLICIES,
                       curve_goals=REAL_CURVE_GOALS, curve_samples=None,
-                      probe_threshold=4.0)
+                      probe_threshold=4.0, select=False, reward_models=False)
 
 
 def real_quick_config(seeds: int = 1, model: str = "smollm2") -> DemoConfig:
@@ -98,8 +98,7 @@ def run_real_demo(out: str | Path = "demo_real_out", config: DemoConfig | None =
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    stages = [(n, f) for n, f in STAGES if n in REAL_STAGES]
-    run = run_world(out, config, config.world, stages, progress, seeds=seeds)
+    run = run_worlds([(out, config.world, True)], config, progress=progress, seeds=seeds, processes=1)[0]
     if not report:
         return out
     path = write_real_report(out, config, run, time.time() - t_start)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
 from prefkit import synth
 from prefkit.evaluate.rm_accuracy import rm_accuracy
@@ -25,6 +26,7 @@ from prefkit.toy import task
 from prefkit.toy.demo_config import log
 from prefkit.toy.judge import JudgeConfig
 from prefkit.toy.rewriter import ToyRewriter
+from prefkit.toy.world import base_policy
 from prefkit.train import train_rm
 from prefkit.train.config import RMConfig
 
@@ -73,18 +75,20 @@ def synthesize(method: str, prompts, backend, run_dir, *, seed: int, temperature
     raise ValueError(method)
 
 
-def stage_reward_models(ctx: dict) -> None:
-
-    cfg = ctx["config"]
-    seed, res, base = ctx["seed"], ctx["results"], ctx["base"]
-    prompts = task.make_prompts(cfg.rm_prompts, seed=3000 + seed, min_items=cfg.world.min_items,
-                                max_items=cfg.world.max_items)
-    eval_prompts = task.make_prompts(cfg.rm_eval_prompts, seed=4000 + seed, min_items=cfg.world.min_items,
-                                     max_items=cfg.world.max_items)
+def run_rm_comparison(out, config, world, seed: int, progress: bool = False) -> dict:
+    """The comparison for one seed in directory `out`: its numbers (rm_acc_<method>, ...)."""
+    cfg, out = config, Path(out)
+    base = base_policy(world, progress=False)
+    res: dict = {}
+    prompts = task.make_prompts(cfg.rm_prompts, seed=3000 + seed, min_items=world.min_items,
+                                max_items=world.max_items)
+    eval_prompts = task.make_prompts(cfg.rm_eval_prompts, seed=4000 + seed, min_items=world.min_items,
+                                     max_items=world.max_items)
     eval_pairs = gold_pairs(base, eval_prompts, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                             seed=20_000 + seed)
     res["rm_eval_pairs"] = len(eval_pairs)
     backend = ToyRewriter(base, seed=seed, judge=JudgeConfig(cfg.judge.aspect_noise, cfg.judge.overall_noise))
+    ctx = {"dir": out}
     for method in RM_METHODS:
         t0 = time.time()
         report = StageReport(f"synth {method}")
@@ -116,6 +120,7 @@ def stage_reward_models(ctx: dict) -> None:
         res[f"rm_seconds_{method}"] = round(time.time() - t0, 1)
         log(f"seed {seed}: {RM_LABELS[method]} reward model: accuracy {acc['accuracy']:.3f} on "
             f"{acc['n']} gold-labelled pairs")
+    return res
 
 
 def report_lines(results: list[dict], config) -> list[str]:

@@ -32,7 +32,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from prefkit.evaluate.policy import PolicySpec, evaluate_policies
+from prefkit.evaluate.goal_curve import goal_following_curve as _goal_curve
+from prefkit.evaluate.policy import evaluate_policies
 from prefkit.relabel import condition, make_spec
 from prefkit.report import progress_enabled
 from prefkit.toy import task
@@ -292,34 +293,16 @@ def gold_evaluation(policies, prompts, *, n: int = 4, temperature: float = 1.0, 
 def goal_following_curve(model, prompts, goals=CURVE_GOALS, *, n: int = 4, temperature: float = 1.0,
                          max_new_tokens: int = 24, seed: int = 0, spec=None, run_dir=None,
                          progress: bool = False, per_prompt: bool = False) -> dict:
-    """Mean gold reward of `model`'s samples on `prompts` when conditioned on each goal.
+    """`prefkit.evaluate.goal_curve.goal_following_curve` scored with the gold reward, sampled as
+    `gold_evaluation` samples; "gold" holds the mean gold reward per goal.
 
     spec: the conditioning to apply (default: the relabeler's default, system placement, which is
-    what the goal prior and the demo's reward-augmented data use). Every goal is sampled with the
-    same seeds (`gold_evaluation`). Returns {"goals": [...], "gold": [...], "slope": least-squares
-    slope of gold on goal}; with `per_prompt`, also "per_prompt": for each goal, each prompt's mean
-    gold reward over its samples (a failed sample counts as missing).
-    """
+    what the goal prior and the demo's reward-augmented data use)."""
 
-    spec = spec if spec is not None else conditioning_spec()
-    policies = {f"goal {g}": PolicySpec(f"goal {g}", str(model), conditioning=spec, goal=g) for g in goals}
-    res = gold_evaluation(policies, prompts, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
-                          seed=seed, run_dir=run_dir, progress=progress)
-    gold = [res["policies"][f"goal {g}"]["reward_fn"]["mean"] for g in goals]
-    out = {"goals": list(goals), "gold": gold, "slope": slope(goals, gold)}
+    curve = _goal_curve(model, prompts, list(goals), spec=spec if spec is not None else conditioning_spec(),
+                        reward_fn=task.gold_reward, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
+                        seed=seed, batch_size=128, run_dir=run_dir, progress=progress, per_prompt=per_prompt)
+    out = {"goals": curve["goals"], "gold": curve["mean"], "slope": curve["slope"]}
     if per_prompt:
-        out["per_prompt"] = [[_mean(v for v in row if v is not None)
-                              for row in res["scores"][f"goal {g}"]["reward_fn"]] for g in goals]
+        out["per_prompt"] = curve["per_prompt"]
     return out
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values) if values else float("nan")
-
-
-def slope(xs, ys) -> float:
-    """Least-squares slope of ys on xs."""
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else float("nan")
