@@ -161,3 +161,18 @@ def test_cli_bad_recipe_exits_2_with_one_line(tmp_path):
     assert proc.stderr.strip() == (f"prefkit run: error: {p}:{_line_of(p, 'sometimes')}: stages.pair.ties: "
                                    "'sometimes' is not one of drop, keep")
     assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_plans_a_recipe_whose_hub_prompts_are_not_cached(tmp_path):
+    """A paper-scale recipe's --dry-run reads hub prompts from the local cache only: one that is not
+    there stands for itself (no network, no retries), and the plan still lists every step."""
+    from prefkit.pipeline import run
+
+    p = _edited(tmp_path, "train: {build: prefkit.toy.recipes:prompts, args: {n: 96, seed: 1000}, per_round: 48}",
+                "train: {dataset: prefkit-test/not-on-this-machine, split: train_prefs, per_round: 48}")
+    res = run(load_recipe(p), tmp_path / "run", dry_run=True,
+              log=lambda msg: None)
+    labels = [f"round-{e['round']}/{e['stage']}" for e in res["steps"]]
+    assert labels[:3] == ["round-0/evaluate", "round-1/generate", "round-1/score"]
+    assert res["steps"][1]["status"] == "to run" and res["steps"][2]["status"] == "waiting"
+    assert not (tmp_path / "run").exists()

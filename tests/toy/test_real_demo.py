@@ -2,6 +2,7 @@
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -22,13 +23,21 @@ def test_real_demo_quick_end_to_end(tmp_path, smollm2_dir):
     out = tmp_path / "real"
     assert main(["demo", "--model", "smollm2", "--quick", "--out", str(out)]) == 0
 
-    # every stage's output
+    # the seed is a run of the demo's recipe on the engine: every stage's output, by its arm's steps
     seed = out / "seed0"
-    for f in ("judged.jsonl", "pairs.jsonl", "ra_pairs.jsonl"):
-        assert (seed / f).stat().st_size > 0
+
+    def step(label):
+        entry = json.loads((seed / "manifest.json").read_text())["stages"][label]
+        return json.loads((seed / entry["dir"] / "done").read_text()), seed / entry["dir"]
+
+    for label in ("ra/round-1/score", "ra/round-1/pair", "ra/round-1/relabel"):
+        assert Path(step(label)[0]["output"]).stat().st_size > 0
+    merged = {}
     for m in ("dpo", "ra", "eps-dpo"):
-        assert (seed / m / "adapter_config.json").exists()               # LoRA training
-        assert (seed / f"{m}-merged" / "config.json").exists()           # merged for sampling
+        done, d = step(f"{m}/round-1/train")
+        assert (d / "model" / "adapter_config.json").exists()             # LoRA training
+        merged[m] = Path(done["output"])
+        assert merged[m] == d / "merged" and (merged[m] / "config.json").exists()   # merged for sampling
     for f in ("report.md", "results.json", "gold_reward.png", "goal_following.png"):
         assert (out / f).stat().st_size > 0
 
@@ -57,37 +66,37 @@ def test_real_demo_quick_end_to_end(tmp_path, smollm2_dir):
 
     # conditioning: in the system turn of SmolLM2's template, replacing its default system prompt,
     # in the RA training rows and when the merged RA model is sampled
-    rows = [json.loads(line) for line in (seed / "ra_pairs.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in Path(step("ra/round-1/relabel")[0]["output"]).read_text().splitlines()]
     assert len(rows) == per_seed["ra_pairs"] == 2 * per_seed["pairs"]
     for r in rows:
         assert r["prompt"][0]["role"] == "system" and r["prompt"][1]["role"] == "user"
         assert r["prompt"][0]["content"].endswith(f"Overall score: {r['goal_score']:g}.")
-    spec = load_conditioning(seed / "ra-merged")
+    spec = load_conditioning(merged["ra"])
     assert spec is not None and spec.placement == "system"
-    tok = load_tokenizer(str(seed / "ra-merged"))
+    tok = load_tokenizer(str(merged["ra"]))
     prompt = "Sort these words alphabetically: pear apple fig"
     text = render_prompts([prompt], tok, spec=spec, goal=10)[0]
     assert text.startswith("<|im_start|>system\n" + spec.render(10) + "<|im_end|>\n<|im_start|>user\n" + prompt)
     plain = render_prompts([prompt], tok)[0]
     default_system = plain.split("<|im_end|>")[0]
     assert default_system.startswith("<|im_start|>system\n") and default_system not in text
-    assert not (seed / "dpo-merged" / "prefkit_conditioning.json").exists()
+    assert not (merged["dpo"] / "prefkit_conditioning.json").exists()
 
     # the reported RA number is the gold reward of the merged RA model, conditioned through its
     # own prefkit_conditioning.json on goal 10
     eval_prompts = task.make_prompts(cfg.n_eval_prompts, seed=2000)
-    again = gold_evaluation({"ra": str(seed / "ra-merged")}, eval_prompts, n=cfg.eval_samples,
+    again = gold_evaluation({"ra": str(merged["ra"])}, eval_prompts, n=cfg.eval_samples,
                             max_new_tokens=cfg.max_new_tokens, seed=10_000)
     assert again["policies"]["ra"]["reward_fn"]["mean"] == per_seed["gold_ra"]
 
     # the merged model carries the trained adapter: its weights differ from the base model's
     base = dict(load_pretrained(str(smollm2_dir)).named_parameters())
-    merged = dict(load_pretrained(str(seed / "dpo-merged")).named_parameters())
-    changed = [n for n, p in merged.items() if not bool((p == base[n]).all())]
+    trained = dict(load_pretrained(str(merged["dpo"])).named_parameters())
+    changed = [n for n, p in trained.items() if not bool((p == base[n]).all())]
     assert changed and all("proj" in n for n in changed)
 
     # the unlearning probe: the pairs whose rejected response the judge scored >= the threshold
-    pairs = [json.loads(line) for line in (seed / "pairs.jsonl").read_text().splitlines()]
+    pairs = [json.loads(line) for line in Path(step("ra/round-1/pair")[0]["output"]).read_text().splitlines()]
     hq = sum(p["score_rejected"] >= cfg.probe_threshold for p in pairs)
     assert per_seed["probe_pairs"] == min(hq, cfg.probe_pairs)
     for m in ("dpo", "ra", "eps-dpo"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import sys
 import time
@@ -30,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 
 from prefkit import __version__
-from prefkit.errors import ConfigError
+from prefkit.errors import ConfigError, DataError
 from prefkit.evaluate.policy import load_prompts
 from prefkit.files import atomic_write_text, sha256_file
 from prefkit.models import resolve_model_path
@@ -181,6 +182,33 @@ def load_prompt_set(src: dict | None, recipe_dir: Path) -> list:
     return rows
 
 
+@dataclass(frozen=True)
+class _Unloaded:
+    """A hub prompt set a dry run did not load (not in the local cache): its hash is its source's."""
+    prompt: str
+    prompt_id: str
+
+
+def _load_offline(src: dict | None, recipe_dir: Path) -> list:
+    """A dry run's prompts: hub datasets from the local cache only (no network, no retries); one
+    that is not cached stands for itself, so the plan still shows every step (the generate step's
+    key then waits on the real prompts)."""
+    if not src or not src.get("dataset"):
+        return load_prompt_set(src, recipe_dir)
+    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    os.environ.update({k: "1" for k in saved})
+    try:
+        return load_prompt_set(src, recipe_dir)
+    except (ConfigError, DataError):
+        return [_Unloaded(f"{src['dataset']} (not in the local cache; not loaded in a dry run)", "unloaded")]
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def round_prompts(rows: list, src: dict, k: int) -> list:
     """Round k's prompts: all of them, or the k-th slice of `per_round` (wrapping around)."""
     n = src.get("per_round")
@@ -277,8 +305,9 @@ class Runner:
         self.manifest = self._load_manifest()
         initial = resolve_policy(self.recipe)
         recipe_dir = Path(self.recipe.file).parent
-        train_rows = load_prompt_set(self.recipe.prompts["train"], recipe_dir)
-        eval_rows = load_prompt_set(self.recipe.prompts.get("eval"), recipe_dir)
+        load = _load_offline if dry_run else load_prompt_set
+        train_rows = load(self.recipe.prompts["train"], recipe_dir)
+        eval_rows = load(self.recipe.prompts.get("eval"), recipe_dir)
         initial_hash = self.hasher.of(initial)
         self.manifest["initial_policy"] = {"path": initial, "hash": initial_hash}
         self.manifest["prompts"] = {"train": {"n": len(train_rows), "hash": _prompts_hash(train_rows)},
