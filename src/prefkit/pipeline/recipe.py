@@ -11,8 +11,8 @@ A recipe (docs/loop.md):
       train: {file: prompts.jsonl, per_round: 200}   # or {dataset: ID, split: S, limit: N},
       eval: {dataset: ID, split: test, limit: 50}    # or {build: MODULE:FUNCTION, args: {...}}
     rounds: 2
-    stages:                          # per round, in this order: generate score pair relabel
-      generate: {n: 4, temperature: 1.0}           # select evolve train evaluate
+    stages:                          # per round, in this order: generate score pair synth
+      generate: {n: 4, temperature: 1.0}           # relabel select evolve reward_model train evaluate
       score: {reward_fn: prefkit.toy.task:gold_reward}
       ...
 
@@ -200,7 +200,10 @@ def _check_stage(name: str, opts, where: _Where) -> dict:
         opts = {}
     if not isinstance(opts, dict):
         raise where.error(path, f"expected a mapping of options, got {opts!r}")
-    schema = stage.options()
+    try:
+        schema = stage.options(opts)
+    except ConfigError as exc:   # the variant option (synth's method) is missing or not a choice
+        raise _keyed(where, path, exc, opts, missing_ok=True) from None
     out = {}
     for key, value in opts.items():
         sub = f"{path}.{key}"
@@ -218,10 +221,22 @@ def _check_stage(name: str, opts, where: _Where) -> dict:
         try:
             out[key] = option.check(value)
         except ConfigError as exc:
-            msg = str(exc)
-            msg = msg[len(key) + 2:] if msg.startswith(f"{key}: ") else msg
-            raise where.error(sub, msg) from None
+            raise _keyed(where, path, exc, {key: value}) from None
+    if stage.check is not None:
+        try:
+            stage.check(out)
+        except ConfigError as exc:
+            raise _keyed(where, path, exc, out) from None
     return out
+
+
+def _keyed(where: _Where, path: str, exc: ConfigError, opts: dict, missing_ok: bool = False) -> ConfigError:
+    """A stage option's error "KEY[.SUB...]: what" as the recipe's error at that key's line."""
+    msg = str(exc)
+    head, sep, rest = msg.partition(": ")
+    if sep and head.split(".")[0] in opts or (missing_ok and sep and " " not in head):
+        return where.error(f"{path}.{head}", rest)
+    return where.error(path, msg)
 
 
 def validate(data: dict, where: _Where, *, rounds: int | None = None) -> Recipe:
@@ -266,9 +281,17 @@ def validate(data: dict, where: _Where, *, rounds: int | None = None) -> Recipe:
                                           "reference: initial (the first policy) or previous (the last round's)")
     if "train" in checked:
         _check_train(checked["train"], where)
-    for name in ("generate", "score", "pair"):
-        if name in checked and "generate" not in checked:
-            raise where.error(f"stages.{name}", "needs the generate stage before it")
+    for name in checked:
+        stage = STAGES[name]
+        if stage.needs and not any(n in checked for n in stage.needs):
+            what = " or ".join(f"a {n} stage" for n in stage.needs)
+            raise where.error(f"stages.{name}", f"needs {what} before it" + (
+                " (pair: generate, score, pair; synth: pairs from the prompts through an LLM)"
+                if set(stage.needs) == {"pair", "synth"} else ""))
+        clash = [n for n in stage.replaces if n in checked]
+        if clash:
+            raise where.error(f"stages.{clash[0]}", f"{name} makes the round's pairs from its prompts in place of "
+                                                    f"{', '.join(stage.replaces)}; a recipe has one or the other")
     return Recipe(name=str(data.get("name") or Path(where.file).stem), file=where.file, policy=policy,
                   prompts=checked_prompts, rounds=n_rounds, stages=checked)
 

@@ -68,12 +68,21 @@ def write_report(run_dir) -> Path:
             lines.append(f"| {r['round']} | {r['scorer']} | {_fmt(r['mean'])} | {_fmt(r['standard_error'])} "
                          f"| {r['n']} |")
         lines.append("")
+    rms = [(k, st["reward_model"], st.get("synth", {})) for k, st in res["rounds"].items() if "reward_model" in st]
+    if rms:
+        lines += ["## Reward models", "", "| round | pairs from | pairs | train loss | held-out accuracy | held-out "
+                  "pairs | seconds |", "|---|---|---|---|---|---|---|"]
+        for k, rm, sy in rms:
+            acc = rm.get("eval_accuracy") or {}
+            lines.append(f"| {k} | {sy.get('method', 'pair')} | {_fmt(rm.get('pairs'))} | {_fmt(rm.get('train_loss'))} "
+                         f"| {_fmt(acc.get('accuracy'))} | {_fmt(acc.get('n'))} | {_fmt(rm.get('seconds'), 1)} |")
+        lines.append("")
     lines += ["## Data per round", "", "| round | responses | mean score | pairs | mean margin | relabeled rows "
               "| selected | train loss | reference | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for k, st in res["rounds"].items():
         if k == "0":
             continue
-        g, sc, pr = st.get("generate", {}), st.get("score", {}), st.get("pair", {})
+        g, sc, pr = st.get("generate", {}), st.get("score", {}), st.get("pair", st.get("synth", {}))
         rl, se, tr = st.get("relabel", {}), st.get("select", {}), st.get("train", {})
         secs = sum(v.get("seconds") or 0 for v in st.values())
         lines.append(f"| {k} | {_fmt(g.get('responses'))} | {_fmt((sc.get('scores') or {}).get('mean'))} "
@@ -134,7 +143,7 @@ def _plots(run_dir: Path, res: dict) -> list[Path]:
             save(fig, name)
     counts = []
     for k, st in res["rounds"].items():
-        for s in ("pair", "relabel", "select", "evolve"):
+        for s in ("pair", "synth", "relabel", "select", "evolve"):
             if s in st:
                 kept = st[s].get("pairs", st[s].get("rows_out", st[s].get("kept", st[s].get("merged"))))
                 counts.append((f"r{k} {s}", kept or 0, sum((st[s].get("dropped") or {}).values())))
