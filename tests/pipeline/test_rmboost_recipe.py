@@ -20,8 +20,9 @@ from prefkit.pipeline import load_recipe, run
 RECIPES = Path(__file__).resolve().parents[2] / "examples" / "recipes"
 RMBOOST = RECIPES / "toy-rmboost.yaml"
 TOY = RECIPES / "toy-quick.yaml"
-# toy-rmboost, smaller: 32 prompts in chunks of 4, 32 held-out prompts, one epoch
-SMALL = ["prompts.train.args.n=32", "synth.chunk_size=4", "reward_model.eval_pairs.args.n=32",
+# toy-rmboost, smaller: the quick world, 32 prompts in chunks of 4, 32 held-out prompts, one epoch
+SMALL = ["policy.args.quick=true", "synth.backend.args.quick=true", "reward_model.eval_pairs.args.quick=true",
+         "prompts.train.args.n=32", "synth.chunk_size=4", "reward_model.eval_pairs.args.n=32",
          "reward_model.num_train_epochs=1", "reward_model.per_device_train_batch_size=8"]
 
 
@@ -141,7 +142,7 @@ def test_the_shipped_rmboost_recipes_resolve_to_the_method_options():
                                                                                           "max_tokens": 24}
     assert r.stages["reward_model"]["learning_rate"] == 5e-4
     s = load_recipe(RECIPES / "smollm2-rmboost.yaml")
-    assert s.policy == {"model": "smollm2"} and s.stages["synth"]["backend"]["local"] == "policy"
+    assert s.policy == {"model": "smollm2"} and s.stages["synth"]["backend"]["args"]["model"] == "smollm2"
     # the schema is the method's own options object: a field of another method is unknown here
     from prefkit.pipeline.stages import STAGES
 
@@ -172,14 +173,14 @@ def test_synth_option_errors_name_file_line_key(tmp_path):
 
 
 def test_synth_backend_errors(tmp_path):
-    p = _edited(tmp_path, "backend: {build: prefkit.toy.recipes:rewriter, args: {quick: true, seed: 0}}",
+    p = _edited(tmp_path, "backend: {build: prefkit.toy.recipes:rewriter, args: {quick: false, seed: 0}}",
                 "backend: {build: rewriter}")
     assert _error(p) == (f"{p}:{_line_of(p, 'backend:')}: stages.synth.backend.build: expected MODULE:FUNCTION, "
                          "got 'rewriter'")
-    p = _edited(tmp_path, "backend: {build: prefkit.toy.recipes:rewriter, args: {quick: true, seed: 0}}",
+    p = _edited(tmp_path, "backend: {build: prefkit.toy.recipes:rewriter, args: {quick: false, seed: 0}}",
                 "backend: {model: qwen}")
     assert _error(p).startswith(f"{p}:{_line_of(p, 'backend:')}: stages.synth.backend.base_urls: missing")
-    p = _edited(tmp_path, "    backend: {build: prefkit.toy.recipes:rewriter, args: {quick: true, seed: 0}}\n", "")
+    p = _edited(tmp_path, "    backend: {build: prefkit.toy.recipes:rewriter, args: {quick: false, seed: 0}}\n", "")
     assert _error(p).startswith(f"{p}:{_line_of(p, '  synth:')}: stages.synth: backend: missing")
     p = _edited(tmp_path, "    aspects: llm", "    judge: {local: policy}")
     assert _error(p) == (f"{p}:{_line_of(p, 'judge:')}: stages.synth.judge: rmboost takes no judge "
@@ -226,3 +227,20 @@ def test_cli_bad_synth_recipe_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"prefkit run: error: {p}:{_line_of(p, 'aspects: some')}: stages.synth.aspects: "
                                    "'some' is not one of llm, sample")
+
+
+@pytest.mark.slow
+def test_smollm2_rmboost_recipe(smollm2_dir, tmp_path):
+    """The SmolLM2 form (examples/recipes/smollm2-rmboost.yaml) with fewer prompts: SmolLM2's own
+    answers rewritten by the toy stand-in LLM, a SmolLM2 reward model scored on gold pairs."""
+    small = ["prompts.train.args.n=8", "synth.chunk_size=8", "synth.generation.max_tokens=16",
+             "reward_model.eval_pairs.args.n=8", "reward_model.eval_pairs.args.max_new_tokens=16",
+             "reward_model.num_train_epochs=1", "reward_model.save_steps=1"]
+    res = run(load_recipe(RECIPES / "smollm2-rmboost.yaml", overrides=small), tmp_path / "run", progress=False,
+              log=lambda m: None)
+    synth, rm = _step(res, "synth"), _step(res, "reward_model")
+    assert res["manifest"]["initial_policy"]["path"] == str(smollm2_dir)
+    assert synth["metrics"]["pairs"] > 0 and rm["metrics"]["base_model"] == str(smollm2_dir)
+    assert json.loads((Path(rm["output"]) / "config.json").read_text())["architectures"] == [
+        "LlamaForSequenceClassification"]
+    assert rm["metrics"]["eval_accuracy"]["n"] > 0

@@ -13,14 +13,14 @@ from __future__ import annotations
 import dataclasses
 
 from prefkit.errors import ConfigError
+from prefkit.refs import call_ref
+from prefkit.synth.backends import Backend, LocalBackend, OpenAIBackend
 
 FORMS = ("build", "model", "local")
 LOCAL_KEYS = ("local", "batch_size", "seed", "engine")
 
 
 def _openai_keys() -> tuple:
-    from prefkit.synth.backends import OpenAIBackend
-
     return tuple(f.name for f in dataclasses.fields(OpenAIBackend) if f.init and f.name != "api_key")
 
 
@@ -49,9 +49,6 @@ def check_backend_spec(spec, key: str) -> None:
 
 def backend_from_spec(spec: dict, *, policy: str, key: str = "backend"):
     """The Backend `spec` describes; `policy` stands for `local: policy`."""
-    from prefkit.refs import call_ref
-    from prefkit.synth.backends import Backend, LocalBackend, OpenAIBackend
-
     check_backend_spec(spec, key)
     if spec.get("build"):
         backend = call_ref(spec["build"], spec.get("args") or {})

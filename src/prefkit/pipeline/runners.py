@@ -19,7 +19,6 @@ from pathlib import Path
 
 from prefkit.errors import ConfigError, DataError
 from prefkit.files import atomic_write_text
-from prefkit.pipeline.backend_spec import backend_from_spec
 from prefkit.pipeline.schema import build_options
 
 
@@ -194,6 +193,7 @@ def run_synth(ctx: StageContext) -> dict:
     import shutil
 
     from prefkit import data
+    from prefkit.pipeline.backend_spec import backend_from_spec
     from prefkit.pipeline.stages import STAGES
     from prefkit.report import StageReport
     from prefkit.synth.backends import OpenAIBackend
@@ -297,6 +297,7 @@ def run_select(ctx: StageContext) -> dict:
 
 def run_evolve(ctx: StageContext) -> dict:
     from prefkit import data
+    from prefkit.pipeline.backend_spec import backend_from_spec
     from prefkit.report import StageReport
     from prefkit.select import SelectOptions
     from prefkit.select.evolve import EvolveOptions, evolve_then_select

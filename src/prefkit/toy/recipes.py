@@ -36,11 +36,14 @@ def prompts(n: int, seed: int = 0, min_items: int = 3, max_items: int = 6) -> li
     return task.make_prompts(n, seed=seed, min_items=min_items, max_items=max_items)
 
 
-def rewriter(quick: bool = False, seed: int = 0, edit_success: float = 0.8, slip: float = 0.2,
-             aspect_noise: float = 0.5, overall_noise: float = 1.0, batch_size: int = 64, **world) -> ToyRewriter:
-    """The toy world's stand-in LLM for prefkit.synth (`prefkit.toy.rewriter.ToyRewriter`) over
-    the world's base policy (`base_policy(quick, **world)`), with the toy judge's noise."""
-    return ToyRewriter(base_policy(quick, **world), seed=seed, edit_success=edit_success, slip=slip,
+def rewriter(quick: bool = False, model: str | None = None, seed: int = 0, edit_success: float = 0.8,
+             slip: float = 0.2, aspect_noise: float = 0.5, overall_noise: float = 1.0, batch_size: int = 64,
+             **world) -> ToyRewriter:
+    """The toy world's stand-in LLM for prefkit.synth (`prefkit.toy.rewriter.ToyRewriter`: it
+    samples from `model` (a directory, hub id or smollm2) or, by default, the world's base policy
+    (`base_policy(quick, **world)`), rewrites by rule, judges with the toy judge's noise)."""
+    base = str(resolve_model_path(model)) if model else base_policy(quick, **world)
+    return ToyRewriter(base, seed=seed, edit_success=edit_success, slip=slip,
                        judge=JudgeConfig(aspect_noise, overall_noise), batch_size=batch_size)
 
 
