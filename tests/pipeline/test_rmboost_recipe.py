@@ -244,3 +244,32 @@ def test_smollm2_rmboost_recipe(smollm2_dir, tmp_path):
     assert json.loads((Path(rm["output"]) / "config.json").read_text())["architectures"] == [
         "LlamaForSequenceClassification"]
     assert rm["metrics"]["eval_accuracy"]["n"] > 0
+
+
+@pytest.mark.slow
+def test_kill_during_reward_model_training_then_rerun(tmp_path):
+    """The reward_model stage resumes from its latest complete checkpoint: the same per-step losses
+    and the same accuracy as an uninterrupted run."""
+    ckpt = ["reward_model.num_train_epochs=2", "reward_model.save_strategy=steps", "reward_model.save_steps=1"]
+
+    def cmd(d):
+        args = [sys.executable, "-m", "prefkit", "run", str(RMBOOST), "-o", str(d), "--no-progress"]
+        for s in SMALL + ckpt:
+            args += ["--set", s]
+        return args
+
+    whole = tmp_path / "whole"
+    proc = subprocess.run(cmd(whole), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    d = tmp_path / "run"
+    kill_when(cmd(d), d, lambda p: any(p.glob("round-1/reward_model/*/model/checkpoint-2/trainer_state.json")))
+    assert not list(d.glob("round-1/reward_model/*/done"))
+    proc = subprocess.run(cmd(d), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (json.loads(next(p.glob("round-1/reward_model/*/done")).read_text()) for p in (whole, d))
+    (report,) = list(d.glob("round-1/reward_model/*/model/prefkit_train_report.json"))
+    assert "/checkpoint-" in (json.loads(report.read_text())["resumed_from"] or "")
+    la, lb = a["metrics"]["loss_values"], b["metrics"]["loss_values"]
+    assert [s for s, _ in la] == [s for s, _ in lb] and len(la) >= 4
+    assert [v for _, v in lb] == pytest.approx([v for _, v in la], abs=1e-5)
+    assert b["metrics"]["eval_accuracy"]["accuracy"] == pytest.approx(a["metrics"]["eval_accuracy"]["accuracy"])
