@@ -27,7 +27,7 @@ COMMANDS = [
     ("train", "prefkit.commands.train", "train a policy (DPO family, eps-DPO) or a reward model"),
     ("eval", "prefkit.commands.eval", "evaluate reward models and policies"),
     ("models", "prefkit.commands.models", "import GGUF models (smollm2), merge LoRA adapters, export chat templates"),
-    ("run", "prefkit.commands.run", "run a recipe: rounds of generate, score, pair (or synth), relabel, select, train, evaluate"),
+    ("run", "prefkit.commands.run", "run a recipe: rounds of generate, score, pair, relabel, select, train, evaluate"),
     ("demo", "prefkit.commands.demo", "run the whole pipeline in the embedded toy world"),
 ]
 
