@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from prefkit.errors import ConfigError
+from prefkit.pipeline.schema import error_key
 from prefkit.pipeline.stages import ORDER, STAGES, accepts_passthrough
 from prefkit.train.config import DPOConfig, check_trainer_args, load_config
 
@@ -304,8 +305,7 @@ def _check_train(opts: dict, where: _Where) -> None:
         cfg.check()
     except ConfigError as exc:
         msg = str(exc)
-        key = next((k for k in fields if msg.startswith(k)), None) or \
-            next((k for k in fields if f"'{k}'" in msg or f" {k} " in f" {msg} "), None)
+        key = error_key(msg, fields)
         raise where.error(f"stages.train.{key}" if key else "stages.train", msg) from None
     launch = opts.get("launch")
     if launch is not None:

@@ -128,3 +128,10 @@ def build_options(cls, values: dict, **engine):
         nested = _dataclass_of(hints.get(k, Any))
         kw[k] = nested(**v) if nested is not None and isinstance(v, dict) else v
     return cls(**kw, **engine)
+
+
+def error_key(msg: str, keys) -> str | None:
+    """Which of `keys` a config check's message is about (the one it starts with, else the one it
+    names), so the recipe's error points at that key's line; None if none."""
+    return next((k for k in keys if msg.startswith(k)), None) or \
+        next((k for k in keys if f"'{k}'" in msg or f" {k} " in f" {msg} "), None)

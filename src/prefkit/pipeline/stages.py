@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from prefkit.errors import ConfigError
-from prefkit.pipeline.schema import Option, options_of
+from prefkit.pipeline.schema import Option, error_key, options_of
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,13 @@ def _check_synth(opts: dict) -> None:
         check_backend_spec(opts["judge"], "judge")
 
 
+def _check_evolve(opts: dict) -> None:
+    from prefkit.pipeline.backend_spec import check_backend_spec
+
+    if opts.get("backend") is not None:
+        check_backend_spec(opts["backend"], "backend")
+
+
 def _rm_config():
     from prefkit.train import RMConfig
     return RMConfig
@@ -144,10 +151,8 @@ def _check_reward_model(opts: dict) -> None:
     try:
         load_config(RMConfig, overrides=fields, model_name_or_path="policy", train_file="pairs.jsonl").check()
     except ConfigError as exc:   # the trainer's message, under the key it is about
-        msg = str(exc)
-        key = next((k for k in fields if msg.startswith(k)), None) or \
-            next((k for k in fields if f"'{k}'" in msg or f" {k} " in f" {msg} "), None)
-        raise ConfigError(f"{key}: {msg}" if key else msg) from None
+        key = error_key(str(exc), fields)
+        raise ConfigError(f"{key}: {exc}" if key else str(exc)) from None
 
 
 def _dpo_config():
@@ -202,8 +207,8 @@ STAGES: dict[str, StageDef] = {s.name: s for s in (
              extras=(Option("reference", str, "initial", ("initial", "previous", "none"),
                             doc="reference model of dpo-implicit margins"),), needs=PAIRS),
     StageDef("evolve", _evolve_options, "run_evolve", exclude=("progress", "run_dir"), needs=PAIRS,
-             extras=(Option("backend", dict, None, doc="the rewriting LLM: {build: MODULE:FUNCTION} or "
-                                                       "{model: NAME, base_urls: [URL, ...]}"),
+             check=_check_evolve,
+             extras=(Option("backend", dict, None, doc="the rewriting LLM: " + BACKEND_DOC),
                      Option("reward_model", str, None, doc="the reward model that scores the evolved prompts' responses"),
                      Option("select", dict, None, doc="SelectOptions of the second selection"))),
     StageDef("reward_model", _rm_config, "run_reward_model",
