@@ -273,3 +273,20 @@ def test_kill_during_reward_model_training_then_rerun(tmp_path):
     assert [s for s, _ in la] == [s for s, _ in lb] and len(la) >= 4
     assert [v for _, v in lb] == pytest.approx([v for _, v in la], abs=1e-5)
     assert b["metrics"]["eval_accuracy"]["accuracy"] == pytest.approx(a["metrics"]["eval_accuracy"]["accuracy"])
+
+
+def test_backend_forms():
+    from prefkit.pipeline.backend_spec import backend_from_spec
+    from prefkit.synth import LocalBackend, OpenAIBackend
+
+    local = backend_from_spec({"local": "policy", "batch_size": 4}, policy="/models/round-1")
+    assert isinstance(local, LocalBackend) and local.model == "/models/round-1" and local.batch_size == 4
+    served = backend_from_spec({"model": "qwen", "base_urls": ["http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1"],
+                                "concurrency": 8}, policy="unused")
+    assert isinstance(served, OpenAIBackend) and served.base_urls == ["http://127.0.0.1:1/v1",
+                                                                      "http://127.0.0.1:2/v1"]
+    assert served.concurrency == 8
+    with pytest.raises(ConfigError, match=r"^backend.build: prefkit.toy.recipes:prompts returned list, not a "):
+        backend_from_spec({"build": "prefkit.toy.recipes:prompts", "args": {"n": 1}}, policy="unused")
+    with pytest.raises(ConfigError, match=r"^backend.timout: unknown key for a model backend; valid keys: model, "):
+        backend_from_spec({"model": "qwen", "base_urls": ["http://127.0.0.1:1/v1"], "timout": 3}, policy="unused")
