@@ -80,14 +80,21 @@ def test_rerun_skips_synth_and_reward_model(rmboost_run):
 
 
 def test_changing_a_reward_model_option_keeps_the_pairs(rmboost_run, tmp_path):
+    """Held-out pairs from a file instead of the factory: only reward_model reruns (the file's
+    hash is one of its inputs), and the same pairs give the same accuracy."""
     import shutil
 
     d, res = rmboost_run
     copy = tmp_path / "run"
     shutil.copytree(d, copy)
-    changed = _run(copy, ["reward_model.learning_rate=1e-3"])
+    gold = tmp_path / "gold.jsonl"
+    shutil.copy(Path(_step(res, "reward_model")["output"]).parent / "eval_pairs.jsonl", gold)
+    changed = _run(copy, [f"reward_model.eval_pairs={{file: {gold}}}"])
     assert _ran(changed) == ["round-1/reward_model"]
     assert _step(changed, "synth")["key"] == _step(res, "synth")["key"]
+    rm = _step(changed, "reward_model")
+    assert rm["inputs"]["eval_pairs"] and rm["key"] != _step(res, "reward_model")["key"]
+    assert rm["metrics"]["eval_accuracy"] == pytest.approx(_step(res, "reward_model")["metrics"]["eval_accuracy"])
 
 
 @pytest.mark.slow
