@@ -55,3 +55,21 @@ def run_prefkit(*args, env=None, timeout: float = 600) -> subprocess.CompletedPr
     """`python -m prefkit ARGS` in a child process (text output captured)."""
     return subprocess.run([sys.executable, "-m", "prefkit", *map(str, args)], env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def kill_when(cmd: list[str], run_dir, ready, timeout: float = 600) -> None:
+    """Start `cmd`, wait until `ready(Path(run_dir))` holds, then `kill -9` it (the run must still be
+    going: a run that ends first fails the test, with its stderr)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not ready(Path(run_dir)):
+        assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read()[-2000:]}"
+        assert time.time() - t0 < timeout
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    assert proc.returncode == -9

@@ -58,7 +58,7 @@ def test_arm_errors_name_file_line_and_key(tmp_path):
     p = _recipe(tmp_path, ARMS + "  bad/name: {}\n")
     assert "arms.bad/name: an arm's name is a word without '/'" in _error(p)
     p = _recipe(tmp_path, ARMS.replace("relabel: false", "generate: false"))   # score then has no generate
-    assert f"{p}:{_line_of(p, 'dpo:')}: arms.dpo.score: needs the generate stage before it" in _error(p)
+    assert f"{p}:{_line_of(p, 'dpo:')}: arms.dpo.score: needs a generate stage before it" in _error(p)
 
 
 def test_plan_shares_the_steps_arms_have_in_common(tmp_path):

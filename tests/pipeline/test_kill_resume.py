@@ -5,14 +5,12 @@ latest checkpoint). A checkpoint that cannot be resumed is one line naming it.""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import kill_when
 
 RECIPES = Path(__file__).resolve().parents[2] / "examples" / "recipes"
 TOY = RECIPES / "toy-quick.yaml"
@@ -40,16 +38,7 @@ def _markers(run_dir) -> dict:
 
 
 def _kill_when(run_dir, ready, timeout=600) -> None:
-    proc = subprocess.Popen(_cmd(run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    t0 = time.time()
-    while not ready(Path(run_dir)):
-        assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read()[-2000:]}"
-        assert time.time() - t0 < timeout
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
-    assert proc.returncode == -9
+    kill_when(_cmd(run_dir), run_dir, ready, timeout)
 
 
 @pytest.fixture(scope="module")

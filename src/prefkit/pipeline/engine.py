@@ -37,7 +37,7 @@ from prefkit.files import atomic_write_text, sha256_file
 from prefkit.models import resolve_model_path
 from prefkit.pipeline.recipe import Recipe, load_recipe
 from prefkit.pipeline.report import write_report
-from prefkit.pipeline.runners import RUNNERS, StageContext
+from prefkit.pipeline.runners import RUNNERS, StageContext, recipe_file
 from prefkit.pipeline.stages import DATA_STAGES, ORDER, ROUND1_EVALUATE, STAGES
 from prefkit.refs import call_ref
 from prefkit.relabel import find_conditioning
@@ -279,7 +279,7 @@ class Runner:
         s = step.stage
         options = self.recipe.stages_of(step.arm)
         ins = {} if s in ("score", "pair") else {"policy": state["policy_hash"]}
-        if s == "generate":
+        if s in ("generate", "synth"):
             ins["prompts"] = state["prompts_hash"]
         elif s == "evaluate":
             ins["eval_prompts"] = state["eval_hash"]
@@ -287,6 +287,12 @@ class Runner:
             ins["data"] = state.get("data_hash")
             ins["reference"] = state["initial_hash"] if (options["train"].get("reference") or "initial") \
                 == "initial" else state["policy_hash"]
+        elif s == "reward_model":   # its base: the round's policy, or the model it names (in its options)
+            ins = {"data": state.get("data_hash")} if options[s].get("model") else \
+                {"policy": state["policy_hash"], "data": state.get("data_hash")}
+            f = (options[s].get("eval_pairs") or {}).get("file")
+            if f:
+                ins["eval_pairs"] = self.hasher.of(str(recipe_file(f, Path(self.recipe.file).parent)))
         else:
             ins["data"] = state.get("data_hash")
         return ins
@@ -379,7 +385,7 @@ class Runner:
         ctx = StageContext(round=step.round, stage=step.stage, dir=d, options=options, pairs=state.get("pairs"),
                            policy=state["policy"], initial=self.manifest["initial_policy"]["path"],
                            data=state.get("data"), prompts=state.get("round_rows", []), eval_prompts=eval_rows,
-                           run_dir=self.run_dir, progress=self.progress)
+                           run_dir=self.run_dir, progress=self.progress, recipe_dir=Path(self.recipe.file).parent)
         atomic_write_text(d / "stage.json", json.dumps({"round": step.round, "stage": step.stage, "key": key,
                                                         "inputs": ins, "options": ctx.options}, indent=2, default=str))
         t0 = time.time()

@@ -11,8 +11,8 @@ A recipe (docs/loop.md):
       train: {file: prompts.jsonl, per_round: 200}   # or {dataset: ID, split: S, limit: N},
       eval: {dataset: ID, split: test, limit: 50}    # or {build: MODULE:FUNCTION, args: {...}}
     rounds: 2
-    stages:                          # per round, in this order: generate score pair relabel
-      generate: {n: 4, temperature: 1.0}           # select evolve train evaluate
+    stages:                          # per round, in this order: generate score pair synth
+      generate: {n: 4, temperature: 1.0}           # relabel select evolve reward_model train evaluate
       score: {reward_fn: prefkit.toy.task:gold_reward}
       ...
 
@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from prefkit.errors import ConfigError
+from prefkit.pipeline.schema import error_key
 from prefkit.pipeline.stages import ORDER, STAGES, accepts_passthrough
 from prefkit.train.config import DPOConfig, check_trainer_args, load_config
 
@@ -209,7 +210,10 @@ def _check_stage(name: str, opts, where: _Where, path: str | None = None) -> dic
         opts = {}
     if not isinstance(opts, dict):
         raise where.error(path, f"expected a mapping of options, got {opts!r}")
-    schema = stage.options()
+    try:
+        schema = stage.options(opts)
+    except ConfigError as exc:   # the variant option (synth's method) is missing or not a choice
+        raise _keyed(where, path, exc, opts, missing_ok=True) from None
     out = {}
     for key, value in opts.items():
         sub = f"{path}.{key}"
@@ -227,10 +231,22 @@ def _check_stage(name: str, opts, where: _Where, path: str | None = None) -> dic
         try:
             out[key] = option.check(value)
         except ConfigError as exc:
-            msg = str(exc)
-            msg = msg[len(key) + 2:] if msg.startswith(f"{key}: ") else msg
-            raise where.error(sub, msg) from None
+            raise _keyed(where, path, exc, {key: value}) from None
+    if stage.check is not None:
+        try:
+            stage.check(out)
+        except ConfigError as exc:
+            raise _keyed(where, path, exc, out) from None
     return out
+
+
+def _keyed(where: _Where, path: str, exc: ConfigError, opts: dict, missing_ok: bool = False) -> ConfigError:
+    """A stage option's error "KEY[.SUB...]: what" as the recipe's error at that key's line."""
+    msg = str(exc)
+    head, sep, rest = msg.partition(": ")
+    if sep and head.split(".")[0] in opts or (missing_ok and sep and " " not in head):
+        return where.error(f"{path}.{head}", rest)
+    return where.error(path, msg)
 
 
 def validate(data: dict, where: _Where, *, rounds: int | None = None) -> Recipe:
@@ -264,14 +280,14 @@ def validate(data: dict, where: _Where, *, rounds: int | None = None) -> Recipe:
         if opts is False:
             continue
         checked[name] = _check_stage(name, opts, where)
-    arms = _check_arms(data.get("arms"), checked, where)
+    arms = _check_arms(data.get("arms"), stages, checked, where)
     for arm, arm_stages in (arms.items() if arms else [(None, checked)]):
         _check_stage_set(arm_stages, checked_prompts, n_rounds, where, arm)
     return Recipe(name=str(data.get("name") or Path(where.file).stem), file=where.file, policy=policy,
                   prompts=checked_prompts, rounds=n_rounds, stages=checked, arms=arms)
 
 
-def _check_arms(arms, base: dict[str, dict], where: _Where) -> dict[str, dict[str, dict]]:
+def _check_arms(arms, raw: dict, base: dict[str, dict], where: _Where) -> dict[str, dict[str, dict]]:
     """`arms: {NAME: {STAGE: false | {option: value}}}`: each arm is the recipe's stages with
     these changes (false drops the stage; options are set over the recipe's, or add the stage)."""
     if arms is None:
@@ -293,7 +309,12 @@ def _check_arms(arms, base: dict[str, dict], where: _Where) -> dict[str, dict[st
             if opts is False:
                 stages.pop(name, None)
                 continue
-            stages[name] = {**stages.get(name, {}), **_check_stage(name, opts, where, f"{path}.{name}")}
+            if not isinstance(opts, dict):
+                raise where.error(f"{path}.{name}", f"expected false or a mapping of options, got {opts!r}")
+            # the arm's options over the recipe's, checked together (a stage's schema may depend on
+            # them: synth's method picks its options)
+            merged = {**(raw.get(name) or {}), **opts} if name in base else opts
+            stages[name] = _check_stage(name, merged, where, f"{path}.{name}")
         out[arm] = {name: stages[name] for name in ORDER if name in stages}
     return out
 
@@ -312,9 +333,17 @@ def _check_stage_set(checked: dict[str, dict], prompts: dict, n_rounds: int, whe
                                        "reference: initial (the first policy) or previous (the last round's)")
     if "train" in checked:
         _check_train(checked["train"], where, at("train"))
-    for name in ("generate", "score", "pair"):
-        if name in checked and "generate" not in checked:
-            raise where.error(at(name), "needs the generate stage before it")
+    for name in checked:
+        stage = STAGES[name]
+        if stage.needs and not any(n in checked for n in stage.needs):
+            what = " or ".join(f"a {n} stage" for n in stage.needs)
+            raise where.error(at(name), f"needs {what} before it" + (
+                " (pair: generate, score, pair; synth: pairs from the prompts through an LLM)"
+                if set(stage.needs) == {"pair", "synth"} else ""))
+        clash = [n for n in stage.replaces if n in checked]
+        if clash:
+            raise where.error(at(clash[0]), f"{name} makes the round's pairs from its prompts in place of "
+                                            f"{', '.join(stage.replaces)}; a recipe has one or the other")
 
 
 def _check_train(opts: dict, where: _Where, path: str = "stages.train") -> None:
@@ -325,8 +354,7 @@ def _check_train(opts: dict, where: _Where, path: str = "stages.train") -> None:
         cfg.check()
     except ConfigError as exc:
         msg = str(exc)
-        key = next((k for k in fields if msg.startswith(k)), None) or \
-            next((k for k in fields if f"'{k}'" in msg or f" {k} " in f" {msg} "), None)
+        key = error_key(msg, fields)
         raise where.error(f"{path}.{key}" if key else path, msg) from None
     launch = opts.get("launch")
     if launch is not None:

@@ -88,14 +88,26 @@ def write_report(run_dir) -> Path:
             lines.append(f"| {arm_cell}{r['round']} | {r['scorer']} | {_fmt(r['mean'])} | {_fmt(r['standard_error'])} "
                          f"| {r['n']} |")
         lines.append("")
-    lines += ["## Data per round", "", f"| {'arm | ' if with_arms else ''}round | responses | mean score | pairs "
+    arm_col = "arm | " if with_arms else ""
+    rms = [(arm, k, st["reward_model"], st.get("synth", {})) for arm, rounds in arms.items()
+           for k, st in rounds.items() if "reward_model" in st]
+    if rms:
+        lines += ["## Reward models", "", f"| {arm_col}round | pairs from | pairs | train loss | held-out accuracy "
+                  "| held-out pairs | seconds |", "|---" * (7 + with_arms) + "|"]
+        for arm, k, rm, sy in rms:
+            acc = rm.get("eval_accuracy") or {}
+            lines.append(f"| {f'{arm} | ' if with_arms else ''}{k} | {sy.get('method', 'pair')} | {_fmt(rm.get('pairs'))} "
+                         f"| {_fmt(rm.get('train_loss'))} | {_fmt(acc.get('accuracy'))} | {_fmt(acc.get('n'))} "
+                         f"| {_fmt(rm.get('seconds'), 1)} |")
+        lines.append("")
+    lines += ["## Data per round", "", f"| {arm_col}round | responses | mean score | pairs "
               "| mean margin | relabeled rows | selected | train loss | reference | seconds |",
               "|---" * (10 + with_arms) + "|"]
     for arm, rounds in arms.items():
         for k, st in rounds.items():
             if k == "0":
                 continue
-            g, sc, pr = st.get("generate", {}), st.get("score", {}), st.get("pair", {})
+            g, sc, pr = st.get("generate", {}), st.get("score", {}), st.get("pair", st.get("synth", {}))
             rl, se, tr = st.get("relabel", {}), st.get("select", {}), st.get("train", {})
             secs = sum(v.get("seconds") or 0 for v in st.values())
             lines.append(f"| {f'{arm} | ' if with_arms else ''}{k} | {_fmt(g.get('responses'))} "
@@ -171,7 +183,7 @@ def _plots(run_dir: Path, res: dict) -> list[Path]:
     counts, seen = [], set()
     for arm, rounds in arms.items():
         for k, st in rounds.items():
-            for s in ("pair", "relabel", "select", "evolve"):
+            for s in ("pair", "synth", "relabel", "select", "evolve"):
                 if s in st and st[s].get("dir") not in seen:
                     seen.add(st[s].get("dir"))
                     kept = st[s].get("pairs", st[s].get("rows_out", st[s].get("kept", st[s].get("merged"))))

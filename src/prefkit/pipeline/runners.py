@@ -18,8 +18,9 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefkit.errors import ConfigError
+from prefkit.errors import ConfigError, DataError
 from prefkit.files import atomic_write_text
+from prefkit.pipeline.schema import build_options
 
 
 @dataclass
@@ -36,6 +37,15 @@ class StageContext:
     eval_prompts: list = field(default_factory=list)
     run_dir: Path | None = None
     progress: bool = True
+    recipe_dir: Path | None = None   # where the recipe's relative file names are also looked up
+
+
+def recipe_file(name, recipe_dir: Path | None) -> Path:
+    """A file a recipe names: as given, or beside the recipe when it is not there."""
+    f = Path(name)
+    if not f.is_absolute() and not f.exists() and recipe_dir is not None and (recipe_dir / f).exists():
+        f = recipe_dir / f
+    return f
 
 
 def _write_jsonl(rows, path: Path) -> Path:
@@ -181,6 +191,78 @@ def run_pair(ctx: StageContext) -> dict:
                                             "margins": _summary(margins), "margin_values": margins}}
 
 
+# -- synth ------------------------------------------------------------------------------------------
+
+def run_synth(ctx: StageContext) -> dict:
+    """The round's prompts through a registered synth method (`prefkit.synth.methods`), in chunks
+    of `chunk_size` prompts: chunk c keeps its requests in the durable run STAGE/run/chunk-c and
+    its pairs in STAGE/chunks/chunk-c.json once finished. A resumed stage reads the finished chunks;
+    the unfinished one resumes its request run when the backend is a server (each request is
+    sampled on its own), and is sampled again from its start when the model is local (a local
+    sample depends on the batch it was drawn in), so a killed stage writes what an uninterrupted
+    one would. The backend is built afresh for each chunk (a local sampler's seed stream starts
+    over), and chunk c's method seed (where it has one) is seed + c."""
+    import shutil
+
+    from prefkit import data
+    from prefkit.pipeline.backend_spec import backend_from_spec
+    from prefkit.pipeline.stages import STAGES
+    from prefkit.report import StageReport
+    from prefkit.synth.backends import OpenAIBackend
+    from prefkit.synth.inputs import pairs_dataset
+    from prefkit.synth.methods import get_synth_method
+
+    opts = dict(ctx.options)
+    method = get_synth_method(opts.pop("method"))
+    backend_spec, judge_spec = opts.pop("backend"), opts.pop("judge", None)
+    chunk_size = opts.pop("chunk_size", None) or STAGES["synth"].options({"method": method.name})["chunk_size"].default
+    seed = opts.get("seed", getattr(method.options(), "seed", None))
+    rows = ctx.prompts
+    parts = ctx.dir / "chunks"
+    parts.mkdir(exist_ok=True)
+    n_chunks = max(1, -(-len(rows) // chunk_size))
+    pairs: list[dict] = []
+    dropped: dict[str, int] = {}
+    notes: list[dict] = []
+    for c in range(n_chunks):
+        path = parts / f"chunk-{c:05d}.json"
+        if not path.exists():
+            run_dir = ctx.dir / "run" / f"chunk-{c:05d}"
+            backend = backend_from_spec(backend_spec, policy=ctx.policy, key="synth.backend")
+            if run_dir.exists() and not isinstance(backend, OpenAIBackend):
+                shutil.rmtree(run_dir)
+            extra = {}
+            if method.uses_judge:
+                extra["judge"] = backend_from_spec(judge_spec, policy=ctx.policy, key="synth.judge") \
+                    if judge_spec else None
+            chunk_opts = dict(opts, **({"seed": seed + c} if seed is not None else {}))
+            options = build_options(method.options, chunk_opts, run_dir=str(run_dir), progress=ctx.progress)
+            report = StageReport(f"synth {method.name}")
+            ds = method.run(rows[c * chunk_size:(c + 1) * chunk_size], backend, options, report=report, **extra)
+            atomic_write_text(path, json.dumps({"pairs": ds.to_list(), "dropped": dict(report.dropped),
+                                                "notes": report.notes}, default=str))
+        got = json.loads(path.read_text())
+        pairs.extend(got["pairs"])
+        for reason, n in got["dropped"].items():
+            dropped[reason] = dropped.get(reason, 0) + n
+        notes.append(got["notes"])
+    if not pairs:
+        raise DataError(f"synth {method.name} made no pairs from {len(rows)} prompts; dropped: "
+                        + "; ".join(f"{r} x{n}" for r, n in dropped.items()))
+    out = data.write(pairs_dataset(pairs), str(ctx.dir / "pairs.jsonl"))
+    metrics = {"method": method.name, "prompts": len(rows), "pairs": len(pairs), "dropped": dropped}
+    labels: dict[str, int] = {}
+    for note in notes:
+        for k, n in (note.get("labels") or {}).items():
+            labels[k] = labels.get(k, 0) + n
+    if labels:
+        metrics["labels"] = labels
+    returned = sum(n.get("rewrites_returned", 0) for n in notes)
+    if returned:
+        metrics["failed_rewrite_rate"] = sum(n.get("failed_rewrites", 0) for n in notes) / returned
+    return {"output": str(out), "metrics": metrics}
+
+
 # -- relabel ----------------------------------------------------------------------------------------
 
 def run_relabel(ctx: StageContext) -> dict:
@@ -225,33 +307,23 @@ def run_select(ctx: StageContext) -> dict:
 
 # -- evolve -----------------------------------------------------------------------------------------
 
-def _backend(spec: dict):
-    from prefkit.refs import call_ref
-    from prefkit.synth.backends import OpenAIBackend
-
-    if spec.get("build"):
-        return call_ref(spec["build"], spec.get("args") or {})
-    if spec.get("model") and spec.get("base_urls"):
-        return OpenAIBackend(model=spec["model"], base_urls=list(spec["base_urls"]))
-    raise ConfigError("evolve.backend: give {build: MODULE:FUNCTION} or {model: NAME, base_urls: [URL, ...]}")
-
-
 def run_evolve(ctx: StageContext) -> dict:
     from prefkit import data
+    from prefkit.pipeline.backend_spec import backend_from_spec
     from prefkit.report import StageReport
     from prefkit.select import SelectOptions
     from prefkit.select.evolve import EvolveOptions, evolve_then_select
 
     opts = dict(ctx.options)
-    backend = _backend(opts.pop("backend", None) or {})
+    backend = backend_from_spec(opts.pop("backend", None) or {}, policy=ctx.policy, key="evolve.backend")
     reward_model = opts.pop("reward_model", None)
     if reward_model is None:
         raise ConfigError("evolve: set reward_model (it scores the responses to the evolved prompts)")
     sel = SelectOptions(progress=ctx.progress, **(opts.pop("select", None) or {}))
     report = StageReport("evolve")
     selected = data.read(str(ctx.data), report=report)
-    res = evolve_then_select(selected, backend, EvolveOptions(run_dir=str(ctx.dir / "run"), progress=ctx.progress,
-                                                              **opts),
+    res = evolve_then_select(selected, backend, build_options(EvolveOptions, opts, run_dir=str(ctx.dir / "run"),
+                                                              progress=ctx.progress),
                              sel, model=ctx.policy, tokenizer=ctx.policy, report=report,
                              reward_model=reward_model)
     out = data.write(res.merged, str(ctx.dir / "pairs.jsonl"))
@@ -373,6 +445,67 @@ def run_train(ctx: StageContext) -> dict:
                             "probe_pairs": probe_info.get("probe_pairs")} if probe_settings is not None else {})}}
 
 
+# -- reward_model -----------------------------------------------------------------------------------
+
+def rm_config(ctx: StageContext):
+    """The RMConfig of this round's reward model: the recipe's fields, the engine's paths; the base
+    model is the round's policy unless `model` names one."""
+    from prefkit.models import resolve_model_path
+    from prefkit.train import RMConfig, load_config
+
+    fields = {k: v for k, v in ctx.options.items() if k not in ("model", "eval_pairs")}
+    if not ctx.progress:
+        fields.setdefault("disable_tqdm", True)
+    base = str(resolve_model_path(ctx.options["model"])) if ctx.options.get("model") else ctx.policy
+    return load_config(RMConfig, overrides=fields, model_name_or_path=base, train_file=str(ctx.data),
+                       output_dir=str(ctx.dir / "model"), resume_from_checkpoint="auto")
+
+
+def eval_pairs(spec: dict, recipe_dir: Path | None):
+    """Held-out labelled pairs: a preference dataset file, or what a MODULE:FUNCTION returns (a
+    Dataset, a list of pair rows, or a path)."""
+    from prefkit import data
+    from prefkit.refs import call_ref
+
+    if spec.get("file"):
+        return data.read(str(recipe_file(spec["file"], recipe_dir)), split=spec.get("split"))
+    got = call_ref(spec["build"], spec.get("args") or {})
+    if isinstance(got, list):
+        import datasets
+
+        got = datasets.Dataset.from_list(got)
+    return data.read(got if hasattr(got, "column_names") else str(got))
+
+
+def run_reward_model(ctx: StageContext) -> dict:
+    """A Bradley-Terry reward model on the round's pairs (`prefkit.train.train_rm`), resumed from
+    its latest complete checkpoint; with `eval_pairs`, its accuracy on them
+    (`prefkit.evaluate.rm_accuracy`)."""
+    from prefkit import data
+    from prefkit.evaluate.rm_accuracy import rm_accuracy
+    from prefkit.train import train_rm
+
+    cfg = rm_config(ctx)
+    check_resumable(Path(cfg.output_dir))
+    train_rm(cfg)
+    report = json.loads((Path(cfg.output_dir) / "prefkit_train_report.json").read_text())
+    history = report.get("log_history", [])
+    summary = next((h for h in reversed(history) if "train_loss" in h), {})
+    metrics = {"base_model": cfg.model_name_or_path, "pairs": sum(1 for _ in open(ctx.data) if _.strip()),
+               "train_loss": summary.get("train_loss"), "steps": summary.get("step"),
+               "split_accuracy": report.get("eval_accuracy"),
+               "loss_values": [[h["step"], h["loss"]] for h in history if "loss" in h]}
+    spec = ctx.options.get("eval_pairs")
+    if spec:
+        pairs = eval_pairs(spec, ctx.recipe_dir)
+        data.write(pairs, str(ctx.dir / "eval_pairs.jsonl"))
+        acc = rm_accuracy(cfg.output_dir, pairs, batch_size=cfg.per_device_eval_batch_size,
+                          max_length=cfg.max_length or 1024, max_prompt_length=cfg.max_prompt_length,
+                          progress=ctx.progress)
+        metrics["eval_accuracy"] = {k: acc[k] for k in ("accuracy", "n", "correct", "ties", "skipped", "mean_margin")}
+    return {"output": cfg.output_dir, "metrics": metrics}
+
+
 # -- evaluate ---------------------------------------------------------------------------------------
 
 def _evaluate_spec(ctx: StageContext, which: str):
@@ -438,6 +571,7 @@ def run_evaluate(ctx: StageContext) -> dict:
     return {"output": str(ctx.dir / "results.json"), "metrics": metrics}
 
 
-RUNNERS = {name: globals()[name] for name in ("run_generate", "run_score", "run_pair", "run_relabel", "run_select",
-                                               "run_evolve", "run_train", "run_evaluate")}
+RUNNERS = {name: globals()[name] for name in ("run_generate", "run_score", "run_pair", "run_synth", "run_relabel",
+                                               "run_select", "run_evolve", "run_reward_model", "run_train",
+                                               "run_evaluate")}
 

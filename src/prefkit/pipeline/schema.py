@@ -33,7 +33,22 @@ class Option:
     doc: str = ""
 
     def check(self, value):
-        """`value` coerced to this option's type; ConfigError with the valid values otherwise."""
+        """`value` coerced to this option's type; ConfigError with the valid values otherwise. An
+        option whose type is a dataclass (e.g. `SamplingParams`) takes a mapping of its fields,
+        checked and coerced the same way (ConfigError "NAME.FIELD: ...")."""
+        nested = _dataclass_of(self.type)
+        if nested is not None and isinstance(value, dict):
+            sub = options_of(nested)
+            for k in value:
+                if k not in sub:
+                    raise ConfigError(f"{self.name}.{k}: unknown key; valid keys: {', '.join(sub)}")
+            out = {}
+            for k, v in value.items():
+                try:
+                    out[k] = sub[k].check(v)
+                except ConfigError as exc:
+                    raise ConfigError(f"{self.name}.{exc}") from None
+            return out
         if value is not None and self.type is not Any:
             value = coerce_value(self.name, value, self.type)
         if self.choices is not None and value is not None:
@@ -47,6 +62,16 @@ class Option:
         t = getattr(self.type, "__name__", None) or str(self.type).replace("typing.", "")
         extra = f" one of {', '.join(map(str, self.choices))}" if self.choices else ""
         return f"{self.name} ({t}, default {self.default!r}){extra}"
+
+
+def _dataclass_of(tp):
+    """The dataclass `tp` is, or the one in an Optional[...] / union; None otherwise."""
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return tp
+    for a in typing.get_args(tp):
+        if isinstance(a, type) and dataclasses.is_dataclass(a):
+            return a
+    return None
 
 
 def _literal_choices(tp) -> tuple | None:
@@ -92,3 +117,21 @@ def options_of(source, *, include=None, exclude=(), choices: dict[str, Callable[
             c = _literal_choices(tp)
         out[name] = Option(name, tp, default, tuple(c) if c is not None else None, doc)
     return out
+
+
+def build_options(cls, values: dict, **engine):
+    """`cls(**values, **engine)` with a checked mapping turned into the dataclass its field holds
+    (a recipe's `generation: {temperature: 0.7}` -> SamplingParams(temperature=0.7))."""
+    hints = typing.get_type_hints(cls)
+    kw = {}
+    for k, v in values.items():
+        nested = _dataclass_of(hints.get(k, Any))
+        kw[k] = nested(**v) if nested is not None and isinstance(v, dict) else v
+    return cls(**kw, **engine)
+
+
+def error_key(msg: str, keys) -> str | None:
+    """Which of `keys` a config check's message is about (the one it starts with, else the one it
+    names), so the recipe's error points at that key's line; None if none."""
+    return next((k for k in keys if msg.startswith(k)), None) or \
+        next((k for k in keys if f"'{k}'" in msg or f" {k} " in f" {msg} "), None)

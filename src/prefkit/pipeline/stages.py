@@ -7,8 +7,11 @@ give the choices, the engine's own options for the stage, and the runner in
 `prefkit.pipeline.runners` that calls the stage function. Rewiring a stage onto a new options
 object or function is a change here only.
 
-Stage order within a round is fixed (data flows one way): generate, score, pair, relabel,
-select, evolve, train, evaluate. A recipe lists any of them, in this order.
+Stage order within a round is fixed (data flows one way): generate, score, pair, synth,
+relabel, select, evolve, reward_model, train, evaluate. A recipe lists any of them, in this order;
+`needs` says which stage must come before a stage (one of them), `replaces` which stages it
+cannot share a recipe with (synth builds the round's pairs from its prompts, as generate, score
+and pair do from samples).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from prefkit.pipeline.schema import Option, options_of
+from prefkit.errors import ConfigError
+from prefkit.pipeline.schema import Option, error_key, options_of
 
 
 @dataclass(frozen=True)
@@ -29,9 +33,28 @@ class StageDef:
     choices: dict = field(default_factory=dict)
     extras: tuple = ()                   # the engine's own options for this stage (Option objects)
     passthrough: str | None = None       # a stage that also takes any name this check accepts
+    # the option that picks the options object: `source(value)` (synth: method -> its options class)
+    variant: str | None = None
+    variant_choices: Callable[[], Any] | None = None
+    check: Callable[[dict], None] | None = None   # cross-option checks; ConfigError("KEY[.SUB]: what")
+    needs: tuple = ()                    # one of these stages must come before it
+    replaces: tuple = ()                 # stages it cannot share a recipe with
 
-    def options(self) -> dict[str, Option]:
-        opts = options_of(self.source(), include=self.include, exclude=self.exclude, choices=self.choices)
+    def options(self, given: dict | None = None) -> dict[str, Option]:
+        """The stage's options; for a stage with a `variant`, those of the variant `given` names
+        (ConfigError "VARIANT: ..." when it is missing or not one of the choices)."""
+        if self.variant is None:
+            return self._with_extras(options_of(self.source(), include=self.include, exclude=self.exclude,
+                                                choices=self.choices))
+        pick = Option(self.variant, str, None, tuple(self.variant_choices()))
+        which = pick.check((given or {}).get(self.variant))
+        if which is None:
+            raise ConfigError(f"{self.variant}: missing; one of {', '.join(pick.choices)}")
+        opts = {self.variant: pick}
+        opts.update(options_of(self.source(which), include=self.include, exclude=self.exclude, choices=self.choices))
+        return self._with_extras(opts)
+
+    def _with_extras(self, opts: dict) -> dict[str, Option]:
         for o in self.extras:
             opts[o.name] = o
         return opts
@@ -72,6 +95,66 @@ def _evolve_options():
     return EvolveOptions
 
 
+def _synth_options(method: str):
+    from prefkit.synth.methods import get_synth_method
+    return get_synth_method(method).options
+
+
+def _synth_methods():
+    from prefkit.synth.methods import available_synth_methods
+    return available_synth_methods()
+
+
+def _check_synth(opts: dict) -> None:
+    from prefkit.pipeline.backend_spec import check_backend_spec
+    from prefkit.synth.methods import get_synth_method
+
+    if opts.get("backend") is None:
+        raise ConfigError("backend: missing; the LLM that writes the pairs: {build: MODULE:FUNCTION, args: {...}}, "
+                          "{model: NAME, base_urls: [URL, ...]} or {local: policy | DIR}")
+    check_backend_spec(opts["backend"], "backend")
+    if opts.get("judge") is not None:
+        if not get_synth_method(opts["method"]).uses_judge:
+            raise ConfigError(f"judge: {opts['method']} takes no judge (rlaif and west-of-n do)")
+        check_backend_spec(opts["judge"], "judge")
+
+
+def _check_evolve(opts: dict) -> None:
+    from prefkit.pipeline.backend_spec import check_backend_spec
+
+    if opts.get("backend") is not None:
+        check_backend_spec(opts["backend"], "backend")
+
+
+def _rm_config():
+    from prefkit.train import RMConfig
+    return RMConfig
+
+
+def _check_reward_model(opts: dict) -> None:
+    from prefkit.train import RMConfig, load_config
+
+    spec = opts.get("eval_pairs")
+    if spec is not None:
+        keys = ("file", "build", "args", "split")
+        for k in spec:
+            if k not in keys:
+                raise ConfigError(f"eval_pairs.{k}: unknown key; valid keys: {', '.join(keys)}")
+        if (spec.get("file") is None) == (spec.get("build") is None):
+            raise ConfigError("eval_pairs: give exactly one of file (a preference dataset), build (MODULE:FUNCTION "
+                              "returning pairs)")
+        if spec.get("build") is not None and ":" not in str(spec["build"]):
+            raise ConfigError(f"eval_pairs.build: expected MODULE:FUNCTION, got {spec['build']!r}")
+        if spec.get("args") is not None and not isinstance(spec["args"], dict):
+            raise ConfigError("eval_pairs.args: expected a mapping of keyword arguments")
+    fields = {k: v for k, v in opts.items() if k not in RM_EXTRAS}
+    try:
+        load_config(RMConfig, overrides=fields, model_name_or_path="policy", train_file="pairs.jsonl").check()
+    except ConfigError as exc:   # the trainer's message, under the key it is about
+        key = error_key(str(exc), fields)
+        raise ConfigError(f"{key}: {exc}" if key else str(exc)) from None
+
+
 def _dpo_config():
     from prefkit.train import DPOConfig
     return DPOConfig
@@ -96,28 +179,49 @@ REWARD_ARGS = Option("reward_args", dict, None, doc="keyword arguments for rewar
                      "{score, aspects, fine_grained}")
 SERVED_MODEL = Option("served_model", str, None, doc="the model name the servers serve (default: the policy path)")
 
+BACKEND_DOC = ("{build: MODULE:FUNCTION, args: {...}} (a Backend), {model: NAME, base_urls: [URL, ...]} "
+               "(OpenAI-compatible servers), or {local: policy | DIR} (a transformers model in this process)")
+RM_EXTRAS = ("model", "eval_pairs")
+PAIRS = ("pair", "synth")   # the stages that make a round's pairs
+
 STAGES: dict[str, StageDef] = {s.name: s for s in (
     StageDef("generate", _generate, "run_generate",
              exclude=("model", "prompts", "tokenizer", "progress", "desc"),
              extras=(SERVERS, SERVED_MODEL,
                      Option("chunk_size", int, 64, doc="prompts per durable chunk (a kill loses at most one chunk)"))),
     StageDef("score", _evaluate_options, "run_score", include=("reward_fn", "reward_model", "rm_options"),
-             extras=(Option("batch_size", int, 16, doc="reward-model batch size"), REWARD_ARGS)),
+             extras=(Option("batch_size", int, 16, doc="reward-model batch size"), REWARD_ARGS), needs=("generate",)),
     StageDef("pair", _binarize, "run_pair", exclude=("report", "dataset", "truthfulqa_prompts"),
-             choices={"method": _binarize_methods, "ties": lambda: ("drop", "keep")}),
+             choices={"method": _binarize_methods, "ties": lambda: ("drop", "keep")}, needs=("score",)),
+    StageDef("synth", _synth_options, "run_synth", exclude=("run_dir", "progress"),
+             variant="method", variant_choices=_synth_methods, check=_check_synth,
+             extras=(Option("backend", dict, None, doc="the LLM that writes the pairs: " + BACKEND_DOC),
+                     Option("judge", dict, None, doc="rlaif, west-of-n: the judge LLM (default: the backend), "
+                                                     "in the same forms"),
+                     Option("chunk_size", int, 64, doc="prompts per durable chunk (a kill re-samples at most "
+                                                       "one chunk from a local model)")),
+             replaces=("generate", "score", "pair")),
     StageDef("relabel", _relabel_options, "run_relabel", exclude=("model", "reference"),
              choices={"placement": lambda: ("system", "user", "auto")},
-             extras=(Option("enabled", bool, True, doc="false: pass the pairs through unchanged"),)),
+             extras=(Option("enabled", bool, True, doc="false: pass the pairs through unchanged"),), needs=PAIRS),
     StageDef("select", _select_options, "run_select",
              exclude=("progress", "plot", "scored_path", "cache_dir", "work_dir"),
              choices={"metric": _select_metrics},
              extras=(Option("reference", str, "initial", ("initial", "previous", "none"),
-                            doc="reference model of dpo-implicit margins"),)),
-    StageDef("evolve", _evolve_options, "run_evolve", exclude=("progress", "run_dir"),
-             extras=(Option("backend", dict, None, doc="the rewriting LLM: {build: MODULE:FUNCTION} or "
-                                                       "{model: NAME, base_urls: [URL, ...]}"),
+                            doc="reference model of dpo-implicit margins"),), needs=PAIRS),
+    StageDef("evolve", _evolve_options, "run_evolve", exclude=("progress", "run_dir"), needs=PAIRS,
+             check=_check_evolve,
+             extras=(Option("backend", dict, None, doc="the rewriting LLM: " + BACKEND_DOC),
                      Option("reward_model", str, None, doc="the reward model that scores the evolved prompts' responses"),
                      Option("select", dict, None, doc="SelectOptions of the second selection"))),
+    StageDef("reward_model", _rm_config, "run_reward_model",
+             exclude=("model_name_or_path", "tokenizer_name_or_path", "train_file", "output_dir",
+                      "resume_from_checkpoint", "trainer_args"),
+             extras=(Option("model", str, None, doc="the reward model's base (default: the round's policy): a "
+                                                    "directory, hub id or smollm2"),
+                     Option("eval_pairs", dict, None, doc="held-out labelled pairs to score its accuracy on: "
+                                                          "{file: PATH} or {build: MODULE:FUNCTION, args: {...}}")),
+             passthrough="trainer_args", check=_check_reward_model, needs=PAIRS),
     StageDef("train", _dpo_config, "run_train",
              exclude=("model_name_or_path", "tokenizer_name_or_path", "train_file", "output_dir",
                       "reference_model_name_or_path", "resume_from_checkpoint", "trainer_args"),
@@ -132,7 +236,7 @@ STAGES: dict[str, StageDef] = {s.name: s for s in (
                                 "at the best goal) (prefkit.evaluate.unlearning)"),
                      Option("launch", dict, None, doc="{num_processes: N, config_file: accelerate.yaml}: "
                                                       "start the stage through `accelerate launch`")),
-             passthrough="trainer_args"),
+             passthrough="trainer_args", needs=PAIRS),
     StageDef("evaluate", _evaluate_options, "run_evaluate",
              include=("n", "temperature", "top_p", "max_new_tokens", "seed", "batch_size", "reward_fn",
                       "reward_model", "reference_outputs", "rm_options"),
@@ -152,7 +256,7 @@ STAGES: dict[str, StageDef] = {s.name: s for s in (
 ORDER = tuple(STAGES)
 # evaluate options that apply from round 1 on (round 0, the initial policy, is evaluated without them)
 ROUND1_EVALUATE = ("goal", "conditioning", "curve_goals", "curve_samples")
-DATA_STAGES = ("generate", "score", "pair", "relabel", "select", "evolve")
+DATA_STAGES = ("generate", "score", "pair", "synth", "relabel", "select", "evolve")
 
 
 def accepts_passthrough(stage: StageDef, key: str) -> bool:

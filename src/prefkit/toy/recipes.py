@@ -6,13 +6,19 @@
       train: {build: prefkit.toy.recipes:prompts, args: {n: 96, seed: 1000}, per_round: 48}
     stages:
       score: {reward_fn: prefkit.toy.task:gold_reward}
+      synth: {method: rmboost, backend: {build: prefkit.toy.recipes:rewriter, args: {quick: true}}}
+      reward_model: {eval_pairs: {build: prefkit.toy.recipes:gold_pairs, args: {n: 64, quick: true}}}
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from prefkit.generate import generate
+from prefkit.models import resolve_model_path
 from prefkit.toy import task
+from prefkit.toy.judge import JudgeConfig
+from prefkit.toy.rewriter import ToyRewriter
 from prefkit.toy.world import QUICK_CONFIG, ToyWorldConfig
 from prefkit.toy.world import base_policy as _base_policy
 
@@ -28,3 +34,41 @@ def base_policy(quick: bool = False, **world) -> str:
 def prompts(n: int, seed: int = 0, min_items: int = 3, max_items: int = 6) -> list[str]:
     """n sorting prompts of the toy task (`prefkit.toy.task.make_prompts`)."""
     return task.make_prompts(n, seed=seed, min_items=min_items, max_items=max_items)
+
+
+def rewriter(quick: bool = False, model: str | None = None, seed: int = 0, edit_success: float = 0.8,
+             slip: float = 0.2, aspect_noise: float = 0.5, overall_noise: float = 1.0, batch_size: int = 64,
+             **world) -> ToyRewriter:
+    """The toy world's stand-in LLM for prefkit.synth (`prefkit.toy.rewriter.ToyRewriter`: it
+    samples from `model` (a directory, hub id or smollm2) or, by default, the world's base policy
+    (`base_policy(quick, **world)`), rewrites by rule, judges with the toy judge's noise)."""
+    base = str(resolve_model_path(model)) if model else base_policy(quick, **world)
+    return ToyRewriter(base, seed=seed, edit_success=edit_success, slip=slip,
+                       judge=JudgeConfig(aspect_noise, overall_noise), batch_size=batch_size)
+
+
+def pairs_by_gold(base, prompts, *, temperature: float, max_new_tokens: int, seed: int):
+    """Held-out pairs labelled by the gold reward: two samples of `base` per prompt; a prompt whose
+    samples have distinct gold rewards gives a pair (the higher chosen), others none."""
+    import datasets  # noqa: PLC0415  heavy (datasets): lazy, so importing this module stays light
+
+    samples = generate(base, prompts, n=2, temperature=temperature, max_new_tokens=max_new_tokens,
+                       batch_size=128, seed=seed, desc="gold-labelled eval samples")
+    rows = []
+    for p, (a, b) in zip(prompts, samples):
+        ga, gb = task.gold_reward(p, a), task.gold_reward(p, b)
+        if ga == gb:
+            continue
+        (c, gc), (r, gr) = ((a, ga), (b, gb)) if ga > gb else ((b, gb), (a, ga))
+        rows.append({"prompt": p, "chosen": c, "rejected": r, "score_chosen": gc, "score_rejected": gr,
+                     "source": "gold"})
+    return datasets.Dataset.from_list(rows)
+
+
+def gold_pairs(n: int, seed: int = 4000, sample_seed: int = 20_000, model: str | None = None, quick: bool = False,
+               temperature: float = 1.0, max_new_tokens: int = 24, min_items: int = 3, max_items: int = 6, **world):
+    """`pairs_by_gold` on n fresh toy prompts (`prompts(n, seed)`), sampled from `model` (a
+    directory, hub id or smollm2) or, by default, the world's base policy (`base_policy(quick, **world)`)."""
+    base = str(resolve_model_path(model)) if model else base_policy(quick, **world)
+    return pairs_by_gold(base, prompts(n, seed, min_items, max_items), temperature=temperature,
+                         max_new_tokens=max_new_tokens, seed=sample_seed)

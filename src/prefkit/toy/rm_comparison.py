@@ -19,12 +19,12 @@ from pathlib import Path
 
 from prefkit import synth
 from prefkit.evaluate.rm_accuracy import rm_accuracy
-from prefkit.generate import generate
 from prefkit.report import StageReport
 from prefkit.synth import SamplingParams
 from prefkit.toy import task
 from prefkit.toy.demo_config import log
 from prefkit.toy.judge import JudgeConfig
+from prefkit.toy.recipes import pairs_by_gold
 from prefkit.toy.rewriter import ToyRewriter
 from prefkit.toy.world import base_policy
 from prefkit.train import train_rm
@@ -39,23 +39,6 @@ TOY_GUIDELINE = {
     "order": "puts the words in alphabetical order",
     "conciseness": "lists the words once each and nothing else",
 }
-
-
-def gold_pairs(base, prompts, *, temperature: float, max_new_tokens: int, seed: int):
-    """Held-out pairs labelled by the gold reward: two base samples per prompt, distinct gold scores."""
-    import datasets  # noqa: PLC0415  heavy (datasets): lazy, so importing this module stays light
-
-    samples = generate(base, prompts, n=2, temperature=temperature, max_new_tokens=max_new_tokens,
-                       batch_size=128, seed=seed, desc="gold-labelled eval samples")
-    rows = []
-    for p, (a, b) in zip(prompts, samples):
-        ga, gb = task.gold_reward(p, a), task.gold_reward(p, b)
-        if ga == gb:
-            continue
-        (c, gc), (r, gr) = ((a, ga), (b, gb)) if ga > gb else ((b, gb), (a, ga))
-        rows.append({"prompt": p, "chosen": c, "rejected": r, "score_chosen": gc, "score_rejected": gr,
-                     "source": "gold"})
-    return datasets.Dataset.from_list(rows)
 
 
 def synthesize(method: str, prompts, backend, run_dir, *, seed: int, temperature: float, max_new_tokens: int,
@@ -84,7 +67,7 @@ def run_rm_comparison(out, config, world, seed: int, progress: bool = False) -> 
                                 max_items=world.max_items)
     eval_prompts = task.make_prompts(cfg.rm_eval_prompts, seed=4000 + seed, min_items=world.min_items,
                                      max_items=world.max_items)
-    eval_pairs = gold_pairs(base, eval_prompts, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+    eval_pairs = pairs_by_gold(base, eval_prompts, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                             seed=20_000 + seed)
     res["rm_eval_pairs"] = len(eval_pairs)
     backend = ToyRewriter(base, seed=seed, judge=JudgeConfig(cfg.judge.aspect_noise, cfg.judge.overall_noise))
