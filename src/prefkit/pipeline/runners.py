@@ -233,8 +233,9 @@ def run_synth(ctx: StageContext) -> dict:
                 shutil.rmtree(run_dir)
             extra = {}
             if method.uses_judge:
+                # the judge defaults to the backend itself (one LLM writes and judges)
                 extra["judge"] = backend_from_spec(judge_spec, policy=ctx.policy, key="synth.judge") \
-                    if judge_spec else None
+                    if judge_spec else backend
             chunk_opts = dict(opts, **({"seed": seed + c} if seed is not None else {}))
             options = build_options(method.options, chunk_opts, run_dir=str(run_dir), progress=ctx.progress)
             report = StageReport(f"synth {method.name}")

@@ -42,6 +42,7 @@ from prefkit.pipeline.recipe import load_recipe
 from prefkit.toy import task
 from prefkit.toy.demo_config import DemoConfig, log, world_name
 from prefkit.toy.demo_report import write_report
+from prefkit.toy.rm_comparison import results_of_rm_run
 from prefkit.toy.world import base_policy, default_cache_dir
 
 RECIPES = Path(__file__).parent / "demo_recipes"
@@ -94,6 +95,27 @@ def demo_overrides(config: DemoConfig, world, seed: int, arms) -> list[str]:
             out.append(f"arms.{arm}.evaluate.curve_goals=")
     out += [f"arms.{arm}.select.seed={seed}" for arm in SELECT_ARMS if arm in arms]
     return out
+
+
+def rm_overrides(config: DemoConfig, world, seed: int) -> list[str]:
+    """The reward-model recipe's overrides for one seed (see the recipe's header)."""
+    items = {"min_items": world.min_items, "max_items": world.max_items}
+    world_args = dataclasses.asdict(world)
+    steps = max(1, math.ceil(config.rm_prompts / config.batch_size)) * config.rm_epochs
+    return policy_overrides(world) + [
+        f"prompts.train.args={_yaml({'n': config.rm_prompts, 'seed': 3000 + seed, **items})}",
+        "synth.backend.args=" + _yaml({"world": world_args, "seed": seed, "aspect_noise": config.judge.aspect_noise,
+                                       "overall_noise": config.judge.overall_noise}),
+        f"synth.generation={_yaml({'temperature': config.temperature, 'max_tokens': config.max_new_tokens})}",
+        f"arms.rmboost.synth.seed={seed}", f"arms.rlaif.synth.seed={seed}",
+        f"arms.rmboost.synth.rewrite={_yaml({'temperature': 0.7, 'max_tokens': 4 * config.max_new_tokens})}",
+        f"reward_model.learning_rate={config.rm_learning_rate}", f"reward_model.num_train_epochs={config.rm_epochs}",
+        f"reward_model.per_device_train_batch_size={config.batch_size}", f"reward_model.seed={seed}",
+        f"reward_model.logging_steps={max(1, steps // 4)}",
+        "reward_model.eval_pairs.args=" + _yaml({"world": world_args, "n": config.rm_eval_prompts, "seed": 4000 + seed,
+                                                 "sample_seed": 20_000 + seed, "temperature": config.temperature,
+                                                 "max_new_tokens": config.max_new_tokens}),
+    ]
 
 
 def demo_arms(config: DemoConfig, main: bool) -> list[str]:
@@ -200,16 +222,12 @@ def run_job(job: Job, config: DemoConfig, threads: int | None, progress: bool) -
     if threads:
         torch.set_num_threads(threads)
     if job.part == "rm":
-        from prefkit.toy.rm_comparison import run_rm_comparison  # noqa: PLC0415  the RM part's own modules
-
-        done = job.run_dir / "results.json"
-        if done.is_file():
-            log(f"seed {job.seed}: reward-model comparison found in {done}, not rerun")
-            res = {**json.loads(done.read_text()), "_ran": 0}
-        else:
-            res = run_rm_comparison(job.run_dir, config, job.world, job.seed, progress=progress)
-            job.run_dir.mkdir(parents=True, exist_ok=True)
-            done.write_text(json.dumps(res, indent=2, default=str))
+        recipe = load_recipe(RM_RECIPE, overrides=rm_overrides(config, job.world, job.seed))
+        log(f"seed {job.seed} ({world_name(job.world)}): prefkit run {RM_RECIPE.name} -o {job.run_dir}")
+        got = engine.run(recipe, job.run_dir, progress=progress,
+                         log=lambda msg: log(f"seed {job.seed} ({world_name(job.world)}): {msg}"))
+        res = results_of_rm_run(job.run_dir)
+        res["_ran"] = sum(1 for e in got["steps"] if e.get("ran"))
     else:
         recipe = load_recipe(MAIN_RECIPE, overrides=demo_overrides(config, job.world, job.seed, job.arms))
         log(f"seed {job.seed} ({world_name(job.world)}): prefkit run {MAIN_RECIPE.name} -o {job.run_dir} "

@@ -38,11 +38,12 @@ def prompts(n: int, seed: int = 0, min_items: int = 3, max_items: int = 6) -> li
 
 def rewriter(quick: bool = False, model: str | None = None, seed: int = 0, edit_success: float = 0.8,
              slip: float = 0.2, aspect_noise: float = 0.5, overall_noise: float = 1.0, batch_size: int = 64,
-             **world) -> ToyRewriter:
+             world: dict | None = None) -> ToyRewriter:
     """The toy world's stand-in LLM for prefkit.synth (`prefkit.toy.rewriter.ToyRewriter`: it
     samples from `model` (a directory, hub id or smollm2) or, by default, the world's base policy
-    (`base_policy(quick, **world)`), rewrites by rule, judges with the toy judge's noise)."""
-    base = str(resolve_model_path(model)) if model else base_policy(quick, **world)
+    (`base_policy(quick, **world)`; world: ToyWorldConfig fields), rewrites by rule, judges with
+    the toy judge's noise)."""
+    base = str(resolve_model_path(model)) if model else base_policy(quick, **(world or {}))
     return ToyRewriter(base, seed=seed, edit_success=edit_success, slip=slip,
                        judge=JudgeConfig(aspect_noise, overall_noise), batch_size=batch_size)
 
@@ -66,9 +67,12 @@ def pairs_by_gold(base, prompts, *, temperature: float, max_new_tokens: int, see
 
 
 def gold_pairs(n: int, seed: int = 4000, sample_seed: int = 20_000, model: str | None = None, quick: bool = False,
-               temperature: float = 1.0, max_new_tokens: int = 24, min_items: int = 3, max_items: int = 6, **world):
-    """`pairs_by_gold` on n fresh toy prompts (`prompts(n, seed)`), sampled from `model` (a
-    directory, hub id or smollm2) or, by default, the world's base policy (`base_policy(quick, **world)`)."""
+               temperature: float = 1.0, max_new_tokens: int = 24, world: dict | None = None):
+    """`pairs_by_gold` on n fresh toy prompts (`prompts(n, seed)`, the world's item counts), sampled
+    from `model` (a directory, hub id or smollm2) or, by default, the world's base policy
+    (`base_policy(quick, **world)`; world: ToyWorldConfig fields)."""
+    world = world or {}
     base = str(resolve_model_path(model)) if model else base_policy(quick, **world)
-    return pairs_by_gold(base, prompts(n, seed, min_items, max_items), temperature=temperature,
+    config = dataclasses.replace(QUICK_CONFIG if quick else ToyWorldConfig(), **world)
+    return pairs_by_gold(base, prompts(n, seed, config.min_items, config.max_items), temperature=temperature,
                          max_new_tokens=max_new_tokens, seed=sample_seed)

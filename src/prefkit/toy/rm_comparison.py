@@ -1,108 +1,54 @@
-"""The demo's reward-model stage: RMBoost versus RLAIF / West-of-N / RLCD, each through prefkit.synth.
+"""The demo's reward-model comparison: RMBoost versus RLAIF / West-of-N / RLCD, the arms of the
+recipe src/prefkit/toy/demo_recipes/rm.yaml (run per seed by `prefkit.toy.demo`).
 
-Per seed and method, on the same fresh training prompts (the same prompt budget for every method):
-`prefkit.synth.<method>` with the toy world's stand-in LLM (`prefkit.toy.rewriter.ToyRewriter`:
-the base policy for sampling, rule-based imperfect rewrites, the noisy toy judge for judging) ->
-`prefkit.train.train_rm` (the same RM config for every method: the base policy with a fresh
-scalar head) -> `prefkit.evaluate.rm_accuracy` on held-out pairs labelled by the GOLD reward
-(two base-policy samples per held-out prompt with distinct gold scores; the higher is chosen).
+Per seed, on the same fresh training prompts (the same prompt budget for every method): a synth
+stage per arm (`prefkit.synth.<method>` with the toy world's stand-in LLM,
+`prefkit.toy.rewriter.ToyRewriter`: the base policy for sampling, rule-based imperfect rewrites,
+the noisy toy judge for judging) -> a reward_model stage (`prefkit.train.train_rm`, the same RM
+config for every method: the base policy with a fresh scalar head) and its accuracy
+(`prefkit.evaluate.rm_accuracy`) on held-out pairs labelled by the GOLD reward (two base-policy
+samples per held-out prompt with distinct gold scores; the higher is chosen).
 
-Also recorded per method: how many pairs the method produced, what it dropped (by reason) and the
-fraction of its training pairs whose label agrees with the gold reward (label accuracy).
+Also recorded per method (`results_of_rm_run`): how many pairs the method produced, what it
+dropped (by reason) and the fraction of its training pairs whose label agrees with the gold
+reward (label accuracy). This module reads a run back and writes the report's section.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
-import time
 from pathlib import Path
 
-from prefkit import synth
-from prefkit.evaluate.rm_accuracy import rm_accuracy
-from prefkit.report import StageReport
-from prefkit.synth import SamplingParams
 from prefkit.toy import task
-from prefkit.toy.demo_config import log
-from prefkit.toy.judge import JudgeConfig
-from prefkit.toy.recipes import pairs_by_gold
-from prefkit.toy.rewriter import ToyRewriter
-from prefkit.toy.world import base_policy
-from prefkit.train import train_rm
-from prefkit.train.config import RMConfig
 
 RM_METHODS = ("rmboost", "rlaif", "west-of-n", "rlcd")
 RM_LABELS = {"rmboost": "RMBoost", "rlaif": "RLAIF", "west-of-n": "West-of-N (N=4, toy judge)", "rlcd": "RLCD"}
 
-# The toy task's aspects as an RMBoost / judge guideline (descriptions from prefkit.toy.task).
-TOY_GUIDELINE = {
-    "coverage": "lists every word the request names",
-    "order": "puts the words in alphabetical order",
-    "conciseness": "lists the words once each and nothing else",
-}
 
-
-def synthesize(method: str, prompts, backend, run_dir, *, seed: int, temperature: float, max_new_tokens: int,
-               report):
-
-    gen = SamplingParams(temperature=temperature, max_tokens=max_new_tokens)
-    common = dict(run_dir=str(run_dir), generation=gen, progress=False, report=report)
-    if method == "rmboost":
-        return synth.rmboost(prompts, backend, guideline=TOY_GUIDELINE, aspects="llm", seed=seed,
-                             rewrite=SamplingParams(temperature=0.7, max_tokens=4 * max_new_tokens), **common)
-    if method == "rlaif":
-        return synth.rlaif(prompts, backend, guideline=TOY_GUIDELINE, seed=seed, **common)
-    if method == "west-of-n":
-        return synth.west_of_n(prompts, backend, n=4, judge=backend, **common)
-    if method == "rlcd":
-        return synth.rlcd(prompts, backend, guideline=TOY_GUIDELINE, **common)
-    raise ValueError(method)
-
-
-def run_rm_comparison(out, config, world, seed: int, progress: bool = False) -> dict:
-    """The comparison for one seed in directory `out`: its numbers (rm_acc_<method>, ...)."""
-    cfg, out = config, Path(out)
-    base = base_policy(world, progress=False)
+def results_of_rm_run(run_dir: Path) -> dict:
+    """One seed's numbers (rm_acc_<method>, rm_pairs_<method>, ...) from a run of rm.yaml."""
+    manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
     res: dict = {}
-    prompts = task.make_prompts(cfg.rm_prompts, seed=3000 + seed, min_items=world.min_items,
-                                max_items=world.max_items)
-    eval_prompts = task.make_prompts(cfg.rm_eval_prompts, seed=4000 + seed, min_items=world.min_items,
-                                     max_items=world.max_items)
-    eval_pairs = pairs_by_gold(base, eval_prompts, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                            seed=20_000 + seed)
-    res["rm_eval_pairs"] = len(eval_pairs)
-    backend = ToyRewriter(base, seed=seed, judge=JudgeConfig(cfg.judge.aspect_noise, cfg.judge.overall_noise))
-    ctx = {"dir": out}
-    for method in RM_METHODS:
-        t0 = time.time()
-        report = StageReport(f"synth {method}")
-        pairs = synthesize(method, prompts, backend, ctx["dir"] / "synth" / method, seed=seed,
-                           temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, report=report)
-        res[f"rm_pairs_{method}"] = len(pairs)
-        res[f"rm_dropped_{method}"] = dict(report.dropped)
-        if len(pairs):
-            agree = [task.gold_reward(p, c) > task.gold_reward(p, r)
-                     for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])]
-            res[f"rm_label_gold_agreement_{method}"] = sum(agree) / len(agree)
-        synth_s = time.time() - t0
-        if len(pairs) < 2:
-            log(f"seed {seed}: {method}: only {len(pairs)} pair(s), no reward model trained")
-            res[f"rm_acc_{method}"] = None
+    for m in RM_METHODS:
+        synth = manifest["stages"].get(f"{m}/round-1/synth")
+        rm = manifest["stages"].get(f"{m}/round-1/reward_model")
+        if not synth or synth.get("status") != "done":
             continue
-        train = pairs.select_columns(["prompt", "chosen", "rejected"])
-        steps = max(1, -(-len(train) // cfg.batch_size)) * cfg.rm_epochs
-        out = ctx["dir"] / "rm" / method
-        rcfg = RMConfig(model_name_or_path=str(base), output_dir=str(out), learning_rate=cfg.rm_learning_rate,
-                        lr_scheduler_type="cosine", warmup_ratio=0.1, num_train_epochs=cfg.rm_epochs,
-                        per_device_train_batch_size=cfg.batch_size, logging_steps=max(1, steps // 4),
-                        save_strategy="no", seed=seed, max_length=256, eval_split_ratio=0.0, disable_tqdm=True)
-        log(f"seed {seed}: {RM_LABELS[method]}: {len(pairs)} pairs from {len(prompts)} prompts "
-            f"({synth_s:.1f}s); training a reward model ({steps} steps)")
-        train_rm(rcfg, train_dataset=train)
-        acc = rm_accuracy(str(out), eval_pairs, batch_size=64, max_length=256, progress=False)
-        res[f"rm_acc_{method}"] = acc["accuracy"]
-        res[f"rm_seconds_{method}"] = round(time.time() - t0, 1)
-        log(f"seed {seed}: {RM_LABELS[method]} reward model: accuracy {acc['accuracy']:.3f} on "
-            f"{acc['n']} gold-labelled pairs")
+        res[f"rm_pairs_{m}"] = synth["metrics"]["pairs"]
+        res[f"rm_dropped_{m}"] = synth["metrics"].get("dropped", {})
+        rows = [json.loads(line) for line in Path(synth["output"]).read_text().splitlines() if line.strip()]
+        if rows:
+            agree = [task.gold_reward(r["prompt"], r["chosen"]) > task.gold_reward(r["prompt"], r["rejected"])
+                     for r in rows]
+            res[f"rm_label_gold_agreement_{m}"] = sum(agree) / len(agree)
+        if rm and rm.get("status") == "done":
+            acc = rm["metrics"].get("eval_accuracy") or {}
+            res[f"rm_acc_{m}"] = acc.get("accuracy")
+            res["rm_eval_pairs"] = acc.get("n")
+            res[f"rm_seconds_{m}"] = round((synth.get("seconds") or 0) + (rm.get("seconds") or 0), 1)
+        else:
+            res[f"rm_acc_{m}"] = None
     return res
 
 
