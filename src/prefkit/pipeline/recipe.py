@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from prefkit.errors import ConfigError
+from prefkit.pipeline.backend_spec import check_backend_spec, sampling
 from prefkit.pipeline.stages import ORDER, STAGES, accepts_passthrough
 from prefkit.train.config import DPOConfig, check_trainer_args, load_config
 
@@ -193,8 +194,8 @@ def _check_policy(policy, where: _Where) -> dict:
     return dict(policy)
 
 
-def _check_stage(name: str, opts, where: _Where) -> dict:
-    path = f"stages.{name}"
+def _check_stage(name: str, opts, where: _Where, path: str | None = None) -> dict:
+    path = path or f"stages.{name}"
     stage = STAGES[name]
     if opts is None:
         opts = {}
@@ -259,8 +260,10 @@ def validate(data: dict, where: _Where, *, rounds: int | None = None) -> Recipe:
         raise where.error("prompts", "the evaluate stage needs held-out prompts: add prompts.eval")
     if "evaluate" in checked and not any(checked["evaluate"].get(k) for k in ("reward_fn", "reward_model")):
         raise where.error("stages.evaluate", "nothing to score with: set reward_fn or reward_model")
-    if "score" in checked and not any(checked["score"].get(k) for k in ("reward_fn", "reward_model")):
-        raise where.error("stages.score", "nothing to score with: set reward_fn or reward_model")
+    if "score" in checked:
+        _check_scorer(checked["score"], where, "stages.score", ("reward_fn", "reward_model", "judge"))
+    if "evolve" in checked:
+        _check_evolve(checked["evolve"], where)
     if "train" in checked and n_rounds > 1 and checked["train"].get("reference") is None:
         raise where.error("stages.train", "with more than one round, say which model is the reference: "
                                           "reference: initial (the first policy) or previous (the last round's)")
@@ -271,6 +274,42 @@ def validate(data: dict, where: _Where, *, rounds: int | None = None) -> Recipe:
             raise where.error(f"stages.{name}", "needs the generate stage before it")
     return Recipe(name=str(data.get("name") or Path(where.file).stem), file=where.file, policy=policy,
                   prompts=checked_prompts, rounds=n_rounds, stages=checked)
+
+
+def _check_scorer(opts: dict, where: _Where, path: str, scorers: tuple) -> None:
+    """Exactly one scorer; a judge's backend spec and its sampling checked."""
+    given = [k for k in scorers if opts.get(k)]
+    if not given:
+        raise where.error(path, f"nothing to score with: set {', '.join(scorers[:-1])} or {scorers[-1]}")
+    if len(given) > 1:
+        raise where.error(f"{path}.{given[1]}", f"set only one of {', '.join(given)}")
+    for name in ("judge", "backend"):
+        if opts.get(name) is not None:
+            _check_sub(where, f"{path}.{name}", lambda: check_backend_spec(opts[name]))
+    for name in ("judge_params", "rewrite_params", "generation"):
+        if opts.get(name) is not None:
+            _check_sub(where, f"{path}.{name}", lambda: sampling(opts[name]))
+
+
+def _check_sub(where: _Where, path: str, check) -> None:
+    """Run `check`; its 'KEY: what' error becomes one naming path.KEY and its line."""
+    try:
+        check()
+    except ConfigError as exc:
+        key, sep, what = str(exc).partition(": ")
+        if sep and " " not in key:
+            raise where.error(f"{path}.{key}", what) from None
+        raise where.error(path, str(exc)) from None
+
+
+def _check_evolve(opts: dict, where: _Where) -> None:
+    if not opts.get("backend"):
+        raise where.error("stages.evolve", "set backend: the LLM that rewrites the prompts ({model: NAME, "
+                                           "base_urls: [URL, ...]}, {local: DIR} or {build: MODULE:FUNCTION})")
+    _check_scorer(opts, where, "stages.evolve", ("reward_model", "judge"))
+    sel = opts.get("select")
+    if sel is not None:
+        opts["select"] = _check_stage("select", sel, where, path="stages.evolve.select")
 
 
 def _check_train(opts: dict, where: _Where) -> None:

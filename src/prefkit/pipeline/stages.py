@@ -89,6 +89,14 @@ def _evaluate_options():
     return EvaluateOptions
 
 
+def _evolve_operations():
+    from prefkit.select.evolve import OPERATIONS
+    return tuple(OPERATIONS)
+
+
+JUDGE = Option("judge", dict, None, doc="an UltraFeedback-style LLM judge (prefkit.synth.judge): {model: NAME, "
+               "base_urls: [URL, ...]} (requests spread over the servers), {local: DIR} or "
+               "{build: MODULE:FUNCTION, args: {...}}")
 SERVERS = Option("servers", list, None, doc="OpenAI-compatible base URLs serving the policy (MODEL@URL); "
                  "none: generate locally")
 SERVED_MODEL = Option("served_model", str, None, doc="the model name the servers serve (default: the policy path)")
@@ -99,7 +107,9 @@ STAGES: dict[str, StageDef] = {s.name: s for s in (
              extras=(SERVERS, SERVED_MODEL,
                      Option("chunk_size", int, 64, doc="prompts per durable chunk (a kill loses at most one chunk)"))),
     StageDef("score", _evaluate_options, "run_score", include=("reward_fn", "reward_model", "rm_options"),
-             extras=(Option("batch_size", int, 16, doc="reward-model batch size"),)),
+             extras=(Option("batch_size", int, 16, doc="reward-model batch size"), JUDGE,
+                     Option("judge_params", dict, None, doc="the judge's sampling: {temperature, top_p, max_tokens} "
+                                                            "(default temperature 0, 1024 tokens)"))),
     StageDef("pair", _binarize, "run_pair", exclude=("report", "dataset", "truthfulqa_prompts"),
              choices={"method": _binarize_methods, "ties": lambda: ("drop", "keep")}),
     StageDef("relabel", _relabel_options, "run_relabel", exclude=("model", "reference"),
@@ -111,10 +121,16 @@ STAGES: dict[str, StageDef] = {s.name: s for s in (
              extras=(Option("reference", str, "initial", ("initial", "previous", "none"),
                             doc="reference model of dpo-implicit margins"),)),
     StageDef("evolve", _evolve_options, "run_evolve", exclude=("progress", "run_dir"),
-             extras=(Option("backend", dict, None, doc="the rewriting LLM: {build: MODULE:FUNCTION} or "
-                                                       "{model: NAME, base_urls: [URL, ...]}"),
-                     Option("reward_model", str, None, doc="the reward model that scores the evolved prompts' responses"),
-                     Option("select", dict, None, doc="SelectOptions of the second selection"))),
+             choices={"operations": _evolve_operations},
+             extras=(Option("backend", dict, None, doc="the LLM that rewrites the prompts and answers the rewrites: "
+                                                       "{model: NAME, base_urls: [URL, ...]}, {local: DIR} or "
+                                                       "{build: MODULE:FUNCTION, args: {...}}"),
+                     Option("reward_model", str, None, doc="the reward model that scores the answers to the evolved "
+                                                           "prompts (or judge)"),
+                     Option("judge", dict, None, doc="an UltraFeedback-style judge that scores them instead (a "
+                                                     "backend, as `backend`)"),
+                     Option("select", dict, None, doc="SelectOptions of the second selection, and reference "
+                                                      "(initial, previous) as the select stage takes it"))),
     StageDef("train", _dpo_config, "run_train",
              exclude=("model_name_or_path", "tokenizer_name_or_path", "train_file", "output_dir",
                       "reference_model_name_or_path", "resume_from_checkpoint", "trainer_args"),

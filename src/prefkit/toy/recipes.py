@@ -6,6 +6,7 @@
       train: {build: prefkit.toy.recipes:prompts, args: {n: 96, seed: 1000}, per_round: 48}
     stages:
       score: {reward_fn: prefkit.toy.task:gold_reward}
+      evolve: {backend: {build: prefkit.toy.recipes:rewriter, args: {quick: true}}, ...}
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 from prefkit.toy import task
+from prefkit.toy.rewriter import ToyRewriter
 from prefkit.toy.world import QUICK_CONFIG, ToyWorldConfig
 from prefkit.toy.world import base_policy as _base_policy
 
@@ -28,3 +30,10 @@ def base_policy(quick: bool = False, **world) -> str:
 def prompts(n: int, seed: int = 0, min_items: int = 3, max_items: int = 6) -> list[str]:
     """n sorting prompts of the toy task (`prefkit.toy.task.make_prompts`)."""
     return task.make_prompts(n, seed=seed, min_items=min_items, max_items=max_items)
+
+
+def rewriter(quick: bool = False, seed: int = 0, evolve_failure: float = 0.1, **world) -> ToyRewriter:
+    """The toy world's stand-in LLM (`prefkit.toy.rewriter.ToyRewriter`) over its base policy: it
+    rewrites prompts for the evolve stage, answers them (sampling the base policy) and judges
+    answers (the noisy toy judge), as a recipe's `backend` or `judge`."""
+    return ToyRewriter(base_policy(quick, **world), seed=seed, evolve_failure=evolve_failure)
