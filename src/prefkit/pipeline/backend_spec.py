@@ -39,6 +39,7 @@ def check_backend_spec(spec) -> dict:
     """`spec` checked (ConfigError naming the bad key as `KEY: what`), base_urls as a list."""
     if not isinstance(spec, dict):
         raise ConfigError(f"expected a mapping; {FORMS}")
+    spec = {k: v for k, v in spec.items() if v is not None}     # `--set judge.KEY=` unsets KEY
     valid = valid_keys()
     for k in spec:
         if k not in valid:
@@ -67,6 +68,18 @@ def check_backend_spec(spec) -> dict:
     if extra:
         raise ConfigError(f"{extra[0]}: does not go with {forms[0]}; {FORMS}")
     return out
+
+
+def check_server_options(opts) -> dict:
+    """A generate stage's `backend_options`: OpenAIBackend fields only (the servers and the model
+    are the stage's `servers` and `served_model`)."""
+    if not isinstance(opts, dict):
+        raise ConfigError(f"expected a mapping of {', '.join(_served_fields())}")
+    for k in opts:
+        if k not in _served_fields():
+            raise ConfigError(f"{k}: unknown key; valid keys: {', '.join(_served_fields())}")
+    check_backend_spec({"model": "m", "base_urls": ["http://servers/v1"], **opts})
+    return opts
 
 
 def build_backend(spec: dict):

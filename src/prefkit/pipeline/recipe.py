@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from prefkit.errors import ConfigError
-from prefkit.pipeline.backend_spec import check_backend_spec, sampling
+from prefkit.pipeline.backend_spec import check_backend_spec, check_server_options, sampling
 from prefkit.pipeline.stages import ORDER, STAGES, accepts_passthrough
 from prefkit.train.config import DPOConfig, check_trainer_args, load_config
 
@@ -264,6 +264,9 @@ def validate(data: dict, where: _Where, *, rounds: int | None = None) -> Recipe:
         _check_scorer(checked["score"], where, "stages.score", ("reward_fn", "reward_model", "judge"))
     if "evolve" in checked:
         _check_evolve(checked["evolve"], where)
+    if checked.get("generate", {}).get("backend_options") is not None:
+        _check_sub(where, "stages.generate.backend_options",
+                   lambda: check_server_options(checked["generate"]["backend_options"]))
     if "train" in checked and n_rounds > 1 and checked["train"].get("reference") is None:
         raise where.error("stages.train", "with more than one round, say which model is the reference: "
                                           "reference: initial (the first policy) or previous (the last round's)")

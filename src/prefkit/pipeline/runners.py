@@ -62,10 +62,11 @@ def run_generate(ctx: StageContext) -> dict:
     opts = dict(ctx.options)
     servers = opts.pop("servers", None)
     served_model = opts.pop("served_model", None)
+    backend_options = opts.pop("backend_options", None) or {}
     chunk_size = opts.pop("chunk_size", None) or STAGES["generate"].options()["chunk_size"].default
     rows = ctx.prompts
     if servers:
-        outputs = _generate_served(ctx, rows, servers, served_model, opts)
+        outputs = _generate_served(ctx, rows, servers, served_model, opts, backend_options)
     else:
         outputs = _generate_local(ctx, rows, chunk_size, opts)
     records = []
@@ -108,7 +109,8 @@ def _generate_local(ctx: StageContext, rows, chunk_size: int, opts: dict) -> lis
     return out
 
 
-def _generate_served(ctx: StageContext, rows, servers, served_model, opts: dict) -> list[list[str | None]]:
+def _generate_served(ctx: StageContext, rows, servers, served_model, opts: dict,
+                     backend_options: dict) -> list[list[str | None]]:
     from prefkit.evaluate.policy import PolicySpec, generate_outputs
     from prefkit.relabel import CONDITIONING_FILE
     from prefkit.synth.backends import SamplingParams
@@ -119,7 +121,7 @@ def _generate_served(ctx: StageContext, rows, servers, served_model, opts: dict)
     if cond == "auto":   # the policy directory's spec, sent with every request (servers do not read it)
         cond = ctx.policy if (Path(ctx.policy) / CONDITIONING_FILE).is_file() else None
     spec = PolicySpec("policy", served_model or ctx.policy, base_urls=list(servers), conditioning=cond,
-                      goal=opts.get("goal"))
+                      goal=opts.get("goal"), backend_options=dict(backend_options))
     params = SamplingParams(temperature=opts.get("temperature", 1.0), top_p=opts.get("top_p", 1.0),
                             max_tokens=opts.get("max_new_tokens", 128), seed=opts.get("seed", 0))
     with Run(ctx.dir / "run", progress=ctx.progress) as run:

@@ -99,12 +99,16 @@ JUDGE = Option("judge", dict, None, doc="an UltraFeedback-style LLM judge (prefk
                "{build: MODULE:FUNCTION, args: {...}}")
 SERVERS = Option("servers", list, None, doc="OpenAI-compatible base URLs serving the policy (MODEL@URL); "
                  "none: generate locally")
+SERVER_OPTIONS = Option("backend_options", dict, None,
+                        doc="fields of prefkit.synth.backends.OpenAIBackend for the servers: server "
+                            "(transformers: `transformers serve`, which samples only when told), concurrency, "
+                            "timeout, max_retries, balance, ...")
 SERVED_MODEL = Option("served_model", str, None, doc="the model name the servers serve (default: the policy path)")
 
 STAGES: dict[str, StageDef] = {s.name: s for s in (
     StageDef("generate", _generate, "run_generate",
              exclude=("model", "prompts", "tokenizer", "progress", "desc"),
-             extras=(SERVERS, SERVED_MODEL,
+             extras=(SERVERS, SERVED_MODEL, SERVER_OPTIONS,
                      Option("chunk_size", int, 64, doc="prompts per durable chunk (a kill loses at most one chunk)"))),
     StageDef("score", _evaluate_options, "run_score", include=("reward_fn", "reward_model", "rm_options"),
              extras=(Option("batch_size", int, 16, doc="reward-model batch size"), JUDGE,
