@@ -4,8 +4,14 @@ a judged score stage that resumes from its request run, and evolve-then-select e
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,6 +110,64 @@ def test_judged_score_stage_resumes_from_its_request_run(tmp_path):
     second = _step(again, "round-1/score")
     assert second["ran"] and second["output_hash"] == score["output_hash"]
     assert second["metrics"]["judge_run"]["resumed"] == 48 and second["metrics"]["judge_run"]["done"] == 0
+
+
+def _grader(body: dict) -> str:
+    """A judge's answer in UltraFeedback's format, its ratings a digest of the request: the same
+    request always gets the same ratings (so a resumed run must equal an uninterrupted one)."""
+    from prefkit.synth.judge import ASPECTS
+
+    h = int(hashlib.sha1(body["messages"][-1]["content"].encode()).hexdigest(), 16)
+    lines = [f"{a}: {1 + (h >> (4 * k)) % 5}\nrationale: digest" for k, a in enumerate(ASPECTS)]
+    return "\n".join(lines + [f"overall: {1 + h % 10}"])
+
+
+def _judge_cmd(run_dir, urls) -> list[str]:
+    sets = ["prompts.train.args.n=8", "prompts.train.per_round=8", "score.reward_fn=", "score.judge.model=judge",
+            f"score.judge.base_urls=[{urls[0]}, {urls[1]}]", "score.judge.concurrency=2"]
+    return [sys.executable, "-m", "prefkit", "run", str(TOY), "-o", str(run_dir), "--rounds", "1", "--until", "score",
+            "--no-progress"] + [a for s in sets for a in ("--set", s)]
+
+
+@pytest.mark.slow
+def test_kill_while_judging_then_rerun(tmp_path):
+    """Two OpenAI-compatible servers that take a quarter second per answer; `kill -9` once four
+    judge requests are recorded, then the same command: every recorded request is kept, at most
+    the ones in flight are asked again, and the scores equal an uninterrupted run's."""
+    from prefkit.testing import FakeServer
+
+    with FakeServer(_grader, latency=0.25, max_lifetime=600) as a, \
+            FakeServer(_grader, latency=0.25, max_lifetime=600) as b:
+        urls = [a.base_url, b.base_url]
+        whole = subprocess.run(_judge_cmd(tmp_path / "whole", urls), capture_output=True, text=True)
+        assert whole.returncode == 0, whole.stderr[-3000:]
+        served_whole = a.stats["ok"] + b.stats["ok"]
+        assert a.stats["ok"] >= 1 and b.stats["ok"] >= 1                     # spread over both
+
+        d = tmp_path / "killed"
+        proc = subprocess.Popen(_judge_cmd(d, urls), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        records = lambda: [x for f in d.glob("round-1/score/*/run/requests.jsonl")  # noqa: E731
+                           for x in f.read_text().splitlines()]
+        t0 = time.time()
+        while len(records()) < 4:
+            assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read()[-2000:]}"
+            assert time.time() - t0 < 300
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+        kept = len(records())
+        assert kept < served_whole and not list(d.glob("round-1/score/*/done"))
+        served_before = a.stats["ok"] + b.stats["ok"]
+        again = subprocess.run(_judge_cmd(d, urls), capture_output=True, text=True)
+        assert again.returncode == 0, again.stderr[-3000:]
+        served_again = a.stats["ok"] + b.stats["ok"] - served_whole
+    (w,) = [json.loads(p.read_text()) for p in (tmp_path / "whole").glob("round-1/score/*/done")]
+    (k,) = [json.loads(p.read_text()) for p in d.glob("round-1/score/*/done")]
+    assert k["output_hash"] == w["output_hash"]                         # the same scores, file for file
+    assert k["metrics"]["judge_run"]["resumed"] == kept and w["metrics"]["judge_failures"] == {}
+    assert served_whole <= served_again <= served_whole + 2             # concurrency 2: at most 2 asked twice
+    assert served_before - served_whole >= kept
 
 
 # -- evolve then select --------------------------------------------------------------------------------
