@@ -131,7 +131,8 @@ class ToyRewriter(Backend):
 
     def evolve_reply(self, text: str) -> str:
         rng = self._rng(text)
-        instruction = _tag(text, "instruction") or ""
+        found = re.findall(r"<instruction>\n(.*?)\n</instruction>", text, re.S)   # not the tags' mention
+        instruction = found[-1] if found else ""
         op = next((name for name, what in OPERATIONS.items() if what in text), "deepen")
         try:
             words = list(dict.fromkeys(task.requested_items(instruction)))
