@@ -265,8 +265,8 @@ def validate(data: dict, where: _Where, *, rounds: int | None = None) -> Recipe:
     if "evolve" in checked:
         _check_evolve(checked["evolve"], where)
     if checked.get("generate", {}).get("backend_options") is not None:
-        _check_sub(where, "stages.generate.backend_options",
-                   lambda: check_server_options(checked["generate"]["backend_options"]))
+        _check_sub(where, "stages.generate.backend_options", check_server_options,
+                   checked["generate"]["backend_options"])
     if "train" in checked and n_rounds > 1 and checked["train"].get("reference") is None:
         raise where.error("stages.train", "with more than one round, say which model is the reference: "
                                           "reference: initial (the first policy) or previous (the last round's)")
@@ -288,16 +288,16 @@ def _check_scorer(opts: dict, where: _Where, path: str, scorers: tuple) -> None:
         raise where.error(f"{path}.{given[1]}", f"set only one of {', '.join(given)}")
     for name in ("judge", "backend"):
         if opts.get(name) is not None:
-            _check_sub(where, f"{path}.{name}", lambda: check_backend_spec(opts[name]))
+            _check_sub(where, f"{path}.{name}", check_backend_spec, opts[name])
     for name in ("judge_params", "rewrite_params", "generation"):
         if opts.get(name) is not None:
-            _check_sub(where, f"{path}.{name}", lambda: sampling(opts[name]))
+            _check_sub(where, f"{path}.{name}", sampling, opts[name])
 
 
-def _check_sub(where: _Where, path: str, check) -> None:
-    """Run `check`; its 'KEY: what' error becomes one naming path.KEY and its line."""
+def _check_sub(where: _Where, path: str, check, value) -> None:
+    """`check(value)`; its 'KEY: what' error becomes one naming path.KEY and its line."""
     try:
-        check()
+        check(value)
     except ConfigError as exc:
         key, sep, what = str(exc).partition(": ")
         if sep and " " not in key:
