@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,15 @@ N_PROMPTS, N = 4, 2
 
 def _posts(log: Path) -> int:
     return log.read_text().count(POSTS)
+
+
+def _counts(logs, at_least: int) -> list[int]:
+    """Each server's answered requests, once their sum reaches `at_least` (a server writes its
+    access-log line just after the answer, so the last line may trail the client by a moment)."""
+    deadline = time.monotonic() + 60
+    while sum(_posts(log) for log in logs) < at_least and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [_posts(log) for log in logs]
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +83,14 @@ def _done(run_dir, stage) -> dict:
 
 def test_generate_and_judge_over_two_servers(servers, model_dir, tmp_path):
     urls, logs = servers
-    before = [_posts(log) for log in logs]          # the warm-up requests
+    before = _counts(logs, len(logs))               # the warm-up requests, one a server
     recipe, d = _recipe(tmp_path / "recipe.yaml", model_dir, urls), tmp_path / "run"
 
     proc = subprocess.run(_cmd(recipe, d, "--until", "generate"), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     gen = _done(d, "generate")
     assert gen["metrics"] == {"prompts": N_PROMPTS, "responses": N_PROMPTS * N, "failed": 0}
-    after_generate = [_posts(log) for log in logs]
+    after_generate = _counts(logs, sum(before) + N_PROMPTS * N)
     generated = [a - b for a, b in zip(after_generate, before)]
     assert sum(generated) == N_PROMPTS * N and min(generated) >= 1, generated       # both servers sampled
 
@@ -95,7 +105,7 @@ def test_generate_and_judge_over_two_servers(servers, model_dir, tmp_path):
     assert len(responses) == N_PROMPTS * N and len(asked) >= N_PROMPTS * N - 2
     assert m["judge_run"]["requested"] == m["judge_run"]["done"] == len(asked)
     assert m["scorer"] == f"judge openai:{model_dir} @ {urls[0]}, {urls[1]} (concurrency 4)"
-    judged = [c - a for c, a in zip((_posts(log) for log in logs), after_generate)]
+    judged = [c - a for c, a in zip(_counts(logs, sum(after_generate) + len(asked)), after_generate)]
     assert sum(judged) == len(asked) and min(judged) >= 1, judged                   # both servers judged
 
     # every judged response has the judge's score or the recorded reason why not (a random tiny
