@@ -49,3 +49,26 @@ def test_judge_prompts_get_the_noisy_toy_judge():
     assert v == "A"
     r = parse_ratings(_ask(rw, P.ultrafeedback_judge(msgs, "apple fig pear")), list(P.ULTRAFEEDBACK_JUDGE_ASPECTS))
     assert r.complete and r.overall >= 8
+
+
+def test_evolve_rewrites_are_harder_sorting_prompts(tmp_path):
+    from prefkit.select.evolve import OPERATIONS, check_rewrite, evolve_messages, parse_evolved
+
+    rw = ToyRewriter(tmp_path / "unused-base", seed=0)
+    failed, by_op = 0, {op: [] for op in OPERATIONS}
+    for p in task.make_prompts(40, seed=11):
+        for op in OPERATIONS:
+            evolved = parse_evolved(_ask(rw, evolve_messages(p, op)))
+            if evolved is None:
+                failed += 1
+                continue
+            assert check_rewrite(p, evolved) is None, (p, evolved)   # the evolve stage keeps it
+            by_op[op].append((task.requested_items(p), task.requested_items(evolved)))
+    assert 0 < failed < 0.25 * 40 * len(OPERATIONS)                    # some replies miss their tags
+    for op, got in by_op.items():
+        for old, new in got:
+            if op == "broaden":                                        # as many words, other ones
+                assert len(new) == len(old) and not set(new) & set(old)
+            else:                                                      # one or two more words to sort
+                assert set(old) < set(new) and len(new) - len(old) in ((1,) if op == "concretise" else (1, 2))
+    assert _ask(rw, evolve_messages("Write a poem about the sea.", "deepen")) == "I cannot rewrite this instruction."

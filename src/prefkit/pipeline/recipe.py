@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from prefkit.errors import ConfigError
+from prefkit.pipeline.backend_spec import check_backend_spec, check_server_options, sampling
 from prefkit.pipeline.schema import error_key
 from prefkit.pipeline.stages import ORDER, STAGES, accepts_passthrough
 from prefkit.train.config import DPOConfig, check_trainer_args, load_config
@@ -326,8 +327,13 @@ def _check_stage_set(checked: dict[str, dict], prompts: dict, n_rounds: int, whe
         raise where.error("prompts", "the evaluate stage needs held-out prompts: add prompts.eval")
     if "evaluate" in checked and not any(checked["evaluate"].get(k) for k in ("reward_fn", "reward_model")):
         raise where.error(at("evaluate"), "nothing to score with: set reward_fn or reward_model")
-    if "score" in checked and not any(checked["score"].get(k) for k in ("reward_fn", "reward_model")):
-        raise where.error(at("score"), "nothing to score with: set reward_fn or reward_model")
+    if "score" in checked:
+        _check_scorer(checked["score"], where, at("score"), ("reward_fn", "reward_model", "judge"))
+    if "evolve" in checked:
+        _check_evolve(checked["evolve"], where, at("evolve"))
+    if checked.get("generate", {}).get("backend_options") is not None:
+        _check_sub(where, f"{at('generate')}.backend_options", check_server_options,
+                   checked["generate"]["backend_options"])
     if "train" in checked and n_rounds > 1 and checked["train"].get("reference") is None:
         raise where.error(at("train"), "with more than one round, say which model is the reference: "
                                        "reference: initial (the first policy) or previous (the last round's)")
@@ -344,6 +350,42 @@ def _check_stage_set(checked: dict[str, dict], prompts: dict, n_rounds: int, whe
         if clash:
             raise where.error(at(clash[0]), f"{name} makes the round's pairs from its prompts in place of "
                                             f"{', '.join(stage.replaces)}; a recipe has one or the other")
+
+
+def _check_scorer(opts: dict, where: _Where, path: str, scorers: tuple) -> None:
+    """Exactly one scorer; a judge's backend spec and its sampling checked."""
+    given = [k for k in scorers if opts.get(k)]
+    if not given:
+        raise where.error(path, f"nothing to score with: set {', '.join(scorers[:-1])} or {scorers[-1]}")
+    if len(given) > 1:
+        raise where.error(f"{path}.{given[1]}", f"set only one of {', '.join(given)}")
+    for name in ("judge", "backend"):
+        if opts.get(name) is not None:
+            _check_sub(where, f"{path}.{name}", check_backend_spec, opts[name])
+    for name in ("judge_params", "rewrite_params", "generation"):
+        if opts.get(name) is not None:
+            _check_sub(where, f"{path}.{name}", sampling, opts[name])
+
+
+def _check_sub(where: _Where, path: str, check, value) -> None:
+    """`check(value)`; its 'KEY: what' error becomes one naming path.KEY and its line."""
+    try:
+        check(value)
+    except ConfigError as exc:
+        key, sep, what = str(exc).partition(": ")
+        if sep and " " not in key:
+            raise where.error(f"{path}.{key}", what) from None
+        raise where.error(path, str(exc)) from None
+
+
+def _check_evolve(opts: dict, where: _Where, path: str = "stages.evolve") -> None:
+    if not opts.get("backend"):
+        raise where.error(path, "set backend: the LLM that rewrites the prompts ({model: NAME, "
+                                           "base_urls: [URL, ...]}, {local: DIR} or {build: MODULE:FUNCTION})")
+    _check_scorer(opts, where, path, ("reward_model", "judge"))
+    sel = opts.get("select")
+    if sel is not None:
+        opts["select"] = _check_stage("select", sel, where, path=f"{path}.select")
 
 
 def _check_train(opts: dict, where: _Where, path: str = "stages.train") -> None:

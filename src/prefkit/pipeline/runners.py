@@ -74,10 +74,11 @@ def run_generate(ctx: StageContext) -> dict:
     opts = dict(ctx.options)
     servers = opts.pop("servers", None)
     served_model = opts.pop("served_model", None)
+    backend_options = opts.pop("backend_options", None) or {}
     chunk_size = opts.pop("chunk_size", None) or STAGES["generate"].options()["chunk_size"].default
     rows = ctx.prompts
     if servers:
-        outputs = _generate_served(ctx, rows, servers, served_model, opts)
+        outputs = _generate_served(ctx, rows, servers, served_model, opts, backend_options)
     else:
         outputs = _generate_local(ctx, rows, chunk_size, opts)
     records = []
@@ -124,7 +125,8 @@ def _generate_local(ctx: StageContext, rows, chunk_size: int, opts: dict) -> lis
     return out
 
 
-def _generate_served(ctx: StageContext, rows, servers, served_model, opts: dict) -> list[list[str | None]]:
+def _generate_served(ctx: StageContext, rows, servers, served_model, opts: dict,
+                     backend_options: dict) -> list[list[str | None]]:
     from prefkit.evaluate.policy import PolicySpec, generate_outputs
     from prefkit.relabel import CONDITIONING_FILE
     from prefkit.synth.backends import SamplingParams
@@ -135,7 +137,7 @@ def _generate_served(ctx: StageContext, rows, servers, served_model, opts: dict)
     if cond == "auto":   # the policy directory's spec, sent with every request (servers do not read it)
         cond = ctx.policy if (Path(ctx.policy) / CONDITIONING_FILE).is_file() else None
     spec = PolicySpec("policy", served_model or ctx.policy, base_urls=list(servers), conditioning=cond,
-                      goal=opts.get("goal"))
+                      goal=opts.get("goal"), backend_options=dict(backend_options))
     params = SamplingParams(temperature=opts.get("temperature", 1.0), top_p=opts.get("top_p", 1.0),
                             max_tokens=opts.get("max_new_tokens", 128), seed=opts.get("seed", 0))
     with Run(ctx.dir / "run", progress=ctx.progress) as run:
@@ -150,6 +152,7 @@ def run_score(ctx: StageContext) -> dict:
     flat = [(i, j) for i, r in enumerate(rows) for j in range(len(r["responses"]))]
     prompts = [rows[i]["prompt"] for i, _ in flat]
     texts = [rows[i]["responses"][j]["text"] for i, j in flat]
+    extra: dict = {}
     if ctx.options.get("reward_fn"):
         from prefkit.evaluate.scorers import resolve_reward_fn
 
@@ -161,6 +164,8 @@ def run_score(ctx: StageContext) -> dict:
                 rows[i]["responses"][j].update({k: g[k] for k in ("aspects", "fine_grained") if k in g})
         scores = [None if g is None else float(g["score"] if isinstance(g, dict) else g) for g in got]
         scorer = ctx.options["reward_fn"]
+    elif ctx.options.get("judge"):
+        scores, scorer, extra = _score_with_judge(ctx, flat, rows, prompts, texts)
     else:
         from prefkit.reward_model import RewardModelScorer
 
@@ -171,8 +176,42 @@ def run_score(ctx: StageContext) -> dict:
     for (i, j), s in zip(flat, scores):
         rows[i]["responses"][j]["score"] = s
     out = _write_jsonl(rows, ctx.dir / "scored.jsonl")
-    return {"output": str(out), "metrics": {"scorer": scorer, "scores": _summary(scores),
+    return {"output": str(out), "metrics": {"scorer": scorer, "scores": _summary(scores), **extra,
                                             "score_values": [s for s in scores if s is not None]}}
+
+
+def _score_with_judge(ctx: StageContext, flat, rows, prompts, texts):
+    """UltraFeedback-style judge ratings (`prefkit.synth.judge`, as `prefkit score` gives them)
+    through a durable request run in the stage's directory: a killed stage resumes with every
+    finished request kept. An answer the judge's parser cannot read is a recorded failure (score
+    None, `judge_failure` says why), never a made-up score. The aspects' ratings and their mean
+    (`fine_grained`) go with each response, for the pair stage's fine_grained_filter."""
+    from collections import Counter
+
+    from prefkit.pipeline.backend_spec import backend_from_spec, sampling
+    from prefkit.synth.judge import judge_items
+    from prefkit.synth.runs import Run
+
+    backend = backend_from_spec(ctx.options["judge"], policy=ctx.policy, key="score.judge")
+    params = sampling(ctx.options.get("judge_params"), temperature=0.0, max_tokens=1024)
+    asked = [k for k, t in enumerate(texts) if t]          # an empty response is not scored (as with reward_fn)
+    items = [([{"role": "user", "content": prompts[k]}] if isinstance(prompts[k], str) else prompts[k], texts[k])
+             for k in asked]
+    with Run(ctx.dir / "run", progress=ctx.progress) as run:
+        judged = judge_items(run, backend, items, params, desc=f"round {ctx.round} judge")
+        stats = run.stats.to_dict()
+    scores: list = [None] * len(texts)
+    failures = Counter()
+    for k, jd in zip(asked, judged):
+        i, j = flat[k]
+        resp = rows[i]["responses"][j]
+        resp["aspects"], resp["fine_grained"] = jd.aspects, jd.fine_grained
+        scores[k] = jd.score
+        if jd.failure:
+            resp["judge_failure"] = jd.failure
+            failures[jd.failure if jd.failure.startswith("request failed") else jd.failure.split(":")[0]] += 1
+    scorer = f"judge {backend.describe()}"
+    return scores, scorer, {"judge_failures": dict(failures), "judge_run": stats}
 
 
 # -- pair -------------------------------------------------------------------------------------------
@@ -309,26 +348,37 @@ def run_select(ctx: StageContext) -> dict:
 # -- evolve -----------------------------------------------------------------------------------------
 
 def run_evolve(ctx: StageContext) -> dict:
+    """`prefkit.select.evolve.evolve_then_select` on the round's selected pairs: `backend` rewrites
+    their prompts and answers the rewrites (durable request runs under the stage's `run/`, so a
+    killed stage resumes), `reward_model` or `judge` scores the answers, the second selection
+    (`select`: SelectOptions, plus `reference` as the select stage has it) runs under the round's
+    policy, and the kept pairs are merged with the selected ones."""
     from prefkit import data
     from prefkit.pipeline.backend_spec import backend_from_spec
     from prefkit.report import StageReport
-    from prefkit.select import SelectOptions
+    from prefkit.select import SelectOptions, get_metric
     from prefkit.select.evolve import EvolveOptions, evolve_then_select
 
     opts = dict(ctx.options)
     backend = backend_from_spec(opts.pop("backend", None) or {}, policy=ctx.policy, key="evolve.backend")
-    reward_model = opts.pop("reward_model", None)
-    if reward_model is None:
-        raise ConfigError("evolve: set reward_model (it scores the responses to the evolved prompts)")
-    sel = SelectOptions(progress=ctx.progress, **(opts.pop("select", None) or {}))
+    scorer = {"reward_model": opts.pop("reward_model", None), "judge": opts.pop("judge", None)}
+    if sum(v is not None for v in scorer.values()) != 1:
+        raise ConfigError("evolve: set one of reward_model or judge (it scores the answers to the evolved prompts)")
+    if scorer["judge"] is not None:
+        scorer["judge"] = backend_from_spec(scorer["judge"], policy=ctx.policy, key="evolve.judge")
+    sel_opts = dict(opts.pop("select", None) or {})
+    reference = _reference(ctx, sel_opts.pop("reference", "initial"))
+    sel = SelectOptions(progress=ctx.progress, cache_dir=str(ctx.dir / "cache"), **sel_opts)
+    needs = get_metric(sel.metric).needs
     report = StageReport("evolve")
     selected = data.read(str(ctx.data), report=report)
     res = evolve_then_select(selected, backend, build_options(EvolveOptions, opts, run_dir=str(ctx.dir / "run"),
                                                               progress=ctx.progress),
-                             sel, model=ctx.policy, tokenizer=ctx.policy, report=report,
-                             reward_model=reward_model)
+                             sel, model=ctx.policy if "policy" in needs else None,
+                             tokenizer=ctx.policy if "policy" in needs else None,
+                             reference=reference if "reference" in needs else None, report=report, **scorer)
     out = data.write(res.merged, str(ctx.dir / "pairs.jsonl"))
-    return {"output": str(out), "metrics": {"evolved_prompts": len(res.evolved_prompts),
+    return {"output": str(out), "metrics": {"pairs_in": len(selected), "evolved_prompts": len(res.evolved_prompts),
                                             "evolved_pairs": len(res.evolved_pairs),
                                             "evolved_kept": len(res.evolved_selected), "merged": len(res.merged),
                                             "dropped": dict(res.report.dropped)}}

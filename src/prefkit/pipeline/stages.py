@@ -119,13 +119,6 @@ def _check_synth(opts: dict) -> None:
         check_backend_spec(opts["judge"], "judge")
 
 
-def _check_evolve(opts: dict) -> None:
-    from prefkit.pipeline.backend_spec import check_backend_spec
-
-    if opts.get("backend") is not None:
-        check_backend_spec(opts["backend"], "backend")
-
-
 def _rm_config():
     from prefkit.train import RMConfig
     return RMConfig
@@ -172,11 +165,23 @@ def _evaluate_options():
     return EvaluateOptions
 
 
+def _evolve_operations():
+    from prefkit.select.evolve import OPERATIONS
+    return tuple(OPERATIONS)
+
+
+JUDGE = Option("judge", dict, None, doc="an UltraFeedback-style LLM judge (prefkit.synth.judge): {model: NAME, "
+               "base_urls: [URL, ...]} (requests spread over the servers), {local: DIR} or "
+               "{build: MODULE:FUNCTION, args: {...}}")
 SERVERS = Option("servers", list, None, doc="OpenAI-compatible base URLs serving the policy (MODEL@URL); "
                  "none: generate locally")
 REWARD_ARGS = Option("reward_args", dict, None, doc="keyword arguments for reward_fn (called as "
                      "reward_fn(prompt, response, **reward_args)); it may return a number or "
                      "{score, aspects, fine_grained}")
+SERVER_OPTIONS = Option("backend_options", dict, None,
+                        doc="fields of prefkit.synth.backends.OpenAIBackend for the servers: server "
+                            "(transformers: `transformers serve`, which samples only when told), concurrency, "
+                            "timeout, max_retries, balance, ...")
 SERVED_MODEL = Option("served_model", str, None, doc="the model name the servers serve (default: the policy path)")
 
 BACKEND_DOC = ("{build: MODULE:FUNCTION, args: {...}} (a Backend), {model: NAME, base_urls: [URL, ...]} "
@@ -187,10 +192,13 @@ PAIRS = ("pair", "synth")   # the stages that make a round's pairs
 STAGES: dict[str, StageDef] = {s.name: s for s in (
     StageDef("generate", _generate, "run_generate",
              exclude=("model", "prompts", "tokenizer", "progress", "desc"),
-             extras=(SERVERS, SERVED_MODEL,
+             extras=(SERVERS, SERVED_MODEL, SERVER_OPTIONS,
                      Option("chunk_size", int, 64, doc="prompts per durable chunk (a kill loses at most one chunk)"))),
     StageDef("score", _evaluate_options, "run_score", include=("reward_fn", "reward_model", "rm_options"),
-             extras=(Option("batch_size", int, 16, doc="reward-model batch size"), REWARD_ARGS), needs=("generate",)),
+             extras=(Option("batch_size", int, 16, doc="reward-model batch size"), REWARD_ARGS, JUDGE,
+                     Option("judge_params", dict, None, doc="the judge's sampling: {temperature, top_p, max_tokens} "
+                                                            "(default temperature 0, 1024 tokens)")),
+             needs=("generate",)),
     StageDef("pair", _binarize, "run_pair", exclude=("report", "dataset", "truthfulqa_prompts"),
              choices={"method": _binarize_methods, "ties": lambda: ("drop", "keep")}, needs=("score",)),
     StageDef("synth", _synth_options, "run_synth", exclude=("run_dir", "progress"),
@@ -210,10 +218,15 @@ STAGES: dict[str, StageDef] = {s.name: s for s in (
              extras=(Option("reference", str, "initial", ("initial", "previous", "none"),
                             doc="reference model of dpo-implicit margins"),), needs=PAIRS),
     StageDef("evolve", _evolve_options, "run_evolve", exclude=("progress", "run_dir"), needs=PAIRS,
-             check=_check_evolve,
-             extras=(Option("backend", dict, None, doc="the rewriting LLM: " + BACKEND_DOC),
-                     Option("reward_model", str, None, doc="the reward model that scores the evolved prompts' responses"),
-                     Option("select", dict, None, doc="SelectOptions of the second selection"))),
+             choices={"operations": _evolve_operations},
+             extras=(Option("backend", dict, None, doc="the LLM that rewrites the prompts and answers the rewrites: "
+                                                       + BACKEND_DOC),
+                     Option("reward_model", str, None, doc="the reward model that scores the answers to the evolved "
+                                                           "prompts (or judge)"),
+                     Option("judge", dict, None, doc="an UltraFeedback-style judge that scores them instead (a "
+                                                     "backend, as `backend`)"),
+                     Option("select", dict, None, doc="SelectOptions of the second selection, and reference "
+                                                      "(initial, previous) as the select stage takes it"))),
     StageDef("reward_model", _rm_config, "run_reward_model",
              exclude=("model_name_or_path", "tokenizer_name_or_path", "train_file", "output_dir",
                       "resume_from_checkpoint", "trainer_args"),

@@ -8,6 +8,7 @@
       score: {reward_fn: prefkit.toy.task:gold_reward}
       synth: {method: rmboost, backend: {build: prefkit.toy.recipes:rewriter, args: {quick: true}}}
       reward_model: {eval_pairs: {build: prefkit.toy.recipes:gold_pairs, args: {n: 64, quick: true}}}
+      evolve: {backend: {build: prefkit.toy.recipes:rewriter, args: {quick: true}}, ...}
 """
 
 from __future__ import annotations
@@ -38,13 +39,14 @@ def prompts(n: int, seed: int = 0, min_items: int = 3, max_items: int = 6) -> li
 
 def rewriter(quick: bool = False, model: str | None = None, seed: int = 0, edit_success: float = 0.8,
              slip: float = 0.2, aspect_noise: float = 0.5, overall_noise: float = 1.0, batch_size: int = 64,
-             world: dict | None = None) -> ToyRewriter:
-    """The toy world's stand-in LLM for prefkit.synth (`prefkit.toy.rewriter.ToyRewriter`: it
-    samples from `model` (a directory, hub id or smollm2) or, by default, the world's base policy
-    (`base_policy(quick, **world)`; world: ToyWorldConfig fields), rewrites by rule, judges with
-    the toy judge's noise)."""
+             evolve_failure: float = 0.1, world: dict | None = None) -> ToyRewriter:
+    """The toy world's stand-in LLM (`prefkit.toy.rewriter.ToyRewriter`), as a recipe's `backend`
+    or `judge`: it samples from `model` (a directory, hub id or smollm2) or, by default, the
+    world's base policy (`base_policy(quick, **world)`; world: ToyWorldConfig fields), rewrites
+    responses by rule (synth) and prompts for the evolve stage, and judges with the toy judge's
+    noise."""
     base = str(resolve_model_path(model)) if model else base_policy(quick, **(world or {}))
-    return ToyRewriter(base, seed=seed, edit_success=edit_success, slip=slip,
+    return ToyRewriter(base, seed=seed, edit_success=edit_success, slip=slip, evolve_failure=evolve_failure,
                        judge=JudgeConfig(aspect_noise, overall_noise), batch_size=batch_size)
 
 

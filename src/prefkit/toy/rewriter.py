@@ -20,6 +20,11 @@ answers it:
   of each answer (`prefkit.toy.judge.judge_completion`), the higher wins (`<verdict>A|B|tie</verdict>`);
 - the UltraFeedback-style pointwise judge prompt (West-of-N's judge): the noisy toy judge's overall
   score, with the fine-grained score as every requested aspect's 1-5 rating;
+- the evolve stage's rewrite prompt (`prefkit.select.evolve`: `<instruction>` ... `<prompt>` tags):
+  a harder sorting prompt, the toy analogue of an Evol-Instruct rewrite: add-constraints, deepen
+  and reasoning add one or two words to sort, concretise rewords the instruction and adds one,
+  broaden asks to sort as many other words; with probability `evolve_failure` the reply lacks its
+  tags (a failed rewrite, which the evolve stage drops and counts);
 - RLCD's principle prompts: the request with the principle removed, sampled from the base policy at
   `rlcd_temperatures` (low temperature for the positive principle, high for the negative one) -
   the toy analogue of "the same model, prompted to do well or badly".
@@ -34,6 +39,7 @@ import random
 import re
 from typing import Any
 
+from prefkit.select.evolve import OPERATIONS
 from prefkit.synth.backends import Backend, Completion, LocalBackend, SamplingParams
 from prefkit.toy import task
 from prefkit.toy.judge import JudgeConfig, judge_completion
@@ -60,7 +66,7 @@ class ToyRewriter(Backend):
 
     def __init__(self, base, *, seed: int = 0, edit_success: float = 0.8, slip: float = 0.2,
                  judge: JudgeConfig = JudgeConfig(), rlcd_temperatures: tuple[float, float] = (0.3, 1.6),
-                 batch_size: int = 64, name: str = "toy-rewriter"):
+                 batch_size: int = 64, name: str = "toy-rewriter", evolve_failure: float = 0.1):
         self.local = LocalBackend(str(base), batch_size=batch_size, seed=seed, name=str(base))
         self.model = name
         self.concurrency = self.local.concurrency
@@ -68,12 +74,13 @@ class ToyRewriter(Backend):
         self.edit_success, self.slip = edit_success, slip
         self.judge_config = judge
         self.rlcd_temperatures = rlcd_temperatures
+        self.evolve_failure = evolve_failure
 
     def identity(self) -> dict[str, Any]:
         return {"backend": self.kind, "model": self.model, "base": self.local.model, "seed": self.seed,
                 "edit_success": self.edit_success, "slip": self.slip,
                 "judge": [self.judge_config.aspect_noise, self.judge_config.overall_noise],
-                "rlcd_temperatures": list(self.rlcd_temperatures)}
+                "rlcd_temperatures": list(self.rlcd_temperatures), "evolve_failure": self.evolve_failure}
 
     def _rng(self, text: str) -> random.Random:
         return random.Random(f"{self.seed}:" + hashlib.sha1(text.encode()).hexdigest())
@@ -86,6 +93,8 @@ class ToyRewriter(Backend):
             return Completion(self.pairwise_reply(text))
         if "<answer>" in text and "overall: <score 1-10>" in text:
             return Completion(self.pointwise_reply(text))
+        if "<instruction>" in text and "<prompt>" in text:
+            return Completion(self.evolve_reply(text))
         if "<request>" in text:  # an RLCD principle attached to the request
             request = _tag(text, "request") or text
             positive = text.startswith("Answer the request below as well as you can")
@@ -117,6 +126,31 @@ class ToyRewriter(Backend):
             else:
                 del words[i]
         return f"<aspects>{', '.join(asked)}</aspects>\n<response>{' '.join(words)}</response>"
+
+    # -- evolve rewrite ------------------------------------------------------------------------
+
+    def evolve_reply(self, text: str) -> str:
+        rng = self._rng(text)
+        found = re.findall(r"<instruction>\n(.*?)\n</instruction>", text, re.S)   # not the tags' mention
+        instruction = found[-1] if found else ""
+        op = next((name for name, what in OPERATIONS.items() if what in text), "deepen")
+        try:
+            words = list(dict.fromkeys(task.requested_items(instruction)))
+        except ValueError:   # not a sorting prompt: the toy LLM cannot rewrite it
+            return "I cannot rewrite this instruction."
+        if rng.random() < self.evolve_failure:
+            return f"Here is a harder version: sort {len(words) + 1} words."   # no tags: a failed rewrite
+        others = [w for w in task.ITEMS if w not in words]
+        template = next((t for t in task.INSTRUCTIONS if instruction.startswith(t.split("{")[0])), task.INSTRUCTIONS[0])
+        if op == "broaden":
+            words = rng.sample(others, min(len(words), len(others)))
+        else:
+            add = 1 if op == "concretise" else rng.choice((1, 2))
+            words = words + rng.sample(others, min(add, len(others)))
+            rng.shuffle(words)
+            if op == "concretise":
+                template = rng.choice([t for t in task.INSTRUCTIONS if t != template])
+        return f"<prompt>{template.format(items=' '.join(words))}</prompt>"
 
     # -- judges -----------------------------------------------------------------------------------
 
