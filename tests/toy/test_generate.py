@@ -137,3 +137,12 @@ def test_batch_rows_by_memory(model_dir, monkeypatch):
     assert hf_decode.batch_rows(model, 100) == 1
     monkeypatch.setattr(hf_decode, "free_memory_bytes", lambda device: 10**15)
     assert hf_decode.batch_rows(model, 100) == hf_decode.MAX_AUTO_ROWS
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_identical_to_plain_hf_generate(smollm2_dir):
+    prompts = ["Write a short poem about rain.", "List three facts about the moon.", "What is 2 + 2?",
+               "Explain coffee to a child in two sentences.", "Describe a city at night in one paragraph."]
+    ref, _ = hf_generate_greedy(smollm2_dir, prompts, 24)
+    ours = generate(smollm2_dir, prompts, n=2, temperature=0, max_new_tokens=24, batch_size=4, progress=False)
+    assert ours == [[r, r] for r in ref]
