@@ -4,6 +4,8 @@ measured against the matmul bound of the same run (docs/generate.md).
     python benchmarks/generate.py                 # SmolLM2, 64 prompts x 4 samples x 128 tokens
     python benchmarks/generate.py --small         # 8 prompts x 4 samples x 32 tokens
     python benchmarks/generate.py --model toy     # the toy policy (prefkit.toy.recipes:base_policy quick=True)
+    python benchmarks/generate.py --systems ab --threads 1 --rounds 3   # HF-path variants, one process
+    python benchmarks/generate.py --systems step --threads 1            # decoding step cost per batch size
 
 Each system runs in its own process (benchmarks/child_runs.py) on the same number of threads, at
 temperature 1, top-p 1. Reported per system: generated tokens/s (new tokens, re-tokenized),
@@ -11,6 +13,12 @@ the fraction of the matmul bound (fp32 matmul GFLOP/s measured in this run at th
 count, divided by 2 x parameters FLOPs per token), peak RSS, time to first sample (a cold call
 for one prompt and one sample: model loading, engine start-up, cached conversion lookup), and for
 engines the conversion of a freshly saved model directory into an empty cache.
+
+`--systems ab` compares the HF-path variants (plain `generate` in input order or length-sorted,
+with a static cache, prefkit's loop at --batch or by memory, and "prefkit_ort" when named) in one
+process on one loaded model, alternated over --rounds, with wall-clock and CPU-time ratios to
+`hf_sorted` (on a loaded machine the CPU-time ratios are the steadier). `--equal-length` cuts the
+prompts to one token length (full one-length batches for "ort").
 """
 
 from __future__ import annotations
