@@ -1,6 +1,7 @@
 """Generation engines behind `prefkit.generate.generate` and the local backend.
 
-- `"hf"`: Hugging Face `generate` on the torch model; always available.
+- `"hf"`: prefkit's decoding loop (`prefkit.hf_decode`) on the transformers model; always
+  available.
 - `"ort"`: ONNX Runtime GenAI (`pip install 'prefkit[engines]'`). A model is converted once with
   the package's own model builder (fp32, CPU) into `models_cache_dir()/engines/ort-<identity>`,
   keyed by `prefkit.models.model_identity`, so a loop that trains a new model each round converts

@@ -8,14 +8,20 @@
 - `model` is a directory (model + tokenizer) or a loaded `PreTrainedModel` (then pass
   `tokenizer`, or its `name_or_path` must hold one).
 - Prompts are strings (sent as one user turn) or TRL message lists (the turns before the
-  answer). The tokenizer's chat template is applied with the generation prompt; batches are
-  left-padded and sorted by length so that padding stays small.
+  answer). The tokenizer's chat template is applied with the generation prompt, and each prompt
+  is tokenized once. Batches are left-padded, formed in prompt-length order so that padding stays
+  small, and hold whole prompts' samples; the answers come back in the prompts' order.
+- `batch_size` counts rows (samples); None (the default) picks it from memory
+  (`hf_decode.batch_rows`: the KV cache of one batch within a quarter of the free memory, at
+  most 256 rows) on "hf", and ONNX Runtime GenAI's largest batch on "ort".
 - Reward conditioning: when the model directory holds `prefkit_conditioning.json` (written by
   the trainer for a model trained on reward-augmented data), every prompt is conditioned with
   `prefkit.relabel.condition` on `goal` (default: the spec's best score) before the template
   is applied. `conditioning=None` switches that off; a spec object overrides the file.
-- Sampling is seeded: the same call gives the same samples (for one engine).
-- `engine` picks what decodes (`prefkit.engines`): "hf" (transformers `generate`, always
+- Sampling is seeded: the same call gives the same samples (for one engine and batch size).
+  "hf" decodes with prefkit's own loop (`prefkit.hf_decode`: one prefill per prompt, finished rows
+  leave the batch); its greedy text is HF `generate`'s, its sampled draws for a seed are not.
+- `engine` picks what decodes (`prefkit.engines`): "hf" (prefkit.hf_decode on the transformers model, always
   there), "ort" (ONNX Runtime GenAI, the `engines` extra; the model is converted once per
   identity and cached), or None/"auto" for the default: "hf", or $PREFKIT_ENGINE (at the loop's
   shapes "ort" measured 0.78x HF here: docs/generate.md). Greedy decoding (temperature=0) gives
@@ -29,9 +35,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 from tqdm.auto import tqdm
 
-from prefkit import engines
+from prefkit import engines, hf_decode
 from prefkit.errors import ConfigError
 from prefkit.models import base_chat_template, load_causal_lm
 from prefkit.relabel import condition, load_conditioning
@@ -70,15 +77,13 @@ def render_prompts(prompts: Sequence, tokenizer, spec=None, goal=None) -> list[s
 
 
 def generate(model, prompts: Sequence, *, tokenizer=None, n: int = 1, temperature: float = 1.0,
-             top_p: float = 1.0, max_new_tokens: int = 128, batch_size: int = 64, seed: int = 0,
+             top_p: float = 1.0, max_new_tokens: int = 128, batch_size: int | None = None, seed: int = 0,
              goal: float | None = None, conditioning: Any = "auto", progress: bool = True,
              desc: str = "generate", engine: str | None = None) -> list[list[str]]:
     """Sample `n` responses for each prompt; returns one list of `n` strings per prompt.
 
     temperature=0 decodes greedily (then the n responses are identical).
     """
-    import torch  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
-
     if n < 1:
         raise ConfigError(f"generate: n must be >= 1, got {n}")
     explicit = engine not in (None, "auto")
@@ -114,31 +119,31 @@ def generate(model, prompts: Sequence, *, tokenizer=None, n: int = 1, temperatur
         if explicit:
             raise ConfigError(f"generate: a prompt holds token {unused}, the ort engine's padding id; "
                               "use engine='hf'")
-    sample = temperature > 0
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=pad_id,
-                      eos_token_id=eos_ids)
-    if sample:
-        gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+    rows = batch_size or hf_decode.batch_rows(model, max(map(len, encoded), default=0) + max_new_tokens)
+    # Units of one prompt's samples (at most `rows`), in prompt-length order; batches of whole units.
+    units = [(i, list(range(j, min(n, j + rows)))) for i in sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+             for j in range(0, n, rows)]
+    batches, cur = [], []
+    for unit in units:
+        if cur and sum(len(u[1]) for u in cur) + len(unit[1]) > rows:
+            batches.append(cur)
+            cur = []
+        cur.append(unit)
+    if cur:
+        batches.append(cur)
     out: list[list[str]] = [[""] * n for _ in texts]
     torch.manual_seed(seed)
-    device = next(model.parameters()).device
     bar = tqdm(total=len(jobs), desc=desc, unit="sample", disable=not progress_enabled(progress))
     with torch.inference_mode():
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start:start + batch_size]
-            width = max(len(encoded[i]) for i, _ in chunk)
-            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for b, (i, _) in enumerate(chunk):
-                seq = encoded[i]
-                ids[b, width - len(seq):] = torch.tensor(seq)
-                mask[b, width - len(seq):] = 1
-            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **gen_kwargs)
-            new = gen[:, width:].cpu()
-            decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
-            for (i, j), text in zip(chunk, decoded):
-                out[i][j] = text.strip()
-            bar.update(len(chunk))
+        for chunk in batches:
+            new = hf_decode.decode(model, [encoded[i] for i, _ in chunk], [len(js) for _, js in chunk],
+                                   pad_id=pad_id, eos_ids=eos_ids, max_new_tokens=max_new_tokens,
+                                   temperature=temperature, top_p=top_p)
+            decoded = iter(tokenizer.batch_decode(new, skip_special_tokens=True))
+            for i, js in chunk:
+                for j in js:
+                    out[i][j] = next(decoded).strip()
+            bar.update(len(new))
     bar.close()
     return out
 
@@ -148,7 +153,7 @@ def _generate_ort(path, encoded, jobs, n, tokenizer, *, temperature, top_p, max_
     """`generate` through ONNX Runtime GenAI: batches of prompts of one token length (no
     padding), each batch seeded with `seed` + its index."""
     out: list[list[str]] = [[""] * n for _ in encoded]
-    batch_size = min(batch_size, engines.ORT_MAX_BATCH)
+    batch_size = min(batch_size or engines.ORT_MAX_BATCH, engines.ORT_MAX_BATCH)
     batches, cur = [], []
     for job in jobs:  # jobs are sorted by prompt length
         if cur and (len(cur) == batch_size or len(encoded[job[0]]) != len(encoded[cur[0][0]])):
