@@ -354,7 +354,7 @@ def run_evolve(ctx: StageContext) -> dict:
     (`select`: SelectOptions, plus `reference` as the select stage has it) runs under the round's
     policy, and the kept pairs are merged with the selected ones."""
     from prefkit import data
-    from prefkit.pipeline.backend_spec import backend_from_spec
+    from prefkit.pipeline.backend_spec import backend_from_spec, sampling
     from prefkit.report import StageReport
     from prefkit.select import SelectOptions, get_metric
     from prefkit.select.evolve import EvolveOptions, evolve_then_select
@@ -366,6 +366,8 @@ def run_evolve(ctx: StageContext) -> dict:
         raise ConfigError("evolve: set one of reward_model or judge (it scores the answers to the evolved prompts)")
     if scorer["judge"] is not None:
         scorer["judge"] = backend_from_spec(scorer["judge"], policy=ctx.policy, key="evolve.judge")
+    for name in ("rewrite_params", "generation", "judge_params"):   # EvolveOptions types them as Any
+        opts[name] = sampling(opts.get(name))
     sel_opts = dict(opts.pop("select", None) or {})
     reference = _reference(ctx, sel_opts.pop("reference", "initial"))
     sel = SelectOptions(progress=ctx.progress, cache_dir=str(ctx.dir / "cache"), **sel_opts)
