@@ -122,7 +122,7 @@ def test_every_cells_arms_are_a_valid_recipe():
                                cell.a.get("size", 400), 1, R.DESIGN)
         recipe = load_recipe(R.RECIPE, overrides=ov + ["arms=" + json.dumps(dict(arms.values()))])
         assert len(recipe.arms) == len(arms)
-        for label, m, b in R.comparisons(cell):
+        for _label, m, b in R.comparisons(cell):
             assert m in arms and b in arms
     cell = R.select_cells(R.all_cells("ra"), "slope=0.4,length=stepmatched,reg=papers")[0]
     arms = R.cell_arms(cell, rates, R.DESIGN, dpo_steps=24)

@@ -564,7 +564,7 @@ def collect(out: Path, cells: list[Cell], seeds: list[int]) -> list[dict]:
 def _fmt(r: dict) -> str:
     if not r["diffs"]:
         return "not run"
-    lo = "" if math.isnan(r["low"]) else f" ({r['low']:+.2f} to {r['high']:+.2f})"
+    lo = "" if math.isnan(r["low"]) else f" ({r['low']:+.3f} to {r['high']:+.3f})"
     return f"{r['mean']:+.3f}{lo}"
 
 
@@ -584,7 +584,7 @@ def write_map(out: Path, cells: list[Cell], seeds: list[int]) -> Path:
         lines += [f"## {m}", "", "| " + " | ".join(axes) + " | comparison | d per seed | mean (95%) | decision |",
                   "|" + "---|" * (len(axes) + 4)]
         for r in mr:
-            per = " ".join(f"{d:+.2f}" for d in r["diffs"]) or "-"
+            per = " ".join(f"{d:+.3f}" for d in r["diffs"]) or "-"
             lines.append("| " + " | ".join(_level(r["axes"][a]) for a in axes)
                          + f" | {r['comparison']} | {per} | {_fmt(r)} | {r['decision']} |")
         lines.append("")
