@@ -56,7 +56,9 @@ def test_two_round_on_policy_loop(base_run):
     # relabeled data carries its conditioning spec into training: the trained model is conditioned
     assert (Path(r1_model) / "prefkit_conditioning.json").is_file()
     rows = [json.loads(x) for x in open(_step(res, "round-1/relabel")["output"])]
-    assert rows and all("Overall score:" in r["prompt"] for r in rows)
+    # conversational rows (the sampled conversation), the goal in a system turn before the user's
+    assert rows and all(r["prompt"][0]["role"] == "system" and "Overall score:" in r["prompt"][0]["content"]
+                        and r["prompt"][1]["role"] == "user" for r in rows)
     # the manifest, the report, results.json, plots
     manifest = json.loads((d / "manifest.json").read_text())
     assert manifest["versions"]["torch"] and manifest["initial_policy"]["hash"]

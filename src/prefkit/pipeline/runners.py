@@ -72,7 +72,11 @@ def run_generate(ctx: StageContext) -> dict:
         outputs = _generate_local(ctx, rows, chunk_size, opts)
     records = []
     for row, texts in zip(rows, outputs):
-        records.append({"prompt": row.prompt, "prompt_id": row.prompt_id, "source_row": row.source_row,
+        # the conversation that was sampled: a string prompt is one user turn (prefkit.generate
+        # renders it through the chat template, and the servers take chat messages), so the pairs
+        # built from these rows train the policy on the text it was sampled from
+        prompt = [{"role": "user", "content": row.prompt}] if isinstance(row.prompt, str) else row.prompt
+        records.append({"prompt": prompt, "prompt_id": row.prompt_id, "source_row": row.source_row,
                         "source": row.source,
                         "responses": [{"text": t, "model": f"round-{ctx.round}-policy"} for t in texts if t is not None]})
     out = _write_jsonl(records, ctx.dir / "responses.jsonl")
