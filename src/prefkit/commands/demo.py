@@ -1,5 +1,6 @@
 """`prefkit demo [--out DIR] [--seeds N] [--quick] [--methods ...] [--world W] [--no-ablation-world]`:
-the whole pipeline in the toy world; `prefkit demo --model smollm2 [--quick] [--only-seed N]`: the same
+the whole pipeline in the toy world; `prefkit demo --regimes [--method M] [--cells N|FILTER]`: the
+pre-registered regime map (prefkit.toy.regimes, docs/regimes.md); `prefkit demo --model smollm2 [--quick] [--only-seed N]`: the same
 pipeline on a real model (prefkit.toy.real_model, docs/real_lab.md)."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 def register(sub, name, help_text):
     p = sub.add_parser(name, help=help_text, description=help_text + ". Writes a Markdown report with "
                        "PNG plots and results.json to --out; a seed already finished there is skipped (resume).")
-    p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    p.add_argument("--out", default=None, help="output directory (default: demo_out; regimes_out with --regimes)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="a small, fast configuration (about 2 minutes)")
     p.add_argument("--methods", default="dpo,ra,ra-half,eps-dpo",
@@ -26,6 +27,13 @@ def register(sub, name, help_text):
     p.add_argument("--only-seed", type=int, default=None,
                    help="with --model: run this one seed and write no report (to run seeds in parallel; a "
                         "later run with --seeds finds its results and writes the report)")
+    g = p.add_argument_group("the regime map (--regimes; docs/regimes.md): a documented long job, hours of CPU")
+    g.add_argument("--regimes", action="store_true",
+                   help="run (resuming) the pre-registered regime map's cells, 5 seeds each, and write its report "
+                        "(OUT/map.md); the estimated cost is stated before anything runs")
+    from prefkit.toy.regimes import add_arguments
+
+    add_arguments(g)
     p.set_defaults(func=run, _parser=p)
 
 
@@ -36,6 +44,13 @@ def run(args) -> int:
 
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.regimes:
+        return run_regimes(args)
+    regime_only = [f for f in ("method", "cells", "stop_at") if getattr(args, f) is not None] + \
+        [f for f in ("report_only", "dry_run") if getattr(args, f)]
+    if regime_only:
+        raise ConfigError(f"--{regime_only[0].replace('_', '-')} applies to the regime map (--regimes)")
+    args.out = args.out or "demo_out"
     if args.model is not None:
         return run_real(args)
     if args.only_seed is not None:
@@ -72,4 +87,14 @@ def run_real(args) -> int:
         return 0
     report = run_real_demo(args.out, config)
     print(report.read_text().split("## Unlearning probe")[0])
+    return 0
+
+
+def run_regimes(args) -> int:
+    from prefkit.toy.regimes import SEEDS, _stop_time, run_map
+
+    p = run_map(args.out or "regimes_out", method=args.method, cells=args.cells, seeds=args.seeds or SEEDS,
+                report_only=args.report_only, dry_run=args.dry_run, stop_at=_stop_time(args.stop_at))
+    if p is not None:
+        print(p.read_text())
     return 0

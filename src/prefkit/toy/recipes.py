@@ -78,3 +78,16 @@ def gold_pairs(n: int, seed: int = 4000, sample_seed: int = 20_000, model: str |
     config = dataclasses.replace(QUICK_CONFIG if quick else ToyWorldConfig(), **world)
     return pairs_by_gold(base, prompts(n, seed, config.min_items, config.max_items), temperature=temperature,
                          max_new_tokens=max_new_tokens, seed=sample_seed)
+
+
+def validation_prompts(n: int, seed: int, exclude: dict | None = None, min_items: int = 3,
+                       max_items: int = 6) -> list[str]:
+    """n sorting prompts (`task.make_prompts(n, seed)`) without any whose text is also a prompt of
+    `exclude` = {n: N, seeds: [...]} (the test prompts `task.make_prompts(N, seed=S)`): the regime
+    map's validation prompts, disjoint from its test prompts (docs/regimes.md, "Learning rates")."""
+    got = task.make_prompts(n, seed=seed, min_items=min_items, max_items=max_items)
+    if not exclude:
+        return got
+    test = {p for s in exclude.get("seeds", ()) for p in task.make_prompts(int(exclude["n"]), seed=int(s),
+                                                                          min_items=min_items, max_items=max_items)}
+    return [p for p in got if p not in test]

@@ -1,0 +1,173 @@
+"""The regime map (prefkit.toy.regimes, docs/regimes.md): its cells against the design's tables,
+the pre-registered decision rule, the recipe overrides of a seed, and a tiny cell-seed through
+the engine."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+
+from prefkit.errors import ConfigError
+from prefkit.toy import regimes as R
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+TINY = R.Scale(train_prompts=16, samples=2, test_prompts=6, test_samples=1, val_prompts=6, val_samples=1,
+               curve_samples=1, lr_grid=(5e-4, 2e-3), val_seeds=(100,), max_new_tokens=12,
+               world_args={"quick": True})
+
+
+def _table_levels(section: str, axis: str) -> list[str]:
+    """The levels of `axis` in a method's axis table of docs/regimes.md (bold marks dropped)."""
+    text = (DOCS / "regimes.md").read_text()
+    body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    line = next(ln for ln in body.splitlines() if ln.startswith(f"| {axis}"))
+    cell = line.split("|")[2]
+    return [v.strip().strip("*").strip() for v in re.split(r"[,·]", cell.replace("**", ""))]
+
+
+def test_cell_counts_match_the_design():
+    ra = R.ra_cells()
+    assert sum(c.part == "core" for c in ra) == 40 and sum(c.part == "sweep" for c in ra) == 8
+    assert len(R.ap_cells()) == 36 and len(R.eps_cells()) == 16
+    assert len({c.name for c in R.all_cells()}) == 100          # no cell twice
+    assert all(c.a["length"] == "1ep" and c.a["reg"] == "today" and c.a["slope"] in ("0.2", "0.6")
+               for c in ra if c.part == "sweep")
+
+
+def test_levels_match_the_design_tables():
+    eps = R.eps_cells()
+    assert [f"{v:g}" for v in sorted({c.a["eps"] for c in eps})] == _table_levels("ε-DPO", "ε")
+    assert sorted({c.a["beta0"] for c in eps}) == [float(v) for v in _table_levels("ε-DPO", "β0")]
+    ap = R.ap_cells()
+    budgets = re.findall(r"\d+%", " ".join(_table_levels("AP", "budget (share of pairs kept)")))
+    assert [f"{v * 100:g}%" for v in sorted({c.a["budget"] for c in ap})] == budgets
+    weights = re.findall(r"[\d.]+", " ".join(_table_levels("AP", "weight w"))[:20])
+    assert sorted({c.a["w"] for c in ap}) == [float(w) for w in weights]
+    sizes = re.findall(r"\d+", " ".join(_table_levels("RA (reward-augmented DPO", "data size")).split("×")[-1])
+    assert sorted(R.SIZES) == [int(s) for s in sizes]
+    # judge noise levels (overall; aspect): 0; 0 · 1.0; 0.5 · 2.0; 1.0
+    assert [tuple(float(x) for x in v.split(";")) for v in _table_levels("AP", "judge / reward noise (overall; aspect)")] \
+        == list(R.NOISES.values())
+
+
+def test_worlds_are_the_calibrations_chosen_settings():
+    nearest = json.loads((DOCS / "regimes_calibration.json").read_text())["nearest"]
+    assert set(nearest) == set(R.WORLDS)
+    for target, ((prior, noise, steps), slope) in R.WORLDS.items():
+        n = nearest[target]
+        assert (n["goal_prior"], n["goal_noise"], n["steps"], n["seeds"]) == (prior, noise, steps, [0])
+        assert n["slope"] == pytest.approx(slope, abs=5e-4)
+
+
+def test_decision_rule_on_synthetic_differences():
+    helps = [0.30, 0.25, 0.40, -0.02, 0.35]          # 4 of 5 positive, the interval above 0
+    mean, lo, hi = R.interval(helps)
+    assert mean == pytest.approx(statistics.fmean(helps))
+    assert hi - mean == pytest.approx(2.776 * statistics.stdev(helps) / 5 ** 0.5)
+    assert lo > 0 and R.decide(helps) == "helps"
+    assert R.decide([-d for d in helps]) == "hurts"
+    assert R.decide([0.1, 2.0, 0.1, 0.1, 0.1]) == "cannot be told apart"      # all positive, interval holds 0
+    assert R.decide([0.3, 0.3, 0.3, 0.3, 0.3 + 1e-9]) == "helps"
+    assert R.decide([0.2, 0.3, 0.1, -0.4, -0.3]) == "cannot be told apart"
+    assert R.decide(helps[:4]) == "incomplete (4 of 5 seeds)"
+
+
+def test_select_cells_filters():
+    cells = R.all_cells("ra")
+    got = R.select_cells(cells, "slope=0|0.2,length=1ep,reg=today,noise=1;0.5,size=400")
+    assert [c.a["slope"] for c in got] == ["0", "0.2"]
+    assert [c.name for c in R.select_cells(R.all_cells(), "default")] == [
+        "ra:slope=0.2,length=1ep,reg=today,noise=1;0.5,size=400", "ap:budget=0.4,noise=1;0.5,w=1.0",
+        "eps:eps=0.01,length=1ep,beta0=0.1"]
+    assert len(R.select_cells(cells, "3")) == 3
+    with pytest.raises(ConfigError, match="unknown axis budgett"):
+        R.select_cells(cells, "budgett=0.4")
+
+
+def test_seed_overrides_follow_the_design():
+    from prefkit.pipeline.recipe import load_recipe
+
+    ov = R.group_overrides("0.8", "papers", "2;1", 400, 3, R.DESIGN)
+    recipe = load_recipe(R.RECIPE, overrides=ov)
+    assert recipe.policy["args"] == {"goal_prior": 1.0, "goal_noise": 0.0, "steps": 900, "seed": 0}
+    assert recipe.prompts["train"]["args"] == {"n": 400, "seed": 1003}
+    assert recipe.prompts["eval"]["args"] == {"n": 200, "seed": 2003}
+    st = recipe.stages
+    assert (st["generate"]["n"], st["generate"]["seed"], st["evaluate"]["n"], st["evaluate"]["seed"]) == (4, 1003, 4, 10003)
+    assert st["score"]["reward_args"] == {"aspect_noise": 1.0, "overall_noise": 2.0, "seed": 3}
+    assert (st["pair"]["ties"], st["pair"]["fine_grained_filter"], st["relabel"]["ties"]) == ("keep", True, "keep")
+    # a learning-rate cell's seed: training prompts 1100 + s, validation prompts 4000 + s without test prompts
+    val = load_recipe(R.RECIPE, overrides=R.group_overrides("0.2", "today", "1;0.5", 400, 100, R.DESIGN,
+                                                            validation=True))
+    assert val.prompts["train"]["args"]["seed"] == 1200 and val.stages["evaluate"]["n"] == 2
+    from prefkit.toy import task
+    from prefkit.toy.recipes import validation_prompts
+
+    got = validation_prompts(**val.prompts["eval"]["args"])
+    tests = {p for s in range(2000, 2005) for p in task.make_prompts(200, seed=s)}
+    assert 90 <= len(got) <= 100 and not tests & set(got)
+
+
+def test_every_cells_arms_are_a_valid_recipe():
+    from prefkit.pipeline.recipe import load_recipe
+
+    rates = {r: 5e-4 for r in ("dpo", "dpo@10", "ra", "ap", "random", "explicit", "eps")}
+    for cell in R.all_cells()[::7] + R.select_cells(R.all_cells(), "length=stepmatched")[:1]:
+        arms = R.cell_arms(cell, rates, R.DESIGN, seed=1, dpo_steps=24)
+        ov = R.group_overrides(R.cell_world(cell), R.cell_reg_data(cell), cell.a.get("noise", "1;0.5"),
+                               cell.a.get("size", 400), 1, R.DESIGN)
+        recipe = load_recipe(R.RECIPE, overrides=ov + ["arms=" + json.dumps(dict(arms.values()))])
+        assert len(recipe.arms) == len(arms)
+        for _label, m, b in R.comparisons(cell):
+            assert m in arms and b in arms
+    cell = R.select_cells(R.all_cells("ra"), "slope=0.4,length=stepmatched,reg=papers")[0]
+    arms = R.cell_arms(cell, rates, R.DESIGN, dpo_steps=24)
+    assert arms["ra"][1]["train"]["max_steps"] == 24 and arms["ra"][1]["train"]["beta"] == 0.01
+    assert arms["ra"][1]["train"]["label_smoothing"] == 0.3 and arms["dpo"][1]["train"]["num_train_epochs"] == 1
+
+
+def test_tiny_cell_seed_through_the_engine(tmp_path):
+    """The eps-DPO default cell at tiny sizes: its learning-rate cells, then the cell-seed, read back
+    from the engine's stage markers; a rerun finds every step done."""
+    cell = R.select_cells(R.all_cells("eps"), "default")[0]
+    got = R.run_cell_seed(cell, 0, tmp_path, TINY)
+    lr = json.loads(next((tmp_path / "lr").glob("lr_eps*.json")).read_text())
+    assert got["rates"]["eps"] == lr["chosen"] and lr["chosen"] in TINY.lr_grid
+    assert lr["chosen"] == min(float(r) for r, m in lr["mean"].items() if m == max(lr["mean"].values()))
+    run_dir = tmp_path / "data" / "slope0.2-pairs-today-noise1_0.5-n400" / "seed0"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    ev = {e["arm"]: json.loads((run_dir / e["dir"] / "done").read_text())["metrics"]["reward_fn"]["mean"]
+          for e in manifest["stages"].values() if e["stage"] == "evaluate" and e["round"] == 1}
+    assert got["gold"] == {"eps": ev[got["arms"]["eps"]], "dpo": ev[got["arms"]["dpo"]]}
+    assert got["diff"]["eps - dpo"] == pytest.approx(got["gold"]["eps"] - got["gold"]["dpo"])
+    assert got["train_steps"]["eps"] >= 1 and got["pairs"] > 0
+    (tmp_path / "cells" / cell.slug / "seed0.json").unlink()
+    again = R.run_cell_seed(cell, 0, tmp_path, TINY)
+    assert again["gold"] == got["gold"] and again["seconds_run"] == 0
+    rows = R.collect(tmp_path, [cell, R.all_cells("eps")[0]], list(range(5)))
+    assert rows[0]["decision"] == "incomplete (1 of 5 seeds)" and rows[1]["decision"] == "not run"
+    text = R.write_map(tmp_path, [cell, R.all_cells("eps")[0]], list(range(5))).read_text()
+    assert "not run" in text and "eps - dpo" in text and (tmp_path / "map_eps_eps.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_tiny_ra_stepmatched_cell(tmp_path):
+    """RA's step-matched cell: RA trains for DPO's number of steps at 1 epoch; base@10 is the base."""
+    cell = R.select_cells(R.all_cells("ra"), "slope=0.2,length=stepmatched,reg=today,noise=1;0.5,size=400")[0]
+    got = R.run_cell_seed(cell, 0, tmp_path, TINY)
+    assert got["train_steps"]["ra"] == got["train_steps"]["dpo"]
+    assert set(got["diff"]) == {"ra - dpo", "ra - dpo@10", "ra - base@10"}
+    assert set(got["curves"]) == {"dpo@10", "base@10", "ra"}
+
+
+def test_cli_dry_run_states_the_cost(tmp_path, capsys):
+    from prefkit.cli import main
+
+    assert main(["demo", "--regimes", "--method", "ap", "--dry-run", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "36 cell(s) x 5 seed(s): 180 cell-seed(s) and 3 learning-rate cell(s) to run; estimated" in err
+    assert main(["demo", "--cells", "3"]) == 2
