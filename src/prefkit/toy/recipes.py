@@ -52,13 +52,16 @@ def rewriter(quick: bool = False, model: str | None = None, seed: int = 0, edit_
 
 def pairs_by_gold(base, prompts, *, temperature: float, max_new_tokens: int, seed: int):
     """Held-out pairs labelled by the gold reward: two samples of `base` per prompt; a prompt whose
-    samples have distinct gold rewards gives a pair (the higher chosen), others none."""
+    samples are both non-empty and have distinct gold rewards gives a pair (the higher chosen),
+    others none."""
     import datasets  # noqa: PLC0415  heavy (datasets): lazy, so importing this module stays light
 
     samples = generate(base, prompts, n=2, temperature=temperature, max_new_tokens=max_new_tokens,
                        batch_size=128, seed=seed, desc="gold-labelled eval samples")
     rows = []
     for p, (a, b) in zip(prompts, samples):
+        if not a.strip() or not b.strip():   # an empty sample is no response to rank
+            continue
         ga, gb = task.gold_reward(p, a), task.gold_reward(p, b)
         if ga == gb:
             continue
