@@ -73,3 +73,23 @@ def kill_when(cmd: list[str], run_dir, ready, timeout: float = 600) -> None:
     proc.wait()
     proc.stderr.close()
     assert proc.returncode == -9
+
+
+def line_of(path, needle: str, exact: bool = False) -> int:
+    """The 1-based number of the first line of `path` that contains (or, exact, is) `needle`."""
+    return next(i for i, line in enumerate(Path(path).read_text().splitlines(), 1)
+                if (line == needle if exact else needle in line))
+
+
+def recipe_error(path, **kw) -> str:
+    """The one-line ConfigError `load_recipe(path, **kw)` raises (the test fails if it does not)."""
+    import pytest
+
+    from prefkit.errors import ConfigError
+    from prefkit.pipeline import load_recipe
+
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path, **kw)
+    msg = str(err.value)
+    assert "\n" not in msg
+    return msg

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import line_of, recipe_error
 
 from prefkit.errors import ConfigError
 from prefkit.pipeline import load_recipe, plan, run
@@ -37,28 +38,25 @@ def _recipe(tmp_path, extra: str = ARMS, overrides=()) -> Path:
     return p
 
 
+
 def _error(path, overrides=()) -> str:
-    with pytest.raises(ConfigError) as exc:
-        load_recipe(path, overrides=SMALL + list(overrides))
-    return str(exc.value)
+    return recipe_error(path, overrides=SMALL + list(overrides))
 
 
-def _line_of(path: Path, text: str) -> int:
-    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
 
 
 def test_arm_errors_name_file_line_and_key(tmp_path):
     p = _recipe(tmp_path, ARMS.replace("relabel: false", "relabl: false"))
-    assert _error(p).startswith(f"{p}:{_line_of(p, 'relabl')}: arms.dpo.relabl: unknown key (did you mean relabel?)")
+    assert _error(p).startswith(f"{p}:{line_of(p, 'relabl')}: arms.dpo.relabl: unknown key (did you mean relabel?)")
     p = _recipe(tmp_path, ARMS.replace("curve_samples: 1", "curve_samples: many"))
-    assert _error(p) == f"{p}:{_line_of(p, 'curve_samples')}: arms.ra.evaluate.curve_samples: expected an integer, " \
+    assert _error(p) == f"{p}:{line_of(p, 'curve_samples')}: arms.ra.evaluate.curve_samples: expected an integer, " \
                         "got 'many'"
     p = _recipe(tmp_path, ARMS.replace("{conditioning: data, goal: 10}", "{conditioning: sideways}"))
     assert "arms.base-at-10.evaluate.conditioning: 'sideways' is not one of auto, data, system, user, none" in _error(p)
     p = _recipe(tmp_path, ARMS + "  bad/name: {}\n")
     assert "arms.bad/name: an arm's name is a word without '/'" in _error(p)
     p = _recipe(tmp_path, ARMS.replace("relabel: false", "generate: false"))   # score then has no generate
-    assert f"{p}:{_line_of(p, 'dpo:')}: arms.dpo.score: needs a generate stage before it" in _error(p)
+    assert f"{p}:{line_of(p, 'dpo:')}: arms.dpo.score: needs a generate stage before it" in _error(p)
 
 
 def test_plan_shares_the_steps_arms_have_in_common(tmp_path):

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import line_of, recipe_error
 
-from prefkit.errors import ConfigError
 from prefkit.pipeline import load_recipe
 from prefkit.pipeline.stages import STAGES
 
@@ -29,17 +29,8 @@ def _edited(tmp_path, old: str, new: str) -> Path:
     return _write(tmp_path, text.replace(old, new, 1))
 
 
-def _line_of(path: Path, needle: str, exact: bool = False) -> int:
-    return next(i for i, line in enumerate(path.read_text().splitlines(), 1)
-                if (line == needle if exact else needle in line))
 
 
-def _error(path, **kw) -> str:
-    with pytest.raises(ConfigError) as err:
-        load_recipe(path, **kw)
-    msg = str(err.value)
-    assert "\n" not in msg
-    return msg
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
@@ -58,16 +49,16 @@ def test_toy_quick_resolves_to_the_stage_options():
 
 def test_unknown_stage_option_names_file_line_key_and_valid_keys(tmp_path):
     p = _edited(tmp_path, "temperature: 1.0, max_new_tokens: 24, seed: 0}", "temprature: 1.0}")
-    msg = _error(p)
-    assert msg.startswith(f"{p}:{_line_of(p, 'temprature')}: stages.generate.temprature: unknown key")
+    msg = recipe_error(p)
+    assert msg.startswith(f"{p}:{line_of(p, 'temprature')}: stages.generate.temprature: unknown key")
     assert "did you mean temperature?" in msg
     assert "valid keys: n, temperature, top_p, max_new_tokens" in msg
 
 
 def test_bad_choice_lists_the_valid_values(tmp_path):
     p = _edited(tmp_path, "method: best-vs-worst", "method: best-vs-best")
-    msg = _error(p)
-    assert msg == (f"{p}:{_line_of(p, 'best-vs-best')}: stages.pair.method: 'best-vs-best' is not one of "
+    msg = recipe_error(p)
+    assert msg == (f"{p}:{line_of(p, 'best-vs-best')}: stages.pair.method: 'best-vs-best' is not one of "
                    "published, best-vs-worst, all-pairs")
 
 
@@ -75,49 +66,49 @@ def test_loss_choices_come_from_the_loss_registry(tmp_path):
     from prefkit.losses import available_losses
 
     p = _edited(tmp_path, "loss_type: sigmoid", "loss_type: sigmod")
-    msg = _error(p)
-    assert f"{p}:{_line_of(p, 'sigmod')}: stages.train.loss_type: 'sigmod' is not one of" in msg
+    msg = recipe_error(p)
+    assert f"{p}:{line_of(p, 'sigmod')}: stages.train.loss_type: 'sigmod' is not one of" in msg
     for name in available_losses() + ["eps-dpo"]:
         assert name in msg
 
 
 def test_bad_type(tmp_path):
     p = _edited(tmp_path, "beta: 0.1", "beta: high")
-    assert _error(p) == f"{p}:{_line_of(p, 'beta: high')}: stages.train.beta: expected a number, got 'high'"
+    assert recipe_error(p) == f"{p}:{line_of(p, 'beta: high')}: stages.train.beta: expected a number, got 'high'"
 
 
 def test_unknown_top_level_key_and_stage(tmp_path):
     p = _edited(tmp_path, "rounds: 2", "rounds: 2\nfoo: 1")
-    assert _error(p) == (f"{p}:{_line_of(p, 'foo: 1')}: foo: unknown key; valid keys: name, description, policy, "
+    assert recipe_error(p) == (f"{p}:{line_of(p, 'foo: 1')}: foo: unknown key; valid keys: name, description, policy, "
                          "prompts, rounds, stages, arms")
     p = _edited(tmp_path, "  pair:", "  pairs:")
-    msg = _error(p)
-    assert f"{p}:{_line_of(p, 'pairs:')}: stages.pairs: unknown key (did you mean pair?)" in msg
+    msg = recipe_error(p)
+    assert f"{p}:{line_of(p, 'pairs:')}: stages.pairs: unknown key (did you mean pair?)" in msg
     assert "generate, score, pair, synth, relabel, select, evolve, reward_model, train, evaluate" in msg
 
 
 def test_trainer_checks_point_at_the_key(tmp_path):
     p = _edited(tmp_path, "max_prompt_length: 192", "max_prompt_length: 300")
-    msg = _error(p)
-    assert msg.startswith(f"{p}:{_line_of(p, 'max_prompt_length: 300')}: stages.train.max_prompt_length:")
+    msg = recipe_error(p)
+    assert msg.startswith(f"{p}:{line_of(p, 'max_prompt_length: 300')}: stages.train.max_prompt_length:")
 
 
 def test_any_training_arguments_field_passes_and_a_reserved_one_does_not(tmp_path):
     r = load_recipe(TOY, overrides=["train.logging_first_step=true"])
     assert r.stages["train"]["logging_first_step"] is True
-    msg = _error(TOY, overrides=["train.remove_unused_columns=false"])
+    msg = recipe_error(TOY, overrides=["train.remove_unused_columns=false"])
     assert msg.startswith("--set: stages.train.remove_unused_columns:") and "set by prefkit" in msg
 
 
 def test_more_than_one_round_needs_an_explicit_reference(tmp_path):
     p = _edited(tmp_path, "    reference: initial", "")
-    msg = _error(p)
-    assert msg.startswith(f"{p}:{_line_of(p, '  train:', exact=True)}: stages.train: with more than one round")
+    msg = recipe_error(p)
+    assert msg.startswith(f"{p}:{line_of(p, '  train:', exact=True)}: stages.train: with more than one round")
     assert load_recipe(p, rounds=1).rounds == 1
 
 
 def test_overrides_are_checked_and_named(tmp_path):
-    assert _error(TOY, overrides=["train.bta=1"]).startswith("--set: stages.train.bta: unknown key (did you mean beta?)")
+    assert recipe_error(TOY, overrides=["train.bta=1"]).startswith("--set: stages.train.bta: unknown key (did you mean beta?)")
     r = load_recipe(TOY, overrides=["train.beta=0.05", "rounds=3", "pair.ties=keep"])
     assert r.stages["train"]["beta"] == 0.05 and r.rounds == 3 and r.stages["pair"]["ties"] == "keep"
 
@@ -127,9 +118,9 @@ def test_stage_order_and_yaml_syntax(tmp_path):
     moved = text.replace("  pair: {method: best-vs-worst, ties: drop}\n", "")
     moved = moved.replace("  evaluate:", "  pair: {method: best-vs-worst}\n  evaluate:")
     p = _write(tmp_path, moved)
-    assert "stages run in this order" in _error(p)
+    assert "stages run in this order" in recipe_error(p)
     p = _write(tmp_path, "name: x\nstages: {generate: {n: 2}\n")
-    assert _error(p).startswith(f"{p}:3: not valid YAML")
+    assert recipe_error(p).startswith(f"{p}:3: not valid YAML")
 
 
 def test_schema_is_read_from_the_options_objects():
@@ -158,7 +149,7 @@ def test_cli_bad_recipe_exits_2_with_one_line(tmp_path):
     p = _edited(tmp_path, "ties: drop", "ties: sometimes")
     proc = subprocess.run([sys.executable, "-m", "prefkit", "run", str(p)], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (f"prefkit run: error: {p}:{_line_of(p, 'sometimes')}: stages.pair.ties: "
+    assert proc.stderr.strip() == (f"prefkit run: error: {p}:{line_of(p, 'sometimes')}: stages.pair.ties: "
                                    "'sometimes' is not one of drop, keep")
     assert not (tmp_path / "runs").exists()
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import kill_when
+from helpers import kill_when, line_of, recipe_error
 
 from prefkit.errors import ConfigError
 from prefkit.pipeline import load_recipe, run
@@ -128,16 +128,8 @@ def _edited(tmp_path, old: str, new: str, base: Path = RMBOOST) -> Path:
     return p
 
 
-def _line_of(path: Path, needle: str) -> int:
-    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if needle in line)
 
 
-def _error(path, **kw) -> str:
-    with pytest.raises(ConfigError) as err:
-        load_recipe(path, **kw)
-    msg = str(err.value)
-    assert "\n" not in msg
-    return msg
 
 
 def test_the_shipped_rmboost_recipes_resolve_to_the_method_options():
@@ -160,41 +152,41 @@ def test_the_shipped_rmboost_recipes_resolve_to_the_method_options():
 
 def test_synth_option_errors_name_file_line_key(tmp_path):
     p = _edited(tmp_path, "    aspects: llm", "    aspect: llm")
-    msg = _error(p)
-    assert msg.startswith(f"{p}:{_line_of(p, 'aspect: llm')}: stages.synth.aspect: unknown key (did you mean aspects")
+    msg = recipe_error(p)
+    assert msg.startswith(f"{p}:{line_of(p, 'aspect: llm')}: stages.synth.aspect: unknown key (did you mean aspects")
     p = _edited(tmp_path, "method: rmboost", "method: rmbost")
-    assert _error(p) == (f"{p}:{_line_of(p, 'rmbost')}: stages.synth.method: 'rmbost' is not one of "
+    assert recipe_error(p) == (f"{p}:{line_of(p, 'rmbost')}: stages.synth.method: 'rmbost' is not one of "
                          "rlaif, rlcd, rmboost, west-of-n")
     p = _edited(tmp_path, "    method: rmboost\n", "")
-    assert _error(p).startswith(f"{p}:{_line_of(p, '  synth:')}: stages.synth.method: missing; one of rlaif")
+    assert recipe_error(p).startswith(f"{p}:{line_of(p, '  synth:')}: stages.synth.method: missing; one of rlaif")
     # an option of another method
     p = _edited(tmp_path, "    aspects: llm", "    n: 4")
-    assert _error(p).startswith(f"{p}:{_line_of(p, 'n: 4')}: stages.synth.n: unknown key")
+    assert recipe_error(p).startswith(f"{p}:{line_of(p, 'n: 4')}: stages.synth.n: unknown key")
     # the sampling parameters are SamplingParams' fields
     p = _edited(tmp_path, "generation: {temperature: 1.0, max_tokens: 24}", "generation:\n      temprature: 1.0")
-    assert _error(p) == (f"{p}:{_line_of(p, 'temprature')}: stages.synth.generation.temprature: unknown key; "
+    assert recipe_error(p) == (f"{p}:{line_of(p, 'temprature')}: stages.synth.generation.temprature: unknown key; "
                          "valid keys: temperature, top_p, max_tokens, seed, stop")
     p = _edited(tmp_path, "rewrite: {temperature: 0.7, max_tokens: 96}", "rewrite: {max_tokens: many}")
-    assert _error(p) == (f"{p}:{_line_of(p, 'many')}: stages.synth.rewrite.max_tokens: expected an integer, "
+    assert recipe_error(p) == (f"{p}:{line_of(p, 'many')}: stages.synth.rewrite.max_tokens: expected an integer, "
                          "got 'many'")
 
 
 def test_synth_backend_errors(tmp_path):
     p = _edited(tmp_path, "backend: {build: prefkit.toy.recipes:rewriter, args: {quick: false, seed: 0}}",
                 "backend: {build: rewriter}")
-    assert _error(p) == (f"{p}:{_line_of(p, 'backend:')}: stages.synth.backend.build: expected MODULE:FUNCTION, "
+    assert recipe_error(p) == (f"{p}:{line_of(p, 'backend:')}: stages.synth.backend.build: expected MODULE:FUNCTION, "
                          "got 'rewriter'")
     p = _edited(tmp_path, "backend: {build: prefkit.toy.recipes:rewriter, args: {quick: false, seed: 0}}",
                 "backend: {model: qwen}")
-    assert _error(p).startswith(f"{p}:{_line_of(p, 'backend:')}: stages.synth.backend.base_urls: missing")
+    assert recipe_error(p).startswith(f"{p}:{line_of(p, 'backend:')}: stages.synth.backend.base_urls: missing")
     p = _edited(tmp_path, "    backend: {build: prefkit.toy.recipes:rewriter, args: {quick: false, seed: 0}}\n", "")
-    assert _error(p).startswith(f"{p}:{_line_of(p, '  synth:')}: stages.synth: backend: missing")
+    assert recipe_error(p).startswith(f"{p}:{line_of(p, '  synth:')}: stages.synth: backend: missing")
     p = _edited(tmp_path, "    aspects: llm", "    judge: {local: policy}")
-    assert _error(p) == (f"{p}:{_line_of(p, 'judge:')}: stages.synth.judge: rmboost takes no judge "
+    assert recipe_error(p) == (f"{p}:{line_of(p, 'judge:')}: stages.synth.judge: rmboost takes no judge "
                          "(rlaif and west-of-n do)")
     # the schema follows the method: rlaif takes a judge, and not rmboost's rewrite sampling
-    assert _error(p, overrides=["synth.method=rlaif"]).startswith(
-        f"{p}:{_line_of(p, 'rewrite:')}: stages.synth.rewrite: unknown key")
+    assert recipe_error(p, overrides=["synth.method=rlaif"]).startswith(
+        f"{p}:{line_of(p, 'rewrite:')}: stages.synth.rewrite: unknown key")
     text = p.read_text()
     p.write_text(text[:text.index("    guideline:")] + "    judge: {local: policy}\n" + text[text.index("  reward_model:"):])
     r = load_recipe(p, overrides=["synth.method=rlaif"])
@@ -203,11 +195,11 @@ def test_synth_backend_errors(tmp_path):
 
 def test_reward_model_option_errors(tmp_path):
     p = _edited(tmp_path, "    warmup_ratio: 0.1", "    warmup_rato: 0.1")
-    assert "stages.reward_model.warmup_rato: unknown key (did you mean warmup_ratio" in _error(p)
+    assert "stages.reward_model.warmup_rato: unknown key (did you mean warmup_ratio" in recipe_error(p)
     p = _edited(tmp_path, "eval_pairs: {build:", "eval_pairs: {fil: x, build:")
-    assert _error(p).startswith(f"{p}:{_line_of(p, 'eval_pairs:')}: stages.reward_model.eval_pairs.fil: unknown key")
+    assert recipe_error(p).startswith(f"{p}:{line_of(p, 'eval_pairs:')}: stages.reward_model.eval_pairs.fil: unknown key")
     p = _edited(tmp_path, "    max_length: 256", "    max_length: 256\n    max_prompt_length: 300")
-    assert _error(p).startswith(f"{p}:{_line_of(p, 'max_prompt_length')}: stages.reward_model.max_prompt_length:")
+    assert recipe_error(p).startswith(f"{p}:{line_of(p, 'max_prompt_length')}: stages.reward_model.max_prompt_length:")
     # any TrainingArguments field passes, as for train
     assert load_recipe(RMBOOST, overrides=["reward_model.logging_first_step=true"]).stages["reward_model"][
         "logging_first_step"] is True
@@ -218,21 +210,21 @@ def test_what_each_stage_needs(tmp_path):
     text = RMBOOST.read_text()
     p = tmp_path / "recipe.yaml"
     p.write_text(text[:text.index("  synth:")] + text[text.index("  reward_model:"):])
-    assert _error(p) == (f"{p}:{_line_of(p, 'reward_model:')}: stages.reward_model: needs a pair stage or a synth "
+    assert recipe_error(p) == (f"{p}:{line_of(p, 'reward_model:')}: stages.reward_model: needs a pair stage or a synth "
                          "stage before it (pair: generate, score, pair; synth: pairs from the prompts through an LLM)")
     # synth makes the pairs in place of generate, score and pair
     p = _edited(tmp_path, "  synth:\n", "  generate: {n: 2}\n  synth:\n")
-    assert _error(p).startswith(f"{p}:{_line_of(p, 'generate:')}: stages.generate: synth makes the round's pairs")
+    assert recipe_error(p).startswith(f"{p}:{line_of(p, 'generate:')}: stages.generate: synth makes the round's pairs")
     # pair needs scores, score needs samples
     p = _edited(tmp_path, '  score: {reward_fn: "prefkit.toy.task:gold_reward"}\n', "", base=TOY)
-    assert _error(p) == f"{p}:{_line_of(p, '  pair:')}: stages.pair: needs a score stage before it"
+    assert recipe_error(p) == f"{p}:{line_of(p, '  pair:')}: stages.pair: needs a score stage before it"
 
 
 def test_cli_bad_synth_recipe_exits_2_with_one_line(tmp_path):
     p = _edited(tmp_path, "aspects: llm", "aspects: some")
     proc = subprocess.run([sys.executable, "-m", "prefkit", "run", str(p)], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (f"prefkit run: error: {p}:{_line_of(p, 'aspects: some')}: stages.synth.aspects: "
+    assert proc.stderr.strip() == (f"prefkit run: error: {p}:{line_of(p, 'aspects: some')}: stages.synth.aspects: "
                                    "'some' is not one of llm, sample")
 
 
