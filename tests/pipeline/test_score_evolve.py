@@ -172,9 +172,10 @@ def test_evolve_then_select_recipe_runs_and_a_rerun_skips_it(tmp_path):
     d = tmp_path / "run"
     res = run(load_recipe(EVOLVE, overrides=overrides), d, progress=False, log=lambda m: None)
     assert all(e["status"] == "done" for e in res["steps"])
-    sel, evo, train = (_step(res, f"round-1/{s}") for s in ("select", "evolve", "train"))
+    pair, sel, evo, train = (_step(res, f"round-1/{s}") for s in ("pair", "select", "evolve", "train"))
     m = evo["metrics"]
-    assert m["pairs_in"] == sel["metrics"]["kept"] == 12                      # 25% of 48 prompts' pairs
+    assert 40 <= pair["metrics"]["pairs"] <= 48                               # 48 prompts, ties dropped
+    assert m["pairs_in"] == sel["metrics"]["kept"] == int(0.25 * pair["metrics"]["pairs"])     # the top 25%
     assert 0 < m["evolved_prompts"] <= m["pairs_in"] and m["evolved_pairs"] <= m["evolved_prompts"]
     assert m["evolved_kept"] == round(0.5 * m["evolved_pairs"])               # the second selection's fraction
     assert m["merged"] == m["pairs_in"] + m["evolved_kept"]
