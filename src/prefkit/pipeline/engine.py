@@ -297,14 +297,17 @@ class Runner:
             ins["data"] = state.get("data_hash")
         return ins
 
+    def options(self, step: Step) -> dict:
+        """The step's options: its arm's, without those that apply from round 1 on in round 0."""
+        return {k: v for k, v in self.recipe.stages_of(step.arm)[step.stage].items()
+                if not (step.round == 0 and k in ROUND1_EVALUATE)}
+
     def key(self, step: Step, inputs: dict) -> str | None:
         if any(v is None for v in inputs.values()):
             return None
         # train's `reference` is in its inputs (the reference model's hash): in round 1 both choices
         # name the initial policy, so they share round 1's work
-        opts = {k: v for k, v in self.recipe.stages_of(step.arm)[step.stage].items()
-                if not (step.stage == "train" and k == "reference")
-                and not (step.round == 0 and k in ROUND1_EVALUATE)}
+        opts = {k: v for k, v in self.options(step).items() if not (step.stage == "train" and k == "reference")}
         return _sha_json({"stage": step.stage, "options": opts, "inputs": inputs})
 
     def execute(self, steps: list[Step], *, dry_run: bool = False) -> dict:
@@ -380,9 +383,8 @@ class Runner:
 
     def _run_step(self, step: Step, d: Path, state: dict, eval_rows, key: str, ins: dict) -> dict:
         stage = STAGES[step.stage]
-        options = {k: v for k, v in self.recipe.stages_of(step.arm)[step.stage].items()
-                   if not (step.round == 0 and k in ROUND1_EVALUATE)}
-        ctx = StageContext(round=step.round, stage=step.stage, dir=d, options=options, pairs=state.get("pairs"),
+        ctx = StageContext(round=step.round, stage=step.stage, dir=d, options=self.options(step),
+                           pairs=state.get("pairs"),
                            policy=state["policy"], initial=self.manifest["initial_policy"]["path"],
                            data=state.get("data"), prompts=state.get("round_rows", []), eval_prompts=eval_rows,
                            run_dir=self.run_dir, progress=self.progress, recipe_dir=Path(self.recipe.file).parent)

@@ -147,6 +147,14 @@ def _generate_served(ctx: StageContext, rows, servers, served_model, opts: dict,
 
 # -- score ------------------------------------------------------------------------------------------
 
+def bound_reward_fn(options: dict):
+    """The stage's reward_fn (a callable or MODULE:FUNCTION) with its `reward_args` bound."""
+    from prefkit.evaluate.scorers import resolve_reward_fn
+
+    fn = resolve_reward_fn(options["reward_fn"])
+    return functools.partial(fn, **options["reward_args"]) if options.get("reward_args") else fn
+
+
 def run_score(ctx: StageContext) -> dict:
     rows = _read_jsonl(ctx.data)
     flat = [(i, j) for i, r in enumerate(rows) for j in range(len(r["responses"]))]
@@ -154,11 +162,8 @@ def run_score(ctx: StageContext) -> dict:
     texts = [rows[i]["responses"][j]["text"] for i, j in flat]
     extra: dict = {}
     if ctx.options.get("reward_fn"):
-        from prefkit.evaluate.scorers import resolve_reward_fn
-
-        fn = resolve_reward_fn(ctx.options["reward_fn"])
-        kwargs = ctx.options.get("reward_args") or {}
-        got = [fn(p, t, **kwargs) if t else None for p, t in zip(prompts, texts)]
+        fn = bound_reward_fn(ctx.options)
+        got = [fn(p, t) if t else None for p, t in zip(prompts, texts)]
         for (i, j), g in zip(flat, got):   # a reward function may also give aspects (a judge's ratings)
             if isinstance(g, dict):
                 rows[i]["responses"][j].update({k: g[k] for k in ("aspects", "fine_grained") if k in g})
@@ -585,12 +590,11 @@ def _evaluate_spec(ctx: StageContext, which: str):
 def run_evaluate(ctx: StageContext) -> dict:
     from prefkit.evaluate.goal_curve import goal_following_curve
     from prefkit.evaluate.policy import PolicySpec, evaluate_policies
-    from prefkit.evaluate.scorers import resolve_reward_fn
 
     opts = {k: v for k, v in ctx.options.items() if k not in ("baseline", "goal", "conditioning", "curve_goals",
                                                               "curve_samples", "reward_args")}
-    if ctx.options.get("reward_args") and opts.get("reward_fn"):
-        opts["reward_fn"] = functools.partial(resolve_reward_fn(opts["reward_fn"]), **ctx.options["reward_args"])
+    if opts.get("reward_fn"):
+        opts["reward_fn"] = bound_reward_fn(ctx.options)
     name = f"round-{ctx.round}"
     goal = ctx.options.get("goal")
     cond = _evaluate_spec(ctx, ctx.options.get("conditioning") or "auto")

@@ -323,16 +323,11 @@ def run_demo(out: str | Path = "demo_out", config: DemoConfig | None = None, pro
     if config.ablation_world is not None:
         worlds.append((out / f"world-{config.ablation_world.key()}", config.ablation_world, False))
     runs = run_worlds(worlds, config, progress=progress)
-    for run in runs:
+    for (world_out, _, _), run in zip(worlds, runs):
         for r in run["results"]:
-            (out_seed := _seed_dir(worlds, runs, run, r)).mkdir(parents=True, exist_ok=True)
-            (out_seed / "results.json").write_text(json.dumps(r, indent=2, default=str))
+            seed_dir = world_out / f"seed{r['seed']}"
+            seed_dir.mkdir(parents=True, exist_ok=True)
+            (seed_dir / "results.json").write_text(json.dumps(r, indent=2, default=str))
     report = write_report(out, config, runs, time.time() - t_start)
     log(f"report: {report}")
     return report
-
-
-def _seed_dir(worlds, runs, run, r) -> Path:
-    return worlds[runs.index(run)][0] / f"seed{r['seed']}"
-
-
