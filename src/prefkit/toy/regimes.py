@@ -72,7 +72,8 @@ REGS = {
     "beta0.01": {"beta": 0.01, "label_smoothing": 0.0, "ties": "drop", "fine_grained_filter": False},
 }
 METHODS = ("ra", "ap", "eps")
-NOT_BUILT = {"rmboost": "RMBoost's 9 cells need a synth / reward-model stage on the engine (not on main yet)"}
+NOT_BUILT = {"rmboost": "RMBoost's 9 cells are not built yet (the engine's synth and reward_model stages they "
+                        "need now exist; docs/regimes.md, Amendments)"}
 
 
 @dataclass(frozen=True)
