@@ -55,6 +55,9 @@ def test_arm_errors_name_file_line_and_key(tmp_path):
     assert "arms.base-at-10.evaluate.conditioning: 'sideways' is not one of auto, data, system, user, none" in _error(p)
     p = _recipe(tmp_path, ARMS + "  bad/name: {}\n")
     assert "arms.bad/name: an arm's name is a word without '/'" in _error(p)
+    p = _recipe(tmp_path, ARMS.replace("relabel: false", "train: {unlearning_probe: {treshold: 5}}"))
+    assert _error(p).startswith(f"{p}:{line_of(p, 'treshold')}: arms.dpo.train.unlearning_probe.treshold: unknown "
+                                "key (did you mean threshold?)")
     p = _recipe(tmp_path, ARMS.replace("relabel: false", "generate: false"))   # score then has no generate
     assert f"{p}:{line_of(p, 'dpo:')}: arms.dpo.score: needs a generate stage before it" in _error(p)
 

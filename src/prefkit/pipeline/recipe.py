@@ -37,6 +37,7 @@ from prefkit.train.config import DPOConfig, check_trainer_args, load_config
 TOP_KEYS = ("name", "description", "policy", "prompts", "rounds", "stages", "arms")
 POLICY_KEYS = ("model", "build", "args")
 PROMPT_SETS = ("train", "eval")
+PROBE_KEYS = ("threshold", "pairs")   # train.unlearning_probe (prefkit.pipeline.runners.unlearning_probes)
 PROMPT_KEYS = ("file", "dataset", "build", "args", "split", "subset", "revision", "limit", "per_round")
 
 
@@ -398,6 +399,10 @@ def _check_train(opts: dict, where: _Where, path: str = "stages.train") -> None:
         msg = str(exc)
         key = error_key(msg, fields)
         raise where.error(f"{path}.{key}" if key else path, msg) from None
+    probe = opts.get("unlearning_probe")
+    for k in probe or {}:
+        if k not in PROBE_KEYS:
+            raise _unknown(where, f"{path}.unlearning_probe.{k}", k, PROBE_KEYS)
     launch = opts.get("launch")
     if launch is not None:
         for k in launch:

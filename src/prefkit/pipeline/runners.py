@@ -445,9 +445,6 @@ def unlearning_probes(ctx: StageContext, cfg, settings: dict) -> tuple[dict, dic
     from prefkit.models import load_causal_lm
     from prefkit.relabel import find_conditioning
 
-    unknown = set(settings) - {"threshold", "pairs"}
-    if unknown:
-        raise ConfigError(f"train.unlearning_probe: unknown {', '.join(sorted(unknown))}; valid: threshold, pairs")
     if not ctx.pairs:
         raise ConfigError("train.unlearning_probe needs this round's pairs (the pair stage)")
     hq = high_quality_rejected(data.read(ctx.pairs), threshold=float(settings.get("threshold", 5.0)),
