@@ -54,6 +54,11 @@ def fingerprint() -> str:
 def git_commit() -> str | None:
     """The commit of the git checkout holding the package, or None."""
     try:
+        # the package's own files are tracked there (not a wheel inside some other project's checkout)
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "__init__.py"], cwd=PACKAGE_DIR,
+                                 capture_output=True, text=True, timeout=5)
+        if tracked.returncode != 0:
+            return None
         proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True,
                               timeout=5)
     except (OSError, subprocess.SubprocessError):
