@@ -207,3 +207,21 @@ def test_rerun_stale_after_old_code_made_other_data_reruns_what_follows(tmp_path
     assert _marker_path(d, "pair").parent.name != Path(old["pair"]["output"]).parent.name
     assert all(m["code"] == code_version.code() for m in new.values())
     assert len(list((d / "stale" / OLD["fingerprint"]).glob("round-*/*/*/done"))) == 4
+
+
+def test_a_step_started_by_other_code_counts_too(tmp_path):
+    """A step other code started and did not finish (its stage.json, no done marker): refused like a
+    finished one; kept, it resumes over that work and its marker says so."""
+    d = tmp_path / "run"
+    _run(d)
+    score = _marker_path(d, "score")
+    score.unlink()
+    sj = score.parent / "stage.json"
+    sj.write_text(json.dumps({**json.loads(sj.read_text()), "code": OLD}))
+    with pytest.raises(StaleStepsError) as exc:
+        _run(d)
+    assert [e["stage"] for e in exc.value.steps] == ["score"] and not score.exists()
+    res = _run(d, stale="keep")
+    assert _ran(res) == ["round-1/score"]
+    marker = json.loads(score.read_text())
+    assert marker["code"] == code_version.code() and marker["resumed_from_code"] == OLD

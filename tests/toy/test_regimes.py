@@ -152,6 +152,10 @@ def test_tiny_cell_seed_through_the_engine(tmp_path):
     assert rows[0]["decision"] == "incomplete (1 of 5 seeds)" and rows[1]["decision"] == "not run"
     text = R.write_map(tmp_path, [cell, R.all_cells("eps")[0]], list(range(5))).read_text()
     assert "not run" in text and "eps - dpo" in text and (tmp_path / "map_eps_eps.png").stat().st_size > 1000
+    from prefkit.code_version import code, fingerprint
+
+    assert got["code"] == code() and lr["code"] == code()          # each record says which code made it
+    assert f"Code: 1 cell-seed(s) made by prefkit {fingerprint()}" in text
 
 
 @pytest.mark.slow

@@ -33,8 +33,8 @@ def register(sub, name, help_text):
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--rerun-stale", dest="stale", action="store_const", const="rerun",
-                   help="steps made by other prefkit code run again (and so every step after them); their "
-                   "directories move to RUN_DIR/stale/")
+                   help="steps made by other prefkit code run again (the steps after them too, where their "
+                   "outputs change); their directories move to RUN_DIR/stale/")
     g.add_argument("--keep-stale", dest="stale", action="store_const", const="keep",
                    help="use steps made by other prefkit code as they are (the manifest says which code made each)")
     p.set_defaults(func=run_cmd, _parser=p, stale="refuse")

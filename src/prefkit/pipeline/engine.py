@@ -492,8 +492,8 @@ class StaleStepsError(ConfigError):
         super().__init__(
             f"{first}{len(steps)} step(s) in this run directory were made by other prefkit code: {shown}. "
             f"Made by: {'; '.join(made)}; this is {describe(now)}. A run must not mix code versions. "
-            "Choose: --rerun-stale runs them (and so every step after them) again with this code "
-            "(their directories move to RUN_DIR/stale/), or --keep-stale uses them as they are "
+            "Choose: --rerun-stale runs them again with this code (their directories move to RUN_DIR/stale/; "
+            "the steps after them follow from their new outputs), or --keep-stale uses them as they are "
             "(the manifest keeps saying which code made each step).")
 
 

@@ -208,7 +208,7 @@ def format_plan(result: dict, title: str = "plan") -> str:
     lines = [f"{title}: {result['run_dir']}"]
     for e in result["steps"]:
         where = e.get("dir") or "(its key waits on the steps before it)"
-        status = e["status"] + (" (ran again: was other code)" if e.get("ran") and e.get("stale") else
+        status = e["status"] + (" (ran now, resuming other code's work)" if e.get("ran") and e.get("stale") else
                                 " (ran now)" if e.get("ran") else " (other code)" if e.get("stale") else "")
         ins = ", ".join(f"{k}={(v or '?')[:8]}" for k, v in e["inputs"].items())
         label = (f"{e['arm']}/" if e.get("arm") is not None else "") + f"round-{e['round']}/{e['stage']}"

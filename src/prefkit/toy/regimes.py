@@ -601,6 +601,15 @@ def write_map(out: Path, cells: list[Cell], seeds: list[int]) -> Path:
              f"Seeds {seeds}; per cell and comparison: mean of d_s = method - baseline (held-out gold reward) "
              f"with the paired 95% interval over seeds (t(0.975, n-1) · sd / √n; t(0.975, 4) = 2.776) and the "
              f"pre-registered decision. {NOT_BUILT['rmboost']}: not part of this map yet.", ""]
+    made: dict[str, int] = {}
+    for p in (out / "cells" / c.slug / f"seed{s}.json" for c in cells for s in seeds):
+        if p.is_file():
+            k = describe(json.loads(p.read_text()).get("code"))
+            made[k] = made.get(k, 0) + 1
+    if made:
+        lines += [("Code: " if len(made) == 1 else "**Code: mixed versions (not one map; rerun with --rerun-stale):** ")
+                  + "; ".join(f"{n} cell-seed(s) made by prefkit {k}" for k, n in sorted(made.items()))
+                  + f"; this is {describe(code())}.", ""]
     for m in METHODS:
         mr = [r for r in rows if r["method"] == m]
         if not mr:
