@@ -152,6 +152,10 @@ def test_tiny_cell_seed_through_the_engine(tmp_path):
     assert rows[0]["decision"] == "incomplete (1 of 5 seeds)" and rows[1]["decision"] == "not run"
     text = R.write_map(tmp_path, [cell, R.all_cells("eps")[0]], list(range(5))).read_text()
     assert "not run" in text and "eps - dpo" in text and (tmp_path / "map_eps_eps.png").stat().st_size > 1000
+    from prefkit.code_version import code, fingerprint
+
+    assert got["code"] == code() and lr["code"] == code()          # each record says which code made it
+    assert f"Code: 1 cell-seed(s) made by prefkit {fingerprint()}" in text
 
 
 @pytest.mark.slow
@@ -171,3 +175,37 @@ def test_cli_dry_run_states_the_cost(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "36 cell(s) x 5 seed(s): 180 cell-seed(s) and 3 learning-rate cell(s) to run; estimated" in err
     assert main(["demo", "--cells", "3"]) == 2
+
+
+def test_the_map_refuses_results_and_steps_of_other_code(tmp_path, capsys):
+    """A map directory holding a cell-seed record or an engine step made by other prefkit code (here:
+    a record without a `code` field, as prefkit wrote before it recorded one, and a step of another
+    fingerprint) is refused before anything runs, naming them; steps moved aside (RUN_DIR/stale/) and
+    steps of this code are not counted."""
+    from prefkit import code_version
+
+    cell = R.select_cells(R.all_cells("eps"), "default")[0]
+    rec = tmp_path / "cells" / cell.slug / "seed0.json"
+    rec.parent.mkdir(parents=True)
+    rec.write_text(json.dumps({"cell": cell.name, "seed": 0, "seconds_run": 1.0}))
+    run_dir = tmp_path / "data" / "g" / "seed0"
+    for where, made in [("round-1/generate/aaa", {"fingerprint": "0123456789abcdef"}),
+                        ("stale/0123456789abcdef/round-1/generate/bbb", {"fingerprint": "0123456789abcdef"}),
+                        ("round-1/score/ccc", code_version.code())]:
+        (run_dir / where).mkdir(parents=True)
+        (run_dir / where / "done").write_text(json.dumps({"code": made}))
+    assert R.main(["--out", str(tmp_path), "--method", "eps", "--cells", "default", "--seeds", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"prefkit.toy.regimes: error: {tmp_path}: 2 result(s) or step(s) were made by other "
+                          f"prefkit code (cells/{cell.slug}/seed0.json, data/g/seed0/round-1/generate/aaa).")
+    assert "The map must not mix code versions" in err and "--rerun-stale" in err and "--keep-stale" in err
+    assert not (tmp_path / "lr").exists() and not (tmp_path / "map.md").exists()
+    with pytest.raises(ConfigError, match="made by other prefkit code"):
+        R._cached(rec, "refuse")
+    assert R._cached(rec, "keep")["seed"] == 0 and R._cached(rec, "rerun") is None
+
+
+def test_demo_stale_flags_belong_to_the_regime_map():
+    from prefkit.cli import main
+
+    assert main(["demo", "--keep-stale", "--quick"]) == 2

@@ -46,6 +46,9 @@ def run(args) -> int:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     if args.regimes:
         return run_regimes(args)
+    if args.stale is not None:
+        raise ConfigError(f"--{args.stale}-stale applies to the regime map (--regimes); the demo always runs "
+                          "steps made by other prefkit code again")
     regime_only = [f for f in ("method", "cells", "stop_at") if getattr(args, f) is not None] + \
         [f for f in ("report_only", "dry_run") if getattr(args, f)]
     if regime_only:
@@ -94,7 +97,8 @@ def run_regimes(args) -> int:
     from prefkit.toy.regimes import SEEDS, _stop_time, run_map
 
     p = run_map(args.out or "regimes_out", method=args.method, cells=args.cells, seeds=args.seeds or SEEDS,
-                report_only=args.report_only, dry_run=args.dry_run, stop_at=_stop_time(args.stop_at))
+                report_only=args.report_only, dry_run=args.dry_run, stop_at=_stop_time(args.stop_at),
+                stale=args.stale or "refuse")
     if p is not None:
         print(p.read_text())
     return 0

@@ -10,7 +10,9 @@ arms, each arm (the stages with its changes) from the initial policy, sharing th
 in common. Each stage's output is kept under RUN_DIR/round-K/STAGE/KEY (KEY: a hash of its inputs
 and options): running the same command again skips finished stages and resumes an interrupted
 one; a changed option reruns the stages from it on. The whole recipe is checked before anything
-runs. See docs/loop.md."""
+runs. Each step records the prefkit code that made it: when steps were made by other code (prefkit
+was changed since), the run stops before running anything (exit 2) until told --rerun-stale or
+--keep-stale. See docs/loop.md."""
 
 
 def register(sub, name, help_text):
@@ -29,7 +31,13 @@ def register(sub, name, help_text):
                    help="print the plan (stages, inputs, outputs, what is already done) and run nothing")
     p.add_argument("--status", action="store_true", help="say where the run in RUN_DIR (the argument) stands")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run_cmd, _parser=p)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--rerun-stale", dest="stale", action="store_const", const="rerun",
+                   help="steps made by other prefkit code run again (the steps after them too, where their "
+                   "outputs change); their directories move to RUN_DIR/stale/")
+    g.add_argument("--keep-stale", dest="stale", action="store_const", const="keep",
+                   help="use steps made by other prefkit code as they are (the manifest says which code made each)")
+    p.set_defaults(func=run_cmd, _parser=p, stale="refuse")
 
 
 def run_cmd(args) -> int:
@@ -43,7 +51,7 @@ def run_cmd(args) -> int:
 
     recipe = load_recipe(args.target, overrides=args.overrides, rounds=args.rounds)
     result = engine.run(recipe, args.run_dir, until=args.until, arms=args.arms, dry_run=args.dry_run,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, stale=args.stale)
     if args.dry_run:
         print(format_plan(result))
         return 0

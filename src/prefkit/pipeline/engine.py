@@ -31,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 
 from prefkit import __version__
+from prefkit.code_version import code, describe
 from prefkit.errors import ConfigError, DataError
 from prefkit.evaluate.policy import load_prompts
 from prefkit.files import atomic_write_text, sha256_file
@@ -45,6 +46,9 @@ from prefkit.relabel.carry import carry_conditioning
 
 MANIFEST = "manifest.json"
 DONE = "done"
+STALE_DIR = "stale"
+#: what a run does with finished or started steps made by other prefkit code (`run`'s `stale`)
+STALE_CHOICES = ("refuse", "rerun", "keep")
 # The files that make a model what it is (not its logs, reports or checkpoints).
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".gguf", ".model")
 MODEL_FILES = ("config.json", "adapter_config.json", "prefkit_conditioning.json", "tokenizer.json",
@@ -267,6 +271,8 @@ class Runner:
 
     def _save_manifest(self) -> None:
         self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        order = {s.label: i for i, s in enumerate(plan(self.recipe))}   # the plan's order, whatever ran when
+        self.manifest["stages"] = dict(sorted(self.manifest["stages"].items(), key=lambda kv: order.get(kv[0], 0)))
         atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2, default=str))
         self.hasher.save()
 
@@ -310,8 +316,12 @@ class Runner:
         opts = {k: v for k, v in self.options(step).items() if not (step.stage == "train" and k == "reference")}
         return _sha_json({"stage": step.stage, "options": opts, "inputs": inputs})
 
-    def execute(self, steps: list[Step], *, dry_run: bool = False) -> dict:
+    def execute(self, steps: list[Step], *, dry_run: bool = False, stale: str = "refuse") -> dict:
+        """Run (or plan) `steps`. stale: what to do with steps made by other prefkit code (see `run`)."""
+        if stale not in STALE_CHOICES:
+            raise ConfigError(f"stale={stale!r}: expected one of {', '.join(STALE_CHOICES)}")
         self.manifest = self._load_manifest()
+        self.manifest["code"] = code()
         initial = resolve_policy(self.recipe)
         recipe_dir = Path(self.recipe.file).parent
         load = _load_offline if dry_run else load_prompt_set
@@ -323,9 +333,36 @@ class Runner:
                                     "eval": {"n": len(eval_rows), "hash": _prompts_hash(eval_rows)}}
         start = {"policy": initial, "policy_hash": initial_hash, "initial_hash": initial_hash,
                  "eval_hash": _prompts_hash(eval_rows)}
+        if not dry_run:
+            # every step whose key is known now, as a dry run sees it: refuse before running anything
+            # when some were made by other code, unless told what to do with them
+            planned = self._walk(steps, start, train_rows, eval_rows, dry_run=True)
+            found = [e for e in planned if e.get("stale")]
+            if found and stale == "refuse":
+                raise StaleStepsError(found)
+            if stale == "keep" and found:
+                self.log(f"{len(found)} step(s) made by other prefkit code kept as they are (--keep-stale)")
+            if stale == "rerun":
+                self._move_aside_other_code()
+        lines = self._walk(steps, start, train_rows, eval_rows, dry_run=dry_run, stale=stale)
+        if not dry_run:
+            self.manifest["history"].append({"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                             "seconds": round(time.time() - self.t_start, 1),
+                                             "code": code(), "stale": stale,
+                                             "ran": [_label(e) for e in lines if e.get("ran")],
+                                             "kept_stale": [_label(e) for e in lines
+                                                            if e.get("stale") and not e.get("ran")]})
+            self._save_manifest()
+        return {"steps": lines, "manifest": self.manifest}
+
+    def _walk(self, steps: list[Step], start: dict, train_rows, eval_rows, *, dry_run: bool,
+              stale: str = "refuse") -> list[dict]:
+        """The steps in order: each one's key from the outputs before it; done ones read from their
+        markers, the others run (or, in a dry run, said). One manifest entry a step."""
         lines = []
         timings: dict[str, list[float]] = {}
-        t_start = time.time()
+        self.t_start = time.time()
+        now = code()
         current_round, current_arm, state = None, object(), {}
         for i, step in enumerate(steps):
             if step.arm != current_arm:   # each arm starts from the initial policy
@@ -349,10 +386,18 @@ class Runner:
             d = self.step_dir(step, key)
             entry["dir"] = str(d.relative_to(self.run_dir))
             done = d / DONE
+            made_by = _made_by(d)
+            if made_by is not False and made_by.get("fingerprint") != now["fingerprint"]:
+                entry["stale"] = True
+                entry["code"] = made_by
+                if stale == "refuse" and not dry_run:
+                    # found only now: a step before it ran and made the output it was keyed on again
+                    raise StaleStepsError([entry], ran=[_label(e) for e in lines if e.get("ran")])
             if done.is_file():
                 marker = json.loads(done.read_text())
                 entry.update(status="done", output=marker["output"], output_hash=marker["output_hash"],
-                             seconds=marker.get("seconds"), metrics=_light(marker.get("metrics", {})))
+                             seconds=marker.get("seconds"), metrics=_light(marker.get("metrics", {})),
+                             code=marker.get("code"))
             elif dry_run:
                 entry["status"] = "interrupted" if d.exists() else "to run"
                 lines.append(entry)
@@ -362,24 +407,34 @@ class Runner:
                 eta = _eta(steps[i:], timings)
                 self.log((f"{step.arm} · " if step.arm is not None else "")
                          + f"round {step.round}/{self.recipe.rounds} · {step.stage} ({i + 1}/{len(steps)})"
-                         f" · elapsed {_clock(time.time() - t_start)}" + (f" · ETA {_clock(eta)}" if eta else "")
+                         f" · elapsed {_clock(time.time() - self.t_start)}" + (f" · ETA {_clock(eta)}" if eta else "")
                          + (" · resuming" if d.exists() else ""))
                 d.mkdir(parents=True, exist_ok=True)
                 marker = self._run_step(step, d, state, eval_rows, key, ins)
                 timings.setdefault(step.stage, []).append(marker["seconds"])
                 entry.update(status="done", output=marker["output"], output_hash=marker["output_hash"],
-                             seconds=marker["seconds"], metrics=_light(marker["metrics"]), ran=True)
+                             seconds=marker["seconds"], metrics=_light(marker["metrics"]), code=marker["code"],
+                             ran=True)
             lines.append(entry)
-            self.manifest["stages"][step.label] = entry
+            # whether a step is stale depends on the code reading the manifest: --status works it out
+            self.manifest["stages"][step.label] = {k: v for k, v in entry.items() if k != "stale"}
             if not dry_run:
                 self._save_manifest()
             self._advance(step, state, entry)
-        if not dry_run:
-            self.manifest["history"].append({"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                             "seconds": round(time.time() - t_start, 1),
-                                             "ran": [_label(e) for e in lines if e.get("ran")]})
-            self._save_manifest()
-        return {"steps": lines, "manifest": self.manifest}
+        return lines
+
+    def _move_aside_other_code(self) -> None:
+        """--rerun-stale: every step directory of RUN_DIR made (or started) by other prefkit code
+        moves to RUN_DIR/stale/, planned or not (steps keyed on a stale step's old output included),
+        so the run directory holds one code version; the plan's steps then run again as needed."""
+        moved = []
+        for d, made_by in other_code_steps(self.run_dir):
+            to = _move_aside(self.run_dir, d, made_by)
+            moved.append(str(d.relative_to(self.run_dir)))
+            self.log(f"{moved[-1]}: made by other prefkit code ({describe(made_by)}; this is "
+                     f"{describe(code())}): moved to {to.relative_to(self.run_dir)}, to run again")
+        if moved:
+            self.manifest["stages"] = {k: v for k, v in self.manifest["stages"].items() if v.get("dir") not in moved}
 
     def _run_step(self, step: Step, d: Path, state: dict, eval_rows, key: str, ins: dict) -> dict:
         stage = STAGES[step.stage]
@@ -388,8 +443,10 @@ class Runner:
                            policy=state["policy"], initial=self.manifest["initial_policy"]["path"],
                            data=state.get("data"), prompts=state.get("round_rows", []), eval_prompts=eval_rows,
                            run_dir=self.run_dir, progress=self.progress, recipe_dir=Path(self.recipe.file).parent)
+        partial = _made_by(d)   # a started step resumed (--keep-stale) over partial work of other code
         atomic_write_text(d / "stage.json", json.dumps({"round": step.round, "stage": step.stage, "key": key,
-                                                        "inputs": ins, "options": ctx.options}, indent=2, default=str))
+                                                        "inputs": ins, "options": ctx.options, "code": code()},
+                                                       indent=2, default=str))
         t0 = time.time()
         result = RUNNERS[stage.runner](ctx)
         out = result["output"]
@@ -399,7 +456,9 @@ class Runner:
             carry_conditioning(state["data"], out)
         marker = {"key": key, "output": out, "output_hash": self.hasher.of(out),
                   "metrics": result.get("metrics", {}), "seconds": round(time.time() - t0, 2),
-                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code": code()}
+        if partial is not False and partial.get("fingerprint") != marker["code"]["fingerprint"]:
+            marker["resumed_from_code"] = partial
         atomic_write_text(d / DONE, json.dumps(marker, indent=2, default=str))
         return marker
 
@@ -416,6 +475,52 @@ class Runner:
             state["data"], state["data_hash"] = None, None
         elif step.stage == "train":
             state["policy"], state["policy_hash"] = None, None
+
+
+class StaleStepsError(ConfigError):
+    """Finished (or started) steps of the plan were made by other prefkit code than this process's:
+    the run stops before running anything rather than build on them (exit 2 on the command line).
+    `steps`: their manifest entries (label, dir, the code that made them)."""
+
+    def __init__(self, steps: list[dict], ran: list[str] | None = None):
+        self.steps = steps
+        now = code()
+        labels = [_label(e) for e in steps]
+        made = sorted({describe(e.get("code")) for e in steps})
+        shown = ", ".join(labels[:6]) + (f" and {len(labels) - 6} more" if len(labels) > 6 else "")
+        first = "" if not ran else f"after running {len(ran)} step(s) ({', '.join(ran[:3])}), "
+        super().__init__(
+            f"{first}{len(steps)} step(s) in this run directory were made by other prefkit code: {shown}. "
+            f"Made by: {'; '.join(made)}; this is {describe(now)}. A run must not mix code versions. "
+            "Choose: --rerun-stale runs them again with this code (their directories move to RUN_DIR/stale/; "
+            "the steps after them follow from their new outputs), or --keep-stale uses them as they are "
+            "(the manifest keeps saying which code made each step).")
+
+
+def _made_by(d: Path) -> dict | bool:
+    """The code recorded in a step directory: its done marker's, else (a started step) its
+    stage.json's; {} when the file records none (older prefkit); False when neither file exists."""
+    for name in (DONE, "stage.json"):
+        try:
+            return json.loads((d / name).read_text()).get("code") or {}
+        except FileNotFoundError:
+            continue
+        except ValueError:
+            return {}
+    return False
+
+
+def _move_aside(run_dir: Path, d: Path, made_by: dict) -> Path:
+    """Move a step directory to RUN_DIR/stale/<its code>/round-K/STAGE/KEY in one rename (a kill
+    leaves it either where it was or moved, never half of each)."""
+    base = run_dir / STALE_DIR / (made_by.get("fingerprint") or "unknown") / d.relative_to(run_dir)
+    target, n = base, 1
+    while target.exists():
+        n += 1
+        target = base.with_name(f"{base.name}-{n}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(d, target)
+    return target
 
 
 def _label(entry: dict) -> str:
@@ -447,10 +552,17 @@ def default_run_dir(recipe: Recipe) -> Path:
 
 
 def run(recipe, run_dir=None, *, overrides=None, rounds: int | None = None, until: str | None = None,
-        arms=None, dry_run: bool = False, progress: bool = True, log=None) -> dict:
+        arms=None, dry_run: bool = False, progress: bool = True, log=None, stale: str = "refuse") -> dict:
     """Run (or, with dry_run, plan) a recipe in `run_dir`; returns {"steps": [...], "manifest": {...},
     "run_dir": path}. `recipe`: a path or a `Recipe` from `load_recipe`; arms: the arms to run
-    (default: all)."""
+    (default: all).
+
+    stale: what to do when steps of the plan in `run_dir` were made by other prefkit code
+    (`prefkit.code_version.fingerprint()`; a marker without one counts as other code):
+    "refuse" (default) raises `StaleStepsError` before running anything; "rerun" moves every step
+    directory of RUN_DIR made by other code to RUN_DIR/stale/ and runs the plan's steps again (those
+    after a rerun step follow from its output's hash); "keep" uses them as they are (their markers
+    and manifest entries keep the code that made them)."""
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides=overrides, rounds=rounds)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
@@ -460,7 +572,7 @@ def run(recipe, run_dir=None, *, overrides=None, rounds: int | None = None, unti
     runner = Runner(recipe, run_dir, progress=progress, log=log)
     if dry_run:
         runner.hasher.save = lambda: None
-    result = runner.execute(steps, dry_run=dry_run)
+    result = runner.execute(steps, dry_run=dry_run, stale=stale)
     result["run_dir"] = str(run_dir)
     if not dry_run:
 
@@ -475,18 +587,45 @@ def status(run_dir) -> dict:
     if not path.is_file():
         raise ConfigError(f"{run_dir}: not a run directory (no {MANIFEST})")
     manifest = json.loads(path.read_text())
+    now = code()
     rows = []
     for label, e in manifest.get("stages", {}).items():
-        rows.append({"step": label, "status": e.get("status"), "seconds": e.get("seconds"), "dir": e.get("dir")})
+        # the marker on disk is the record (the manifest's copy is the one it read when it ran)
+        made = _made_by(run_dir / e["dir"]) if e.get("dir") else False
+        made = (e.get("code") or {}) if made is False else made
+        rows.append({"step": label, "status": e.get("status"), "seconds": e.get("seconds"), "dir": e.get("dir"),
+                     "code": made, "stale": e.get("status") == "done" and made.get("fingerprint") != now["fingerprint"]})
     # stage directories started but not finished (a killed run)
     for d in sorted(run_dir.glob("round-*/*/*")):
         if d.is_dir() and not (d / DONE).exists() and (d / "stage.json").exists():
             label = f"{d.parent.parent.name}/{d.parent.name}"
             detail = _partial(d)
-            rows.append({"step": label, "status": "interrupted", "dir": str(d.relative_to(run_dir)), "detail": detail})
+            made = _made_by(d) or {}
+            rows.append({"step": label, "status": "interrupted", "dir": str(d.relative_to(run_dir)), "detail": detail,
+                         "code": made, "stale": made.get("fingerprint") != now["fingerprint"]})
     return {"run_dir": str(run_dir), "recipe": manifest.get("recipe_file"), "rounds": manifest["recipe"]["rounds"],
             "started": manifest.get("started"), "updated": manifest.get("updated"), "steps": rows,
-            "history": manifest.get("history", [])}
+            "history": manifest.get("history", []), "code": now}
+
+
+def other_code_steps(root) -> list[tuple[Path, dict]]:
+    """Step directories anywhere under `root` (one run directory or a folder of them) that were
+    finished, or started, by other prefkit code than this process's: (directory, its recorded code).
+    Directories already moved to a RUN_DIR/stale/ are not counted."""
+    now = code()["fingerprint"]
+    found = {}
+    for name in (DONE, "stage.json"):
+        for f in Path(root).rglob(name):
+            d = f.parent
+            if d in found or not d.parent.parent.name.startswith("round-") or \
+                    STALE_DIR in d.relative_to(root).parts[:-3]:
+                continue
+            made = _made_by(d)
+            if made is not False and made.get("fingerprint") != now:
+                found[d] = made
+            elif made is not False:
+                found[d] = None
+    return sorted((d, m) for d, m in found.items() if m is not None)
 
 
 def _partial(d: Path) -> str:

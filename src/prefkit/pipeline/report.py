@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from prefkit.code_version import describe
 from prefkit.files import atomic_write_text
 
 SCORERS = ("reward_fn", "reward_model")
@@ -207,7 +208,8 @@ def format_plan(result: dict, title: str = "plan") -> str:
     lines = [f"{title}: {result['run_dir']}"]
     for e in result["steps"]:
         where = e.get("dir") or "(its key waits on the steps before it)"
-        status = e["status"] + (" (ran now)" if e.get("ran") else "")
+        status = e["status"] + (" (ran now, resuming other code's work)" if e.get("ran") and e.get("stale") else
+                                " (ran now)" if e.get("ran") else " (other code)" if e.get("stale") else "")
         ins = ", ".join(f"{k}={(v or '?')[:8]}" for k, v in e["inputs"].items())
         label = (f"{e['arm']}/" if e.get("arm") is not None else "") + f"round-{e['round']}/{e['stage']}"
         lines.append(f"  {label:<24} {status:<16} {where}  [{ins}]")
@@ -220,5 +222,10 @@ def format_status(st: dict) -> str:
     for r in st["steps"]:
         extra = f" {r['seconds']} s" if r.get("seconds") is not None else ""
         detail = f" ({r['detail']})" if r.get("detail") else ""
-        lines.append(f"  {r['step']:<20} {r['status']}{extra}{detail}  {r.get('dir') or ''}")
+        other = f"  [other code: {describe(r.get('code'))}]" if r.get("stale") else ""
+        lines.append(f"  {r['step']:<20} {r['status']}{extra}{detail}  {r.get('dir') or ''}{other}")
+    n = sum(1 for r in st["steps"] if r.get("stale"))
+    if n and st.get("code"):
+        lines.append(f"{n} step(s) were made by other prefkit code than this ({describe(st['code'])}); "
+                     "`prefkit run` refuses to build on them until told --rerun-stale or --keep-stale (docs/loop.md)")
     return "\n".join(lines)

@@ -20,7 +20,9 @@ A seed is a set of overrides (`demo_overrides`): its prompts, sampling, judge, b
 training seeds; the world is the policy's build arguments. The main world's seeds run in
 OUT/seed<S>/, the ablation world's (`DemoConfig.ablation_world`, main table only) in
 OUT/world-<key>/seed<S>/; each is a run directory of the engine, so a rerun skips what is done
-and resumes what was interrupted. The jobs run in two worker processes (one torch thread each)
+and resumes what was interrupted. The demo is "run the main job": steps an OUT holds from other
+prefkit code (prefkit was changed since) run again (`prefkit run --rerun-stale`), so a report
+never mixes code versions. The jobs run in two worker processes (one torch thread each)
 when there are two cores. `results_of_run` reads a seed's numbers back from the engine's stage
 markers for the report (`prefkit.toy.demo_report`).
 """
@@ -223,16 +225,16 @@ def run_job(job: Job, config: DemoConfig, threads: int | None, progress: bool) -
         torch.set_num_threads(threads)
     if job.part == "rm":
         recipe = load_recipe(RM_RECIPE, overrides=rm_overrides(config, job.world, job.seed))
-        log(f"seed {job.seed} ({world_name(job.world)}): prefkit run {RM_RECIPE.name} -o {job.run_dir}")
-        got = engine.run(recipe, job.run_dir, progress=progress,
+        log(f"seed {job.seed} ({world_name(job.world)}): prefkit run {RM_RECIPE.name} -o {job.run_dir} --rerun-stale")
+        got = engine.run(recipe, job.run_dir, progress=progress, stale="rerun",
                          log=lambda msg: log(f"seed {job.seed} ({world_name(job.world)}): {msg}"))
         res = results_of_rm_run(job.run_dir)
         res["_ran"] = sum(1 for e in got["steps"] if e.get("ran"))
     else:
         recipe = load_recipe(MAIN_RECIPE, overrides=demo_overrides(config, job.world, job.seed, job.arms))
         log(f"seed {job.seed} ({world_name(job.world)}): prefkit run {MAIN_RECIPE.name} -o {job.run_dir} "
-            f"(arms {', '.join(job.arms)})")
-        got = engine.run(recipe, job.run_dir, arms=list(job.arms), progress=progress,
+            f"--rerun-stale (arms {', '.join(job.arms)})")
+        got = engine.run(recipe, job.run_dir, arms=list(job.arms), progress=progress, stale="rerun",
                          log=lambda msg: log(f"seed {job.seed} ({world_name(job.world)}): {msg}"))
         res = results_of_run(job.run_dir, job.seed)
         res["_ran"] = sum(1 for e in got["steps"] if e.get("ran"))

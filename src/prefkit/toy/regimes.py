@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from prefkit.code_version import code, describe
 from prefkit.errors import ConfigError
 
 RECIPE = Path(__file__).parent / "demo_recipes" / "regimes.yaml"
@@ -360,13 +361,16 @@ def _log(msg: str) -> None:
     print(f"[regimes {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def run_arms(run_dir: Path, overrides: list[str], arms: dict[str, dict], *, progress: bool = False) -> dict:
-    """One engine run of the regimes recipe with these arms; arm -> {stage: done marker + seconds}."""
+def run_arms(run_dir: Path, overrides: list[str], arms: dict[str, dict], *, progress: bool = False,
+             stale: str = "refuse") -> dict:
+    """One engine run of the regimes recipe with these arms; arm -> {stage: done marker + seconds}.
+    stale: the engine's choice for steps made by other prefkit code (`prefkit.pipeline.run`)."""
     from prefkit.pipeline import engine  # noqa: PLC0415  heavy (torch via the runners)
     from prefkit.pipeline.recipe import load_recipe  # noqa: PLC0415
 
     recipe = load_recipe(RECIPE, overrides=overrides + ["arms=" + _j(arms)])
-    got = engine.run(recipe, run_dir, arms=list(arms), progress=progress, log=lambda m: _log(f"{run_dir}: {m}"))
+    got = engine.run(recipe, run_dir, arms=list(arms), progress=progress, log=lambda m: _log(f"{run_dir}: {m}"),
+                     stale=stale)
     out: dict[str, dict] = {}
     for e in got["steps"]:
         if e.get("status") != "done":
@@ -392,12 +396,31 @@ def _fresh_seconds(result: dict) -> float:
     return round(sum(seen.values()), 1)
 
 
-def run_lr_cell(lc: LrCell, out: Path, scale: Scale = DESIGN) -> dict:
+def _cached(path: Path, stale: str) -> dict | None:
+    """A cell's cached result, or None where it is to be made: not there, or made by other prefkit
+    code and stale == "rerun" (run_map refuses before running anything when stale == "refuse")."""
+    if not path.is_file():
+        return None
+    got = json.loads(path.read_text())
+    if stale == "keep" or (got.get("code") or {}).get("fingerprint") == code()["fingerprint"]:
+        return got
+    if stale == "refuse":
+        raise ConfigError(f"{path}: made by other prefkit code ({describe(got.get('code'))}; this is "
+                          f"{describe(code())}): choose --rerun-stale or --keep-stale")
+    _log(f"{path}: made by other prefkit code ({describe(got.get('code'))}): made again")
+    return None
+
+
+def _lr_path(out: Path, lc: LrCell) -> Path:
+    return out / "lr" / (re.sub(r"[^A-Za-z0-9_.=,-]", "_", lc.name) + ".json")
+
+
+def run_lr_cell(lc: LrCell, out: Path, scale: Scale = DESIGN, stale: str = "refuse") -> dict:
     """The learning-rate cell: every rate on every validation seed; the chosen rate (the best mean
     validation gold reward, ties to the smaller rate). Cached in OUT/lr/<name>.json."""
-    path = out / "lr" / (re.sub(r"[^A-Za-z0-9_.=,-]", "_", lc.name) + ".json")
-    if path.is_file():
-        return json.loads(path.read_text())
+    path = _lr_path(out, lc)
+    if (got := _cached(path, stale)) is not None:
+        return got
     per_rate: dict[str, list[float]] = {f"{r:g}": [] for r in scale.lr_grid}
     seconds = 0.0
     for s in scale.val_seeds:
@@ -405,7 +428,7 @@ def run_lr_cell(lc: LrCell, out: Path, scale: Scale = DESIGN) -> dict:
         names = {f"{r:g}": lc.arm(r, scale, s)[0] for r in scale.lr_grid}
         run_dir = group_dir(out, lc.world, lc.reg, DEFAULT_NOISE, DEFAULT_SIZE, s, True)
         res = run_arms(run_dir, group_overrides(lc.world, lc.reg, DEFAULT_NOISE, DEFAULT_SIZE, s, scale,
-                                                validation=True), arms)
+                                                validation=True), arms, stale=stale)
         seconds += _fresh_seconds(res)
         for r, name in names.items():
             per_rate[r].append(_gold(res[name]))
@@ -414,20 +437,21 @@ def run_lr_cell(lc: LrCell, out: Path, scale: Scale = DESIGN) -> dict:
     chosen = min(float(r) for r, m in means.items() if m == best)
     got = {"cell": lc.name, "method": lc.method, "world": lc.world, "reg": lc.reg, "val_seeds": list(scale.val_seeds),
            "gold": per_rate, "mean": means, "chosen": chosen, "seconds_run": round(seconds, 1),
-           "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+           "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code": code()}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(got, indent=2))
     _log(f"{lc.name}: chosen learning rate {chosen:g} (validation gold {means})")
     return got
 
 
-def run_cell_seed(cell: Cell, seed: int, out: Path, scale: Scale = DESIGN) -> dict:
+def run_cell_seed(cell: Cell, seed: int, out: Path, scale: Scale = DESIGN, stale: str = "refuse") -> dict:
     """One cell-seed: its learning-rate cells, then its arms in its data group's run directory;
-    the arms' gold rewards and the comparisons' differences. Cached in OUT/cells/<cell>/seed<S>.json."""
+    the arms' gold rewards and the comparisons' differences. Cached in OUT/cells/<cell>/seed<S>.json.
+    stale: what to do with results and steps made by other prefkit code (`run_map`)."""
     path = out / "cells" / cell.slug / f"seed{seed}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    lrs = {role: run_lr_cell(lc, out, scale)["chosen"] for role, lc in lr_cells(cell).items()}
+    if (got := _cached(path, stale)) is not None:
+        return got
+    lrs = {role: run_lr_cell(lc, out, scale, stale)["chosen"] for role, lc in lr_cells(cell).items()}
     a = cell.a
     world, reg = cell_world(cell), cell_reg_data(cell)
     noise, size = a.get("noise", DEFAULT_NOISE), a.get("size", DEFAULT_SIZE)
@@ -435,13 +459,13 @@ def run_cell_seed(cell: Cell, seed: int, out: Path, scale: Scale = DESIGN) -> di
     overrides = group_overrides(world, reg, noise, size, seed, scale)
     t0 = time.time()
     roles = cell_arms(cell, lrs, scale, seed)
-    res = run_arms(run_dir, overrides, {n: c for n, c in roles.values()})
+    res = run_arms(run_dir, overrides, {n: c for n, c in roles.values()}, stale=stale)
     seconds = _fresh_seconds(res)
     dpo_steps = None
     if cell.method == "ra" and a["length"] == "stepmatched":
         dpo_steps = res[roles["dpo"][0]]["1/train"]["metrics"]["steps"]
         roles = cell_arms(cell, lrs, scale, seed, dpo_steps=dpo_steps)
-        more = run_arms(run_dir, overrides, {n: c for n, c in roles.values()})
+        more = run_arms(run_dir, overrides, {n: c for n, c in roles.values()}, stale=stale)
         seconds += _fresh_seconds({k: v for k, v in more.items() if k == roles["ra"][0]})
         res.update(more)
     gold = {role: _gold(res[name]) for role, (name, _) in roles.items()}
@@ -456,7 +480,7 @@ def run_cell_seed(cell: Cell, seed: int, out: Path, scale: Scale = DESIGN) -> di
            "curves": {r: res[n]["1/evaluate"]["metrics"]["curve"]["slope"] for r, (n, _) in roles.items()
                       if res[n]["1/evaluate"]["metrics"].get("curve")},
            "seconds_run": seconds, "wall_seconds": round(time.time() - t0, 1),
-           "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+           "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code": code()}
     if cell.method == "eps":
         got["eps_train"] = eps_summary(run_dir / res[roles["eps"][0]]["1/train"]["dir"] / "model")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -577,6 +601,15 @@ def write_map(out: Path, cells: list[Cell], seeds: list[int]) -> Path:
              f"Seeds {seeds}; per cell and comparison: mean of d_s = method - baseline (held-out gold reward) "
              f"with the paired 95% interval over seeds (t(0.975, n-1) · sd / √n; t(0.975, 4) = 2.776) and the "
              f"pre-registered decision. {NOT_BUILT['rmboost']}: not part of this map yet.", ""]
+    made: dict[str, int] = {}
+    for p in (out / "cells" / c.slug / f"seed{s}.json" for c in cells for s in seeds):
+        if p.is_file():
+            k = describe(json.loads(p.read_text()).get("code"))
+            made[k] = made.get(k, 0) + 1
+    if made:
+        lines += [("Code: " if len(made) == 1 else "**Code: mixed versions (not one map; rerun with --rerun-stale):** ")
+                  + "; ".join(f"{n} cell-seed(s) made by prefkit {k}" for k, n in sorted(made.items()))
+                  + f"; this is {describe(code())}.", ""]
     for m in METHODS:
         mr = [r for r in rows if r["method"] == m]
         if not mr:
@@ -660,9 +693,11 @@ def _plots(out: Path, method: str, rows: list[dict], axes: list[str]) -> list[Pa
 
 def run_map(out: str | Path, *, method: str | None = None, cells: str | None = None, seeds: int = SEEDS,
             scale: Scale = DESIGN, report_only: bool = False, dry_run: bool = False,
-            stop_at: float | None = None) -> Path | None:
+            stop_at: float | None = None, stale: str = "refuse") -> Path | None:
     """Run (resuming) the chosen cells' seeds, cheapest groups first, then write the map.
-    stop_at: a Unix time after which no new cell-seed starts."""
+    stop_at: a Unix time after which no new cell-seed starts. stale: when results or engine steps
+    in OUT were made by other prefkit code, "refuse" (default) raises before running anything,
+    "rerun" makes them again, "keep" uses them (the map must not mix code versions unless told)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = select_cells(all_cells(method), cells)
@@ -678,6 +713,8 @@ def run_map(out: str | Path, *, method: str | None = None, cells: str | None = N
     _log(msg)
     if dry_run:
         return None
+    if not report_only and stale == "refuse":
+        refuse_other_code(out, chosen, seed_list)
     if not report_only:
         for c in chosen:
             for s in seed_list:
@@ -685,10 +722,32 @@ def run_map(out: str | Path, *, method: str | None = None, cells: str | None = N
                         not (out / "cells" / c.slug / f"seed{s}.json").is_file():
                     _log("stop time reached: no new cell-seed starts")
                     return write_map(out, chosen, seed_list)
-                run_cell_seed(c, s, out, scale)
+                run_cell_seed(c, s, out, scale, stale)
     p = write_map(out, chosen, seed_list)
     _log(f"map: {p}")
     return p
+
+
+def refuse_other_code(out: Path, cells: list[Cell], seeds: list[int]) -> None:
+    """Raise (ConfigError: exit 2) when the chosen cells' cached results, or any engine step in OUT,
+    were made by other prefkit code than this process's."""
+    from prefkit.pipeline.engine import other_code_steps  # noqa: PLC0415  heavy (torch via the runners)
+
+    now = code()["fingerprint"]
+    paths = {out / "cells" / c.slug / f"seed{s}.json" for c in cells for s in seeds}
+    paths |= {_lr_path(out, lc) for c in cells for lc in lr_cells(c).values()}
+    found = [(p, json.loads(p.read_text()).get("code")) for p in sorted(paths) if p.is_file()]
+    found = [(p, c) for p, c in found if (c or {}).get("fingerprint") != now]
+    found += other_code_steps(out)
+    if found:
+        made = sorted({describe(c) for _, c in found})
+        shown = ", ".join(str(p.relative_to(out)) for p, _ in found[:5])
+        raise ConfigError(
+            f"{out}: {len(found)} result(s) or step(s) were made by other prefkit code ({shown}"
+            f"{f' and {len(found) - 5} more' if len(found) > 5 else ''}). Made by: {'; '.join(made)}; this is "
+            f"{describe(code())}. The map must not mix code versions. Choose: --rerun-stale makes them again "
+            "with this code, or --keep-stale uses them as they are (each cell-seed's record says which code "
+            "made it).")
 
 
 def add_arguments(p) -> None:
@@ -698,6 +757,11 @@ def add_arguments(p) -> None:
     p.add_argument("--report-only", action="store_true", help="write the map from what has run; run nothing")
     p.add_argument("--dry-run", action="store_true", help="state the cells and the estimated cost; run nothing")
     p.add_argument("--stop-at", default=None, help="HH:MM (UTC): start no new cell-seed after this time")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--rerun-stale", dest="stale", action="store_const", const="rerun",
+                   help="results and steps in OUT made by other prefkit code are made again (default: refuse to run)")
+    g.add_argument("--keep-stale", dest="stale", action="store_const", const="keep",
+                   help="use results and steps in OUT made by other prefkit code as they are")
 
 
 def _stop_time(text: str | None) -> float | None:
@@ -719,7 +783,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         run_map(args.out, method=args.method, cells=args.cells, seeds=args.seeds, report_only=args.report_only,
-                dry_run=args.dry_run, stop_at=_stop_time(args.stop_at))
+                dry_run=args.dry_run, stop_at=_stop_time(args.stop_at), stale=args.stale or "refuse")
     except ConfigError as exc:
         print(f"prefkit.toy.regimes: error: {exc}", file=sys.stderr)
         return 2
