@@ -11,10 +11,11 @@ src/prefkit/toy/demo_recipes/regimes.yaml with the overrides of that cell and se
 judge seeds, and the cell's arms. An RMBoost cell-seed is one run of the demo's reward-model recipe
 src/prefkit/toy/demo_recipes/rm.yaml (`rm_group_overrides`, `rm_arms`): RMBoost at the cell's
 rewriter fidelity and RLAIF, West-of-N and RLCD on the cell's prompt budget, one reward model each,
-their accuracies on the seed's 400 held-out gold-labelled pairs. Cells that share their data (world, judge noise,
-data size, pair options and seed) share one run directory (`OUT/data/<group>/seed<S>`), so the
-samples, scores and pairs are made once, and an arm trained for one cell (DPO at 1 epoch, say) is
-found done by the next. A rerun skips what is done (the engine's `done` markers) and resumes
+their accuracies on the seed's 400 held-out gold-labelled pairs. Cells that share their data
+(world, judge noise, data size, pair options and seed; for RMBoost: budget and seed) share one run
+directory (`OUT/data/<group>/seed<S>`), so the samples, scores and pairs are made once, and an arm
+trained for one cell (DPO at 1 epoch, say; RLAIF, West-of-N and RLCD for RMBoost's three
+fidelities) is found done by the next. A rerun skips what is done (the engine's `done` markers) and resumes
 what was interrupted.
 
 **Learning rates** are part of the map: a learning-rate cell is (method, world setting,
@@ -39,7 +40,7 @@ import re
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from prefkit.errors import ConfigError, DataError
@@ -387,13 +388,11 @@ def group_dir(out: Path, world: str, reg: str, noise: str, size: int, seed: int,
 
 def rm_world(scale: Scale):
     """The RMBoost cells' world: the default world setting (slope 0.2), as a ToyWorldConfig."""
-    import dataclasses  # noqa: PLC0415  with the world module below
-
     from prefkit.toy.world import QUICK_CONFIG, ToyWorldConfig  # noqa: PLC0415  heavy (torch)
 
     args = world_args(DEFAULT_WORLD, scale)
     quick = args.pop("quick", False)
-    return dataclasses.replace(QUICK_CONFIG if quick else ToyWorldConfig(), **args)
+    return replace(QUICK_CONFIG if quick else ToyWorldConfig(), **args)
 
 
 def rm_group_overrides(budget: int, seed: int, scale: Scale) -> list[str]:
