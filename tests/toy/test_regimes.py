@@ -263,6 +263,13 @@ def test_tiny_rmboost_cell_seed_through_the_engine(tmp_path):
     assert {arm: (after[arm][1] / "done").stat().st_mtime_ns for arm in ("rlaif", "west-of-n", "rlcd")} == \
         {arm: stamps[arm] for arm in ("rlaif", "west-of-n", "rlcd")}
     assert after["rmboost-fidelity0.5"][1] != done["rmboost-fidelity0.8"][1]
+    # the fidelity reaches the stand-in LLM: the synth step's recorded backend builds a ToyRewriter at 0.5
+    from prefkit.pipeline.backend_spec import backend_from_spec
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    synth = json.loads((run_dir / manifest["stages"]["rmboost-fidelity0.5/round-1/synth"]["dir"] / "stage.json").read_text())
+    rewriter = backend_from_spec(synth["options"]["backend"])
+    assert (rewriter.edit_success, rewriter.slip) == (0.5, 0.2)
     assert {k: v for k, v in low["accuracy"].items() if k != "rmboost"} == \
         {k: v for k, v in got["accuracy"].items() if k != "rmboost"}
     assert low["eval_pairs_sha256"] == got["eval_pairs_sha256"] and low["seconds_run"] > 0
