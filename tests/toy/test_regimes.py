@@ -32,8 +32,8 @@ def _table_levels(section: str, axis: str) -> list[str]:
 def test_cell_counts_match_the_design():
     ra = R.ra_cells()
     assert sum(c.part == "core" for c in ra) == 40 and sum(c.part == "sweep" for c in ra) == 8
-    assert len(R.ap_cells()) == 36 and len(R.eps_cells()) == 16
-    assert len({c.name for c in R.all_cells()}) == 100          # no cell twice
+    assert len(R.ap_cells()) == 36 and len(R.eps_cells()) == 16 and len(R.rmboost_cells()) == 9
+    assert len({c.name for c in R.all_cells()}) == 109          # no cell twice
     assert all(c.a["length"] == "1ep" and c.a["reg"] == "today" and c.a["slope"] in ("0.2", "0.6")
                for c in ra if c.part == "sweep")
 
@@ -82,7 +82,7 @@ def test_select_cells_filters():
     assert [c.a["slope"] for c in got] == ["0", "0.2"]
     assert [c.name for c in R.select_cells(R.all_cells(), "default")] == [
         "ra:slope=0.2,length=1ep,reg=today,noise=1;0.5,size=400", "ap:budget=0.4,noise=1;0.5,w=1.0",
-        "eps:eps=0.01,length=1ep,beta0=0.1"]
+        "eps:eps=0.01,length=1ep,beta0=0.1", "rmboost:fidelity=0.8,budget=200"]
     assert len(R.select_cells(cells, "3")) == 3
     with pytest.raises(ConfigError, match="unknown axis budgett"):
         R.select_cells(cells, "budgett=0.4")
@@ -118,9 +118,12 @@ def test_every_cells_arms_are_a_valid_recipe():
     rates = {r: 5e-4 for r in ("dpo", "dpo@10", "ra", "ap", "random", "explicit", "eps")}
     for cell in R.all_cells()[::7] + R.select_cells(R.all_cells(), "length=stepmatched")[:1]:
         arms = R.cell_arms(cell, rates, R.DESIGN, seed=1, dpo_steps=24)
-        ov = R.group_overrides(R.cell_world(cell), R.cell_reg_data(cell), cell.a.get("noise", "1;0.5"),
-                               cell.a.get("size", 400), 1, R.DESIGN)
-        recipe = load_recipe(R.RECIPE, overrides=ov + ["arms=" + json.dumps(dict(arms.values()))])
+        if cell.method == "rmboost":
+            path, ov = R.RM_RECIPE, R.rm_group_overrides(cell.a["budget"], 1, R.DESIGN)
+        else:
+            path, ov = R.RECIPE, R.group_overrides(R.cell_world(cell), R.cell_reg_data(cell),
+                                                   cell.a.get("noise", "1;0.5"), cell.a.get("size", 400), 1, R.DESIGN)
+        recipe = load_recipe(path, overrides=ov + ["arms=" + json.dumps(dict(arms.values()))])
         assert len(recipe.arms) == len(arms)
         for _label, m, b in R.comparisons(cell):
             assert m in arms and b in arms
@@ -209,3 +212,111 @@ def test_demo_stale_flags_belong_to_the_regime_map():
     from prefkit.cli import main
 
     assert main(["demo", "--keep-stale", "--quick"]) == 2
+
+
+# -- RMBoost's cells (docs/regimes.md, "RMBoost") ----------------------------------------------------
+
+TINY_RM = R.Scale(**{**TINY.__dict__, "rm_prompts": 16, "rm_eval_prompts": 40, "rm_eval_pairs": 24})
+
+
+def test_rmboost_cells_match_the_design():
+    cells = R.rmboost_cells()
+    assert len(cells) == 9 and len({c.name for c in cells}) == 9
+    fid = _table_levels("RMBoost", "rewriter fidelity")
+    assert [f"{v:g}" for v in sorted({c.a["fidelity"] for c in cells})] == fid == ["0.5", "0.8", "0.95"]
+    assert sorted({c.a["budget"] for c in cells}) == [int(v) for v in _table_levels("RMBoost", "budget")]
+    assert [c.name for c in cells if R.is_default(c)] == ["rmboost:fidelity=0.8,budget=200"]
+    assert [label for label, _, _ in R.comparisons(cells[0])] == [
+        "rmboost - rlaif", "rmboost - west-of-n", "rmboost - rlcd"]
+    assert R.lr_cells(cells[0]) == {}                               # the demo's RM config, no rate grid
+    assert R.all_cells("rmboost") == cells and R.select_cells(R.all_cells(), "fidelity=0.5") == cells[:3]
+
+
+def test_rmboost_seed_overrides_and_arms_follow_the_design():
+    from prefkit.pipeline.recipe import load_recipe
+
+    arms = {f: R.cell_arms(R.Cell("rmboost", (("fidelity", f), ("budget", 800))), {}, R.DESIGN, seed=3)
+            for f in R.FIDELITIES}
+    ov = R.rm_group_overrides(800, 3, R.DESIGN)
+    recipe = load_recipe(R.RM_RECIPE, overrides=ov + ["arms=" + json.dumps(dict(arms[0.5].values()))])
+    assert recipe.prompts["train"]["args"]["n"] == 800 and recipe.prompts["train"]["args"]["seed"] == 1003
+    held = recipe.stages["reward_model"]["eval_pairs"]["args"]
+    assert (held["n"], held["seed"], held["sample_seed"], held["pairs"]) == (500, 2003, 10003, 400)
+    rm = recipe.stages["reward_model"]
+    assert (rm["learning_rate"], rm["num_train_epochs"], rm["per_device_train_batch_size"], rm["seed"]) == (5e-4, 2, 16, 3)
+    assert list(recipe.arms) == ["rmboost-fidelity0.5", "rlaif", "west-of-n", "rlcd"]
+    rb = recipe.arms["rmboost-fidelity0.5"]["synth"]
+    assert rb["method"] == "rmboost" and rb["seed"] == 3
+    assert rb["backend"]["args"]["edit_success"] == 0.5 and rb["backend"]["args"]["slip"] == 0.2
+    assert rb["backend"]["args"]["seed"] == 1003 and rb["backend"]["args"]["world"]["goal_prior"] == 0.5
+    assert recipe.arms["rlaif"]["synth"]["seed"] == 3
+    # the baselines do not depend on the fidelity: one arm shared by the three cells of a budget and seed
+    for m in ("rlaif", "west-of-n", "rlcd"):
+        assert arms[0.5][m] == arms[0.8][m] == arms[0.95][m]
+    assert len({json.dumps(a["rmboost"]) for a in arms.values()}) == 3
+    # the default budget follows the Scale (tests shrink it); other levels are as named
+    assert load_recipe(R.RM_RECIPE, overrides=R.rm_group_overrides(200, 0, TINY_RM)).prompts["train"]["args"]["n"] == 16
+    assert load_recipe(R.RM_RECIPE, overrides=R.rm_group_overrides(100, 0, TINY_RM)).prompts["train"]["args"]["n"] == 100
+
+
+def _rm_done(run_dir: Path) -> dict:
+    """arm -> the reward_model stage's (done marker, directory) of a run."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    return {e["arm"]: (json.loads((run_dir / e["dir"] / "done").read_text()), run_dir / e["dir"])
+            for e in manifest["stages"].values() if e["stage"] == "reward_model" and e.get("status") == "done"}
+
+
+@pytest.mark.slow
+def test_tiny_rmboost_cell_seed_through_the_engine(tmp_path):
+    """RMBoost's default cell at tiny sizes: one engine run of the reward-model recipe, four RM
+    accuracies on one shared file of held-out pairs, differences as recorded; a rerun retrains
+    nothing; the next fidelity cell of the same budget and seed trains only its RMBoost arm."""
+    cell = R.select_cells(R.all_cells("rmboost"), "default")[0]
+    got = R.run_cell_seed(cell, 0, tmp_path, TINY_RM)
+    run_dir = tmp_path / "data" / "rm-slope0.2-budget200" / "seed0"
+    done = _rm_done(run_dir)
+    assert set(got["arms"]) == set(R.RM_METHODS) and set(done) == set(got["arms"].values())
+    held = {role: (done[arm][1] / "eval_pairs.jsonl").read_bytes() for role, arm in got["arms"].items()}
+    assert len(set(held.values())) == 1                              # the same pairs for every arm
+    rows = [json.loads(x) for x in next(iter(held.values())).decode().splitlines()]
+    assert len(rows) == got["eval_pairs"] == TINY_RM.rm_eval_pairs
+    assert all(r["score_chosen"] > r["score_rejected"] for r in rows)
+    for role, arm in got["arms"].items():
+        acc = done[arm][0]["metrics"]["eval_accuracy"]
+        assert 0.0 <= got["accuracy"][role] == acc["accuracy"] <= 1.0 and acc["n"] == len(rows)
+    for label, m, b in R.comparisons(cell):
+        assert got["diff"][label] == pytest.approx(got["accuracy"][m] - got["accuracy"][b], abs=1e-12)
+    assert got["pairs"]["rmboost"] > 0 and 0.0 <= got["near_copy_share"] <= 1.0
+    assert all(0.0 <= v <= 1.0 for v in got["label_agreement"].values())
+    # a rerun from the run directory: every step found done, the same numbers
+    stamps = {arm: (d / "done").stat().st_mtime_ns for arm, (_, d) in done.items()}
+    (tmp_path / "cells" / cell.slug / "seed0.json").unlink()
+    again = R.run_cell_seed(cell, 0, tmp_path, TINY_RM)
+    assert again["accuracy"] == got["accuracy"] and again["seconds_run"] == 0
+    # fidelity 0.5, same budget and seed: only its RMBoost arm trains; the baselines are found done
+    other = R.select_cells(R.all_cells("rmboost"), "fidelity=0.5,budget=200")[0]
+    low = R.run_cell_seed(other, 0, tmp_path, TINY_RM)
+    after = _rm_done(run_dir)
+    assert set(after) == {"rmboost-fidelity0.5", "rlaif", "west-of-n", "rlcd"}
+    assert {arm: (after[arm][1] / "done").stat().st_mtime_ns for arm in ("rlaif", "west-of-n", "rlcd")} == \
+        {arm: stamps[arm] for arm in ("rlaif", "west-of-n", "rlcd")}
+    assert after["rmboost-fidelity0.5"][1] != done["rmboost-fidelity0.8"][1]
+    # the fidelity reaches the stand-in LLM: the synth step's recorded backend builds a ToyRewriter at 0.5
+    from prefkit.pipeline.backend_spec import backend_from_spec
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    synth = json.loads((run_dir / manifest["stages"]["rmboost-fidelity0.5/round-1/synth"]["dir"] / "stage.json").read_text())
+    rewriter = backend_from_spec(synth["options"]["backend"])
+    assert (rewriter.edit_success, rewriter.slip) == (0.5, 0.2)
+    assert {k: v for k, v in low["accuracy"].items() if k != "rmboost"} == \
+        {k: v for k, v in got["accuracy"].items() if k != "rmboost"}
+    assert low["eval_pairs_sha256"] == got["eval_pairs_sha256"] and low["seconds_run"] > 0
+    (tmp_path / "cells" / cell.slug / "seed0.json").unlink()          # and back: fidelity 0.8 is still done
+    assert R.run_cell_seed(cell, 0, tmp_path, TINY_RM)["seconds_run"] == 0
+    rows = R.collect(tmp_path, R.all_cells("rmboost"), list(range(5)))
+    row = next(r for r in rows if r["cell"] == cell.name and r["comparison"] == "rmboost - rlcd")
+    assert row["decision"] == "incomplete (1 of 5 seeds)" and row["diffs"] == [got["diff"]["rmboost - rlcd"]]
+    assert row["metric"] == "accuracy" and row["accuracy"] == got["accuracy"]
+    text = R.write_map(tmp_path, R.all_cells("rmboost"), list(range(5))).read_text()
+    assert "RM accuracy on held-out gold-labelled pairs" in text and "rmboost - west-of-n" in text
+    assert "not run" in text and (tmp_path / "map_rmboost_fidelity.png").stat().st_size > 1000

@@ -44,12 +44,11 @@ from prefkit.pipeline.recipe import load_recipe
 from prefkit.toy import task
 from prefkit.toy.demo_config import DemoConfig, log, world_name
 from prefkit.toy.demo_report import write_report
-from prefkit.toy.rm_comparison import results_of_rm_run
+from prefkit.toy.rm_comparison import RM_RECIPE, results_of_rm_run
 from prefkit.toy.world import base_policy, default_cache_dir
 
 RECIPES = Path(__file__).parent / "demo_recipes"
 MAIN_RECIPE = RECIPES / "main.yaml"
-RM_RECIPE = RECIPES / "rm.yaml"
 SELECT_ARMS = ("select-alignment-potential", "select-explicit", "select-implicit", "select-random")
 CURVE_ARMS = {"base": "base-conditioned", "dpo": "dpo", "ra": "ra"}   # curve name -> the arm that draws it
 
@@ -99,24 +98,52 @@ def demo_overrides(config: DemoConfig, world, seed: int, arms) -> list[str]:
     return out
 
 
-def rm_overrides(config: DemoConfig, world, seed: int) -> list[str]:
-    """The reward-model recipe's overrides for one seed (see the recipe's header)."""
+@dataclasses.dataclass(frozen=True)
+class RmSeeds:
+    """The seeds of one run of the reward-model recipe (rm.yaml): its training prompts
+    (`prompts(n, seed=prompts)`), the stand-in LLM's (its samples, rewrites and judge noise), the
+    methods' own (RMBoost's labels and aspects, RLAIF's order coin), the reward model's training
+    order, the held-out prompts and their two samples each."""
+
+    prompts: int
+    backend: int
+    method: int
+    rm: int
+    eval_prompts: int
+    eval_samples: int
+
+    @classmethod
+    def demo(cls, seed: int) -> RmSeeds:
+        """The demo's seeds for its seed `seed` (see the recipe's header)."""
+        return cls(prompts=3000 + seed, backend=seed, method=seed, rm=seed, eval_prompts=4000 + seed,
+                   eval_samples=20_000 + seed)
+
+
+def rm_overrides(config: DemoConfig, world, seeds: RmSeeds, *, eval_pairs: int | None = None) -> list[str]:
+    """The reward-model recipe's overrides for one seed (see the recipe's header): the world's
+    policy and stand-in LLM, `config.rm_prompts` training prompts, the RM config, and held-out
+    pairs from `config.rm_eval_prompts` prompts (with eval_pairs: the first that many pairs,
+    `prefkit.toy.recipes.gold_pairs`). Also the regime map's RMBoost cells (`prefkit.toy.regimes`)."""
     items = {"min_items": world.min_items, "max_items": world.max_items}
     world_args = dataclasses.asdict(world)
     steps = max(1, math.ceil(config.rm_prompts / config.batch_size)) * config.rm_epochs
+    held_out = {"world": world_args, "n": config.rm_eval_prompts, "seed": seeds.eval_prompts,
+                "sample_seed": seeds.eval_samples, "temperature": config.temperature,
+                "max_new_tokens": config.max_new_tokens}
+    if eval_pairs is not None:
+        held_out["pairs"] = eval_pairs
     return policy_overrides(world) + [
-        f"prompts.train.args={_yaml({'n': config.rm_prompts, 'seed': 3000 + seed, **items})}",
-        "synth.backend.args=" + _yaml({"world": world_args, "seed": seed, "aspect_noise": config.judge.aspect_noise,
+        f"prompts.train.args={_yaml({'n': config.rm_prompts, 'seed': seeds.prompts, **items})}",
+        "synth.backend.args=" + _yaml({"world": world_args, "seed": seeds.backend,
+                                       "aspect_noise": config.judge.aspect_noise,
                                        "overall_noise": config.judge.overall_noise}),
         f"synth.generation={_yaml({'temperature': config.temperature, 'max_tokens': config.max_new_tokens})}",
-        f"arms.rmboost.synth.seed={seed}", f"arms.rlaif.synth.seed={seed}",
+        f"arms.rmboost.synth.seed={seeds.method}", f"arms.rlaif.synth.seed={seeds.method}",
         f"arms.rmboost.synth.rewrite={_yaml({'temperature': 0.7, 'max_tokens': 4 * config.max_new_tokens})}",
         f"reward_model.learning_rate={config.rm_learning_rate}", f"reward_model.num_train_epochs={config.rm_epochs}",
-        f"reward_model.per_device_train_batch_size={config.batch_size}", f"reward_model.seed={seed}",
+        f"reward_model.per_device_train_batch_size={config.batch_size}", f"reward_model.seed={seeds.rm}",
         f"reward_model.logging_steps={max(1, steps // 4)}",
-        "reward_model.eval_pairs.args=" + _yaml({"world": world_args, "n": config.rm_eval_prompts, "seed": 4000 + seed,
-                                                 "sample_seed": 20_000 + seed, "temperature": config.temperature,
-                                                 "max_new_tokens": config.max_new_tokens}),
+        "reward_model.eval_pairs.args=" + _yaml(held_out),
     ]
 
 
@@ -224,7 +251,7 @@ def run_job(job: Job, config: DemoConfig, threads: int | None, progress: bool) -
     if threads:
         torch.set_num_threads(threads)
     if job.part == "rm":
-        recipe = load_recipe(RM_RECIPE, overrides=rm_overrides(config, job.world, job.seed))
+        recipe = load_recipe(RM_RECIPE, overrides=rm_overrides(config, job.world, RmSeeds.demo(job.seed)))
         log(f"seed {job.seed} ({world_name(job.world)}): prefkit run {RM_RECIPE.name} -o {job.run_dir} --rerun-stale")
         got = engine.run(recipe, job.run_dir, progress=progress, stale="rerun",
                          log=lambda msg: log(f"seed {job.seed} ({world_name(job.world)}): {msg}"))

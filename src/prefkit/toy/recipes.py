@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from prefkit.errors import DataError
 from prefkit.generate import generate
 from prefkit.models import resolve_model_path
 from prefkit.toy import task
@@ -72,15 +73,24 @@ def pairs_by_gold(base, prompts, *, temperature: float, max_new_tokens: int, see
 
 
 def gold_pairs(n: int, seed: int = 4000, sample_seed: int = 20_000, model: str | None = None, quick: bool = False,
-               temperature: float = 1.0, max_new_tokens: int = 24, world: dict | None = None):
+               temperature: float = 1.0, max_new_tokens: int = 24, world: dict | None = None,
+               pairs: int | None = None):
     """`pairs_by_gold` on n fresh toy prompts (`prompts(n, seed)`, the world's item counts), sampled
     from `model` (a directory, hub id or smollm2) or, by default, the world's base policy
-    (`base_policy(quick, **world)`; world: ToyWorldConfig fields)."""
+    (`base_policy(quick, **world)`; world: ToyWorldConfig fields). pairs: keep the first `pairs`
+    pairs in prompt order (the regime map's 400 held-out pairs, docs/regimes.md); fewer is a
+    DataError naming how many the n prompts gave."""
     world = world or {}
     base = str(resolve_model_path(model)) if model else base_policy(quick, **world)
     config = dataclasses.replace(QUICK_CONFIG if quick else ToyWorldConfig(), **world)
-    return pairs_by_gold(base, prompts(n, seed, config.min_items, config.max_items), temperature=temperature,
-                         max_new_tokens=max_new_tokens, seed=sample_seed)
+    got = pairs_by_gold(base, prompts(n, seed, config.min_items, config.max_items), temperature=temperature,
+                        max_new_tokens=max_new_tokens, seed=sample_seed)
+    if pairs is None:
+        return got
+    if len(got) < pairs:
+        raise DataError(f"gold_pairs: {n} prompts (seed {seed}) gave {len(got)} gold-labelled pairs, fewer than "
+                        f"the {pairs} asked for; draw from more prompts (n)")
+    return got.select(range(pairs))
 
 
 def validation_prompts(n: int, seed: int, exclude: dict | None = None, min_items: int = 3,

@@ -1,17 +1,21 @@
 """The pre-registered regime map (docs/regimes.md, issue 21): its cells, generated from the
 design's tables, run as recipes on the engine (`prefkit.pipeline`), and the map's report.
 
-    prefkit demo --regimes [--method ra|ap|eps] [--cells N|FILTER] [--seeds 5] [--out DIR]
+    prefkit demo --regimes [--method ra|ap|eps|rmboost] [--cells N|FILTER] [--seeds 5] [--out DIR]
     python -m prefkit.toy.regimes --method eps --cells "eps=0.01,length=1ep,beta0=0.1"
 
 A **cell** is one setting of a method's axes (docs/regimes.md's tables: RA 40 core + 8 sweep
-cells, AP 36, eps-DPO 16; RMBoost's 9 wait for a synth / reward-model stage on the engine). A
-**cell-seed** is one run of src/prefkit/toy/demo_recipes/regimes.yaml with the overrides of that
-cell and seed (`cell_overrides`): the world setting chosen by the calibration, the seed's prompts,
-sampling and judge seeds, and the cell's arms. Cells that share their data (world, judge noise,
-data size, pair options and seed) share one run directory (`OUT/data/<group>/seed<S>`), so the
-samples, scores and pairs are made once, and an arm trained for one cell (DPO at 1 epoch, say) is
-found done by the next. A rerun skips what is done (the engine's `done` markers) and resumes
+cells, AP 36, eps-DPO 16, RMBoost 9). A **cell-seed** is one run of
+src/prefkit/toy/demo_recipes/regimes.yaml with the overrides of that cell and seed
+(`group_overrides`): the world setting chosen by the calibration, the seed's prompts, sampling and
+judge seeds, and the cell's arms. An RMBoost cell-seed is one run of the demo's reward-model recipe
+src/prefkit/toy/demo_recipes/rm.yaml (`rm_group_overrides`, `rm_arms`): RMBoost at the cell's
+rewriter fidelity and RLAIF, West-of-N and RLCD on the cell's prompt budget, one reward model each,
+their accuracies on the seed's 400 held-out gold-labelled pairs. Cells that share their data
+(world, judge noise, data size, pair options and seed; for RMBoost: budget and seed) share one run
+directory (`OUT/data/<group>/seed<S>`), so the samples, scores and pairs are made once, and an arm
+trained for one cell (DPO at 1 epoch, say; RLAIF, West-of-N and RLCD for RMBoost's three
+fidelities) is found done by the next. A rerun skips what is done (the engine's `done` markers) and resumes
 what was interrupted.
 
 **Learning rates** are part of the map: a learning-rate cell is (method, world setting,
@@ -29,17 +33,19 @@ from __future__ import annotations
 
 import argparse
 import calendar
+import hashlib
 import json
 import math
 import re
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from prefkit.code_version import code, describe
-from prefkit.errors import ConfigError
+from prefkit.errors import ConfigError, DataError
+from prefkit.toy.rm_comparison import RM_METHODS, RM_RECIPE, results_of_rm_run
 
 RECIPE = Path(__file__).parent / "demo_recipes" / "regimes.yaml"
 SEEDS = 5
@@ -72,9 +78,18 @@ REGS = {
     "papers": {"beta": 0.01, "label_smoothing": 0.3, "ties": "keep", "fine_grained_filter": True},
     "beta0.01": {"beta": 0.01, "label_smoothing": 0.0, "ties": "drop", "fine_grained_filter": False},
 }
-METHODS = ("ra", "ap", "eps")
-NOT_BUILT = {"rmboost": "RMBoost's 9 cells are not built yet (the engine's synth and reward_model stages they "
-                        "need now exist; docs/regimes.md, Amendments)"}
+METHODS = ("ra", "ap", "eps", "rmboost")
+# RMBoost's axes (docs/regimes.md, "RMBoost"): the stand-in LLM's rewriter fidelity (`edit_success`
+# of prefkit.toy.rewriter.ToyRewriter, with `slip` 0.2) and the budget (training prompts per arm).
+# No learning-rate cells: the design names none; every reward model uses the demo's RM config
+# (rm.yaml with `prefkit.toy.demo.rm_overrides`: lr 5e-4, 2 epochs, batch 16).
+FIDELITIES = (0.5, 0.8, 0.95)
+BUDGETS = (100, 200, 800)
+DEFAULT_FIDELITY, DEFAULT_BUDGET = 0.8, 200
+SLIP = 0.2
+# The metric of each method's cells (docs/regimes.md, "Rules": RMBoost's is the RM accuracy).
+METRIC = {"rmboost": "accuracy"}
+METRIC_LABELS = {"gold": "held-out gold reward", "accuracy": "RM accuracy on held-out gold-labelled pairs"}
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,9 @@ class Scale:
     val_seeds: tuple = VAL_SEEDS
     max_new_tokens: int = 24
     world_args: dict | None = None   # replaces every world's build arguments (tests: {quick: true})
+    rm_prompts: int = DEFAULT_BUDGET  # RMBoost's default budget level (prompts per arm); other levels as named
+    rm_eval_prompts: int = 500       # held-out prompts the 400 gold-labelled pairs are drawn from (the first 400)
+    rm_eval_pairs: int = 400
 
 
 DESIGN = Scale()
@@ -102,7 +120,7 @@ DESIGN = Scale()
 
 @dataclass(frozen=True)
 class Cell:
-    method: str                 # ra, ap, eps
+    method: str                 # ra, ap, eps, rmboost
     axes: tuple                 # ((axis, level), ...) in the table's order
     part: str = "core"          # core or sweep
 
@@ -139,8 +157,12 @@ def eps_cells() -> list[Cell]:
             for e in (0.005, 0.01, 0.03, 0.1) for n in ("1ep", "3ep") for b in (0.01, 0.1)]
 
 
+def rmboost_cells() -> list[Cell]:
+    return [Cell("rmboost", (("fidelity", f), ("budget", b))) for f in FIDELITIES for b in BUDGETS]
+
+
 def all_cells(method: str | None = None) -> list[Cell]:
-    out = {"ra": ra_cells, "ap": ap_cells, "eps": eps_cells}
+    out = {"ra": ra_cells, "ap": ap_cells, "eps": eps_cells, "rmboost": rmboost_cells}
     return [c for m in ([method] if method else METHODS) for c in out[m]()]
 
 
@@ -151,6 +173,8 @@ def is_default(cell: Cell) -> bool:
                 and a["noise"] == DEFAULT_NOISE and a["size"] == DEFAULT_SIZE)
     if cell.method == "ap":
         return a["budget"] == 0.4 and a["noise"] == DEFAULT_NOISE and a["w"] == 1.0
+    if cell.method == "rmboost":
+        return a["fidelity"] == DEFAULT_FIDELITY and a["budget"] == DEFAULT_BUDGET
     return a["eps"] == 0.01 and a["length"] == "1ep" and a["beta0"] == 0.1
 
 
@@ -255,6 +279,8 @@ def comparisons(cell: Cell) -> list[tuple[str, str, str]]:
         return [("ra - dpo", "ra", "dpo"), ("ra - dpo@10", "ra", "dpo@10"), ("ra - base@10", "ra", "base@10")]
     if cell.method == "ap":
         return [("ap - random", "ap", "random"), ("ap - explicit", "ap", "explicit")]
+    if cell.method == "rmboost":   # each decided on its own (no best baseline picked after the fact)
+        return [(f"rmboost - {b}", "rmboost", b) for b in RM_METHODS[1:]]
     return [("eps - dpo", "eps", "dpo")]
 
 
@@ -266,6 +292,8 @@ def lr_cells(cell: Cell) -> dict[str, LrCell]:
         return {"dpo": LrCell("dpo", w, reg), "dpo@10": LrCell("dpo", w, reg), "ra": LrCell("ra", w, reg)}
     if cell.method == "ap":
         return {m: LrCell(m, DEFAULT_WORLD, "today") for m in ("ap", "random", "explicit")}
+    if cell.method == "rmboost":   # none: the reward models use the demo's config
+        return {}
     reg = "today" if a["beta0"] == 0.1 else "beta0.01"
     return {"eps": LrCell("eps", DEFAULT_WORLD, reg), "dpo": LrCell("dpo", DEFAULT_WORLD, reg)}
 
@@ -295,6 +323,8 @@ def cell_arms(cell: Cell, rates: dict[str, float], scale: Scale, seed: int = 0,
         else:
             out["ra"] = arm("ra", reg, rates["ra"], length=length, scale=scale)
         return out
+    if cell.method == "rmboost":
+        return rm_arms(rm_group_overrides(a["budget"], seed, scale), a["fidelity"])
     if cell.method == "ap":
         b, w = a["budget"], a["w"]
         return {"ap": arm("ap", "today", rates["ap"], budget=b, w=w, scale=scale, seed=seed),
@@ -355,6 +385,56 @@ def group_dir(out: Path, world: str, reg: str, noise: str, size: int, seed: int,
     return out / ("validation" if validation else "data") / g / f"seed{seed}"
 
 
+# -- RMBoost's cells: a seed of a budget -----------------------------------------------------------
+
+def rm_world(scale: Scale):
+    """The RMBoost cells' world: the default world setting (slope 0.2), as a ToyWorldConfig."""
+    from prefkit.toy.world import QUICK_CONFIG, ToyWorldConfig  # noqa: PLC0415  heavy (torch)
+
+    args = world_args(DEFAULT_WORLD, scale)
+    quick = args.pop("quick", False)
+    return replace(QUICK_CONFIG if quick else ToyWorldConfig(), **args)
+
+
+def rm_group_overrides(budget: int, seed: int, scale: Scale) -> list[str]:
+    """The reward-model recipe's overrides for one budget and seed: the demo's (`rm_overrides`,
+    its RM config) with the map's seed rules (docs/regimes.md, "Rules"): training prompts
+    `make_prompts(budget, seed=1000 + s)`; the stand-in LLM's seed 1000 + s (its base-policy samples,
+    as every cell's generation seed, and its rewrites' and judge's draws); the methods' own seeds
+    (RMBoost's labels and aspects, RLAIF's order coin) and the reward model's training order s; the
+    held-out pairs: the first 400 of two base samples (seed 10000 + s) per test prompt
+    `make_prompts(500, seed=2000 + s)` with distinct gold scores, the same file for every arm."""
+    from prefkit.toy.demo import RmSeeds, rm_overrides  # noqa: PLC0415  heavy (the engine, torch)
+    from prefkit.toy.demo_config import DemoConfig  # noqa: PLC0415
+
+    n = scale.rm_prompts if budget == DEFAULT_BUDGET else budget
+    config = DemoConfig(rm_prompts=n, rm_eval_prompts=scale.rm_eval_prompts, max_new_tokens=scale.max_new_tokens)
+    seeds = RmSeeds(prompts=1000 + seed, backend=1000 + seed, method=seed, rm=seed, eval_prompts=2000 + seed,
+                    eval_samples=10_000 + seed)
+    return rm_overrides(config, rm_world(scale), seeds, eval_pairs=scale.rm_eval_pairs)
+
+
+def rm_arms(overrides: list[str], fidelity: float) -> dict[str, tuple[str, dict]]:
+    """Role -> (arm name, changes): the reward-model recipe's arms with these overrides, RMBoost's
+    stand-in LLM at `fidelity` (edit_success; slip 0.2). The other arms never rewrite (the
+    rewriter's edit_success and slip act on RMBoost's rewrite prompt only), so they keep the
+    recipe's stand-in LLM and are shared by the three fidelity cells of a budget and seed."""
+    from prefkit.pipeline.recipe import apply_overrides, read_yaml  # noqa: PLC0415  heavy (the stages)
+
+    data, where, _ = read_yaml(RM_RECIPE)
+    apply_overrides(data, where, overrides)
+    backend = data["stages"]["synth"]["backend"]
+    rmboost = {**data["arms"]["rmboost"]["synth"],
+               "backend": {**backend, "args": {**backend["args"], "edit_success": fidelity, "slip": SLIP}}}
+    out = {"rmboost": (f"rmboost-fidelity{fidelity:g}", {"synth": rmboost})}
+    out.update({m: (m, data["arms"][m]) for m in RM_METHODS[1:]})
+    return out
+
+
+def rm_group_dir(out: Path, budget: int, seed: int) -> Path:
+    return out / "data" / f"rm-slope{DEFAULT_WORLD}-budget{budget}" / f"seed{seed}"
+
+
 # -- running ------------------------------------------------------------------------------------------
 
 def _log(msg: str) -> None:
@@ -362,13 +442,14 @@ def _log(msg: str) -> None:
 
 
 def run_arms(run_dir: Path, overrides: list[str], arms: dict[str, dict], *, progress: bool = False,
-             stale: str = "refuse") -> dict:
-    """One engine run of the regimes recipe with these arms; arm -> {stage: done marker + seconds}.
-    stale: the engine's choice for steps made by other prefkit code (`prefkit.pipeline.run`)."""
+             recipe_file: Path = RECIPE, stale: str = "refuse") -> dict:
+    """One engine run of the regimes recipe (or `recipe_file`) with these arms; arm -> {stage: done
+    marker + seconds}. stale: the engine's choice for steps made by other prefkit code
+    (`prefkit.pipeline.run`)."""
     from prefkit.pipeline import engine  # noqa: PLC0415  heavy (torch via the runners)
     from prefkit.pipeline.recipe import load_recipe  # noqa: PLC0415
 
-    recipe = load_recipe(RECIPE, overrides=overrides + ["arms=" + _j(arms)])
+    recipe = load_recipe(recipe_file, overrides=overrides + ["arms=" + _j(arms)])
     got = engine.run(recipe, run_dir, arms=list(arms), progress=progress, log=lambda m: _log(f"{run_dir}: {m}"),
                      stale=stale)
     out: dict[str, dict] = {}
@@ -451,6 +532,8 @@ def run_cell_seed(cell: Cell, seed: int, out: Path, scale: Scale = DESIGN, stale
     path = out / "cells" / cell.slug / f"seed{seed}.json"
     if (got := _cached(path, stale)) is not None:
         return got
+    if cell.method == "rmboost":
+        return _run_rm_cell_seed(cell, seed, out, scale, path, stale)
     lrs = {role: run_lr_cell(lc, out, scale, stale)["chosen"] for role, lc in lr_cells(cell).items()}
     a = cell.a
     world, reg = cell_world(cell), cell_reg_data(cell)
@@ -489,6 +572,42 @@ def run_cell_seed(cell: Cell, seed: int, out: Path, scale: Scale = DESIGN, stale
     return got
 
 
+def _run_rm_cell_seed(cell: Cell, seed: int, out: Path, scale: Scale, path: Path, stale: str = "refuse") -> dict:
+    """An RMBoost cell-seed: one engine run of rm.yaml (RMBoost at the cell's fidelity and the three
+    baselines on the cell's budget) in its budget's run directory; each arm's RM accuracy on the
+    seed's held-out pairs (checked to be one file for every arm), the differences, the pairs, label
+    agreement with gold and the share of RMBoost's rewrites that were near-copies of y1."""
+    t0 = time.time()
+    budget = cell.a["budget"]
+    overrides = rm_group_overrides(budget, seed, scale)
+    roles = rm_arms(overrides, cell.a["fidelity"])
+    run_dir = rm_group_dir(out, budget, seed)
+    res = run_arms(run_dir, overrides, {n: c for n, c in roles.values()}, recipe_file=RM_RECIPE, stale=stale)
+    names = {role: name for role, (name, _) in roles.items()}
+    got_rm = results_of_rm_run(run_dir, names)
+    held_out = {role: (run_dir / res[name]["1/reward_model"]["dir"] / "eval_pairs.jsonl").read_bytes()
+                for role, name in names.items()}
+    if len(set(held_out.values())) != 1:
+        raise DataError(f"{run_dir}: the arms' held-out pairs differ ({', '.join(names.values())}); "
+                        "every arm of a seed must be scored on the same pairs (docs/regimes.md, RMBoost)")
+    acc = {role: got_rm[f"rm_acc_{role}"] for role in names}
+    got = {"cell": cell.name, "seed": seed, "arms": names, "metric": METRIC["rmboost"], "accuracy": acc,
+           "diff": {label: acc[m] - acc[b] for label, m, b in comparisons(cell)},
+           "eval_pairs": got_rm["rm_eval_pairs"],
+           "eval_pairs_sha256": hashlib.sha256(next(iter(held_out.values()))).hexdigest(),
+           "pairs": {role: got_rm[f"rm_pairs_{role}"] for role in names},
+           "dropped": {role: got_rm[f"rm_dropped_{role}"] for role in names},
+           "label_agreement": {role: got_rm.get(f"rm_label_gold_agreement_{role}") for role in names},
+           "near_copy_share": got_rm.get("rm_near_copy_share_rmboost"),
+           "train_steps": {role: res[name]["1/reward_model"]["metrics"].get("steps") for role, name in names.items()},
+           "seconds_run": _fresh_seconds(res), "wall_seconds": round(time.time() - t0, 1),
+           "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code": code()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(got, indent=2))
+    _log(f"{cell.name} seed {seed}: " + ", ".join(f"{k} {v:+.3f}" for k, v in got["diff"].items()))
+    return got
+
+
 def eps_summary(model_dir: Path) -> dict:
     """eps-DPO's control per run (reported, not decided on): the mean share of pairs whose per-pair
     beta step was +1 / -1 over the logging steps, and the base-beta path (prefkit_train_report.json)."""
@@ -517,7 +636,8 @@ def _eps_of(out: Path, cell: Cell, got: dict) -> dict | None:
 
 # CPU-seconds per unit on a quiet core, the design's estimates (docs/regimes.md, "Cost"), until a
 # measured cost is found in OUT (then the measured seconds per finished cell-seed are used).
-EST_SECONDS = {"ra": 70.0, "ap": 2 * 3600 / 180, "eps": 1.5 * 3600 / 80, "lr_training": 1.3 * 3600 / 240}
+EST_SECONDS = {"ra": 70.0, "ap": 2 * 3600 / 180, "eps": 1.5 * 3600 / 80, "rmboost": 1.5 * 3600 / 45,
+               "lr_training": 1.3 * 3600 / 240}
 
 
 def estimate(cells: list[Cell], seeds: list[int], out: Path) -> dict:
@@ -573,9 +693,17 @@ def collect(out: Path, cells: list[Cell], seeds: list[int]) -> list[dict]:
                 eps = [e for g in got if (e := _eps_of(out, c, g)) and e["frac_plus"] is not None]
                 row["eps_control"] = {k: statistics.fmean(e[k] for e in eps) if eps else None
                                       for k in ("frac_plus", "frac_minus", "frac_zero", "final_base_beta")}
-            if d:
+            if d and c.method == "rmboost":
                 mean, lo, hi = interval(d)
-                row.update(mean=mean, low=lo, high=hi, decision=decide(d),
+                row.update(mean=mean, low=lo, high=hi, decision=decide(d), metric=METRIC["rmboost"],
+                           accuracy={k: statistics.fmean(g["accuracy"][k] for g in got) for k in got[0]["accuracy"]},
+                           label_agreement={k: _mean(g["label_agreement"][k] for g in got) for k in got[0]["arms"]},
+                           pairs={k: statistics.fmean(g["pairs"][k] for g in got) for k in got[0]["arms"]},
+                           near_copy_share=_mean(g["near_copy_share"] for g in got),
+                           eval_pairs=[g["eval_pairs"] for g in got], seconds_run=[g["seconds_run"] for g in got])
+            elif d:
+                mean, lo, hi = interval(d)
+                row.update(mean=mean, low=lo, high=hi, decision=decide(d), metric="gold",
                            gold={k: statistics.fmean(g["gold"][k] for g in got) for k in got[0]["gold"]},
                            gold_base=statistics.fmean(g["gold_base"] for g in got if g.get("gold_base") is not None)
                            if any(g.get("gold_base") is not None for g in got) else None,
@@ -584,6 +712,11 @@ def collect(out: Path, cells: list[Cell], seeds: list[int]) -> list[dict]:
                 row["decision"] = "not run"
             rows.append(row)
     return rows
+
+
+def _mean(values) -> float | None:
+    got = [v for v in values if v is not None]
+    return statistics.fmean(got) if got else None
 
 
 def _fmt(r: dict) -> str:
@@ -598,9 +731,10 @@ def write_map(out: Path, cells: list[Cell], seeds: list[int]) -> Path:
     rows = collect(out, cells, seeds)
     (out / "map.json").write_text(json.dumps(rows, indent=2, default=str))
     lines = ["# The regime map (docs/regimes.md)", "",
-             f"Seeds {seeds}; per cell and comparison: mean of d_s = method - baseline (held-out gold reward) "
-             f"with the paired 95% interval over seeds (t(0.975, n-1) · sd / √n; t(0.975, 4) = 2.776) and the "
-             f"pre-registered decision. {NOT_BUILT['rmboost']}: not part of this map yet.", ""]
+             f"Seeds {seeds}; per cell and comparison: mean of d_s = method - baseline (held-out gold reward; "
+             f"for rmboost the reward model's accuracy on held-out gold-labelled pairs) with the paired 95% "
+             f"interval over seeds (t(0.975, n-1) · sd / √n; t(0.975, 4) = 2.776) and the pre-registered decision.",
+             ""]
     made: dict[str, int] = {}
     for p in (out / "cells" / c.slug / f"seed{s}.json" for c in cells for s in seeds):
         if p.is_file():
@@ -615,7 +749,7 @@ def write_map(out: Path, cells: list[Cell], seeds: list[int]) -> Path:
         if not mr:
             continue
         axes = list(mr[0]["axes"])
-        lines += [f"## {m}", "", "| " + " | ".join(axes) + " | comparison | d per seed | mean (95%) | decision |",
+        lines += [f"## {m}", "", f"d = difference in {METRIC_LABELS[METRIC.get(m, 'gold')]}.", "", "| " + " | ".join(axes) + " | comparison | d per seed | mean (95%) | decision |",
                   "|" + "---|" * (len(axes) + 4)]
         for r in mr:
             per = " ".join(f"{d:+.3f}" for d in r["diffs"]) or "-"
@@ -640,6 +774,23 @@ def write_map(out: Path, cells: list[Cell], seeds: list[int]) -> Path:
                     g = r["gold"]
                     lines.append(f"| {r['cell']} | {r['gold_base']:.3f} | {g['base@10']:.3f} | {g['dpo']:.3f} | "
                                  f"{g['dpo@10']:.3f} | {g['ra']:.3f} | dpo {r['rates']['dpo']:g}, ra {r['rates']['ra']:g} |")
+            lines.append("")
+        if m == "rmboost":
+            roles = list(RM_METHODS)
+            lines += ["RM accuracy per arm, label agreement of each arm's training pairs with gold, training pairs "
+                      "per arm (means over the seeds run) and the share of RMBoost's rewrites that were near-copies "
+                      "of y1 (dropped); held-out pairs per seed:", "",
+                      "| cell | " + " | ".join(f"acc {k}" for k in roles) + " | " + " | ".join(f"agree {k}" for k in roles)
+                      + " | " + " | ".join(f"pairs {k}" for k in roles) + " | near-copy share | held-out pairs |",
+                      "|" + "---|" * (3 * len(roles) + 3)]
+            for r in mr:
+                if r["comparison"] == f"rmboost - {roles[1]}" and r["diffs"]:
+                    nc = "-" if r["near_copy_share"] is None else f"{r['near_copy_share']:.3f}"
+                    lines.append(f"| {r['cell']} | " + " | ".join(f"{r['accuracy'][k]:.3f}" for k in roles) + " | "
+                                 + " | ".join("-" if r["label_agreement"][k] is None else f"{r['label_agreement'][k]:.3f}"
+                                              for k in roles)
+                                 + " | " + " | ".join(f"{r['pairs'][k]:.0f}" for k in roles)
+                                 + f" | {nc} | {', '.join(str(n) for n in r['eval_pairs'])} |")
             lines.append("")
         for png in _plots(out, m, mr, axes):
             lines.append(f"![{png.stem}]({png.name})")
@@ -678,7 +829,8 @@ def _plots(out: Path, method: str, rows: list[dict], axes: list[str]) -> list[Pa
         ax.set_xlabel(axis + (" (measured base slope)" if axis == "slope" else ""))
         if axis != "slope":
             ax.set_xticks(list(xs.values()), [_level(lv) for lv in levels])
-        ax.set_ylabel("method - baseline (gold)")
+        ax.set_ylabel("method - baseline (RM accuracy)" if METRIC.get(method) == "accuracy"
+                      else "method - baseline (gold)")
         ax.set_title(f"{method}: against {axis} (95% paired intervals over seeds)")
         ax.legend(fontsize=6)
         fig.tight_layout()

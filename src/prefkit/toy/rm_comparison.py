@@ -22,21 +22,36 @@ from pathlib import Path
 
 from prefkit.toy import task
 
+RM_RECIPE = Path(__file__).parent / "demo_recipes" / "rm.yaml"
 RM_METHODS = ("rmboost", "rlaif", "west-of-n", "rlcd")
 RM_LABELS = {"rmboost": "RMBoost", "rlaif": "RLAIF", "west-of-n": "West-of-N (N=4, toy judge)", "rlcd": "RLCD"}
 
 
-def results_of_rm_run(run_dir: Path) -> dict:
-    """One seed's numbers (rm_acc_<method>, rm_pairs_<method>, ...) from a run of rm.yaml."""
+def near_copy_share(synth_metrics: dict) -> float | None:
+    """The share of RMBoost's returned rewrites that were near-copies of y1 (dropped by
+    `prefkit.synth.rmboost`): near-copy drops / (pairs + every 'rewrite unusable' drop)."""
+    dropped = synth_metrics.get("dropped", {})
+    unusable = sum(n for reason, n in dropped.items() if reason.startswith("rewrite unusable"))
+    returned = synth_metrics["pairs"] + unusable
+    near = sum(n for reason, n in dropped.items() if "near-copy" in reason)
+    return near / returned if returned else None
+
+
+def results_of_rm_run(run_dir: Path, arms: dict[str, str] | None = None) -> dict:
+    """One seed's numbers (rm_acc_<method>, rm_pairs_<method>, ...) from a run of rm.yaml; arms:
+    method -> the arm that ran it (default: the recipe's arm names, the methods')."""
     manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
     res: dict = {}
     for m in RM_METHODS:
-        synth = manifest["stages"].get(f"{m}/round-1/synth")
-        rm = manifest["stages"].get(f"{m}/round-1/reward_model")
+        arm = (arms or {}).get(m, m)
+        synth = manifest["stages"].get(f"{arm}/round-1/synth")
+        rm = manifest["stages"].get(f"{arm}/round-1/reward_model")
         if not synth or synth.get("status") != "done":
             continue
         res[f"rm_pairs_{m}"] = synth["metrics"]["pairs"]
         res[f"rm_dropped_{m}"] = synth["metrics"].get("dropped", {})
+        if m == "rmboost":
+            res["rm_near_copy_share_rmboost"] = near_copy_share(synth["metrics"])
         rows = [json.loads(line) for line in Path(synth["output"]).read_text().splitlines() if line.strip()]
         if rows:
             agree = [task.gold_reward(r["prompt"], r["chosen"]) > task.gold_reward(r["prompt"], r["rejected"])
