@@ -14,6 +14,11 @@ samples, scores and pairs are made once, and an arm trained for one cell (DPO at
 found done by the next. A rerun skips what is done (the engine's `done` markers) and resumes
 what was interrupted.
 
+RA cells also run the conditioning-only control `cond-sft` (supervised training on every judged
+sample conditioned on its own score, for RA's optimiser steps in the cell-seed; the engine's
+relabel `rows: sft` and sft stage), compared as `ra - cond-sft`; adding it changed none of the
+other arms' steps (tests/toy/test_regimes.py), so their finished results stay valid.
+
 **Learning rates** are part of the map: a learning-rate cell is (method, world setting,
 regularisation); it trains the method at each rate of the grid {5e-5, 2e-4, 5e-4, 2e-3} at 1
 epoch on validation seeds 100 and 101 and picks the rate with the best mean gold reward on the
