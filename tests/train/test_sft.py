@@ -151,3 +151,16 @@ def test_sft_config_rejects_preference_options():
         load_config(SFTConfig, overrides=["beta=0.1"])
     with pytest.raises(ConfigError, match="forward_mode must be one of packed, padded"):
         load_config(SFTConfig, overrides=["forward_mode=rows"], model_name_or_path="m", train_file="f").check()
+
+
+def test_cli_train_sft(tiny_model_dir, tmp_path):
+    from helpers import run_prefkit
+
+    f = write_jsonl(tmp_path / "sft.jsonl", _fruit_rows(8))
+    proc = run_prefkit("train", "sft", f, str(tmp_path / "out"), "--model", tiny_model_dir, "--max-steps", "2",
+                       "--per-device-train-batch-size", "4", "--learning-rate", "1e-3", "--save-strategy", "no",
+                       "--precision", "fp32")
+    assert proc.returncode == 0, proc.stderr
+    assert "prefkit train sft: completion-only NLL, 2 steps" in proc.stdout
+    bad = run_prefkit("train", "sft", f, str(tmp_path / "bad"), "--model", tiny_model_dir, "--beta", "0.1")
+    assert bad.returncode == 2 and "unrecognized arguments: --beta" in bad.stderr
