@@ -164,3 +164,15 @@ def test_cli_train_sft(tiny_model_dir, tmp_path):
     assert "prefkit train sft: completion-only NLL, 2 steps" in proc.stdout
     bad = run_prefkit("train", "sft", f, str(tmp_path / "bad"), "--model", tiny_model_dir, "--beta", "0.1")
     assert bad.returncode == 2 and "unrecognized arguments: --beta" in bad.stderr
+
+
+def test_lora_sft_trains_the_adapter_only(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    f = write_jsonl(tmp_path / "sft.jsonl", _fruit_rows(8))
+    out = train_sft(SFTConfig(model_name_or_path=tiny_model_dir, train_file=f, output_dir=str(tmp_path / "lora"),
+                              per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2, use_peft=True,
+                              lora_r=4, save_strategy="no", precision="fp32", disable_tqdm=True))
+    weights = load_file(str(Path(out) / "adapter_model.safetensors"))
+    assert weights and all("lora_" in k for k in weights)
+    assert any(float(v.abs().sum()) > 0 for k, v in weights.items() if "lora_B" in k)   # B starts at 0
