@@ -402,6 +402,18 @@ def run_evolve(ctx: StageContext) -> dict:
 
 # -- train ------------------------------------------------------------------------------------------
 
+def train_report(output_dir) -> dict:
+    """A training run's prefkit_train_report.json."""
+    return json.loads((Path(output_dir) / "prefkit_train_report.json").read_text())
+
+
+def train_metrics(history: list) -> dict:
+    """What a training step's marker keeps of its log history (train, sft, reward_model): the
+    final loss, the optimiser steps, the loss curve."""
+    summary = next((h for h in reversed(history) if "train_loss" in h), {})
+    return {"train_loss": summary.get("train_loss"), "steps": summary.get("step"),
+            "loss_values": [[h["step"], h["loss"]] for h in history if "loss" in h]}
+
 def train_config(ctx: StageContext):
     """The DPOConfig of this round's training: the recipe's fields, the engine's paths."""
     from prefkit.train import DPOConfig, load_config
@@ -494,16 +506,13 @@ def run_train(ctx: StageContext) -> dict:
         from prefkit.models import merge_lora
 
         out = merge_lora(out, ctx.dir / "merged", base=ctx.policy)
-    report = json.loads((Path(cfg.output_dir) / "prefkit_train_report.json").read_text())
-    history = report.get("log_history", [])
+    history = train_report(cfg.output_dir).get("log_history", [])
     last = next((h for h in reversed(history) if "loss" in h), {})
-    summary = next((h for h in reversed(history) if "train_loss" in h), {})
     return {"output": str(out),
             "metrics": {"reference": which, "reference_model": str(reference), "policy": ctx.policy,
                         "last_log": {k: v for k, v in last.items()
                                      if k in ("loss", "rewards/accuracies", "rewards/margins", "step", "epoch")},
-                        "train_loss": summary.get("train_loss"), "steps": summary.get("step"),
-                        "loss_values": [[h["step"], h["loss"]] for h in history if "loss" in h],
+                        **train_metrics(history),
                         **({"probes": {name: [[0, v]] + [[h["step"], h[name]] for h in history if name in h]
                                        for name, v in probe_info.get("initial", {}).items()},
                             "probe_pairs": probe_info.get("probe_pairs")} if probe_settings is not None else {})}}
@@ -522,13 +531,6 @@ def sft_config(ctx: StageContext):
                        output_dir=str(ctx.dir / "model"), resume_from_checkpoint="auto")
 
 
-def _train_metrics(output_dir) -> dict:
-    """What a training step's marker keeps of its report: the final loss, the steps, the loss curve."""
-    report = json.loads((Path(output_dir) / "prefkit_train_report.json").read_text())
-    history = report.get("log_history", [])
-    summary = next((h for h in reversed(history) if "train_loss" in h), {})
-    return {"train_loss": summary.get("train_loss"), "steps": summary.get("step"),
-            "loss_values": [[h["step"], h["loss"]] for h in history if "loss" in h]}
 
 
 def run_sft(ctx: StageContext) -> dict:
@@ -546,7 +548,7 @@ def run_sft(ctx: StageContext) -> dict:
 
         out = merge_lora(out, ctx.dir / "merged", base=ctx.policy)
     return {"output": str(out), "metrics": {"policy": ctx.policy, "rows": sum(1 for _ in open(ctx.data) if _.strip()),
-                                            **_train_metrics(cfg.output_dir)}}
+                                            **train_metrics(train_report(cfg.output_dir).get("log_history", []))}}
 
 
 # -- reward_model -----------------------------------------------------------------------------------
@@ -592,13 +594,9 @@ def run_reward_model(ctx: StageContext) -> dict:
     cfg = rm_config(ctx)
     check_resumable(Path(cfg.output_dir))
     train_rm(cfg)
-    report = json.loads((Path(cfg.output_dir) / "prefkit_train_report.json").read_text())
-    history = report.get("log_history", [])
-    summary = next((h for h in reversed(history) if "train_loss" in h), {})
+    report = train_report(cfg.output_dir)
     metrics = {"base_model": cfg.model_name_or_path, "pairs": sum(1 for _ in open(ctx.data) if _.strip()),
-               "train_loss": summary.get("train_loss"), "steps": summary.get("step"),
-               "split_accuracy": report.get("eval_accuracy"),
-               "loss_values": [[h["step"], h["loss"]] for h in history if "loss" in h]}
+               **train_metrics(report.get("log_history", [])), "split_accuracy": report.get("eval_accuracy")}
     spec = ctx.options.get("eval_pairs")
     if spec:
         pairs = eval_pairs(spec, ctx.recipe_dir)
