@@ -24,7 +24,7 @@ COMMANDS = [
     ("synth", "prefkit.commands.synth", "synthesise preference pairs: RMBoost, RLAIF, West-of-N, RLCD"),
     ("score", "prefkit.commands.score", "score responses with an LLM judge or a reward model"),
     ("select", "prefkit.commands.select", "alignment-potential data selection (Huang et al. 2025)"),
-    ("train", "prefkit.commands.train", "train a policy (DPO family, eps-DPO) or a reward model"),
+    ("train", "prefkit.commands.train", "train a policy (DPO family, eps-DPO, SFT) or a reward model"),
     ("eval", "prefkit.commands.eval", "evaluate reward models and policies"),
     ("models", "prefkit.commands.models", "import GGUF models (smollm2), merge LoRA adapters, export chat templates"),
     ("run", "prefkit.commands.run", "run a recipe: rounds of generate, score, pair, relabel, select, train, evaluate"),

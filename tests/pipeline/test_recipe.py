@@ -84,7 +84,7 @@ def test_unknown_top_level_key_and_stage(tmp_path):
     p = _edited(tmp_path, "  pair:", "  pairs:")
     msg = recipe_error(p)
     assert f"{p}:{line_of(p, 'pairs:')}: stages.pairs: unknown key (did you mean pair?)" in msg
-    assert "generate, score, pair, synth, relabel, select, evolve, reward_model, train, evaluate" in msg
+    assert "generate, score, pair, synth, relabel, select, evolve, reward_model, train, sft, evaluate" in msg
 
 
 def test_trainer_checks_point_at_the_key(tmp_path):

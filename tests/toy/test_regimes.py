@@ -115,9 +115,9 @@ def test_seed_overrides_follow_the_design():
 def test_every_cells_arms_are_a_valid_recipe():
     from prefkit.pipeline.recipe import load_recipe
 
-    rates = {r: 5e-4 for r in ("dpo", "dpo@10", "ra", "ap", "random", "explicit", "eps")}
+    rates = {r: 5e-4 for r in ("dpo", "dpo@10", "ra", "ap", "random", "explicit", "eps", "cond-sft")}
     for cell in R.all_cells()[::7] + R.select_cells(R.all_cells(), "length=stepmatched")[:1]:
-        arms = R.cell_arms(cell, rates, R.DESIGN, seed=1, dpo_steps=24)
+        arms = R.cell_arms(cell, rates, R.DESIGN, seed=1, dpo_steps=24, ra_steps=48)
         if cell.method == "rmboost":
             path, ov = R.RM_RECIPE, R.rm_group_overrides(cell.a["budget"], 1, R.DESIGN)
         else:
@@ -167,8 +167,75 @@ def test_tiny_ra_stepmatched_cell(tmp_path):
     cell = R.select_cells(R.all_cells("ra"), "slope=0.2,length=stepmatched,reg=today,noise=1;0.5,size=400")[0]
     got = R.run_cell_seed(cell, 0, tmp_path, TINY)
     assert got["train_steps"]["ra"] == got["train_steps"]["dpo"]
-    assert set(got["diff"]) == {"ra - dpo", "ra - dpo@10", "ra - base@10"}
-    assert set(got["curves"]) == {"dpo@10", "base@10", "ra"}
+    assert set(got["diff"]) == {"ra - dpo", "ra - dpo@10", "ra - base@10", "ra - cond-sft"}
+    assert set(got["curves"]) == {"dpo@10", "base@10", "ra", "cond-sft"}
+    assert got["train_steps"]["cond-sft"] == got["train_steps"]["ra"]
+
+
+def test_cond_sft_leaves_the_other_arms_steps_unchanged():
+    """Adding `cond-sft` to an RA cell changes none of its other arms: the same arm names, the same
+    stages and options, so the same engine keys (results already computed stay valid)."""
+    from prefkit.pipeline import plan
+    from prefkit.pipeline.engine import Runner
+    from prefkit.pipeline.recipe import load_recipe
+
+    rates = {"dpo": 2e-4, "dpo@10": 2e-4, "ra": 5e-4, "cond-sft": 2e-3}
+    cells = R.select_cells(R.all_cells("ra"), "slope=0.2|0.8") + R.select_cells(R.all_cells("ra"), "size=100")
+    for cell in cells:
+        ov = R.group_overrides(R.cell_world(cell), R.cell_reg_data(cell), cell.a["noise"], cell.a["size"], 2,
+                               R.DESIGN)
+        without = R.cell_arms(cell, rates, R.DESIGN, seed=2, dpo_steps=24)
+        with_sft = R.cell_arms(cell, rates, R.DESIGN, seed=2, dpo_steps=24, ra_steps=47)
+        assert {k: v for k, v in with_sft.items() if k != "cond-sft"} == without
+        keys = []
+        for arms in (without, with_sft):
+            recipe = load_recipe(R.RECIPE, overrides=ov + ["arms=" + json.dumps(dict(arms.values()))])
+            runner = Runner(recipe, Path("/nonexistent"))
+            keys.append({s.label: runner.key(s, {"inputs": "the same"}) for s in plan(recipe)
+                         if s.arm != with_sft["cond-sft"][0]})
+        assert keys[0] == keys[1] and len(keys[0]) >= 5 * (len(without) - 1)
+        name, sft = with_sft["cond-sft"]
+        assert name == f"cond-sft-{cell.a['reg']}-lr0.002-steps47"
+        assert sft["sft"]["max_steps"] == 47 and sft["sft"]["learning_rate"] == 2e-3 and sft["sft"]["seed"] == 2
+        assert sft["pair"] is False and sft["train"] is False and sft["relabel"]["rows"] == "sft"
+        assert sft["evaluate"]["goal"] == 10 == with_sft["ra"][1]["evaluate"]["goal"]
+        assert R.lr_cells(cell)["cond-sft"].name == f"lr:cond-sft,slope={cell.a['slope']},reg={cell.a['reg']}"
+        assert ("ra - cond-sft", "ra", "cond-sft") in R.comparisons(cell)
+
+
+@pytest.mark.slow
+def test_tiny_cond_sft_cell_seed(tmp_path):
+    """RA's default cell with its conditioning-only control: cond-sft's learning rate picked from
+    the grid by its own learning-rate cell, trained for RA's optimiser steps on every judged sample
+    conditioned on its own score, evaluated at goal 10; a record from before cond-sft is completed
+    with the other arms found done."""
+    cell = R.select_cells(R.all_cells("ra"), "default")[0]
+    got = R.run_cell_seed(cell, 0, tmp_path, TINY)
+    lr = json.loads((tmp_path / "lr" / "lr_cond-sft,slope=0.2,reg=today.json").read_text())
+    assert got["rates"]["cond-sft"] == lr["chosen"] and set(lr["mean"]) == {f"{r:g}" for r in TINY.lr_grid}
+    assert got["train_steps"]["cond-sft"] == got["train_steps"]["ra"] >= 1
+    assert got["diff"]["ra - cond-sft"] == pytest.approx(got["gold"]["ra"] - got["gold"]["cond-sft"])
+    assert "cond-sft" in got["curves"]
+    run_dir = tmp_path / "data" / "slope0.2-pairs-today-noise1_0.5-n400" / "seed0"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    sft = manifest["stages"][f"{got['arms']['cond-sft']}/round-1/sft"]
+    assert sft["metrics"]["steps"] == got["train_steps"]["ra"]
+    rows = manifest["stages"][f"{got['arms']['cond-sft']}/round-1/relabel"]
+    judged = [json.loads(x) for x in open(manifest["stages"][f"{got['arms']['cond-sft']}/round-1/score"]["output"])]
+    assert sft["metrics"]["rows"] == sum(1 for _ in open(rows["output"])) >= 0.9 * sum(len(r["responses"])
+                                                                                      for r in judged)
+    # an earlier record (without cond-sft) is completed; the other arms' results are kept
+    path = tmp_path / "cells" / cell.slug / "seed0.json"
+    old = json.loads(path.read_text())
+    for key in ("gold", "diff", "rates", "arms", "train_steps", "curves"):
+        old[key] = {k: v for k, v in old[key].items() if "cond-sft" not in k}
+    path.write_text(json.dumps(old))
+    again = R.run_cell_seed(cell, 0, tmp_path, TINY)
+    assert again["gold"] == got["gold"] and again["diff"] == got["diff"]
+    assert again["seconds_run"] == pytest.approx(old["seconds_run"], abs=0.05)   # the record rounds to 0.1 s
+    rows = {r["comparison"]: r for r in R.collect(tmp_path, [cell], [0])}
+    assert rows["ra - cond-sft"]["diffs"] == [got["diff"]["ra - cond-sft"]]
+    assert "cond-sft" in R.write_map(tmp_path, [cell], [0]).read_text()
 
 
 def test_cli_dry_run_states_the_cost(tmp_path, capsys):

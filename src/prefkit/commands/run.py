@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 DESCRIPTION = """Run a recipe: per round, the stages it names (generate, score, pair, synth, relabel,
-select, evolve, reward_model, train, evaluate) with the options of their stage functions; with
+select, evolve, reward_model, train, sft, evaluate) with the options of their stage functions; with
 arms, each arm (the stages with its changes) from the initial policy, sharing the steps they have
 in common. Each stage's output is kept under RUN_DIR/round-K/STAGE/KEY (KEY: a hash of its inputs
 and options): running the same command again skips finished stages and resumes an interrupted

@@ -1,4 +1,4 @@
-"""`prefkit train dpo|rm`: thin front-end over prefkit.train.train_dpo / train_rm.
+"""`prefkit train dpo|rm|sft`: thin front-end over prefkit.train.train_dpo / train_rm / train_sft.
 
 Options come from, in increasing priority: the YAML `--config`, explicit `--<option>` flags
 (one for every config field, e.g. `--beta 0.05 --loss-type ipo`), and `--set key=value`. Each
@@ -52,17 +52,20 @@ def losses_help() -> str:
 def register(sub, name, help_text):
     p = sub.add_parser(name, help=help_text, description=help_text)
     tsub = p.add_subparsers(dest="train_kind", metavar="KIND", parser_class=_TrainParser)
-    from prefkit.train.config import DPOConfig, RMConfig
+    from prefkit.train.config import DPOConfig, RMConfig, SFTConfig
 
     for kind, cls, help_kind in (
         ("dpo", DPOConfig, "train a policy with a DPO-family loss (sigmoid, robust, hinge, ipo, simpo, eps-dpo)"),
         ("rm", RMConfig, "train a Bradley-Terry reward model (sequence classification, one output)"),
+        ("sft", SFTConfig, "supervised fine-tuning on prompt-completion rows (the loss on the completion tokens "
+                           "only)"),
     ):
         kp = tsub.add_parser(kind, help=help_kind, description=help_kind, epilog=_EPILOG,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
         kp.list_losses = kind == "dpo"
         kp.add_argument("input", nargs="?", default=None,
-                        help="training pairs (file, saved dataset dir, or hub id); or train_file in --config")
+                        help=f"training {'rows (prompt, completion)' if kind == 'sft' else 'pairs'} (file, saved "
+                             "dataset dir, or hub id); or train_file in --config")
         kp.add_argument("output_dir", nargs="?", default=None, metavar="OUTPUT_DIR",
                         help="output directory (same as -o; config: output_dir)")
         kp.add_argument("-o", "--output", default=None, help="output directory (config: output_dir)")
@@ -83,7 +86,7 @@ def register(sub, name, help_text):
                 extra = dict(nargs="?", const="true")
             group.add_argument(flag, dest=f"opt_{f.name}", default=None, metavar=f.name.upper(),
                                help=f"{f.metadata.get('help', '')} (default: {_show_default(f)})", **extra)
-        kp.set_defaults(func=_run_dpo if kind == "dpo" else _run_rm, _parser=kp, _config_cls=cls)
+        kp.set_defaults(func=_RUN[kind], _parser=kp, _config_cls=cls)
     p.set_defaults(func=None, _parser=p)
 
 
@@ -150,6 +153,18 @@ def _run_rm(args) -> int:
     out = train_rm(cfg)
     _print_summary(out)
     return 0
+
+
+def _run_sft(args) -> int:
+    from prefkit.train import train_sft
+
+    cfg = config_from_args(args)
+    out = train_sft(cfg)
+    _print_summary(out)
+    return 0
+
+
+_RUN = {"dpo": _run_dpo, "rm": _run_rm, "sft": _run_sft}
 
 
 def _print_summary(output_dir) -> None:

@@ -39,7 +39,7 @@ from prefkit.models import resolve_model_path
 from prefkit.pipeline.recipe import Recipe, load_recipe
 from prefkit.pipeline.report import write_report
 from prefkit.pipeline.runners import RUNNERS, StageContext, recipe_file
-from prefkit.pipeline.stages import DATA_STAGES, ORDER, ROUND1_EVALUATE, STAGES
+from prefkit.pipeline.stages import DATA_STAGES, ORDER, ROUND1_EVALUATE, STAGES, TRAIN_STAGES
 from prefkit.refs import call_ref
 from prefkit.relabel import find_conditioning
 from prefkit.relabel.carry import carry_conditioning
@@ -467,13 +467,13 @@ class Runner:
             state["data"], state["data_hash"] = entry["output"], entry["output_hash"]
         if step.stage == "pair":
             state["pairs"] = entry["output"]
-        elif step.stage == "train":
+        elif step.stage in TRAIN_STAGES:
             state["policy"], state["policy_hash"] = entry["output"], entry["output_hash"]
 
     def _advance_unknown(self, step: Step, state: dict) -> None:
         if step.stage in DATA_STAGES:
             state["data"], state["data_hash"] = None, None
-        elif step.stage == "train":
+        elif step.stage in TRAIN_STAGES:
             state["policy"], state["policy_hash"] = None, None
 
 

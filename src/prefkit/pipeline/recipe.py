@@ -340,17 +340,34 @@ def _check_stage_set(checked: dict[str, dict], prompts: dict, n_rounds: int, whe
                                        "reference: initial (the first policy) or previous (the last round's)")
     if "train" in checked:
         _check_train(checked["train"], where, at("train"))
+    _check_sft_rows(checked, where, at)
     for name in checked:
         stage = STAGES[name]
-        if stage.needs and not any(n in checked for n in stage.needs):
-            what = " or ".join(f"a {n} stage" for n in stage.needs)
+        needs = stage.needs_of(checked[name])
+        if needs and not any(n in checked for n in needs):
+            what = " or ".join(f"a {n} stage" for n in needs)
             raise where.error(at(name), f"needs {what} before it" + (
                 " (pair: generate, score, pair; synth: pairs from the prompts through an LLM)"
-                if set(stage.needs) == {"pair", "synth"} else ""))
+                if set(needs) == {"pair", "synth"} else ""))
         clash = [n for n in stage.replaces if n in checked]
         if clash:
             raise where.error(at(clash[0]), f"{name} makes the round's pairs from its prompts in place of "
                                             f"{', '.join(stage.replaces)}; a recipe has one or the other")
+
+
+def _check_sft_rows(checked: dict[str, dict], where: _Where, at) -> None:
+    """relabel `rows: sft` conditions every judged sample (the score stage's output), so no pair or
+    synth stage may come before it; the sft stage trains on those rows and on nothing else."""
+    rows = checked.get("relabel", {}).get("rows", "pairs")
+    if rows == "sft":
+        made = [n for n in ("pair", "synth") if n in checked]
+        if made:
+            raise where.error(f"{at('relabel')}.rows", f"sft conditions every judged sample (the score stage's "
+                                                       f"output), but a {made[0]} stage comes before it; drop it "
+                                                       f"in this arm ({made[0]}: false)")
+    if "sft" in checked and rows != "sft":
+        raise where.error(at("sft"), "needs a relabel stage with rows: sft before it (the judged samples, each "
+                                     "conditioned on its own score, that it trains on)")
 
 
 def _check_scorer(opts: dict, where: _Where, path: str, scorers: tuple) -> None:

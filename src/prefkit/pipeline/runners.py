@@ -311,15 +311,24 @@ def run_synth(ctx: StageContext) -> dict:
 # -- relabel ----------------------------------------------------------------------------------------
 
 def run_relabel(ctx: StageContext) -> dict:
-    from prefkit.relabel import RelabelOptions, relabel_file
+    """Reward-augmented pairs (`rows: pairs`, prefkit.relabel.relabel_file) or, with `rows: sft`,
+    every judged sample of the score stage's output conditioned on its own score
+    (prefkit.relabel.sft_rows_file; its rows read as the pair stage reads them)."""
+    from prefkit.relabel import RelabelOptions, relabel_file, sft_rows_file
 
     opts = dict(ctx.options)
     if not opts.pop("enabled", True):
         return {"output": str(ctx.data), "metrics": {"relabeled": False}}
+    rows = opts.pop("rows", "pairs")
     opts.setdefault("tokenizer", ctx.policy)
-    report = relabel_file(ctx.data, ctx.dir / "pairs.jsonl", RelabelOptions(**opts))
-    return {"output": str(ctx.dir / "pairs.jsonl"),
-            "metrics": {"relabeled": True, "rows_in": report.rows_in, "rows_out": report.rows_out,
+    if rows == "sft":
+        out = ctx.dir / "sft_rows.jsonl"
+        report = sft_rows_file(ctx.data, out, RelabelOptions(**opts), input_format="multi", on_invalid="drop")
+    else:
+        out = ctx.dir / "pairs.jsonl"
+        report = relabel_file(ctx.data, out, RelabelOptions(**opts))
+    return {"output": str(out),
+            "metrics": {"relabeled": True, "rows": rows, "rows_in": report.rows_in, "rows_out": report.rows_out,
                         "dropped": dict(report.dropped)}}
 
 
@@ -392,6 +401,18 @@ def run_evolve(ctx: StageContext) -> dict:
 
 
 # -- train ------------------------------------------------------------------------------------------
+
+def train_report(output_dir) -> dict:
+    """A training run's prefkit_train_report.json."""
+    return json.loads((Path(output_dir) / "prefkit_train_report.json").read_text())
+
+
+def train_metrics(history: list) -> dict:
+    """What a training step's marker keeps of its log history (train, sft, reward_model): the
+    final loss, the optimiser steps, the loss curve."""
+    summary = next((h for h in reversed(history) if "train_loss" in h), {})
+    return {"train_loss": summary.get("train_loss"), "steps": summary.get("step"),
+            "loss_values": [[h["step"], h["loss"]] for h in history if "loss" in h]}
 
 def train_config(ctx: StageContext):
     """The DPOConfig of this round's training: the recipe's fields, the engine's paths."""
@@ -485,19 +506,49 @@ def run_train(ctx: StageContext) -> dict:
         from prefkit.models import merge_lora
 
         out = merge_lora(out, ctx.dir / "merged", base=ctx.policy)
-    report = json.loads((Path(cfg.output_dir) / "prefkit_train_report.json").read_text())
-    history = report.get("log_history", [])
+    history = train_report(cfg.output_dir).get("log_history", [])
     last = next((h for h in reversed(history) if "loss" in h), {})
-    summary = next((h for h in reversed(history) if "train_loss" in h), {})
     return {"output": str(out),
             "metrics": {"reference": which, "reference_model": str(reference), "policy": ctx.policy,
                         "last_log": {k: v for k, v in last.items()
                                      if k in ("loss", "rewards/accuracies", "rewards/margins", "step", "epoch")},
-                        "train_loss": summary.get("train_loss"), "steps": summary.get("step"),
-                        "loss_values": [[h["step"], h["loss"]] for h in history if "loss" in h],
+                        **train_metrics(history),
                         **({"probes": {name: [[0, v]] + [[h["step"], h[name]] for h in history if name in h]
                                        for name, v in probe_info.get("initial", {}).items()},
                             "probe_pairs": probe_info.get("probe_pairs")} if probe_settings is not None else {})}}
+
+
+# -- sft ----------------------------------------------------------------------------------------------
+
+def sft_config(ctx: StageContext):
+    """The SFTConfig of this round's supervised training: the recipe's fields, the engine's paths."""
+    from prefkit.train import SFTConfig, load_config
+
+    fields = dict(ctx.options)
+    if not ctx.progress:
+        fields.setdefault("disable_tqdm", True)
+    return load_config(SFTConfig, overrides=fields, model_name_or_path=ctx.policy, train_file=str(ctx.data),
+                       output_dir=str(ctx.dir / "model"), resume_from_checkpoint="auto")
+
+
+
+
+def run_sft(ctx: StageContext) -> dict:
+    """Supervised fine-tuning of the round's policy on the relabel stage's goal-conditioned rows
+    (`prefkit.train.train_sft`), resumed from its latest complete checkpoint; the model keeps the
+    rows' conditioning spec, so evaluate's `conditioning: auto` conditions as trained."""
+    from prefkit.train import train_sft
+
+    cfg = sft_config(ctx)
+    check_resumable(Path(cfg.output_dir))
+    train_sft(cfg)
+    out = Path(cfg.output_dir)
+    if cfg.use_peft:   # later rounds and the evaluation load a whole model
+        from prefkit.models import merge_lora
+
+        out = merge_lora(out, ctx.dir / "merged", base=ctx.policy)
+    return {"output": str(out), "metrics": {"policy": ctx.policy, "rows": sum(1 for _ in open(ctx.data) if _.strip()),
+                                            **train_metrics(train_report(cfg.output_dir).get("log_history", []))}}
 
 
 # -- reward_model -----------------------------------------------------------------------------------
@@ -543,13 +594,9 @@ def run_reward_model(ctx: StageContext) -> dict:
     cfg = rm_config(ctx)
     check_resumable(Path(cfg.output_dir))
     train_rm(cfg)
-    report = json.loads((Path(cfg.output_dir) / "prefkit_train_report.json").read_text())
-    history = report.get("log_history", [])
-    summary = next((h for h in reversed(history) if "train_loss" in h), {})
+    report = train_report(cfg.output_dir)
     metrics = {"base_model": cfg.model_name_or_path, "pairs": sum(1 for _ in open(ctx.data) if _.strip()),
-               "train_loss": summary.get("train_loss"), "steps": summary.get("step"),
-               "split_accuracy": report.get("eval_accuracy"),
-               "loss_values": [[h["step"], h["loss"]] for h in history if "loss" in h]}
+               **train_metrics(report.get("log_history", [])), "split_accuracy": report.get("eval_accuracy")}
     spec = ctx.options.get("eval_pairs")
     if spec:
         pairs = eval_pairs(spec, ctx.recipe_dir)
@@ -626,6 +673,6 @@ def run_evaluate(ctx: StageContext) -> dict:
 
 
 RUNNERS = {name: globals()[name] for name in ("run_generate", "run_score", "run_pair", "run_synth", "run_relabel",
-                                               "run_select", "run_evolve", "run_reward_model", "run_train",
+                                               "run_select", "run_evolve", "run_reward_model", "run_train", "run_sft",
                                                "run_evaluate")}
 

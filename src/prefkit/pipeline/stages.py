@@ -8,10 +8,11 @@ give the choices, the engine's own options for the stage, and the runner in
 object or function is a change here only.
 
 Stage order within a round is fixed (data flows one way): generate, score, pair, synth,
-relabel, select, evolve, reward_model, train, evaluate. A recipe lists any of them, in this order;
-`needs` says which stage must come before a stage (one of them), `replaces` which stages it
-cannot share a recipe with (synth builds the round's pairs from its prompts, as generate, score
-and pair do from samples).
+relabel, select, evolve, reward_model, train, sft, evaluate. A recipe lists any of them, in this
+order; `needs` says which stage must come before a stage (one of them; `needs_for` when that
+depends on the stage's options: relabel with `rows: sft` conditions the judged samples, so it
+needs score instead of pair), `replaces` which stages it cannot share a recipe with (synth builds
+the round's pairs from its prompts, as generate, score and pair do from samples).
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ class StageDef:
     check: Callable[[dict], None] | None = None   # cross-option checks; ConfigError("KEY[.SUB]: what")
     needs: tuple = ()                    # one of these stages must come before it
     replaces: tuple = ()                 # stages it cannot share a recipe with
+    needs_for: Callable[[dict], tuple] | None = None   # `needs` for these options (default: needs)
+
+    def needs_of(self, opts: dict) -> tuple:
+        """The stages one of which must come before this one, for the stage's options."""
+        return self.needs_for(opts) if self.needs_for is not None else self.needs
 
     def options(self, given: dict | None = None) -> dict[str, Option]:
         """The stage's options; for a stage with a `variant`, those of the variant `given` names
@@ -148,6 +154,26 @@ def _check_reward_model(opts: dict) -> None:
         raise ConfigError(f"{key}: {exc}" if key else str(exc)) from None
 
 
+def _sft_config():
+    from prefkit.train import SFTConfig
+    return SFTConfig
+
+
+def _check_sft(opts: dict) -> None:
+    """The trainer's own checks on the recipe's values (an SFTConfig with placeholder paths)."""
+    from prefkit.train import SFTConfig, load_config
+
+    try:
+        load_config(SFTConfig, overrides=opts, model_name_or_path="policy", train_file="rows.jsonl").check()
+    except ConfigError as exc:   # the trainer's message, under the key it is about
+        key = error_key(str(exc), opts)
+        raise ConfigError(f"{key}: {exc}" if key else str(exc)) from None
+
+
+def _relabel_needs(opts: dict) -> tuple:
+    return ("score",) if opts.get("rows") == "sft" else PAIRS
+
+
 def _dpo_config():
     from prefkit.train import DPOConfig
     return DPOConfig
@@ -211,7 +237,12 @@ STAGES: dict[str, StageDef] = {s.name: s for s in (
              replaces=("generate", "score", "pair")),
     StageDef("relabel", _relabel_options, "run_relabel", exclude=("model", "reference"),
              choices={"placement": lambda: ("system", "user", "auto")},
-             extras=(Option("enabled", bool, True, doc="false: pass the pairs through unchanged"),), needs=PAIRS),
+             extras=(Option("enabled", bool, True, doc="false: pass the pairs through unchanged"),
+                     Option("rows", str, "pairs", ("pairs", "sft"),
+                            doc="pairs: reward-augmented pairs D^w + D^l; sft: every judged sample as a "
+                                "prompt-completion row conditioned on its own score (prefkit.relabel.sft_rows), "
+                                "for the sft stage; reads the score stage's output (no pair stage in that arm)")),
+             needs=PAIRS, needs_for=_relabel_needs),
     StageDef("select", _select_options, "run_select",
              exclude=("progress", "plot", "scored_path", "cache_dir", "work_dir"),
              choices={"metric": _select_metrics},
@@ -250,6 +281,10 @@ STAGES: dict[str, StageDef] = {s.name: s for s in (
                      Option("launch", dict, None, doc="{num_processes: N, config_file: accelerate.yaml}: "
                                                       "start the stage through `accelerate launch`")),
              passthrough="trainer_args", needs=PAIRS),
+    StageDef("sft", _sft_config, "run_sft",
+             exclude=("model_name_or_path", "tokenizer_name_or_path", "train_file", "output_dir",
+                      "resume_from_checkpoint", "trainer_args"),
+             passthrough="trainer_args", check=_check_sft, needs=("relabel",)),
     StageDef("evaluate", _evaluate_options, "run_evaluate",
              include=("n", "temperature", "top_p", "max_new_tokens", "seed", "batch_size", "reward_fn",
                       "reward_model", "reference_outputs", "rm_options"),
@@ -270,6 +305,7 @@ ORDER = tuple(STAGES)
 # evaluate options that apply from round 1 on (round 0, the initial policy, is evaluated without them)
 ROUND1_EVALUATE = ("goal", "conditioning", "curve_goals", "curve_samples")
 DATA_STAGES = ("generate", "score", "pair", "synth", "relabel", "select", "evolve")
+TRAIN_STAGES = ("train", "sft")   # the stages whose output is the round's next policy
 
 
 def accepts_passthrough(stage: StageDef, key: str) -> bool:

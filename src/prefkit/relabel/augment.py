@@ -258,7 +258,7 @@ def relabel_with_spec(dataset, options: RelabelOptions | None = None, *, report:
 
     # S(g) rendered once per distinct goal vector, then gathered per output row.
     goals = np.concatenate([goals_w[w_idx], goals_l[l_idx]])
-    texts, n_goals = _goal_texts(spec, goals)
+    texts, n_goals = goal_texts(spec, goals)
 
     columns: dict[str, pa.ChunkedArray | pa.Array] = {}
     swap = _swap_partners(table.column_names)
@@ -513,7 +513,7 @@ def _distinct_rows(goals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return goals[first], inverse
 
 
-def _goal_texts(spec: ConditioningSpec, goals: np.ndarray) -> tuple[pa.Array, int]:
+def goal_texts(spec: ConditioningSpec, goals: np.ndarray) -> tuple[pa.Array, int]:
     """(S(g) for every row of `goals` (n, k), number of distinct goals); rendered once per distinct goal."""
     if len(goals) == 0:
         return pa.array([], type=pa.string()), 0

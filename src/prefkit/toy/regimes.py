@@ -18,6 +18,11 @@ trained for one cell (DPO at 1 epoch, say; RLAIF, West-of-N and RLCD for RMBoost
 fidelities) is found done by the next. A rerun skips what is done (the engine's `done` markers) and resumes
 what was interrupted.
 
+RA cells also run the conditioning-only control `cond-sft` (supervised training on every judged
+sample conditioned on its own score, for RA's optimiser steps in the cell-seed; the engine's
+relabel `rows: sft` and sft stage), compared as `ra - cond-sft`; adding it changed none of the
+other arms' steps (tests/toy/test_regimes.py), so their finished results stay valid.
+
 **Learning rates** are part of the map: a learning-rate cell is (method, world setting,
 regularisation); it trains the method at each rate of the grid {5e-5, 2e-4, 5e-4, 2e-3} at 1
 epoch on validation seeds 100 and 101 and picks the rate with the best mean gold reward on the
@@ -220,10 +225,38 @@ def _curve(scale: Scale) -> dict:
     return {"curve_goals": CURVE_GOALS, "curve_samples": scale.curve_samples} if scale.curves else {}
 
 
+def _recipe_train() -> dict:
+    """The regimes recipe's own train options (its schedule, batch, lengths, logging)."""
+    import yaml  # noqa: PLC0415  read when an arm is built
+
+    return dict(yaml.safe_load(RECIPE.read_text())["stages"]["train"])
+
+
+def _sft(lr: float, length: str, max_steps: int | None, seed: int) -> dict:
+    """The sft stage of `cond-sft`: the recipe's train options that supervised training shares (the
+    schedule, warmup, batch size, length limits, logging, checkpoints; not beta, the loss or
+    label smoothing), with its learning rate, the seed's training seed, and its length."""
+    from prefkit.train.config import SFTConfig  # noqa: PLC0415  (no torch)
+
+    shared = set(SFTConfig.__dataclass_fields__) - {"learning_rate", "num_train_epochs", "max_steps", "seed"}
+    t = {k: v for k, v in _recipe_train().items() if k in shared}
+    t.update(learning_rate=lr, seed=seed)
+    if max_steps is not None:
+        t["max_steps"] = max_steps
+    else:
+        t["num_train_epochs"] = int(length[0]) if length[0].isdigit() else 1
+    return t
+
+
 def arm(method: str, reg: str, lr: float, *, length: str = "1ep", scale: Scale = DESIGN, budget=None, w=None,
         eps=None, max_steps=None, validation: bool = False, seed: int = 0) -> tuple[str, dict]:
-    """One arm: (name, its stage changes). Methods: dpo, dpo@10, base@10, ra (RA's arms), ap,
-    random, explicit (DPO on a selected subset), eps (eps-DPO)."""
+    """One arm: (name, its stage changes). Methods: dpo, dpo@10, base@10, ra, cond-sft (RA's
+    arms), ap, random, explicit (DPO on a selected subset), eps (eps-DPO).
+
+    cond-sft (docs/regimes.md, the conditioning-only control): supervised training of the base on
+    every judged sample conditioned on its own judged score with RA's conditioning (relabel
+    `rows: sft`; no pair stage, no preference loss), for `max_steps` (RA's optimiser steps in the
+    cell) or, in a learning-rate cell, one epoch; evaluated at goal 10 as `ra` is."""
     ln = "" if length == "1ep" else f"-{length}"
     tag = f"-{reg}-lr{lr:g}{ln}"
     curve = {} if validation else _curve(scale)
@@ -237,6 +270,12 @@ def arm(method: str, reg: str, lr: float, *, length: str = "1ep", scale: Scale =
     if method == "ra":
         name = f"ra{tag}" if max_steps is None else f"ra-{reg}-lr{lr:g}-steps{max_steps}"
         return name, {"train": _train(reg, lr, length, max_steps=max_steps),
+                      "evaluate": {"goal": 10, "conditioning": "auto", **curve}}
+    if method == "cond-sft":
+        name = f"cond-sft-{reg}-lr{lr:g}" + (ln if max_steps is None else f"-steps{max_steps}")
+        # no pairs: the pair options a papers' cell sets on relabel do not apply to these rows
+        return name, {"pair": False, "relabel": {"rows": "sft", "fine_grained_filter": False}, "train": False,
+                      "sft": _sft(lr, length, max_steps, seed),
                       "evaluate": {"goal": 10, "conditioning": "auto", **curve}}
     if method in ("ap", "random", "explicit"):
         metric = {"ap": "alignment-potential", "random": "random", "explicit": "explicit"}[method]
@@ -258,7 +297,7 @@ class LrCell:
     rates at 1 epoch on the validation seeds (with AP's default budget and weight, eps-DPO's
     default eps)."""
 
-    method: str       # dpo, ra, ap, random, explicit, eps
+    method: str       # dpo, ra, cond-sft, ap, random, explicit, eps
     world: str
     reg: str
 
@@ -268,6 +307,8 @@ class LrCell:
 
     def arm(self, lr: float, scale: Scale, seed: int) -> tuple[str, dict]:
         extra = {"budget": 0.4, "w": 1.0, "seed": seed} if self.method in ("ap", "random", "explicit") else {}
+        if self.method == "cond-sft":
+            extra = {"seed": seed}
         if self.method == "eps":
             extra = {"eps": 0.01}
         return arm(self.method, self.reg, lr, scale=scale, validation=True, **extra)
@@ -276,7 +317,8 @@ class LrCell:
 def comparisons(cell: Cell) -> list[tuple[str, str, str]]:
     """(label, method arm role, baseline arm role) of a cell; the first is the primary."""
     if cell.method == "ra":
-        return [("ra - dpo", "ra", "dpo"), ("ra - dpo@10", "ra", "dpo@10"), ("ra - base@10", "ra", "base@10")]
+        return [("ra - dpo", "ra", "dpo"), ("ra - dpo@10", "ra", "dpo@10"), ("ra - base@10", "ra", "base@10"),
+                ("ra - cond-sft", "ra", "cond-sft")]
     if cell.method == "ap":
         return [("ap - random", "ap", "random"), ("ap - explicit", "ap", "explicit")]
     if cell.method == "rmboost":   # each decided on its own (no best baseline picked after the fact)
@@ -289,7 +331,8 @@ def lr_cells(cell: Cell) -> dict[str, LrCell]:
     a = cell.a
     if cell.method == "ra":
         w, reg = a["slope"], a["reg"]
-        return {"dpo": LrCell("dpo", w, reg), "dpo@10": LrCell("dpo", w, reg), "ra": LrCell("ra", w, reg)}
+        return {"dpo": LrCell("dpo", w, reg), "dpo@10": LrCell("dpo", w, reg), "ra": LrCell("ra", w, reg),
+                "cond-sft": LrCell("cond-sft", w, reg)}
     if cell.method == "ap":
         return {m: LrCell(m, DEFAULT_WORLD, "today") for m in ("ap", "random", "explicit")}
     if cell.method == "rmboost":   # none: the reward models use the demo's config
@@ -308,8 +351,10 @@ def cell_reg_data(cell: Cell) -> str:
 
 
 def cell_arms(cell: Cell, rates: dict[str, float], scale: Scale, seed: int = 0,
-              dpo_steps: int | None = None) -> dict[str, tuple]:
-    """Role -> (arm name, changes) of a cell, with the chosen rates."""
+              dpo_steps: int | None = None, ra_steps: int | None = None) -> dict[str, tuple]:
+    """Role -> (arm name, changes) of a cell, with the chosen rates. RA cells: `ra` once DPO's
+    steps are known in a step-matched cell (dpo_steps), `cond-sft` once RA's are (ra_steps: the
+    optimiser steps `ra` took in this cell-seed); the other arms do not depend on either."""
     a = cell.a
     if cell.method == "ra":
         reg, length = a["reg"], a["length"]
@@ -322,6 +367,8 @@ def cell_arms(cell: Cell, rates: dict[str, float], scale: Scale, seed: int = 0,
                 out["ra"] = arm("ra", reg, rates["ra"], max_steps=dpo_steps, scale=scale)
         else:
             out["ra"] = arm("ra", reg, rates["ra"], length=length, scale=scale)
+        if ra_steps is not None:
+            out["cond-sft"] = arm("cond-sft", reg, rates["cond-sft"], max_steps=ra_steps, scale=scale, seed=seed)
         return out
     if cell.method == "rmboost":
         return rm_arms(rm_group_overrides(a["budget"], seed, scale), a["fidelity"])
@@ -525,13 +572,27 @@ def run_lr_cell(lc: LrCell, out: Path, scale: Scale = DESIGN, stale: str = "refu
     return got
 
 
+def _steps(steps: dict) -> int | None:
+    """The optimiser steps of an arm's training step (train or sft) in round 1."""
+    for stage in ("1/train", "1/sft"):
+        if stage in steps:
+            return steps[stage]["metrics"].get("steps")
+    return None
+
+
 def run_cell_seed(cell: Cell, seed: int, out: Path, scale: Scale = DESIGN, stale: str = "refuse") -> dict:
     """One cell-seed: its learning-rate cells, then its arms in its data group's run directory;
     the arms' gold rewards and the comparisons' differences. Cached in OUT/cells/<cell>/seed<S>.json.
-    stale: what to do with results and steps made by other prefkit code (`run_map`)."""
+    stale: what to do with results and steps made by other prefkit code (`run_map`).
+
+    RA cells: `cond-sft` runs after `ra`, for RA's optimiser steps in this cell-seed (read from
+    RA's train step). A record of this code written before `cond-sft` existed is completed: every
+    other arm's steps have the same keys and are found done, so only `cond-sft` (and its
+    learning-rate cell) runs, and its seconds are added to the record's."""
     path = out / "cells" / cell.slug / f"seed{seed}.json"
-    if (got := _cached(path, stale)) is not None:
-        return got
+    old = _cached(path, stale)
+    if old is not None and all(label in old["diff"] for label, _, _ in comparisons(cell)):
+        return old
     if cell.method == "rmboost":
         return _run_rm_cell_seed(cell, seed, out, scale, path, stale)
     lrs = {role: run_lr_cell(lc, out, scale, stale)["chosen"] for role, lc in lr_cells(cell).items()}
@@ -551,19 +612,28 @@ def run_cell_seed(cell: Cell, seed: int, out: Path, scale: Scale = DESIGN, stale
         more = run_arms(run_dir, overrides, {n: c for n, c in roles.values()}, stale=stale)
         seconds += _fresh_seconds({k: v for k, v in more.items() if k == roles["ra"][0]})
         res.update(more)
+    if cell.method == "ra":
+        roles = cell_arms(cell, lrs, scale, seed, dpo_steps=dpo_steps, ra_steps=_steps(res[roles["ra"][0]]))
+        name, changes = roles["cond-sft"]
+        more = run_arms(run_dir, overrides, {name: changes}, stale=stale)
+        seconds += _fresh_seconds(more)
+        res.update(more)
     gold = {role: _gold(res[name]) for role, (name, _) in roles.items()}
     first = next(iter(res.values()))
     base = next((v["0/evaluate"] for v in res.values() if "0/evaluate" in v), None)
     got = {"cell": cell.name, "seed": seed, "rates": lrs, "arms": {r: n for r, (n, _) in roles.items()},
            "gold": gold, "gold_base": _gold({"e": base}, "e") if base else None,
            "diff": {label: gold[m] - gold[b] for label, m, b in comparisons(cell)},
-           "train_steps": {r: res[n]["1/train"]["metrics"].get("steps") for r, (n, _) in roles.items()
-                           if "1/train" in res[n]},
+           "train_steps": {r: _steps(res[n]) for r, (n, _) in roles.items() if _steps(res[n]) is not None},
            "pairs": first.get("1/pair", {}).get("metrics", {}).get("pairs"),
            "curves": {r: res[n]["1/evaluate"]["metrics"]["curve"]["slope"] for r, (n, _) in roles.items()
                       if res[n]["1/evaluate"]["metrics"].get("curve")},
            "seconds_run": seconds, "wall_seconds": round(time.time() - t0, 1),
            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code": code()}
+    if old is not None:   # completed with cond-sft: the seconds are the earlier run's and this one's
+        got["seconds_run"] = round(old.get("seconds_run", 0.0) + seconds, 1)
+        got["wall_seconds"] = round(old.get("wall_seconds", 0.0) + got["wall_seconds"], 1)
+        got["first_finished"] = old.get("first_finished", old.get("finished"))
     if cell.method == "eps":
         got["eps_train"] = eps_summary(run_dir / res[roles["eps"][0]]["1/train"]["dir"] / "model")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -686,9 +756,10 @@ def collect(out: Path, cells: list[Cell], seeds: list[int]) -> list[dict]:
     for c in cells:
         got = [json.loads(p.read_text()) for s in seeds if (p := out / "cells" / c.slug / f"seed{s}.json").is_file()]
         for label, _, _ in comparisons(c):
-            d = [g["diff"][label] for g in got]
+            have = [g for g in got if label in g["diff"]]   # a record from before cond-sft lacks its comparison
+            d = [g["diff"][label] for g in have]
             row = {"cell": c.name, "method": c.method, "axes": c.a, "part": c.part, "comparison": label,
-                   "seeds": [g["seed"] for g in got], "diffs": d}
+                   "seeds": [g["seed"] for g in have], "diffs": d}
             if c.method == "eps" and got:
                 eps = [e for g in got if (e := _eps_of(out, c, g)) and e["frac_plus"] is not None]
                 row["eps_control"] = {k: statistics.fmean(e[k] for e in eps) if eps else None
@@ -703,11 +774,13 @@ def collect(out: Path, cells: list[Cell], seeds: list[int]) -> list[dict]:
                            eval_pairs=[g["eval_pairs"] for g in got], seconds_run=[g["seconds_run"] for g in got])
             elif d:
                 mean, lo, hi = interval(d)
+                roles = sorted({k for g in got for k in g["gold"]})
                 row.update(mean=mean, low=lo, high=hi, decision=decide(d), metric="gold",
-                           gold={k: statistics.fmean(g["gold"][k] for g in got) for k in got[0]["gold"]},
+                           gold={k: statistics.fmean(g["gold"][k] for g in got if k in g["gold"]) for k in roles},
                            gold_base=statistics.fmean(g["gold_base"] for g in got if g.get("gold_base") is not None)
                            if any(g.get("gold_base") is not None for g in got) else None,
-                           rates=got[0]["rates"], seconds_run=[g["seconds_run"] for g in got])
+                           rates={k: v for g in got for k, v in g["rates"].items()},
+                           seconds_run=[g["seconds_run"] for g in got])
             else:
                 row["decision"] = "not run"
             rows.append(row)
@@ -767,13 +840,15 @@ def write_map(out: Path, cells: list[Cell], seeds: list[int]) -> Path:
             lines.append("")
         if m == "ra":
             lines += ["Gold reward per arm (mean over the seeds run; base = the base policy without a goal) and the "
-                      "chosen learning rates:", "", "| cell | base | base@10 | dpo | dpo@10 | ra | rates |",
-                      "|---|---|---|---|---|---|---|"]
+                      "chosen learning rates:", "", "| cell | base | base@10 | dpo | dpo@10 | ra | cond-sft | rates |",
+                      "|---|---|---|---|---|---|---|---|"]
             for r in mr:
                 if r["comparison"] == "ra - dpo" and r["diffs"]:
-                    g = r["gold"]
+                    g, rates = r["gold"], r["rates"]
+                    sft = f"{g['cond-sft']:.3f}" if "cond-sft" in g else "not run"
                     lines.append(f"| {r['cell']} | {r['gold_base']:.3f} | {g['base@10']:.3f} | {g['dpo']:.3f} | "
-                                 f"{g['dpo@10']:.3f} | {g['ra']:.3f} | dpo {r['rates']['dpo']:g}, ra {r['rates']['ra']:g} |")
+                                 f"{g['dpo@10']:.3f} | {g['ra']:.3f} | {sft} | dpo {rates['dpo']:g}, ra {rates['ra']:g}"
+                                 + (f", cond-sft {rates['cond-sft']:g}" if "cond-sft" in rates else "") + " |")
             lines.append("")
         if m == "rmboost":
             roles = list(RM_METHODS)

@@ -202,6 +202,38 @@ class BaseTrainConfig:
         return path
 
 
+# Options of the forward engine (prefkit.packed) and of the conditioning, shared by the preference
+# and the supervised trainers: one definition each, so both read and document them alike.
+def _forward_mode_field():
+    return field(
+        default="packed",
+        metadata={"help": "packed: each pair (SFT: each row) as one sequence, the prompt computed once, no padding "
+                          "(docs/core.md); padded: rows padded to the batch's longest"},
+    )
+
+
+def _pad_tolerance_field():
+    return field(
+        default=0.0,
+        metadata={"help": "packed rows share a forward only when at most this fraction of its tokens is padding (0:"
+                          " never pad)"},
+    )
+
+
+def _export_chat_template_field():
+    return field(
+        default=False,
+        metadata={"help": "write the reward conditioning into the saved tokenizer's chat template, so that servers "
+                          "(transformers serve, vLLM) condition plain messages as prefkit.generate does"},
+    )
+
+
+def _check_forward(cfg) -> None:
+    _choice("forward_mode", cfg.forward_mode, ("packed", "padded"))
+    if not 0.0 <= cfg.pad_tolerance < 1.0:
+        raise ConfigError(f"pad_tolerance must be in [0, 1), got {cfg.pad_tolerance}")
+
+
 @dataclass
 class DPOConfig(BaseTrainConfig):
     """DPO-family and eps-DPO training (field names as in TRL's DPOConfig where they exist)."""
@@ -248,21 +280,9 @@ class DPOConfig(BaseTrainConfig):
         default=None,
         metadata={"help": "reference log-prob cache directory (unset: $PREFKIT_CACHE or ~/.cache/prefkit/ref_logps)"},
     )
-    forward_mode: str = field(
-        default="packed",
-        metadata={"help": "packed: each pair as one sequence, the prompt computed once, no padding (docs/core.md); "
-                          "padded: chosen and rejected rows padded to the batch's longest"},
-    )
-    pad_tolerance: float = field(
-        default=0.0,
-        metadata={"help": "packed rows share a forward only when at most this fraction of its tokens is padding (0:"
-                          " never pad)"},
-    )
-    export_chat_template: bool = field(
-        default=False,
-        metadata={"help": "write the reward conditioning into the saved tokenizer's chat template, so that servers "
-                          "(transformers serve, vLLM) condition plain messages as prefkit.generate does"},
-    )
+    forward_mode: str = _forward_mode_field()
+    pad_tolerance: float = _pad_tolerance_field()
+    export_chat_template: bool = _export_chat_template_field()
     learning_rate: float = field(default=1e-6, metadata={"help": "peak learning rate"})
 
     def loss_option_values(self) -> dict[str, Any]:
@@ -286,9 +306,28 @@ class DPOConfig(BaseTrainConfig):
         if not 0.0 < self.eps < 1.0:
             raise ConfigError(f"eps must be in (0, 1), got {self.eps}")
         _choice("beta_update", self.beta_update, ("paper", "code"))
-        _choice("forward_mode", self.forward_mode, ("packed", "padded"))
-        if not 0.0 <= self.pad_tolerance < 1.0:
-            raise ConfigError(f"pad_tolerance must be in [0, 1), got {self.pad_tolerance}")
+        _check_forward(self)
+
+
+@dataclass
+class SFTConfig(BaseTrainConfig):
+    """Supervised fine-tuning on prompt-completion rows (prefkit.train.sft_trainer): the mean
+    negative log-likelihood of the completion tokens given the chat-templated prompt.
+
+    Its own dataclass rather than DPOConfig with a `loss_type: sft`: the preference options (beta,
+    the loss and its options, the reference, eps-DPO's) mean nothing without a preference loss, and
+    an option that silently does nothing is what load_config's unknown-key errors exist to prevent.
+    The options both trainers have are BaseTrainConfig's and the forward/conditioning fields above,
+    defined once."""
+
+    forward_mode: str = _forward_mode_field()
+    pad_tolerance: float = _pad_tolerance_field()
+    export_chat_template: bool = _export_chat_template_field()
+    learning_rate: float = field(default=2e-5, metadata={"help": "peak learning rate"})
+
+    def check(self) -> None:
+        super().check()
+        _check_forward(self)
 
 
 @dataclass

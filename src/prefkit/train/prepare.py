@@ -32,13 +32,14 @@ def read_pairs(source, *, split=None, on_invalid: str = "drop", report: StageRep
 
 
 def load_splits(cfg: BaseTrainConfig, train_dataset=None, eval_dataset=None,
-                report: StageReport | None = None) -> tuple[Dataset, Dataset | None]:
-    """(train, eval | None) PAIRS datasets per the config (eval_file, or eval_split_ratio of train)."""
-    train = read_pairs(train_dataset if train_dataset is not None else cfg.train_file, split=cfg.train_split,
-                       on_invalid=cfg.on_invalid, report=report)
+                report: StageReport | None = None, reader=read_pairs) -> tuple[Dataset, Dataset | None]:
+    """(train, eval | None) PAIRS datasets per the config (eval_file, or eval_split_ratio of train),
+    each read by `reader` (SFT: prompt-completion rows as pairs, prefkit.train.sft_trainer)."""
+    train = reader(train_dataset if train_dataset is not None else cfg.train_file, split=cfg.train_split,
+                   on_invalid=cfg.on_invalid, report=report)
     if eval_dataset is not None or cfg.eval_file:
-        ev = read_pairs(eval_dataset if eval_dataset is not None else cfg.eval_file, split=cfg.eval_split,
-                        on_invalid=cfg.on_invalid)
+        ev = reader(eval_dataset if eval_dataset is not None else cfg.eval_file, split=cfg.eval_split,
+                    on_invalid=cfg.on_invalid)
     elif cfg.eval_split_ratio > 0:
         if len(train) < 2:
             raise DataError(f"cannot hold out {cfg.eval_split_ratio:.0%} of {len(train)} pair(s) for evaluation")
@@ -103,10 +104,11 @@ class PreparedRun:
 
 
 def prepare_run(cfg: BaseTrainConfig, *, model=None, tokenizer=None, train_dataset=None, eval_dataset=None,
-                renames: dict[str, str] | None = None) -> PreparedRun:
+                renames: dict[str, str] | None = None, reader=read_pairs) -> PreparedRun:
     """Check the config, fix precision and TrainingArguments, seed, load the tokenizer, read the
     train/eval splits (renaming `renames` columns in both) and encode them, counting drops.
 
+    reader: reads a split (default read_pairs).
     The caller's config is left as it is: the run works on (and reports) a copy that names in-memory inputs."""
     cfg = copy.copy(cfg)
     if model is not None and not cfg.model_name_or_path:
@@ -121,7 +123,7 @@ def prepare_run(cfg: BaseTrainConfig, *, model=None, tokenizer=None, train_datas
 
     tokenizer = load_tokenizer(cfg, tokenizer)
     read_report = StageReport("read")
-    train_raw, eval_raw = load_splits(cfg, train_dataset, eval_dataset, report=read_report)
+    train_raw, eval_raw = load_splits(cfg, train_dataset, eval_dataset, report=read_report, reader=reader)
     for old, new in (renames or {}).items():
         if old == new:
             continue
