@@ -47,7 +47,7 @@ def run(args) -> int:
     if args.regimes:
         return run_regimes(args)
     regime_only = [f for f in ("method", "cells", "stop_at") if getattr(args, f) is not None] + \
-        [f for f in ("report_only", "dry_run") if getattr(args, f)]
+        [f for f in ("report_only", "dry_run", "mechanism") if getattr(args, f)]
     if regime_only:
         raise ConfigError(f"--{regime_only[0].replace('_', '-')} applies to the regime map (--regimes)")
     args.out = args.out or "demo_out"
@@ -91,7 +91,11 @@ def run_real(args) -> int:
 
 
 def run_regimes(args) -> int:
-    from prefkit.toy.regimes import SEEDS, _stop_time, run_map
+    from prefkit.toy.regimes import SEEDS, _stop_time, run_map, run_mechanism
+
+    if args.mechanism:
+        print(run_mechanism(args.out or "regimes_out", seeds=args.seeds or SEEDS, stop_at=_stop_time(args.stop_at)))
+        return 0
 
     p = run_map(args.out or "regimes_out", method=args.method, cells=args.cells, seeds=args.seeds or SEEDS,
                 report_only=args.report_only, dry_run=args.dry_run, stop_at=_stop_time(args.stop_at))

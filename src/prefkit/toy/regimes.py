@@ -3,6 +3,7 @@ design's tables, run as recipes on the engine (`prefkit.pipeline`), and the map'
 
     prefkit demo --regimes [--method ra|ap|eps] [--cells N|FILTER] [--seeds 5] [--out DIR]
     python -m prefkit.toy.regimes --method eps --cells "eps=0.01,length=1ep,beta0=0.1"
+    python -m prefkit.toy.regimes --mechanism [--seeds 5] --out DIR   # RA's mechanism panel
 
 A **cell** is one setting of a method's axes (docs/regimes.md's tables: RA 40 core + 8 sweep
 cells, AP 36, eps-DPO 16; RMBoost's 9 wait for a synth / reward-model stage on the engine). A
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefkit.errors import ConfigError
+from prefkit.toy.mechanism import PROBE_ROWS, probe_arm, write_panel
 
 RECIPE = Path(__file__).parent / "demo_recipes" / "regimes.yaml"
 SEEDS = 5
@@ -489,6 +491,56 @@ def _eps_of(out: Path, cell: Cell, got: dict) -> dict | None:
         return None
 
 
+# -- the RA mechanism panel (prefkit.toy.mechanism) ---------------------------------------------------
+
+def run_mechanism_seed(world: str, seed: int, out: Path, scale: Scale = DESIGN, rows: int = PROBE_ROWS) -> dict:
+    """One goal-reading level and seed of the mechanism panel: RA at 1 epoch and today's
+    regularisation, on the data of that map cell-seed (its data group's run directory, so the
+    samples, scores and pairs are the map's), at the rate of the learning-rate cell
+    lr:ra,slope=W,reg=today, with the half probe on. Cached in OUT/mechanism/slope<W>/seed<S>.json."""
+    path = out / "mechanism" / f"slope{world}" / f"seed{seed}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    lr = run_lr_cell(LrCell("ra", world, "today"), out, scale)["chosen"]
+    name, changes = probe_arm(*arm("ra", "today", lr, scale=scale), rows=rows)
+    run_dir = group_dir(out, world, "today", DEFAULT_NOISE, DEFAULT_SIZE, seed, False)
+    res = run_arms(run_dir, group_overrides(world, "today", DEFAULT_NOISE, DEFAULT_SIZE, seed, scale), {name: changes})
+    train = res[name]["1/train"]
+    got = {"world": world, "slope": WORLDS[world][1], "seed": seed, "learning_rate": lr, "arm": name,
+           "rows": train["metrics"]["half_probe"]["rows"], "steps": train["metrics"].get("steps"),
+           "values": train["metrics"]["half_probe"]["values"], "loss_values": train["metrics"].get("loss_values"),
+           "seconds_run": _fresh_seconds(res), "run_dir": str(run_dir), "train_dir": train["dir"],
+           "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(got, indent=2))
+    cos = got["values"].get("grad_cosine") or [[None, float("nan")]]
+    _log(f"mechanism slope={world} seed {seed}: {got['steps']} steps, last gradient cosine {cos[-1][1]:+.3f}")
+    return got
+
+
+def run_mechanism(out: str | Path, *, seeds: int = SEEDS, scale: Scale = DESIGN, rows: int = PROBE_ROWS,
+                  worlds=None, stop_at: float | None = None) -> Path:
+    """The mechanism panel (docs/regimes.md): every goal-reading level x seed (resuming what is
+    done), then OUT/mechanism.json and OUT/mechanism.png; stop_at as in `run_map`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    worlds = list(worlds or WORLDS)
+    unknown = [w for w in worlds if w not in WORLDS]
+    if unknown:
+        raise ConfigError(f"mechanism panel: unknown world level(s) {', '.join(unknown)}; levels: {', '.join(WORLDS)}")
+    records = []
+    for w in worlds:
+        for s in range(seeds):
+            done = (out / "mechanism" / f"slope{w}" / f"seed{s}.json").is_file()
+            if stop_at is not None and time.time() > stop_at and not done:
+                _log("stop time reached: no new mechanism run starts")
+                continue
+            records.append(run_mechanism_seed(w, s, out, scale, rows))
+    jp, png = write_panel(out, records)
+    _log(f"mechanism panel: {jp}, {png}")
+    return jp
+
+
 # -- cost ---------------------------------------------------------------------------------------------
 
 # CPU-seconds per unit on a quiet core, the design's estimates (docs/regimes.md, "Cost"), until a
@@ -698,6 +750,10 @@ def add_arguments(p) -> None:
     p.add_argument("--report-only", action="store_true", help="write the map from what has run; run nothing")
     p.add_argument("--dry-run", action="store_true", help="state the cells and the estimated cost; run nothing")
     p.add_argument("--stop-at", default=None, help="HH:MM (UTC): start no new cell-seed after this time")
+    p.add_argument("--mechanism", action="store_true",
+                   help="instead of the map: the RA mechanism panel (per-step implicit rewards of the D^w and D^l "
+                        "halves and their gradients' cosine, each goal-reading level at 1 epoch; OUT/mechanism.json, "
+                        "OUT/mechanism.png; prefkit.toy.mechanism)")
 
 
 def _stop_time(text: str | None) -> float | None:
@@ -718,8 +774,11 @@ def main(argv=None) -> int:
     add_arguments(p)
     args = p.parse_args(argv)
     try:
-        run_map(args.out, method=args.method, cells=args.cells, seeds=args.seeds, report_only=args.report_only,
-                dry_run=args.dry_run, stop_at=_stop_time(args.stop_at))
+        if args.mechanism:
+            run_mechanism(args.out, seeds=args.seeds, stop_at=_stop_time(args.stop_at))
+        else:
+            run_map(args.out, method=args.method, cells=args.cells, seeds=args.seeds, report_only=args.report_only,
+                    dry_run=args.dry_run, stop_at=_stop_time(args.stop_at))
     except ConfigError as exc:
         print(f"prefkit.toy.regimes: error: {exc}", file=sys.stderr)
         return 2
