@@ -23,8 +23,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
