@@ -131,18 +131,22 @@ def half_probe(pairs, tokenizer, cfg, reference, *, rows: int = 32, seed: int = 
         raise ConfigError(f"half probe rows must be >= 1, got {rows}")
     if cfg.weight_column in pairs.column_names and cfg.weight_column != WEIGHT:
         pairs = pairs.rename_column(cfg.weight_column, WEIGHT)
-    encoded = encode(pairs, tokenizer, cfg, StageReport("half probe"))
-    halves_of = encoded[RELABEL_HALF]
+    halves_of = pairs[RELABEL_HALF]
     rng = random.Random(seed)
-    picked = {}
+    picked = []
     for h in HALVES:
         idx = [i for i, v in enumerate(halves_of) if v == h]
         if not idx:
-            raise DataError(f"the half probe found no D^{h} rows ({RELABEL_HALF} == {h!r}) after encoding")
-        picked[h] = sorted(rng.sample(idx, min(int(rows), len(idx))))
+            raise DataError(f"the half probe found no D^{h} rows ({RELABEL_HALF} == {h!r})")
+        picked += rng.sample(idx, min(int(rows), len(idx)))
+    # only the sample is encoded (a row the run's encoding drops is left out of its half)
+    encoded = encode(pairs.select(sorted(picked)), tokenizer, cfg, StageReport("half probe"))
     keep = ["prompt_ids", "chosen_ids", "rejected_ids"] + ([WEIGHT] if WEIGHT in encoded.column_names else [])
     halves = {}
-    for h, idx in picked.items():
+    for h in HALVES:
+        idx = [i for i, v in enumerate(encoded[RELABEL_HALF]) if v == h]
+        if not idx:
+            raise DataError(f"the half probe has no D^{h} row left after encoding")
         sub = encoded.select(idx).select_columns(keep)
         scored = score_logps(reference, tokenizer, sub, batch_size=cfg.per_device_train_batch_size, progress=False,
                              forward=cfg.forward_mode, pad_tolerance=cfg.pad_tolerance)
