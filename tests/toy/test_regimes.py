@@ -172,6 +172,8 @@ def test_cli_dry_run_states_the_cost(tmp_path, capsys):
     assert "36 cell(s) x 5 seed(s): 180 cell-seed(s) and 3 learning-rate cell(s) to run; estimated" in err
     assert main(["demo", "--cells", "3"]) == 2
     assert main(["demo", "--mechanism"]) == 2   # the mechanism panel belongs to the regime map (--regimes)
+    assert main(["demo", "--regimes", "--mechanism", "--cells", "3", "--out", str(tmp_path)]) == 2
+    assert "--cells applies to the map's cells, not to --mechanism" in capsys.readouterr().err
 
 
 @pytest.mark.slow

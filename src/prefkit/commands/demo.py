@@ -91,8 +91,9 @@ def run_real(args) -> int:
 
 
 def run_regimes(args) -> int:
-    from prefkit.toy.regimes import SEEDS, _stop_time, run_map, run_mechanism
+    from prefkit.toy.regimes import SEEDS, _stop_time, check_mechanism_args, run_map, run_mechanism
 
+    check_mechanism_args(args)
     if args.mechanism:
         print(run_mechanism(args.out or "regimes_out", seeds=args.seeds or SEEDS, stop_at=_stop_time(args.stop_at)))
         return 0

@@ -480,8 +480,7 @@ def half_probes(ctx: StageContext, cfg, reference: str, settings: dict) -> tuple
     pairs = data.read(str(ctx.data))
     tok = load_tokenizer(cfg)
     ref_model = load_model("causal-lm", str(reference), cfg)
-    probe = half_probe(pairs, tok, cfg, ref_model, rows=int(settings.get("rows", 32)),
-                       seed=int(settings.get("seed", cfg.seed)))
+    probe = half_probe(pairs, tok, cfg, ref_model, **{"seed": cfg.seed, **{k: int(v) for k, v in settings.items()}})
     initial = None
     if not cfg.use_peft:
         model = ref_model if str(reference) == str(ctx.policy) else load_model("causal-lm", str(ctx.policy), cfg)

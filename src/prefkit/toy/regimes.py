@@ -756,6 +756,15 @@ def add_arguments(p) -> None:
                         "OUT/mechanism.png; prefkit.toy.mechanism)")
 
 
+def check_mechanism_args(args) -> None:
+    """--mechanism runs the panel, not cells: the map-only options do not apply to it."""
+    if getattr(args, "mechanism", False):
+        bad = [f for f in ("method", "cells") if getattr(args, f) is not None] + \
+            [f for f in ("report_only", "dry_run") if getattr(args, f)]
+        if bad:
+            raise ConfigError(f"--{bad[0].replace('_', '-')} applies to the map's cells, not to --mechanism")
+
+
 def _stop_time(text: str | None) -> float | None:
     if not text:
         return None
@@ -774,6 +783,7 @@ def main(argv=None) -> int:
     add_arguments(p)
     args = p.parse_args(argv)
     try:
+        check_mechanism_args(args)
         if args.mechanism:
             run_mechanism(args.out, seeds=args.seeds, stop_at=_stop_time(args.stop_at))
         else:
