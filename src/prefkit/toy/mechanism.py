@@ -70,7 +70,7 @@ def _plot(path: Path, levels: list[dict]) -> Path:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     n = max(1, len(levels))
-    fig, axes = plt.subplots(2, n, figsize=(3.2 * n, 5.6), squeeze=False, sharey="row")
+    fig, axes = plt.subplots(2, n, figsize=(max(6.0, 3.2 * n), 6.0), squeeze=False, sharey="row")
     for j, lv in enumerate(levels):
         top, bottom = axes[0][j], axes[1][j]
         for key, label, color in ((REWARDS[0], "D^w chosen", "tab:blue"), (REWARDS[1], "D^l chosen", "tab:orange")):
@@ -84,7 +84,7 @@ def _plot(path: Path, levels: list[dict]) -> Path:
     axes[1][0].set_ylabel("gradient cosine")
     axes[0][0].legend(fontsize=7)
     axes[1][0].legend(fontsize=7)
-    fig.suptitle("RA's two halves during training (1 epoch, today's regularisation; band: ± 1 sd over seeds)",
+    fig.suptitle("RA's two halves during training\n(1 epoch, today's regularisation; band: ± 1 sd over seeds)",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
