@@ -58,6 +58,11 @@ def test_arm_errors_name_file_line_and_key(tmp_path):
     p = _recipe(tmp_path, ARMS.replace("relabel: false", "train: {unlearning_probe: {treshold: 5}}"))
     assert _error(p).startswith(f"{p}:{line_of(p, 'treshold')}: arms.dpo.train.unlearning_probe.treshold: unknown "
                                 "key (did you mean threshold?)")
+    p = _recipe(tmp_path, ARMS.replace("    evaluate: {curve_goals", "    train: {half_probe: {row: 8}}\n    evaluate: {curve_goals"))
+    assert _error(p).startswith(f"{p}:{line_of(p, 'row:')}: arms.ra.train.half_probe.row: unknown key (did you mean "
+                                "rows?); valid keys: rows, seed")
+    p = _recipe(tmp_path, ARMS.replace("    evaluate: {curve_goals", "    train: {half_probe: {rows: 0}}\n    evaluate: {curve_goals"))
+    assert _error(p) == f"{p}:{line_of(p, 'rows:')}: arms.ra.train.half_probe.rows: expected a positive integer, got 0"
     p = _recipe(tmp_path, ARMS.replace("relabel: false", "generate: false"))   # score then has no generate
     assert f"{p}:{line_of(p, 'dpo:')}: arms.dpo.score: needs a generate stage before it" in _error(p)
 

@@ -245,6 +245,42 @@ def test_cli_dry_run_states_the_cost(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "36 cell(s) x 5 seed(s): 180 cell-seed(s) and 3 learning-rate cell(s) to run; estimated" in err
     assert main(["demo", "--cells", "3"]) == 2
+    assert main(["demo", "--mechanism"]) == 2   # the mechanism panel belongs to the regime map (--regimes)
+    assert main(["demo", "--regimes", "--mechanism", "--cells", "3", "--out", str(tmp_path)]) == 2
+    assert "--cells applies to the map's cells, not to --mechanism" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tiny_mechanism_panel(tmp_path):
+    """The RA mechanism panel at tiny sizes: the probed RA arm trains in the map's data group at the
+    learning-rate cell's rate, logs the half probe from step 0 (policy = reference: rewards 0) on,
+    trains exactly as the map's own RA arm there, and a rerun finds it done."""
+    from prefkit.toy import mechanism as M
+
+    scale = R.Scale(**{**TINY.__dict__, "train_prompts": 48})
+    jp = R.run_mechanism(tmp_path, seeds=1, scale=scale, rows=4, worlds=["0.2"])
+    panel = json.loads(jp.read_text())
+    (level,) = panel["levels"]
+    rec = panel["runs"][0]
+    lr = json.loads((tmp_path / "lr" / "lr_ra,slope=0.2,reg=today.json").read_text())["chosen"]
+    assert level["slope"] == R.WORLDS["0.2"][1] and level["learning_rate"] == lr and rec["rows"] == {"w": 4, "l": 4}
+    steps = [s for s, _ in rec["values"]["grad_cosine"]]
+    assert steps[0] == 0 and steps[1:] == list(range(5, rec["steps"] + 1, 5)) and len(steps) >= 2
+    for key in M.REWARDS:
+        assert rec["values"][key][0][1] == pytest.approx(0.0, abs=1e-6)
+    assert all(-1 <= v <= 1 for _, v in rec["values"]["grad_cosine"])
+    assert level["summary"]["grad_cosine"]["steps"] == steps and (tmp_path / "mechanism.png").stat().st_size > 1000
+    # the map's RA arm of that cell-seed, in the same run directory: the same training
+    cell = R.select_cells(R.all_cells("ra"), "slope=0.2,length=1ep,reg=today,noise=1;0.5,size=400")[0]
+    name, changes = R.cell_arms(cell, {"dpo": lr, "ra": lr}, scale)["ra"]
+    res = R.run_arms(Path(rec["run_dir"]), R.group_overrides("0.2", "today", "1;0.5", 400, 0, scale),
+                     {name: {**changes, "evaluate": False}})
+    assert res[name]["1/train"]["metrics"]["loss_values"] == rec["loss_values"]
+    assert not any(res[name][f"1/{st}"]["ran"] for st in ("generate", "score", "pair", "relabel"))  # the same data
+    again = R.run_mechanism(tmp_path, seeds=1, scale=scale, rows=4, worlds=["0.2"])
+    assert json.loads(again.read_text())["runs"] == panel["runs"]
+    with pytest.raises(ConfigError, match="unknown world level"):
+        R.run_mechanism(tmp_path, seeds=1, scale=scale, worlds=["0.3"])
 
 
 def test_the_map_refuses_results_and_steps_of_other_code(tmp_path, capsys):

@@ -31,13 +31,14 @@ import yaml
 from prefkit.errors import ConfigError
 from prefkit.pipeline.backend_spec import check_backend_spec, check_server_options, sampling
 from prefkit.pipeline.schema import error_key
-from prefkit.pipeline.stages import ORDER, STAGES, accepts_passthrough
+from prefkit.pipeline.stages import ORDER, STAGES, TRAIN_ENGINE_OPTIONS, accepts_passthrough
 from prefkit.train.config import DPOConfig, check_trainer_args, load_config
 
 TOP_KEYS = ("name", "description", "policy", "prompts", "rounds", "stages", "arms")
 POLICY_KEYS = ("model", "build", "args")
 PROMPT_SETS = ("train", "eval")
 PROBE_KEYS = ("threshold", "pairs")   # train.unlearning_probe (prefkit.pipeline.runners.unlearning_probes)
+HALF_PROBE_KEYS = ("rows", "seed")   # train.half_probe (prefkit.pipeline.runners.half_probes)
 PROMPT_KEYS = ("file", "dataset", "build", "args", "split", "subset", "revision", "limit", "per_round")
 
 
@@ -408,7 +409,7 @@ def _check_evolve(opts: dict, where: _Where, path: str = "stages.evolve") -> Non
 
 def _check_train(opts: dict, where: _Where, path: str = "stages.train") -> None:
     """The trainer's own checks on the recipe's values (a DPOConfig with placeholder paths)."""
-    fields = {k: v for k, v in opts.items() if k not in ("reference", "launch", "unlearning_probe")}
+    fields = {k: v for k, v in opts.items() if k not in TRAIN_ENGINE_OPTIONS}
     try:
         cfg = load_config(DPOConfig, overrides=fields, model_name_or_path="policy", train_file="data.jsonl")
         cfg.check()
@@ -420,6 +421,16 @@ def _check_train(opts: dict, where: _Where, path: str = "stages.train") -> None:
     for k in probe or {}:
         if k not in PROBE_KEYS:
             raise _unknown(where, f"{path}.unlearning_probe.{k}", k, PROBE_KEYS)
+    half = opts.get("half_probe")
+    for k, v in (half or {}).items():
+        if k not in HALF_PROBE_KEYS:
+            raise _unknown(where, f"{path}.half_probe.{k}", k, HALF_PROBE_KEYS)
+        if isinstance(v, bool) or not isinstance(v, int) or (k == "rows" and v < 1):
+            raise where.error(f"{path}.half_probe.{k}", f"expected {'a positive' if k == 'rows' else 'an'} integer, "
+                                                         f"got {v!r}")
+    if half is not None and opts.get("launch"):
+        raise where.error(f"{path}.half_probe", "the half probe runs in this process; it cannot be combined with "
+                                                "launch")
     launch = opts.get("launch")
     if launch is not None:
         for k in launch:

@@ -21,6 +21,7 @@ from pathlib import Path
 from prefkit.errors import ConfigError, DataError
 from prefkit.files import atomic_write_text
 from prefkit.pipeline.schema import build_options
+from prefkit.pipeline.stages import TRAIN_ENGINE_OPTIONS
 
 
 @dataclass
@@ -418,7 +419,7 @@ def train_config(ctx: StageContext):
     """The DPOConfig of this round's training: the recipe's fields, the engine's paths."""
     from prefkit.train import DPOConfig, load_config
 
-    fields = {k: v for k, v in ctx.options.items() if k not in ("reference", "launch", "unlearning_probe")}
+    fields = {k: v for k, v in ctx.options.items() if k not in TRAIN_ENGINE_OPTIONS}
     which = ctx.options.get("reference") or "initial"
     reference = ctx.initial if which == "initial" else None   # None: the policy being trained (the previous round's)
     if not ctx.progress:
@@ -485,15 +486,44 @@ def unlearning_probes(ctx: StageContext, cfg, settings: dict) -> tuple[dict, dic
     return probes, {"probe_pairs": len(hq), "initial": initial}
 
 
+HALF_PROBE = "half"   # the half probe's name in the train logs: half/w/reward_chosen, ..., half/grad_cosine
+
+
+def half_probes(ctx: StageContext, cfg, reference: str, settings: dict) -> tuple[dict, dict]:
+    """The half probe of the train stage (`half_probe: {rows, seed}`, prefkit.train.half_probe) on
+    this step's relabeled data, its reference log-probs from the stage's reference model, and its
+    values under the policy before training (step 0; not with LoRA, whose trainable parameters
+    exist only once training starts)."""
+    from prefkit import data
+    from prefkit.train.half_probe import half_probe
+    from prefkit.train.loading import load_model, load_tokenizer
+
+    pairs = data.read(str(ctx.data))
+    tok = load_tokenizer(cfg)
+    ref_model = load_model("causal-lm", str(reference), cfg)
+    probe = half_probe(pairs, tok, cfg, ref_model, **{"seed": cfg.seed, **{k: int(v) for k, v in settings.items()}})
+    initial = None
+    if not cfg.use_peft:
+        model = ref_model if str(reference) == str(ctx.policy) else load_model("causal-lm", str(ctx.policy), cfg)
+        initial = probe(model)
+        del model
+    del ref_model
+    return {HALF_PROBE: probe}, {"rows": probe.rows, "initial": initial}
+
+
 def run_train(ctx: StageContext) -> dict:
     cfg, which, reference = train_config(ctx)
     check_resumable(Path(cfg.output_dir))
     launch = ctx.options.get("launch")
     probe_settings = ctx.options.get("unlearning_probe")
     probes, probe_info = unlearning_probes(ctx, cfg, probe_settings) if probe_settings is not None else ({}, {})
+    half_settings = ctx.options.get("half_probe")
+    half, half_info = half_probes(ctx, cfg, reference, half_settings) if half_settings is not None else ({}, {})
+    probes = {**probes, **half}
     if launch:
         if probes:
-            raise ConfigError("train: unlearning_probe runs in this process; it cannot be combined with launch")
+            raise ConfigError("train: unlearning_probe and half_probe run in this process; they cannot be combined "
+                              "with launch")
         from prefkit.pipeline.launch import train_in_processes
 
         train_in_processes(cfg, launch, ctx.dir)
@@ -515,7 +545,19 @@ def run_train(ctx: StageContext) -> dict:
                         **train_metrics(history),
                         **({"probes": {name: [[0, v]] + [[h["step"], h[name]] for h in history if name in h]
                                        for name, v in probe_info.get("initial", {}).items()},
-                            "probe_pairs": probe_info.get("probe_pairs")} if probe_settings is not None else {})}}
+                            "probe_pairs": probe_info.get("probe_pairs")} if probe_settings is not None else {}),
+                        **({"half_probe": half_probe_metrics(history, half_info)} if half_settings is not None
+                           else {})}}
+
+
+def half_probe_metrics(history: list[dict], info: dict) -> dict:
+    """The half probe's values per logging step, {key: [[step, value], ...]} (step 0: before
+    training, when measured), and the rows it used per half."""
+    prefix = HALF_PROBE + "/"
+    keys = sorted({k[len(prefix):] for h in history for k in h if k.startswith(prefix)} | set(info.get("initial") or {}))
+    values = {k: ([[0, info["initial"][k]]] if info.get("initial") else [])
+              + [[h["step"], h[prefix + k]] for h in history if prefix + k in h] for k in keys}
+    return {"rows": info.get("rows"), "values": values}
 
 
 # -- sft ----------------------------------------------------------------------------------------------

@@ -278,6 +278,11 @@ STAGES: dict[str, StageDef] = {s.name: s for s in (
                                 "of up to `pairs` of this round's pairs whose rejected response scored >= threshold, "
                                 "at every logging step (on relabeled data: at the rejected response's own goal and "
                                 "at the best goal) (prefkit.evaluate.unlearning)"),
+                     Option("half_probe", dict, None,
+                            doc="{rows: 32, seed: S}: on relabeled data (D^w + D^l), log at every logging step "
+                                "the mean implicit reward of the chosen (and rejected) responses of up to `rows` "
+                                "D^w rows and `rows` D^l rows, each half's loss gradient norm and the two "
+                                "gradients' cosine (prefkit.train.half_probe; seed: the train seed)"),
                      Option("launch", dict, None, doc="{num_processes: N, config_file: accelerate.yaml}: "
                                                       "start the stage through `accelerate launch`")),
              passthrough="trainer_args", needs=PAIRS),
@@ -302,6 +307,8 @@ STAGES: dict[str, StageDef] = {s.name: s for s in (
 )}
 
 ORDER = tuple(STAGES)
+# the train stage's options that are the engine's, not the trainer's (DPOConfig / TrainingArguments)
+TRAIN_ENGINE_OPTIONS = ("reference", "launch", "unlearning_probe", "half_probe")
 # evaluate options that apply from round 1 on (round 0, the initial policy, is evaluated without them)
 ROUND1_EVALUATE = ("goal", "conditioning", "curve_goals", "curve_samples")
 DATA_STAGES = ("generate", "score", "pair", "synth", "relabel", "select", "evolve")

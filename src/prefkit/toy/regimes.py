@@ -3,6 +3,7 @@ design's tables, run as recipes on the engine (`prefkit.pipeline`), and the map'
 
     prefkit demo --regimes [--method ra|ap|eps|rmboost] [--cells N|FILTER] [--seeds 5] [--out DIR]
     python -m prefkit.toy.regimes --method eps --cells "eps=0.01,length=1ep,beta0=0.1"
+    python -m prefkit.toy.regimes --mechanism [--seeds 5] --out DIR   # RA's mechanism panel
 
 A **cell** is one setting of a method's axes (docs/regimes.md's tables: RA 40 core + 8 sweep
 cells, AP 36, eps-DPO 16, RMBoost 9). A **cell-seed** is one run of
@@ -50,6 +51,7 @@ from pathlib import Path
 
 from prefkit.code_version import code, describe
 from prefkit.errors import ConfigError, DataError
+from prefkit.toy.mechanism import PROBE_ROWS, probe_arm, write_panel
 from prefkit.toy.rm_comparison import RM_METHODS, RM_RECIPE, results_of_rm_run
 
 RECIPE = Path(__file__).parent / "demo_recipes" / "regimes.yaml"
@@ -702,6 +704,56 @@ def _eps_of(out: Path, cell: Cell, got: dict) -> dict | None:
         return None
 
 
+# -- the RA mechanism panel (prefkit.toy.mechanism) ---------------------------------------------------
+
+def run_mechanism_seed(world: str, seed: int, out: Path, scale: Scale = DESIGN, rows: int = PROBE_ROWS) -> dict:
+    """One goal-reading level and seed of the mechanism panel: RA at 1 epoch and today's
+    regularisation, on the data of that map cell-seed (its data group's run directory, so the
+    samples, scores and pairs are the map's), at the rate of the learning-rate cell
+    lr:ra,slope=W,reg=today, with the half probe on. Cached in OUT/mechanism/slope<W>/seed<S>.json."""
+    path = out / "mechanism" / f"slope{world}" / f"seed{seed}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    lr = run_lr_cell(LrCell("ra", world, "today"), out, scale)["chosen"]
+    name, changes = probe_arm(*arm("ra", "today", lr, scale=scale), rows=rows)
+    run_dir = group_dir(out, world, "today", DEFAULT_NOISE, DEFAULT_SIZE, seed, False)
+    res = run_arms(run_dir, group_overrides(world, "today", DEFAULT_NOISE, DEFAULT_SIZE, seed, scale), {name: changes})
+    train = res[name]["1/train"]
+    got = {"world": world, "slope": WORLDS[world][1], "seed": seed, "learning_rate": lr, "arm": name,
+           "rows": train["metrics"]["half_probe"]["rows"], "steps": train["metrics"].get("steps"),
+           "values": train["metrics"]["half_probe"]["values"], "loss_values": train["metrics"].get("loss_values"),
+           "seconds_run": _fresh_seconds(res), "run_dir": str(run_dir), "train_dir": train["dir"],
+           "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(got, indent=2))
+    cos = got["values"].get("grad_cosine") or [[None, float("nan")]]
+    _log(f"mechanism slope={world} seed {seed}: {got['steps']} steps, last gradient cosine {cos[-1][1]:+.3f}")
+    return got
+
+
+def run_mechanism(out: str | Path, *, seeds: int = SEEDS, scale: Scale = DESIGN, rows: int = PROBE_ROWS,
+                  worlds=None, stop_at: float | None = None) -> Path:
+    """The mechanism panel (docs/regimes.md): every goal-reading level x seed (resuming what is
+    done), then OUT/mechanism.json and OUT/mechanism.png; stop_at as in `run_map`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    worlds = list(worlds or WORLDS)
+    unknown = [w for w in worlds if w not in WORLDS]
+    if unknown:
+        raise ConfigError(f"mechanism panel: unknown world level(s) {', '.join(unknown)}; levels: {', '.join(WORLDS)}")
+    records = []
+    for w in worlds:
+        for s in range(seeds):
+            done = (out / "mechanism" / f"slope{w}" / f"seed{s}.json").is_file()
+            if stop_at is not None and time.time() > stop_at and not done:
+                _log("stop time reached: no new mechanism run starts")
+                continue
+            records.append(run_mechanism_seed(w, s, out, scale, rows))
+    jp, png = write_panel(out, records)
+    _log(f"mechanism panel: {jp}, {png}")
+    return jp
+
+
 # -- cost ---------------------------------------------------------------------------------------------
 
 # CPU-seconds per unit on a quiet core, the design's estimates (docs/regimes.md, "Cost"), until a
@@ -989,6 +1041,19 @@ def add_arguments(p) -> None:
                    help="results and steps in OUT made by other prefkit code are made again (default: refuse to run)")
     g.add_argument("--keep-stale", dest="stale", action="store_const", const="keep",
                    help="use results and steps in OUT made by other prefkit code as they are")
+    p.add_argument("--mechanism", action="store_true",
+                   help="instead of the map: the RA mechanism panel (per-step implicit rewards of the D^w and D^l "
+                        "halves and their gradients' cosine, each goal-reading level at 1 epoch; OUT/mechanism.json, "
+                        "OUT/mechanism.png; prefkit.toy.mechanism)")
+
+
+def check_mechanism_args(args) -> None:
+    """--mechanism runs the panel, not cells: the map-only options do not apply to it."""
+    if getattr(args, "mechanism", False):
+        bad = [f for f in ("method", "cells") if getattr(args, f) is not None] + \
+            [f for f in ("report_only", "dry_run") if getattr(args, f)]
+        if bad:
+            raise ConfigError(f"--{bad[0].replace('_', '-')} applies to the map's cells, not to --mechanism")
 
 
 def _stop_time(text: str | None) -> float | None:
@@ -1009,8 +1074,12 @@ def main(argv=None) -> int:
     add_arguments(p)
     args = p.parse_args(argv)
     try:
-        run_map(args.out, method=args.method, cells=args.cells, seeds=args.seeds, report_only=args.report_only,
-                dry_run=args.dry_run, stop_at=_stop_time(args.stop_at), stale=args.stale or "refuse")
+        check_mechanism_args(args)
+        if args.mechanism:
+            run_mechanism(args.out, seeds=args.seeds, stop_at=_stop_time(args.stop_at))
+        else:
+            run_map(args.out, method=args.method, cells=args.cells, seeds=args.seeds, report_only=args.report_only,
+                    dry_run=args.dry_run, stop_at=_stop_time(args.stop_at), stale=args.stale or "refuse")
     except ConfigError as exc:
         print(f"prefkit.toy.regimes: error: {exc}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -63,8 +64,9 @@ class PreferenceTrainer(MetricsTrainer):
 
     reference: "precomputed" (log-probs in batch["meta"]), "none" (reference-free loss),
     "adapter" (PEFT model with its adapter disabled), or a model (a frozen copy).
-    probes: {name: fn(model) -> float}, evaluated at every logging step and logged (e.g. the
-    demo's unlearning probe).
+    probes: {name: fn(model) -> float or {key: float}}, evaluated at every logging step and logged
+    as `name` or `name/key` (`probe_values`; e.g. the demo's unlearning probe, the half probe of
+    prefkit.train.half_probe).
     """
 
     loss_is_scaled_for_ga = False  # compute_loss returns a micro-batch mean
@@ -154,7 +156,7 @@ class PreferenceTrainer(MetricsTrainer):
                 try:
                     with torch.no_grad():
                         for name, fn in self.probes.items():
-                            logs[name] = float(fn(self.model))
+                            logs.update(probe_values(name, fn(self.model)))
                 finally:
                     self.model.train(was_training)
 
@@ -166,6 +168,13 @@ class PreferenceTrainer(MetricsTrainer):
             if state.exists():
                 self.beta_control.load_state_dict(json.loads(state.read_text()))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+
+def probe_values(name: str, value) -> dict[str, float]:
+    """What a probe's value logs: {name: value}, or {name/key: v} for a probe returning {key: v}."""
+    if isinstance(value, Mapping):
+        return {f"{name}/{k}": float(v) for k, v in value.items()}
+    return {name: float(value)}
 
 
 def _check_finite(logps: PairLogps, meta: dict[str, Any]) -> None:
@@ -269,8 +278,10 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
     config: a DPOConfig (see prefkit.train.config). model / ref_model / tokenizer /
     train_dataset / eval_dataset may be given in memory instead of by path (ref_model defaults to
     the initial policy; with LoRA, to the adapter-disabled base model). callbacks: transformers
-    TrainerCallbacks passed to the Trainer. probes: {name: fn(model) -> float} logged at each
-    logging step (in eval mode, without gradients). conditioning: the ConditioningSpec of
+    TrainerCallbacks passed to the Trainer. probes: {name: fn(model) -> float or {key: float}}
+    logged at each logging step as `name` or `name/key` (in eval mode, under no_grad; a probe
+    that needs gradients enables them itself and leaves the parameters' .grad alone, as
+    prefkit.train.half_probe does). conditioning: the ConditioningSpec of
     in-memory relabeled data (`prefkit.relabel.relabel_with_spec` returns it); for data read from
     disk the spec beside it is found automatically (config `conditioning`).
 
