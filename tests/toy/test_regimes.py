@@ -423,3 +423,24 @@ def test_tiny_rmboost_cell_seed_through_the_engine(tmp_path):
     text = R.write_map(tmp_path, R.all_cells("rmboost"), list(range(5))).read_text()
     assert "RM accuracy on held-out gold-labelled pairs" in text and "rmboost - west-of-n" in text
     assert "not run" in text and (tmp_path / "map_rmboost_fidelity.png").stat().st_size > 1000
+
+
+def test_stop_time_is_the_next_occurrence():
+    import calendar
+
+    at_2300 = float(calendar.timegm((2026, 12, 6, 23, 0, 0)))
+    assert R._stop_time("23:55", now=at_2300) == at_2300 + 55 * 60
+    assert R._stop_time("00:30", now=at_2300) == at_2300 + 90 * 60          # past midnight: tomorrow's
+    assert R._stop_time(None) is None
+    with pytest.raises(ConfigError, match="expected HH:MM"):
+        R._stop_time("noon")
+
+
+def test_levels_belong_to_the_mechanism_panel(tmp_path, capsys):
+    from prefkit.cli import main
+
+    assert R.main(["--out", str(tmp_path), "--levels", "0"]) == 2
+    assert "--levels applies to the mechanism panel" in capsys.readouterr().err
+    assert main(["demo", "--levels", "0"]) == 2
+    assert R.main(["--out", str(tmp_path), "--mechanism", "--levels", "0.3"]) == 2
+    assert "unknown world level(s) 0.3" in capsys.readouterr().err and not (tmp_path / "mechanism").exists()

@@ -50,7 +50,8 @@ def run(args) -> int:
         raise ConfigError(f"--{args.stale}-stale applies to the regime map (--regimes); the demo always runs "
                           "steps made by other prefkit code again")
     regime_only = [f for f in ("method", "cells", "stop_at") if getattr(args, f) is not None] + \
-        [f for f in ("report_only", "dry_run", "mechanism") if getattr(args, f)]
+        [f for f in ("report_only", "dry_run", "mechanism") if getattr(args, f)] + \
+        [f for f in ("levels",) if getattr(args, f) is not None]
     if regime_only:
         raise ConfigError(f"--{regime_only[0].replace('_', '-')} applies to the regime map (--regimes)")
     args.out = args.out or "demo_out"
@@ -94,16 +95,11 @@ def run_real(args) -> int:
 
 
 def run_regimes(args) -> int:
-    from prefkit.toy.regimes import SEEDS, _stop_time, check_mechanism_args, run_map, run_mechanism
+    from prefkit.toy.regimes import run_args
 
-    check_mechanism_args(args)
-    if args.mechanism:
-        print(run_mechanism(args.out or "regimes_out", seeds=args.seeds or SEEDS, stop_at=_stop_time(args.stop_at)))
-        return 0
-
-    p = run_map(args.out or "regimes_out", method=args.method, cells=args.cells, seeds=args.seeds or SEEDS,
-                report_only=args.report_only, dry_run=args.dry_run, stop_at=_stop_time(args.stop_at),
-                stale=args.stale or "refuse")
-    if p is not None:
+    p = run_args(args)
+    if p is not None and p.suffix == ".md":
         print(p.read_text())
+    elif p is not None:
+        print(p)
     return 0

@@ -706,24 +706,27 @@ def _eps_of(out: Path, cell: Cell, got: dict) -> dict | None:
 
 # -- the RA mechanism panel (prefkit.toy.mechanism) ---------------------------------------------------
 
-def run_mechanism_seed(world: str, seed: int, out: Path, scale: Scale = DESIGN, rows: int = PROBE_ROWS) -> dict:
+def run_mechanism_seed(world: str, seed: int, out: Path, scale: Scale = DESIGN, rows: int = PROBE_ROWS,
+                       stale: str = "refuse") -> dict:
     """One goal-reading level and seed of the mechanism panel: RA at 1 epoch and today's
     regularisation, on the data of that map cell-seed (its data group's run directory, so the
     samples, scores and pairs are the map's), at the rate of the learning-rate cell
-    lr:ra,slope=W,reg=today, with the half probe on. Cached in OUT/mechanism/slope<W>/seed<S>.json."""
+    lr:ra,slope=W,reg=today, with the half probe on. Cached in OUT/mechanism/slope<W>/seed<S>.json.
+    stale: what to do with records and steps made by other prefkit code (as in `run_cell_seed`)."""
     path = out / "mechanism" / f"slope{world}" / f"seed{seed}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    lr = run_lr_cell(LrCell("ra", world, "today"), out, scale)["chosen"]
+    if (got := _cached(path, stale)) is not None:
+        return got
+    lr = run_lr_cell(LrCell("ra", world, "today"), out, scale, stale)["chosen"]
     name, changes = probe_arm(*arm("ra", "today", lr, scale=scale), rows=rows)
     run_dir = group_dir(out, world, "today", DEFAULT_NOISE, DEFAULT_SIZE, seed, False)
-    res = run_arms(run_dir, group_overrides(world, "today", DEFAULT_NOISE, DEFAULT_SIZE, seed, scale), {name: changes})
+    res = run_arms(run_dir, group_overrides(world, "today", DEFAULT_NOISE, DEFAULT_SIZE, seed, scale), {name: changes},
+                   stale=stale)
     train = res[name]["1/train"]
     got = {"world": world, "slope": WORLDS[world][1], "seed": seed, "learning_rate": lr, "arm": name,
            "rows": train["metrics"]["half_probe"]["rows"], "steps": train["metrics"].get("steps"),
            "values": train["metrics"]["half_probe"]["values"], "loss_values": train["metrics"].get("loss_values"),
            "seconds_run": _fresh_seconds(res), "run_dir": str(run_dir), "train_dir": train["dir"],
-           "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+           "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code": code()}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(got, indent=2))
     cos = got["values"].get("grad_cosine") or [[None, float("nan")]]
@@ -732,9 +735,9 @@ def run_mechanism_seed(world: str, seed: int, out: Path, scale: Scale = DESIGN, 
 
 
 def run_mechanism(out: str | Path, *, seeds: int = SEEDS, scale: Scale = DESIGN, rows: int = PROBE_ROWS,
-                  worlds=None, stop_at: float | None = None) -> Path:
+                  worlds=None, stop_at: float | None = None, stale: str = "refuse") -> Path:
     """The mechanism panel (docs/regimes.md): every goal-reading level x seed (resuming what is
-    done), then OUT/mechanism.json and OUT/mechanism.png; stop_at as in `run_map`."""
+    done), then OUT/mechanism.json and OUT/mechanism.png; stop_at and stale as in `run_map`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     worlds = list(worlds or WORLDS)
@@ -748,7 +751,7 @@ def run_mechanism(out: str | Path, *, seeds: int = SEEDS, scale: Scale = DESIGN,
             if stop_at is not None and time.time() > stop_at and not done:
                 _log("stop time reached: no new mechanism run starts")
                 continue
-            records.append(run_mechanism_seed(w, s, out, scale, rows))
+            records.append(run_mechanism_seed(w, s, out, scale, rows, stale))
     jp, png = write_panel(out, records)
     _log(f"mechanism panel: {jp}, {png}")
     return jp
@@ -1045,10 +1048,16 @@ def add_arguments(p) -> None:
                    help="instead of the map: the RA mechanism panel (per-step implicit rewards of the D^w and D^l "
                         "halves and their gradients' cosine, each goal-reading level at 1 epoch; OUT/mechanism.json, "
                         "OUT/mechanism.png; prefkit.toy.mechanism)")
+    p.add_argument("--levels", default=None,
+                   help="with --mechanism: the goal-reading levels to run, e.g. 0,0.4 (default: all of "
+                        + ", ".join(WORLDS) + ")")
 
 
 def check_mechanism_args(args) -> None:
-    """--mechanism runs the panel, not cells: the map-only options do not apply to it."""
+    """--mechanism runs the panel, not cells: the map-only options do not apply to it (nor --levels
+    to the map)."""
+    if getattr(args, "levels", None) is not None and not getattr(args, "mechanism", False):
+        raise ConfigError("--levels applies to the mechanism panel (--mechanism), not to the map's cells")
     if getattr(args, "mechanism", False):
         bad = [f for f in ("method", "cells") if getattr(args, f) is not None] + \
             [f for f in ("report_only", "dry_run") if getattr(args, f)]
@@ -1056,15 +1065,32 @@ def check_mechanism_args(args) -> None:
             raise ConfigError(f"--{bad[0].replace('_', '-')} applies to the map's cells, not to --mechanism")
 
 
-def _stop_time(text: str | None) -> float | None:
+def _stop_time(text: str | None, now: float | None = None) -> float | None:
+    """--stop-at HH:MM (UTC) as a Unix time: its next occurrence (a time already past today is
+    tomorrow's, so `--stop-at 00:30` given at 23:00 means in 90 minutes)."""
     if not text:
         return None
     h, _, m = text.partition(":")
+    now = time.time() if now is None else now
     try:
-        now = time.gmtime()
-        return float(calendar.timegm((now.tm_year, now.tm_mon, now.tm_mday, int(h), int(m), 0)))
+        t = time.gmtime(now)
+        at = float(calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, int(h), int(m), 0)))
     except ValueError:
         raise ConfigError(f"--stop-at {text!r}: expected HH:MM (UTC)") from None
+    return at if at > now else at + 86400
+
+
+def run_args(args) -> Path | None:
+    """The map or the mechanism panel from parsed arguments (`add_arguments`; `prefkit demo
+    --regimes` and `python -m prefkit.toy.regimes` both call it): the map's report, the panel's
+    json, or None after --dry-run."""
+    check_mechanism_args(args)
+    out, seeds, stale = args.out or "regimes_out", args.seeds or SEEDS, args.stale or "refuse"
+    if args.mechanism:
+        levels = [v.strip() for v in args.levels.split(",")] if args.levels else None
+        return run_mechanism(out, seeds=seeds, worlds=levels, stop_at=_stop_time(args.stop_at), stale=stale)
+    return run_map(out, method=args.method, cells=args.cells, seeds=seeds, report_only=args.report_only,
+                   dry_run=args.dry_run, stop_at=_stop_time(args.stop_at), stale=stale)
 
 
 def main(argv=None) -> int:
@@ -1074,12 +1100,7 @@ def main(argv=None) -> int:
     add_arguments(p)
     args = p.parse_args(argv)
     try:
-        check_mechanism_args(args)
-        if args.mechanism:
-            run_mechanism(args.out, seeds=args.seeds, stop_at=_stop_time(args.stop_at))
-        else:
-            run_map(args.out, method=args.method, cells=args.cells, seeds=args.seeds, report_only=args.report_only,
-                    dry_run=args.dry_run, stop_at=_stop_time(args.stop_at), stale=args.stale or "refuse")
+        run_args(args)
     except ConfigError as exc:
         print(f"prefkit.toy.regimes: error: {exc}", file=sys.stderr)
         return 2
