@@ -66,7 +66,11 @@ def test_power_lab_tiny_on_smollm2_records_pairs_and_resumes(tmp_path, smollm2_d
         assert lab["comparisons"][label]["decision"] == "incomplete (1 of 5 seeds)"
         assert lab["comparisons"][label]["d"] == [rec["comparisons"][label]["d"]]
         assert f"| {label} | {rec['comparisons'][label]['d']:+.3f} |" in report
-    sds = [v["sd"] for p, v in rec["policies"].items() if p != "eps-dpo"]
+    grids, sds = [], []   # a policy whose samples equal another's counted once
+    for p in POLICIES:
+        if rec["policies"][p]["samples"] not in grids:
+            grids.append(rec["policies"][p]["samples"])
+            sds.append(statistics.stdev(x for row in rec["policies"][p]["samples"] for x in row))
     assert lab["sigma_pooled"] == pytest.approx(math.sqrt(statistics.fmean(s * s for s in sds)))
 
     # a rerun skips every finished step: no step's done marker is written again

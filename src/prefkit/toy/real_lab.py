@@ -211,7 +211,8 @@ def run_lab(out: str | Path, config: DemoConfig, seeds=None, progress: bool = Tr
         run_worlds([(out, config.world, True)], config, progress=progress, seeds=[s], processes=1)
         rec = seed_record(out / f"seed{s}", s)
         rec["wall_seconds"] = rec_seconds = prior.get("wall_seconds") or round(time.time() - t0, 1)
-        rec["load_average"] = prior.get("load_average") or {"start": load0, "end": os.getloadavg()}
+        rec["load_average"] = prior.get("load_average") or {"start": [round(x, 2) for x in load0],
+                                                            "end": [round(x, 2) for x in os.getloadavg()]}
         path.write_text(json.dumps(rec, indent=1))
         log(f"seed {s}: record {path} ({rec_seconds:.0f} s)")
     if not report:
@@ -226,10 +227,22 @@ def _needed_prompts(sd_diff: float, c: float, m: int) -> float:
     return n * (1 + (m - 1) * max(c, 0.0)) / m
 
 
+def _distinct_sds(record: dict) -> list[float]:
+    """Each policy's sample sd, a policy whose samples equal an earlier one's counted once (eps-DPO's
+    often equal DPO's, as in docs/regimes.md's table; a barely moved model's, the base's)."""
+    seen, out = [], []
+    for p in POLICIES:
+        v = record["policies"].get(p)
+        if v is not None and v["samples"] not in seen:
+            seen.append(v["samples"])
+            out.append(v["sd"])
+    return out
+
+
 def summarize(records: list[dict], config: DemoConfig) -> dict:
     seeds = [r["seed"] for r in records]
     policies = {p: [r["policies"][p]["mean"] for r in records if p in r["policies"]] for p in POLICIES}
-    sds = [r["policies"][p]["sd"] for r in records for p in r["policies"] if p != "eps-dpo"]
+    sds = [sd for r in records for sd in _distinct_sds(r)]
     comps = {}
     for label, _, _ in COMPARISONS:
         got = [r["comparisons"][label] for r in records if label in r["comparisons"]]
@@ -262,6 +275,7 @@ def write_lab_report(out: Path, config: DemoConfig) -> Path:
     s = summarize(records, config)
     (out / "lab.json").write_text(json.dumps(s, indent=1))
     f = lambda x: "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"  # noqa: E731
+    whole = lambda x: "-" if math.isnan(x) else f"{x:.0f}"  # noqa: E731
     lines = [f"# The power-sized real-model lab ({config.world.name})", "",
              f"Seeds {s['seeds']} ({len(records)} of {SEEDS}); {s['prompts']} held-out prompts x {s['samples']} "
              "samples per policy and seed, the same prompts and sampling seed for every policy of a seed. "
@@ -282,14 +296,15 @@ def write_lab_report(out: Path, config: DemoConfig) -> Path:
         lines.append(f"| {label} | " + ", ".join(f"{x:+.3f}" for x in c["d"]) + f" | {c['mean']:+.3f} | "
                      f"[{f(c['low'])}, {f(c['high'])}] | {c['positive_seeds']} of {len(c['d'])} | {c['decision']} |")
     lines += ["", "## Measured spread against the power table's assumptions", "",
-              f"sigma (sd of one sample's gold reward, root mean square over policies and seeds, eps-DPO excluded): "
+              "sigma (sd of one sample's gold reward, root mean square over policies and seeds, a policy whose "
+              f"samples equal another's counted once): "
               f"measured {f(s['sigma_pooled'])} (largest {f(s['sigma_largest'])}); assumed "
               f"{ASSUMED['sigma_pooled']} (largest {ASSUMED['sigma_largest']}).", "",
               "| comparison | sd of a paired difference | rho | c | prompts needed (x "
               f"{s['samples']} samples, delta {DELTA}, 80% power) | sd of d_s over seeds (power needs <= 0.18) |",
               "|---|---|---|---|---|---|"]
     for label, c in s["comparisons"].items():
-        lines.append(f"| {label} | {f(c['sd_diff'])} | {f(c['rho'])} | {f(c['c'])} | {f(c['needed_prompts']).split('.')[0]} | "
+        lines.append(f"| {label} | {f(c['sd_diff'])} | {f(c['rho'])} | {f(c['c'])} | {whole(c['needed_prompts'])} | "
                      f"{f(c['sd_over_seeds'])} |")
     lines += ["", f"Assumed (docs/regimes.md): rho {ASSUMED['rho']}, c {ASSUMED['c']}; the design's 300 prompts "
               "cover sigma 2.26, rho 0, c 0.1.", "", "## Cost", "",
