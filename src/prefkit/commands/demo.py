@@ -34,7 +34,8 @@ def register(sub, name, help_text):
     lab.add_argument("--lab", choices=("power",), default=None,
                      help="with --model: the lab at the power calculation's size (docs/regimes.md): 300 held-out "
                           "prompts x 4 samples per policy, 5 seeds, and a papers-scale DPO arm (beta 0.01, "
-                          "learning rate 5e-7, full-parameter); writes OUT/report.md and OUT/lab.json")
+                          "learning rate 5e-7, full-parameter); writes OUT/report.md and OUT/lab.json; with --quick, the "
+                          "real demo's --quick training sizes (for tests)")
     lab.add_argument("--prompts", type=int, default=None, help="with --lab: held-out prompts per seed (default 300)")
     lab.add_argument("--samples", type=int, default=None,
                      help="with --lab: samples per held-out prompt and policy (default 4)")
