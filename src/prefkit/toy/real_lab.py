@@ -66,8 +66,8 @@ DELTA = 0.3
 Z_SUM_SQ = 7.849   # (z_0.975 + z_0.80)^2
 # Seconds per drawn held-out sample and per seed's training, used for the estimate stated before a
 # run until the output directory holds a measured seed (docs/real_lab.md, "The power-sized lab").
-EST_SECONDS_PER_SAMPLE = 0.35
-EST_TRAIN_SECONDS = 600.0
+EST_SECONDS_PER_SAMPLE = 0.33
+EST_TRAIN_SECONDS = 300.0
 
 
 def power_config(seeds: int = SEEDS, prompts: int = POWER_PROMPTS, samples: int = POWER_SAMPLES,
@@ -105,7 +105,10 @@ def evaluate_dirs(run_dir: Path) -> dict[str, Path]:
 
 def per_sample_gold(eval_dir: Path) -> list[list[float | None]]:
     """Gold rewards as [prompt][sample] from an evaluate step's per_prompt.jsonl."""
-    rows = [json.loads(line) for line in (eval_dir / "per_prompt.jsonl").read_text().splitlines() if line]
+    # split on newlines only: the records are written with ensure_ascii=False, and a sample may hold
+    # a character that str.splitlines() also breaks on (U+2028, U+0085, ...)
+    text = (eval_dir / "per_prompt.jsonl").read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in text.split("\n") if line.strip()]
     n_prompts = 1 + max(r["prompt_index"] for r in rows)
     n = 1 + max(r["sample"] for r in rows)
     grid: list[list[float | None]] = [[None] * n for _ in range(n_prompts)]
@@ -156,6 +159,13 @@ def paired(a: list[list], b: list[list]) -> dict:
             "c": icc([[x - y for x, y in row] for row in pairs])}
 
 
+def _step_seconds(run_dir: Path) -> float:
+    """Wall seconds of the seed's finished steps, each step once (across resumed invocations)."""
+    manifest = json.loads((run_dir / engine.MANIFEST).read_text())
+    dirs = {e["dir"] for e in manifest["stages"].values() if e.get("status") == "done"}
+    return round(sum(json.loads((run_dir / d / "done").read_text()).get("seconds") or 0.0 for d in dirs), 1)
+
+
 def seed_record(run_dir: Path, seed: int) -> dict:
     """A finished seed's record (see the module's header), written to RUN_DIR/lab_record.json."""
     res = results_of_run(run_dir, seed)
@@ -171,7 +181,7 @@ def seed_record(run_dir: Path, seed: int) -> dict:
                      for arm in POLICIES if res.get(f"train_seconds_{arm}") is not None},
            "curves": {k: res[k] for k in ("curve_base", "curve_ra") if k in res},
            "stage_seconds": {k: v for k, v in res.items() if k.startswith("seconds_")},
-           "pairs": res.get("pairs"), "ra_pairs": res.get("ra_pairs")}
+           "step_seconds": _step_seconds(run_dir), "pairs": res.get("pairs"), "ra_pairs": res.get("ra_pairs")}
     (run_dir / "lab_record.json").write_text(json.dumps(rec, indent=1))
     return rec
 
@@ -182,7 +192,7 @@ def estimate(out: Path, config: DemoConfig, seeds: list[int]) -> dict:
     """The cost stated before a run: seeds still to run x (samples x seconds per sample + training),
     from a seed already measured in OUT when there is one."""
     todo = [s for s in seeds if not (out / f"seed{s}" / "lab_record.json").is_file()]
-    measured = [json.loads(p.read_text()).get("wall_seconds") for p in sorted(out.glob("seed*/lab_record.json"))]
+    measured = [json.loads(p.read_text()).get("step_seconds") for p in sorted(out.glob("seed*/lab_record.json"))]
     measured = [m for m in measured if m]
     per_seed = samples_per_seed(config) * EST_SECONDS_PER_SAMPLE + EST_TRAIN_SECONDS
     basis = f"{EST_SECONDS_PER_SAMPLE} s per sample and {EST_TRAIN_SECONDS:.0f} s of training per seed (docs/real_lab.md)"
@@ -263,6 +273,7 @@ def summarize(records: list[dict], config: DemoConfig) -> dict:
             "sigma_largest": max(sds) if sds else None, "assumed": ASSUMED, "comparisons": comps,
             "seed_sd_for_power": 0.18,
             "papers_arm": {"arm": PAPERS_ARM, **PAPERS_TRAIN},
+            "step_seconds": {r["seed"]: r.get("step_seconds") for r in records},
             "wall_seconds": {r["seed"]: r.get("wall_seconds") for r in records},
             "load_average": {r["seed"]: r.get("load_average") for r in records}}
 
@@ -308,10 +319,13 @@ def write_lab_report(out: Path, config: DemoConfig) -> Path:
                      f"{f(c['sd_over_seeds'])} |")
     lines += ["", f"Assumed (docs/regimes.md): rho {ASSUMED['rho']}, c {ASSUMED['c']}; the design's 300 prompts "
               "cover sigma 2.26, rho 0, c 0.1.", "", "## Cost", "",
-              "| seed | wall s | load average start | end |", "|---|---|---|---|"]
+              "Seconds of the seed's steps (each once, across resumed runs); the wall time and load average of "
+              "the invocation that wrote the record.", "",
+              "| seed | step s | wall s | load average start | end |", "|---|---|---|---|---|"]
     for r in records:
         la = r.get("load_average") or {}
-        lines.append(f"| {r['seed']} | {r.get('wall_seconds')} | {la.get('start')} | {la.get('end')} |")
+        lines.append(f"| {r['seed']} | {r.get('step_seconds')} | {r.get('wall_seconds')} | {la.get('start')} | "
+                     f"{la.get('end')} |")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
