@@ -30,7 +30,7 @@ def register(sub, name, help_text):
                    help="with --model: run this one seed and write no report (to run seeds in parallel; a "
                         "later run with --seeds finds its results and writes the report)")
     lab = p.add_argument_group("the power-sized real-model lab (--model M --lab power; docs/real_lab.md): a "
-                               "documented long job, about an hour per seed on 2 CPU cores")
+                               "documented long job, about 55 CPU-minutes per seed (one torch thread)")
     lab.add_argument("--lab", choices=("power",), default=None,
                      help="with --model: the lab at the power calculation's size (docs/regimes.md): 300 held-out "
                           "prompts x 4 samples per policy, 5 seeds, and a papers-scale DPO arm (beta 0.01, "
