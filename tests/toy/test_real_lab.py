@@ -119,3 +119,15 @@ def test_power_config_and_options(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert msg in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_per_sample_gold_reads_outputs_holding_line_separators(tmp_path):
+    """The evaluation writes its records with ensure_ascii=False; a sample holding U+2028 (seed 0
+    of the full-size run had one) must not split its record."""
+    from prefkit.toy.real_lab import per_sample_gold
+
+    rows = [{"prompt_index": i, "sample": j, "output": "fig\u2028lime\x85", "reward_fn": float(i + j)}
+            for i in range(2) for j in range(2)]
+    (tmp_path / "per_prompt.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert per_sample_gold(tmp_path) == [[0.0, 1.0], [1.0, 2.0]]
