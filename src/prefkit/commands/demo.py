@@ -1,7 +1,9 @@
 """`prefkit demo [--out DIR] [--seeds N] [--quick] [--methods ...] [--world W] [--no-ablation-world]`:
 the whole pipeline in the toy world; `prefkit demo --regimes [--method M] [--cells N|FILTER]`: the
 pre-registered regime map (prefkit.toy.regimes, docs/regimes.md); `prefkit demo --model smollm2 [--quick] [--only-seed N]`: the same
-pipeline on a real model (prefkit.toy.real_model, docs/real_lab.md)."""
+pipeline on a real model (prefkit.toy.real_model, docs/real_lab.md); `prefkit demo --model smollm2 --lab power
+[--prompts 300] [--samples 4] [--seeds 5] [--only-seed S]`: that pipeline at the power calculation's size
+(prefkit.toy.real_lab)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,16 @@ def register(sub, name, help_text):
     p.add_argument("--only-seed", type=int, default=None,
                    help="with --model: run this one seed and write no report (to run seeds in parallel; a "
                         "later run with --seeds finds its results and writes the report)")
+    lab = p.add_argument_group("the power-sized real-model lab (--model M --lab power; docs/real_lab.md): a "
+                               "documented long job, about 55 CPU-minutes per seed (one torch thread)")
+    lab.add_argument("--lab", choices=("power",), default=None,
+                     help="with --model: the lab at the power calculation's size (docs/regimes.md): 300 held-out "
+                          "prompts x 4 samples per policy, 5 seeds, and a papers-scale DPO arm (beta 0.01, "
+                          "learning rate 5e-7, full-parameter); writes OUT/report.md and OUT/lab.json; with --quick, the "
+                          "real demo's --quick training sizes (for tests)")
+    lab.add_argument("--prompts", type=int, default=None, help="with --lab: held-out prompts per seed (default 300)")
+    lab.add_argument("--samples", type=int, default=None,
+                     help="with --lab: samples per held-out prompt and policy (default 4)")
     g = p.add_argument_group("the regime map (--regimes; docs/regimes.md): a documented long job, hours of CPU")
     g.add_argument("--regimes", action="store_true",
                    help="run (resuming) the pre-registered regime map's cells, 5 seeds each, and write its report "
@@ -54,7 +66,14 @@ def run(args) -> int:
         [f for f in ("levels",) if getattr(args, f) is not None]
     if regime_only:
         raise ConfigError(f"--{regime_only[0].replace('_', '-')} applies to the regime map (--regimes)")
+    lab_only = [f for f in ("lab", "prompts", "samples") if getattr(args, f) is not None]
+    if lab_only and args.model is None:
+        raise ConfigError(f"--{lab_only[0]} applies to the real-model lab (--model M --lab power)")
+    if args.lab is None and lab_only:
+        raise ConfigError(f"--{lab_only[0]} applies to the power-sized lab (--lab power)")
     args.out = args.out or "demo_out"
+    if args.lab is not None:
+        return run_lab(args)
     if args.model is not None:
         return run_real(args)
     if args.only_seed is not None:
@@ -91,6 +110,24 @@ def run_real(args) -> int:
         return 0
     report = run_real_demo(args.out, config)
     print(report.read_text().split("## Unlearning probe")[0])
+    return 0
+
+
+def run_lab(args) -> int:
+    from prefkit.errors import ConfigError
+    from prefkit.toy.real_lab import POWER_PROMPTS, POWER_SAMPLES, power_config
+    from prefkit.toy.real_lab import run_lab as run_power_lab
+
+    pick = lambda given, default: default if given is None else given   # noqa: E731
+    config = power_config(seeds=pick(args.seeds, 5), prompts=pick(args.prompts, POWER_PROMPTS),
+                          samples=pick(args.samples, POWER_SAMPLES), model=args.model, quick=args.quick)
+    if args.only_seed is not None:
+        if args.only_seed < 0:
+            raise ConfigError(f"--only-seed must be >= 0, got {args.only_seed}")
+        out = run_power_lab(args.out, config, seeds=[args.only_seed], report=False)
+        print(f"seed {args.only_seed}: {out / f'seed{args.only_seed}' / 'lab_record.json'}")
+        return 0
+    print(run_power_lab(args.out, config).read_text())
     return 0
 
 

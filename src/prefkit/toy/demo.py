@@ -95,6 +95,9 @@ def demo_overrides(config: DemoConfig, world, seed: int, arms) -> list[str]:
         else:
             out.append(f"arms.{arm}.evaluate.curve_goals=")
     out += [f"arms.{arm}.select.seed={seed}" for arm in SELECT_ARMS if arm in arms]
+    out += [f"arms.{name}={_yaml(spec)}" for name, spec in config.extra_arms.items() if name in arms]
+    if config.eval_batch_size is not None:
+        out.append(f"evaluate.batch_size={config.eval_batch_size}")
     return out
 
 
@@ -148,9 +151,9 @@ def rm_overrides(config: DemoConfig, world, seeds: RmSeeds, *, eval_pairs: int |
 
 
 def demo_arms(config: DemoConfig, main: bool) -> list[str]:
-    """The main recipe's arms to run: the base policy at goal 10, the methods, and (main toy world)
-    the selection ablation."""
-    arms = ["base-conditioned"] + [m for m in config.methods]
+    """The main recipe's arms to run: the base policy at goal 10, the methods, the config's extra
+    arms, and (main toy world) the selection ablation."""
+    arms = ["base-conditioned"] + [m for m in config.methods] + list(config.extra_arms)
     if main and config.select:
         arms += list(SELECT_ARMS)
     return arms

@@ -77,6 +77,11 @@ class DemoConfig:
     # reward-model comparison.
     select: bool = True
     reward_models: bool = True
+    # Arms beyond the main recipe's (name -> the arm's recipe mapping, e.g. the real-model lab's
+    # papers-scale DPO, prefkit.toy.real_lab), run after the methods; and the evaluation's rows per
+    # decoding batch (None: the recipe's).
+    extra_arms: dict = field(default_factory=dict)
+    eval_batch_size: int | None = None
 
 
 def quick_config(seeds: int = 1) -> DemoConfig:
