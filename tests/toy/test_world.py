@@ -1,5 +1,8 @@
 """The world's tokenizer and a small base policy: it trains, caches and samples."""
 
+import json
+import os
+
 import pytest
 
 from prefkit.toy import task
@@ -122,3 +125,24 @@ def test_goal_following_curve_conditions_each_goal_and_fits_its_slope(tmp_path):
     by_hand = gold_evaluation({"g6": PolicySpec("g6", str(path), conditioning=conditioning_spec(), goal=6)},
                               prompts, n=2, max_new_tokens=8, seed=4)
     assert curve["gold"][1] == by_hand["policies"]["g6"]["reward_fn"]["mean"]
+
+
+def test_two_processes_needing_one_base_build_it_once(tmp_path):
+    """Two processes that ask for the same uncached base at once: the second waits for the first
+    (a lock per base) and loads its result; it does not train it again and replace the directory
+    the first is reading (same directory inode and metadata seen by both, one pretraining)."""
+    import subprocess
+    import sys
+
+    code = ("import json, os, sys; from prefkit.toy.world import ToyWorldConfig, base_policy; "
+            "c = ToyWorldConfig(hidden=32, heads=2, n_demos=200, steps=20, batch_size=16, lr=5e-3); "
+            f"p = base_policy(c, cache_dir={str(tmp_path)!r}, progress=False); "
+            "print(json.dumps([str(p), os.stat(p).st_ino, (p / 'prefkit_toy_world.json').read_text()]))")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS="1")) for _ in range(2)]
+    outs = [json.loads(p.communicate(timeout=600)[0].strip().splitlines()[-1]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outs[0] == outs[1]
+    path = outs[0][0]
+    assert os.stat(path).st_ino == outs[0][1] and sorted(x.name for x in tmp_path.iterdir() if x.is_dir()) == [
+        os.path.basename(path)]                                     # no leftover build directory

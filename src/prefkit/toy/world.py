@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import math
@@ -244,13 +245,26 @@ def base_policy(config: ToyWorldConfig | None = None, cache_dir: str | Path | No
     Cached under `cache_dir` (default `$PREFKIT_CACHE/toy` or `~/.cache/prefkit/toy`) in
     `base-<config hash>`; a later call with the same config returns the cached directory.
     """
-    import torch  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
 
     config = config or ToyWorldConfig()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     out = root / f"base-{config.key()}"
     if (out / "prefkit_toy_world.json").exists() and not rebuild:
         return out
+    root.mkdir(parents=True, exist_ok=True)
+    # One builder at a time per base: processes that need the same base at once (the regime map's
+    # parallel processes, parallel test workers) wait for the first and then load its result,
+    # instead of training it twice and replacing a directory another process is reading.
+    with open(root / f".lock-{config.key()}", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "prefkit_toy_world.json").exists() and not rebuild:
+            return out
+        return _build_base(config, root, out, progress)
+
+
+def _build_base(config: ToyWorldConfig, root: Path, out: Path, progress: bool) -> Path:
+    import torch  # noqa: PLC0415  heavy (torch): lazy, so importing this module stays light
+
     t0 = time.time()
     tok = world_tokenizer(config)
     model = tiny_causal_lm(tok, arch="llama", hidden=config.hidden, layers=config.layers,
