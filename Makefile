@@ -32,9 +32,11 @@ demo: $(STAMP)
 demo-real: $(STAMP)
 	$(VENV)/bin/prefkit demo --model smollm2 --out demo_real_out
 
+# Two test workers (pytest-xdist), whole files to a worker (a file's tests share fixtures and
+# ports); each worker runs torch on one thread (tests/conftest.py), so two workers fill two cores.
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n 2 --dist loadfile
 
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
