@@ -14,8 +14,9 @@ from helpers import kill_when
 
 RECIPES = Path(__file__).resolve().parents[2] / "examples" / "recipes"
 TOY = RECIPES / "toy-quick.yaml"
-# one round, up to training; generation in chunks of 4 prompts, a checkpoint every 2 steps
-SETTINGS = ["prompts.train.args.n=16", "prompts.train.per_round=16", "generate.chunk_size=4",
+# one round, up to training; generation in 16 chunks of 1 prompt (a chunk takes milliseconds: with 4
+# chunks the run sometimes finished generating before the kill landed), a checkpoint every 2 steps
+SETTINGS = ["prompts.train.args.n=16", "prompts.train.per_round=16", "generate.chunk_size=1",
             "train.per_device_train_batch_size=4", "train.save_strategy=steps", "train.save_steps=2",
             "train.logging_steps=1"]
 DATA_STAGES = ("generate", "score", "pair", "relabel")
@@ -66,7 +67,7 @@ def test_kill_during_generation_then_rerun(uninterrupted, tmp_path):
     d = tmp_path / "run"
     _kill_when(d, lambda p: len(list(p.glob("round-1/generate/*/chunks/chunk-*.json"))) >= 2)
     chunks = list(d.glob("round-1/generate/*/chunks/chunk-*.json"))
-    assert 2 <= len(chunks) < 4 and not list(d.glob("round-1/generate/*/done"))
+    assert 2 <= len(chunks) < 16 and not list(d.glob("round-1/generate/*/done"))
     status = subprocess.run([sys.executable, "-m", "prefkit", "run", "--status", str(d)], capture_output=True,
                             text=True)
     assert "round-1/generate" in status.stdout and "interrupted" in status.stdout

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from prefkit.errors import ConfigError, DataError
 from prefkit.files import disk_guard, readable_by_all
+from prefkit.relabel import export_chat_template
 
 TRAINER_STATE = "trainer_state.json"       # transformers.trainer_callback.TRAINER_STATE_NAME
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -155,6 +156,24 @@ def guard(cfg, what: str):
     return disk_guard(what, cfg.output_dir,
                       kept="completed checkpoints and files written before are intact; free space and rerun "
                            "with --resume-from-checkpoint auto")
+
+
+def train_and_save(trainer, cfg, resume: str | None, spec=None) -> tuple:
+    """Train (`train_guarded`), evaluate when the trainer has an eval set, save the model
+    (`save_final`) and, on the main process, the conditioning spec beside it (and the chat
+    template with it when `cfg.export_chat_template`): what every prefkit trainer does after its
+    setup. Returns (train result, final eval metrics or None, the spec's path or None)."""
+    result = train_guarded(trainer, cfg, resume)
+    final_eval = trainer.evaluate() if trainer.eval_dataset is not None else None
+    with guard(cfg, "the trained model"):
+        save_final(trainer, cfg.output_dir)
+    cond_path = None
+    if trainer.is_world_process_zero() and spec is not None:
+        with guard(cfg, "the conditioning spec"):
+            cond_path = str(spec.save(cfg.output_dir))
+            if cfg.export_chat_template:
+                export_chat_template(cfg.output_dir, spec=spec)
+    return result, final_eval, cond_path
 
 
 def train_guarded(trainer, cfg, resume: str | None):

@@ -37,13 +37,12 @@ from prefkit.files import atomic_write_text
 from prefkit.logprobs import PairForward, pair_forward, score_logps
 from prefkit.losses import PairLogps, get_loss, loss_spec, pair_metrics
 from prefkit.packed import plan_for, scored_hidden
-from prefkit.relabel import export_chat_template
 from prefkit.tokenize import PairCollator
 from prefkit.train import reference_cache as rc
 from prefkit.train.beta_control import BetaControl
 from prefkit.train.beta_control import beta_control as _beta_control
 from prefkit.train.conditioning import find_conditioning_spec, warn_if_relabeled
-from prefkit.train.integrity import STATE_FILE, guard, resolve_resume, save_final, train_guarded
+from prefkit.train.integrity import STATE_FILE, resolve_resume, train_and_save
 from prefkit.train.loading import load_model, lora_config
 from prefkit.train.prepare import prepare_run
 from prefkit.train.run_report import finish_run
@@ -316,17 +315,7 @@ def train_dpo(config, *, callbacks=None, model=None, ref_model=None, tokenizer=N
         data_collator=PairCollator.for_tokenizer(tokenizer), processing_class=tokenizer,
         callbacks=list(callbacks or []), prefkit_config=cfg, reference=reference, beta_control=control,
         probes=probes)
-    result = train_guarded(trainer, cfg, resume)
-    final_eval = trainer.evaluate() if run.eval_enc is not None else None
-    with guard(cfg, "the trained model"):
-        save_final(trainer, cfg.output_dir)
-
-    cond_path = None
-    if trainer.is_world_process_zero() and spec is not None:
-        with guard(cfg, "the conditioning spec"):
-            cond_path = str(spec.save(cfg.output_dir))
-            if cfg.export_chat_template:
-                export_chat_template(cfg.output_dir, spec=spec)
+    result, final_eval, cond_path = train_and_save(trainer, cfg, resume, spec)
     train_logs = [h for h in trainer.state.log_history if "loss" in h]
     last = train_logs[-1] if train_logs else {}
     summary = [f"reference: {ref_info.get('mode')}"

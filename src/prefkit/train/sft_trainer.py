@@ -32,11 +32,10 @@ from prefkit.data.records import CHOSEN, PROMPT, REJECTED, is_conversational
 from prefkit.data.sources import open_source
 from prefkit.errors import ConfigError, DataError
 from prefkit.packed import packing_supported, plan_logps, plan_pairs, plan_rows, scored_hidden
-from prefkit.relabel import export_chat_template
 from prefkit.report import StageReport
 from prefkit.tokenize import PairCollator
 from prefkit.train.conditioning import find_conditioning_spec
-from prefkit.train.integrity import guard, resolve_resume, save_final, train_guarded
+from prefkit.train.integrity import resolve_resume, train_and_save
 from prefkit.train.loading import load_model, lora_config
 from prefkit.train.prepare import prepare_run
 from prefkit.train.run_report import finish_run
@@ -165,16 +164,7 @@ def train_sft(config, *, callbacks=None, model=None, tokenizer=None, train_datas
     trainer = SFTTrainer(model=model, args=run.args, train_dataset=run.train_enc, eval_dataset=run.eval_enc,
                          data_collator=PairCollator.for_tokenizer(tokenizer, meta_columns=()),
                          processing_class=tokenizer, callbacks=list(callbacks or []), prefkit_config=cfg)
-    result = train_guarded(trainer, cfg, resume)
-    final_eval = trainer.evaluate() if run.eval_enc is not None else None
-    with guard(cfg, "the trained model"):
-        save_final(trainer, cfg.output_dir)
-    cond_path = None
-    if trainer.is_world_process_zero() and spec is not None:
-        with guard(cfg, "the conditioning spec"):
-            cond_path = str(spec.save(cfg.output_dir))
-            if cfg.export_chat_template:
-                export_chat_template(cfg.output_dir, spec=spec)
+    result, final_eval, cond_path = train_and_save(trainer, cfg, resume, spec)
     last = next((h for h in reversed(trainer.state.log_history) if "loss" in h), {})
     summary = []
     if last:
