@@ -533,19 +533,29 @@ def relabel_file(input: str | os.PathLike, output: str | os.PathLike, options: R
     Returns the StageReport (also written beside OUTPUT)."""
 
     options = RelabelOptions.of(options, **overrides)  # a bad option fails before anything is read
-    report = StageReport("relabel")
+    return conditioned_file(relabel_with_spec, "relabel", input, output, options, split=split, subset=subset,
+                            revision=revision, input_format=input_format, on_invalid=on_invalid,
+                            allow_empty=allow_empty)
+
+
+def conditioned_file(transform, stage: str, input, output, options: RelabelOptions, *, split=None, subset=None,
+                     revision=None, input_format: str = "auto", on_invalid: str = "error",
+                     allow_empty: bool = False) -> StageReport:
+    """Read INPUT, `transform(ds, options, report=...) -> (rows, spec)`, write OUTPUT, and beside it
+    the conditioning spec and the report (written also when no row is left: `EmptyResultError`
+    unless allow_empty). The file form of `relabel` and of `sft_rows`."""
+    report = StageReport(stage)
     ds = pdata.read(str(input), split=split, subset=subset, revision=revision, format=input_format,
                     on_invalid=on_invalid, report=report)
     rows_read = report.rows_in
-    out, spec = relabel_with_spec(ds, options, report=report)
-    report.rows_in = rows_read  # the rows of INPUT (relabel counted those left after reading)
+    out, spec = transform(ds, options, report=report)
+    report.rows_in = rows_read  # the rows of INPUT (the transform counted those left after reading)
     try:
         check_result(report, allow_empty=allow_empty, output=output)
     except EmptyResultError:
         report.write_beside(output)
         raise
     pdata.write(out, str(output))
-    spec_path = spec.write_beside(output)
-    report.notes["conditioning_spec"] = str(spec_path)
+    report.notes["conditioning_spec"] = str(spec.write_beside(output))
     report.write_beside(output)
     return report

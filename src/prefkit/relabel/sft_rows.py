@@ -25,14 +25,13 @@ import os
 import numpy as np
 import pyarrow as pa
 
-from prefkit import data as pdata
 from prefkit.data import read
 from prefkit.data import records as R
-from prefkit.errors import ConfigError, DataError, EmptyResultError
-from prefkit.relabel.augment import GOAL_SCORE, RelabelOptions, goal_texts
+from prefkit.errors import ConfigError, DataError
+from prefkit.relabel.augment import GOAL_SCORE, RelabelOptions, conditioned_file, goal_texts
 from prefkit.relabel.columns import condition_column, prompt_format
 from prefkit.relabel.conditioning import OVERALL, make_spec, parse_attributes
-from prefkit.report import StageReport, check_result
+from prefkit.report import StageReport
 
 COMPLETION = "completion"
 RESPONSE_INDEX = "response_index"
@@ -125,18 +124,6 @@ def sft_rows_file(input: str | os.PathLike, output: str | os.PathLike, options: 
     model) and the report. Returns the StageReport."""
     options = RelabelOptions.of(options, **overrides)
     _check_options(options)   # a bad option fails before anything is read
-    report = StageReport("sft rows")
-    ds = pdata.read(str(input), split=split, subset=subset, revision=revision, format=input_format,
-                    on_invalid=on_invalid, report=report)
-    rows_read = report.rows_in
-    out, spec = sft_rows(ds, options, report=report)
-    report.rows_in = rows_read
-    try:
-        check_result(report, allow_empty=allow_empty, output=output)
-    except EmptyResultError:
-        report.write_beside(output)
-        raise
-    pdata.write(out, str(output))
-    report.notes["conditioning_spec"] = str(spec.write_beside(output))
-    report.write_beside(output)
-    return report
+    return conditioned_file(sft_rows, "sft rows", input, output, options, split=split, subset=subset,
+                            revision=revision, input_format=input_format, on_invalid=on_invalid,
+                            allow_empty=allow_empty)
