@@ -96,25 +96,31 @@ def run(args) -> int:
     return 0
 
 
-def run_real(args) -> int:
+def run_one_seed(args, run_seeds, config, record: str) -> int:
+    """--only-seed S (the real demo and the power lab): that seed alone, without the report, so
+    seeds can run as separate processes; the same command without it writes the report."""
     from prefkit.errors import ConfigError
+
+    if args.only_seed < 0:
+        raise ConfigError(f"--only-seed must be >= 0, got {args.only_seed}")
+    out = run_seeds(args.out, config, seeds=[args.only_seed], report=False)
+    print(f"seed {args.only_seed}: {out / f'seed{args.only_seed}' / record}")
+    return 0
+
+
+def run_real(args) -> int:
     from prefkit.toy.real_model import real_config, real_quick_config, run_real_demo
 
     seeds = args.seeds or (1 if args.quick else 2)
     config = (real_quick_config if args.quick else real_config)(seeds=seeds, model=args.model)
     if args.only_seed is not None:
-        if args.only_seed < 0:
-            raise ConfigError(f"--only-seed must be >= 0, got {args.only_seed}")
-        out = run_real_demo(args.out, config, seeds=[args.only_seed], report=False)
-        print(f"seed {args.only_seed}: {out / f'seed{args.only_seed}' / 'results.json'}")
-        return 0
+        return run_one_seed(args, run_real_demo, config, "results.json")
     report = run_real_demo(args.out, config)
     print(report.read_text().split("## Unlearning probe")[0])
     return 0
 
 
 def run_lab(args) -> int:
-    from prefkit.errors import ConfigError
     from prefkit.toy.real_lab import POWER_PROMPTS, POWER_SAMPLES, power_config
     from prefkit.toy.real_lab import run_lab as run_power_lab
 
@@ -122,11 +128,7 @@ def run_lab(args) -> int:
     config = power_config(seeds=pick(args.seeds, 5), prompts=pick(args.prompts, POWER_PROMPTS),
                           samples=pick(args.samples, POWER_SAMPLES), model=args.model, quick=args.quick)
     if args.only_seed is not None:
-        if args.only_seed < 0:
-            raise ConfigError(f"--only-seed must be >= 0, got {args.only_seed}")
-        out = run_power_lab(args.out, config, seeds=[args.only_seed], report=False)
-        print(f"seed {args.only_seed}: {out / f'seed{args.only_seed}' / 'lab_record.json'}")
-        return 0
+        return run_one_seed(args, run_power_lab, config, "lab_record.json")
     print(run_power_lab(args.out, config).read_text())
     return 0
 
