@@ -11,6 +11,7 @@ Layout of a run directory:
     RUN_DIR/round-K/STAGE/KEY/done        written last (atomically): output, its hash, metrics
     RUN_DIR/round-0/evaluate/KEY/         the initial policy's evaluation (the baseline)
     RUN_DIR/report.md, results.json, plots/
+    RUN_DIR/.run.lock                     held while a process runs the recipe here (`run_dir_lock`)
 
 A stage whose `done` marker exists for its key is skipped; an interrupted one runs again in the
 same directory, where its stage function resumes (see `prefkit.pipeline.runners`). A changed
@@ -20,6 +21,8 @@ it; the stages before it keep theirs.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -32,7 +35,7 @@ from pathlib import Path
 
 from prefkit import __version__
 from prefkit.code_version import code, describe
-from prefkit.errors import ConfigError, DataError
+from prefkit.errors import ConfigError, DataError, PrefkitError
 from prefkit.evaluate.policy import load_prompts
 from prefkit.files import atomic_write_text, sha256_file
 from prefkit.models import resolve_model_path
@@ -46,6 +49,7 @@ from prefkit.relabel.carry import carry_conditioning
 
 MANIFEST = "manifest.json"
 DONE = "done"
+RUN_LOCK = ".run.lock"
 STALE_DIR = "stale"
 #: what a run does with finished or started steps made by other prefkit code (`run`'s `stale`)
 STALE_CHOICES = ("refuse", "rerun", "keep")
@@ -572,12 +576,45 @@ def run(recipe, run_dir=None, *, overrides=None, rounds: int | None = None, unti
     runner = Runner(recipe, run_dir, progress=progress, log=log)
     if dry_run:
         runner.hasher.save = lambda: None
-    result = runner.execute(steps, dry_run=dry_run, stale=stale)
+        result = runner.execute(steps, dry_run=True, stale=stale)
+    else:
+        with run_dir_lock(run_dir):
+            result = runner.execute(steps, dry_run=False, stale=stale)
+            result["report"] = str(write_report(run_dir))
     result["run_dir"] = str(run_dir)
-    if not dry_run:
-
-        result["report"] = str(write_report(run_dir))
     return result
+
+
+class RunDirInUse(PrefkitError):
+    """Another process is running a recipe in this run directory."""
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path):
+    """One process at a time in a run directory. Two processes there would both see a step
+    unfinished and write its directory, the manifest and the hash cache at once; the second is
+    refused at once, naming the holder. An advisory `flock` on RUN_DIR/.run.lock: the kernel
+    releases it when the holder exits however it ends (kill -9 included), so a resumed run never
+    meets a stale lock. A dry run or `status` takes no lock (they only read)."""
+    path = Path(run_dir) / RUN_LOCK
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "a process that has not written its pid yet"
+        fh.close()
+        raise RunDirInUse(f"run directory {run_dir} is in use by another prefkit run ({holder}); "
+                          "wait for it to finish, or stop it and run again (the run resumes)") from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {platform.node()} since "
+                 f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+        fh.flush()
+        yield
+    finally:
+        fh.close()   # releases the flock
 
 
 def status(run_dir) -> dict:
