@@ -16,6 +16,15 @@ from prefkit.toy.tiny import tiny_causal_lm, tiny_reward_model
 #: the small real-architecture shape most tests save (hidden 32, 2 heads)
 TINY = dict(arch="llama", hidden=32, layers=2, heads=2, intermediate=64, max_position=256)
 
+#: the shipped recipes, and the toy one the engine's tests run at a small size
+RECIPES = Path(__file__).resolve().parents[1] / "examples" / "recipes"
+TOY_RECIPE = RECIPES / "toy-quick.yaml"
+#: toy-quick at its smallest for one round up to the pairs: 8 training, 4 held-out prompts, 1 sample
+TOY_PAIRS = ["prompts.train.args.n=8", "prompts.train.per_round=8", "prompts.eval.args.n=4", "evaluate.n=1"]
+#: toy-quick, one round through training: 16 training prompts x 3 samples, 6 held-out prompts
+TOY_ONE_ROUND = ["prompts.train.args.n=16", "prompts.eval.args.n=6", "evaluate.n=1", "rounds=1",
+                 "train.per_device_train_batch_size=8", "train.reference=", "generate.n=3"]
+
 
 def write_jsonl(path, rows) -> str:
     """Write `rows` one a line: dicts as JSON (UTF-8, not escaped), strings as they are (for

@@ -17,11 +17,9 @@ import pytest
 from prefkit import code_version
 from prefkit.pipeline import load_recipe, run
 from prefkit.pipeline.engine import StaleStepsError
+from helpers import TOY_RECIPE as TOY, TOY_PAIRS as SMALL
 
-RECIPES = Path(__file__).resolve().parents[2] / "examples" / "recipes"
-TOY = RECIPES / "toy-quick.yaml"
 # toy-quick, small: one round up to the pairs, 8 prompts, 4 held-out prompts
-SMALL = ["prompts.train.args.n=8", "prompts.train.per_round=8", "prompts.eval.args.n=4", "evaluate.n=1"]
 OLD = {"fingerprint": "0123456789abcdef", "commit": "deadbeefdeadbeef"}
 
 

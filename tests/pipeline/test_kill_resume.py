@@ -10,10 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import kill_when
+from helpers import TOY_RECIPE as TOY, kill_when
 
-RECIPES = Path(__file__).resolve().parents[2] / "examples" / "recipes"
-TOY = RECIPES / "toy-quick.yaml"
 # one round, up to training; generation in 16 chunks of 1 prompt (a chunk takes milliseconds: with 4
 # chunks the run sometimes finished generating before the kill landed), a checkpoint every 2 steps
 SETTINGS = ["prompts.train.args.n=16", "prompts.train.per_round=16", "generate.chunk_size=1",

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from prefkit.pipeline import load_recipe, run
+from helpers import TOY_RECIPE as TOY
 
 pytestmark = pytest.mark.slow
 
-TOY = Path(__file__).resolve().parents[2] / "examples" / "recipes" / "toy-quick.yaml"
 SETTINGS = ["prompts.train.args.n=16", "prompts.train.per_round=16", "train.logging_steps=1", "train.max_steps=3",
             "train.precision=fp32"]
 

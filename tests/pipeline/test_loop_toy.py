@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from prefkit.pipeline import load_recipe, run
+from helpers import TOY_RECIPE as TOY
 
-RECIPES = Path(__file__).resolve().parents[2] / "examples" / "recipes"
-TOY = RECIPES / "toy-quick.yaml"
 # toy-quick, smaller: 16 prompts a round, 8 held-out prompts
 SMALL = ["prompts.train.args.n=32", "prompts.train.per_round=16", "prompts.eval.args.n=8", "evaluate.n=1",
          "train.per_device_train_batch_size=8"]

@@ -8,13 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import line_of, recipe_error
+from helpers import RECIPES, TOY_RECIPE as TOY, line_of, recipe_error
 
 from prefkit.pipeline import load_recipe
 from prefkit.pipeline.stages import STAGES
 
-RECIPES = Path(__file__).resolve().parents[2] / "examples" / "recipes"
-TOY = RECIPES / "toy-quick.yaml"
 
 
 def _write(tmp_path, text: str) -> Path:

@@ -12,14 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import kill_when, line_of, recipe_error
+from helpers import RECIPES, TOY_RECIPE as TOY, kill_when, line_of, recipe_error
 
 from prefkit.errors import ConfigError
 from prefkit.pipeline import load_recipe, run
 
-RECIPES = Path(__file__).resolve().parents[2] / "examples" / "recipes"
 RMBOOST = RECIPES / "toy-rmboost.yaml"
-TOY = RECIPES / "toy-quick.yaml"
 # toy-rmboost, smaller: the quick world, 32 prompts in chunks of 4, 32 held-out prompts, one epoch
 SMALL = ["policy.args.quick=true", "synth.backend.args.quick=true", "reward_model.eval_pairs.args.quick=true",
          "prompts.train.args.n=32", "synth.chunk_size=4", "reward_model.eval_pairs.args.n=32",

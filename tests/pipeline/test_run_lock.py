@@ -10,15 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from helpers import TOY_PAIRS as SMALL
+from helpers import TOY_RECIPE as TOY
 
 from prefkit.pipeline import load_recipe, run
 from prefkit.pipeline.engine import RUN_LOCK, RunDirInUse, run_dir_lock
-
-TOY = Path(__file__).resolve().parents[2] / "examples" / "recipes" / "toy-quick.yaml"
-SMALL = ["prompts.train.args.n=8", "prompts.train.per_round=8", "prompts.eval.args.n=4", "evaluate.n=1"]
 
 # A second process holding the lock as a running `prefkit run` does (the engine's own context
 # manager), until it is killed: a real run could finish before the test's second command starts.

@@ -19,9 +19,8 @@ import pytest
 from prefkit.errors import ConfigError
 from prefkit.pipeline import load_recipe, run
 from prefkit.toy.task import gold_reward
+from helpers import RECIPES, TOY_RECIPE as TOY
 
-RECIPES = Path(__file__).resolve().parents[2] / "examples" / "recipes"
-TOY = RECIPES / "toy-quick.yaml"
 EVOLVE = RECIPES / "toy-evolve-select.yaml"
 TOY_LLM = "{build: prefkit.toy.recipes:rewriter, args: {quick: true}}"
 

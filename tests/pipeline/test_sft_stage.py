@@ -9,14 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import line_of, recipe_error
+from helpers import TOY_RECIPE as TOY, TOY_ONE_ROUND as SMALL, line_of, recipe_error
 
 from prefkit.pipeline import load_recipe, run
 
-RECIPES = Path(__file__).resolve().parents[2] / "examples" / "recipes"
-TOY = RECIPES / "toy-quick.yaml"
-SMALL = ["prompts.train.args.n=16", "prompts.eval.args.n=6", "evaluate.n=1", "rounds=1",
-         "train.per_device_train_batch_size=8", "train.reference=", "generate.n=3"]
 ARMS = """
 arms:
   ra: {}
