@@ -5,6 +5,8 @@ against prefkit.relabel.relabel on the same judged samples."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -67,3 +69,21 @@ def test_file_writes_rows_spec_and_counts(tmp_path):
     from prefkit.train.sft_trainer import read_completions
 
     assert len(read_completions(str(out))) == 4     # what the SFT trainer reads
+
+
+def test_cli_rows_sft_writes_the_same_rows_and_names_the_flag_that_does_not_apply(tmp_path):
+    from prefkit.cli import main
+
+    _, f = _multi(tmp_path)
+    cli_out, api_out = tmp_path / "cli.jsonl", tmp_path / "api.jsonl"
+    assert main(["-q", "relabel", str(f), "-o", str(cli_out), "--rows", "sft", "--placement", "user"]) == 0
+    sft_rows_file(f, api_out, placement="user")
+    assert cli_out.read_text() == api_out.read_text() and len(cli_out.read_text().splitlines()) == 4
+    assert find_conditioning(cli_out).placement == "user"
+    for flag, shown in ((["--half"], "--half: does not apply"),
+                        (["--fine-grained-filter"], "--fine-grained-filter: does not apply"),
+                        (["--goal-from", "implicit"], "--goal-from: SFT rows")):
+        res = subprocess.run([sys.executable, "-m", "prefkit", "relabel", str(f), "-o", str(tmp_path / "x.jsonl"),
+                              "--rows", "sft", *flag], capture_output=True, text=True)
+        assert res.returncode == 2 and shown in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not (tmp_path / "x.jsonl").exists()

@@ -1,4 +1,6 @@
-"""`prefkit relabel INPUT -o OUTPUT`: reward-augmented relabeling (calls prefkit.relabel.relabel_file)."""
+"""`prefkit relabel INPUT -o OUTPUT`: reward-augmented relabeling (calls prefkit.relabel.relabel_file);
+`--rows sft`: goal-conditioned SFT rows instead (prefkit.relabel.sft_rows_file), for
+`prefkit train sft`."""
 
 from __future__ import annotations
 
@@ -12,6 +14,12 @@ def register(sub, name, help_text):
         "response's score (chosen and rejected swapped). Writes OUTPUT, OUTPUT.conditioning.json "
         "(the conditioning spec the trainer copies into the model) and OUTPUT.report.json.")
     add_io_arguments(p)
+    p.add_argument("--rows", choices=["pairs", "sft"], default="pairs",
+                   help="pairs (default): the two conditioned pairs per scored pair; sft: one prompt-completion row "
+                        "per judged response of a multi-response INPUT, its prompt conditioned on its own score "
+                        "with the same text and placement (for `prefkit train sft`; the pair options --ties, "
+                        "--half, --fine-grained-filter, --attributes, --goal-from and the TruthfulQA drop do not "
+                        "apply)")
     p.add_argument("--placement", choices=["system", "user", "auto"], default="system",
                    help="where S(g) goes: a system message (default), a prefix of the first user turn, "
                         "or auto (system if --tokenizer's chat template accepts a system role)")
@@ -62,9 +70,21 @@ def run(args) -> int:
     # one flag per RelabelOptions field, under the field's own name
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(RelabelOptions) if f.name != "scale"}
     options = RelabelOptions(scale=(lo, hi), **fields)
-    report = relabel_file(args.input, args.output, options, split=args.split, subset=args.subset,
-                          revision=args.revision, input_format=args.input_format, on_invalid=args.on_invalid,
-                          allow_empty=args.allow_empty)
+    write = relabel_file
+    if args.rows == "sft":
+        from prefkit.relabel import sft_rows_file
+
+        write = sft_rows_file
+    try:
+        report = write(args.input, args.output, options, split=args.split, subset=args.subset,
+                       revision=args.revision, input_format=args.input_format, on_invalid=args.on_invalid,
+                       allow_empty=args.allow_empty)
+    except ConfigError as exc:   # options are named by their fields; say the flag a CLI user typed
+        flags = {a.dest: a.option_strings[0] for a in args._parser._actions if a.option_strings}
+        field, sep, rest = str(exc).partition(": ")
+        if sep and field in fields and field in flags:
+            raise ConfigError(f"{flags[field]}: {rest}") from exc
+        raise
     print(report.summary())
     print(f"wrote {args.output} (+ conditioning spec {report.notes.get('conditioning_spec')})")
     return 0
