@@ -26,6 +26,16 @@ TOY_ONE_ROUND = ["prompts.train.args.n=16", "prompts.eval.args.n=6", "evaluate.n
                  "train.per_device_train_batch_size=8", "train.reference=", "generate.n=3"]
 
 
+def run_toy_pairs(run_dir, *extra) -> subprocess.CompletedProcess:
+    """`prefkit run` of toy-quick at TOY_PAIRS's size, one round up to the pairs, in a child
+    process (its exit code and one-line errors are what a user sees)."""
+    args = [sys.executable, "-m", "prefkit", "run", str(TOY_RECIPE), "-o", str(run_dir), "--rounds", "1",
+            "--until", "pair", "--no-progress", *extra]
+    for s in TOY_PAIRS:
+        args += ["--set", s]
+    return subprocess.run(args, capture_output=True, text=True)
+
+
 def write_jsonl(path, rows) -> str:
     """Write `rows` one a line: dicts as JSON (UTF-8, not escaped), strings as they are (for
     malformed lines); returns the path as a string."""

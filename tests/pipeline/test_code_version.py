@@ -17,7 +17,7 @@ import pytest
 from prefkit import code_version
 from prefkit.pipeline import load_recipe, run
 from prefkit.pipeline.engine import StaleStepsError
-from helpers import TOY_RECIPE as TOY, TOY_PAIRS as SMALL
+from helpers import TOY_PAIRS as SMALL, TOY_RECIPE as TOY, run_toy_pairs
 
 # toy-quick, small: one round up to the pairs, 8 prompts, 4 held-out prompts
 OLD = {"fingerprint": "0123456789abcdef", "commit": "deadbeefdeadbeef"}
@@ -26,14 +26,6 @@ OLD = {"fingerprint": "0123456789abcdef", "commit": "deadbeefdeadbeef"}
 def _run(run_dir, **kw):
     return run(load_recipe(TOY, overrides=SMALL, rounds=1), run_dir, until="pair", progress=False,
                log=lambda msg: None, **kw)
-
-
-def _cli(run_dir, *extra):
-    args = [sys.executable, "-m", "prefkit", "run", str(TOY), "-o", str(run_dir), "--rounds", "1", "--until", "pair",
-            "--no-progress", *extra]
-    for s in SMALL:
-        args += ["--set", s]
-    return subprocess.run(args, capture_output=True, text=True)
 
 
 def _ran(result) -> list[str]:
@@ -123,7 +115,7 @@ def test_a_run_over_steps_of_other_code_refuses_before_running_anything(older_ru
 
 def test_cli_refusal_is_one_line_with_exit_2_and_status_shows_the_steps(older_run):
     d, before = older_run
-    proc = _cli(d)
+    proc = run_toy_pairs(d)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()
@@ -138,7 +130,7 @@ def test_cli_refusal_is_one_line_with_exit_2_and_status_shows_the_steps(older_ru
     assert "[other code: an unknown version" in rows["round-1/score"]
     assert "other code" not in rows["round-1/pair"] and "other code" not in rows["round-0/evaluate"]
     assert "2 step(s) were made by other prefkit code" in st.stdout
-    proc = _cli(d, "--keep-stale", "--rerun-stale")
+    proc = run_toy_pairs(d, "--keep-stale", "--rerun-stale")
     assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
 
 

@@ -12,8 +12,7 @@ import sys
 import time
 
 import pytest
-from helpers import TOY_PAIRS as SMALL
-from helpers import TOY_RECIPE as TOY
+from helpers import TOY_PAIRS as SMALL, TOY_RECIPE as TOY, run_toy_pairs
 
 from prefkit.pipeline import load_recipe, run
 from prefkit.pipeline.engine import RUN_LOCK, RunDirInUse, run_dir_lock
@@ -28,14 +27,6 @@ with run_dir_lock(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(600)
 """
-
-
-def _cli(run_dir, *extra):
-    args = [sys.executable, "-m", "prefkit", "run", str(TOY), "-o", str(run_dir), "--rounds", "1", "--until", "pair",
-            "--no-progress", *extra]
-    for s in SMALL:
-        args += ["--set", s]
-    return subprocess.run(args, capture_output=True, text=True)
 
 
 @pytest.fixture
@@ -54,7 +45,7 @@ def held(tmp_path):
 def test_a_second_run_is_refused_naming_the_holder_then_resumes_after_kill_9(held):
     d, holder = held
     t0 = time.time()
-    refused = _cli(d)
+    refused = run_toy_pairs(d)
     assert refused.returncode == 1, refused.stderr
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in refused.stderr
@@ -64,7 +55,7 @@ def test_a_second_run_is_refused_naming_the_holder_then_resumes_after_kill_9(hel
 
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
-    done = _cli(d)
+    done = run_toy_pairs(d)
     assert done.returncode == 0, done.stderr[-3000:]
     assert [p.parent.parent.name for p in sorted(d.glob("round-1/*/*/done"))] == ["generate", "pair", "score"]
     assert (d / RUN_LOCK).read_text().startswith("pid ")   # the last holder's line stays, harmless
@@ -72,9 +63,9 @@ def test_a_second_run_is_refused_naming_the_holder_then_resumes_after_kill_9(hel
 
 def test_dry_run_and_status_work_beside_a_running_process(held, tmp_path):
     d, holder = held
-    assert _cli(d, "--dry-run").returncode == 0
+    assert run_toy_pairs(d, "--dry-run").returncode == 0
     first = tmp_path / "first"
-    assert _cli(first).returncode == 0
+    assert run_toy_pairs(first).returncode == 0
     with run_dir_lock(first):   # as if a run were going on there
         st = subprocess.run([sys.executable, "-m", "prefkit", "run", "--status", str(first)],
                             capture_output=True, text=True)
