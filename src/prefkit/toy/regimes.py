@@ -763,6 +763,12 @@ def run_mechanism(out: str | Path, *, seeds: int = SEEDS, scale: Scale = DESIGN,
 # measured cost is found in OUT (then the measured seconds per finished cell-seed are used).
 EST_SECONDS = {"ra": 70.0, "ap": 2 * 3600 / 180, "eps": 1.5 * 3600 / 80, "rmboost": 1.5 * 3600 / 45,
                "lr_training": 1.3 * 3600 / 240}
+# The design's RA estimate predates `cond-sft` (amendment of 2026-12-06 22:50). Measured at the
+# default cell (docs/regimes.md, "Measured cost"): a cell-seed took 206 s with it against 130 s
+# without, and its learning-rate cell 337 s against 125 s (SFT trains on every judged sample, about
+# four times DPO's pairs), so it adds these factors to the design's figures.
+COND_SFT_CELL_FACTOR = 206 / 130
+COND_SFT_LR_FACTOR = 337 / 125
 
 
 def estimate(cells: list[Cell], seeds: list[int], out: Path) -> dict:
@@ -772,7 +778,9 @@ def estimate(cells: list[Cell], seeds: list[int], out: Path) -> dict:
     measured = [json.loads(p.read_text()).get("seconds_run") for p in out.glob("cells/*/seed*.json")]
     measured = [m for m in measured if m]
     per = {m: EST_SECONDS[m] for m in METHODS}
-    seconds = sum(per[c.method] for c, _ in todo) + len(lcs) * len(LR_GRID) * len(VAL_SEEDS) * EST_SECONDS["lr_training"]
+    per["ra"] *= COND_SFT_CELL_FACTOR
+    lr_units = sum(COND_SFT_LR_FACTOR if lc.method == "cond-sft" else 1.0 for lc in lcs)
+    seconds = sum(per[c.method] for c, _ in todo) + lr_units * len(LR_GRID) * len(VAL_SEEDS) * EST_SECONDS["lr_training"]
     return {"cell_seeds": len(todo), "lr_cells": len(lcs), "cpu_hours": seconds / 3600,
             "measured_cell_seed_seconds": statistics.fmean(measured) if measured else None}
 
