@@ -80,6 +80,16 @@ def test_power_lab_tiny_on_smollm2_records_pairs_and_resumes(tmp_path, smollm2_d
     again = json.loads((seed / "lab_record.json").read_text())
     assert again["wall_seconds"] == rec["wall_seconds"] and again["comparisons"] == rec["comparisons"]
 
+    # --report-only: the same report from the records, nothing run; it names the code that ran the seed
+    from prefkit.code_version import code, describe
+
+    (out / "report.md").unlink()
+    assert main(argv + ["--report-only"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in seed.rglob("done")} == markers
+    assert (out / "report.md").read_text() == report
+    assert f"| {describe(code())} |" in report and (out / "lab.png").stat().st_size > 10_000
+    assert json.loads((out / "lab.json").read_text())["code"] == {"0": code()}
+
 
 def test_paired_and_icc_from_per_sample_values():
     from prefkit.toy.real_lab import icc, paired
@@ -114,7 +124,11 @@ def test_power_config_and_options(tmp_path, capsys):
 
     for argv, msg in ((["demo", "--lab", "power"], "--lab applies to the real-model lab"),
                       (["demo", "--model", "smollm2", "--prompts", "10"], "--prompts applies to the power-sized lab"),
-                      (["demo", "--model", "smollm2", "--lab", "power", "--prompts", "1"], "at least 2 prompts")):
+                      (["demo", "--model", "smollm2", "--lab", "power", "--prompts", "1"], "at least 2 prompts"),
+                      (["demo", "--model", "smollm2", "--report-only"], "--report-only applies to the regime map"),
+                      (["demo", "--model", "smollm2", "--lab", "power", "--report-only", "--only-seed", "0"],
+                       "--report-only runs nothing"),
+                      (["demo", "--model", "smollm2", "--lab", "power", "--report-only"], "no seed has finished")):
         assert main(argv + ["--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err.strip()
         assert msg in err and len(err.splitlines()) == 1

@@ -62,10 +62,12 @@ def run(args) -> int:
         raise ConfigError(f"--{args.stale}-stale applies to the regime map (--regimes); the demo always runs "
                           "steps made by other prefkit code again")
     regime_only = [f for f in ("method", "cells", "stop_at") if getattr(args, f) is not None] + \
-        [f for f in ("report_only", "dry_run", "mechanism") if getattr(args, f)] + \
+        [f for f in ("dry_run", "mechanism") if getattr(args, f)] + \
+        (["report_only"] if args.report_only and args.lab is None else []) + \
         [f for f in ("levels",) if getattr(args, f) is not None]
     if regime_only:
-        raise ConfigError(f"--{regime_only[0].replace('_', '-')} applies to the regime map (--regimes)")
+        raise ConfigError(f"--{regime_only[0].replace('_', '-')} applies to the regime map (--regimes)"
+                          + (" and the power lab (--model M --lab power)" if regime_only[0] == "report_only" else ""))
     lab_only = [f for f in ("lab", "prompts", "samples") if getattr(args, f) is not None]
     if lab_only and args.model is None:
         raise ConfigError(f"--{lab_only[0]} applies to the real-model lab (--model M --lab power)")
@@ -121,6 +123,9 @@ def run_real(args) -> int:
 
 
 def run_lab(args) -> int:
+    from pathlib import Path
+
+    from prefkit.errors import ConfigError
     from prefkit.toy.real_lab import POWER_PROMPTS, POWER_SAMPLES, power_config
     from prefkit.toy.real_lab import run_lab as run_power_lab
 
@@ -128,7 +133,14 @@ def run_lab(args) -> int:
     config = power_config(seeds=pick(args.seeds, 5), prompts=pick(args.prompts, POWER_PROMPTS),
                           samples=pick(args.samples, POWER_SAMPLES), model=args.model, quick=args.quick)
     if args.only_seed is not None:
+        if args.report_only:
+            raise ConfigError("--report-only runs nothing; --only-seed runs one seed: give one of them")
         return run_one_seed(args, run_power_lab, config, "lab_record.json")
+    if args.report_only:   # the seeds' records as they are, whatever code made them (the report names it)
+        from prefkit.toy.real_lab import write_lab_report
+
+        print(write_lab_report(Path(args.out), config).read_text())
+        return 0
     print(run_power_lab(args.out, config).read_text())
     return 0
 

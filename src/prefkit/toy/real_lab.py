@@ -2,7 +2,7 @@
 prompts and samples the real-model lab needs"; docs/real_lab.md, "The power-sized lab").
 
     prefkit demo --model smollm2 --lab power [--out DIR] [--seeds 5] [--prompts 300] [--samples 4]
-                 [--only-seed S]
+                 [--only-seed S | --report-only]
 
 The real-model demo (`prefkit.toy.real_model`, docs/real_lab.md) with its design unchanged except:
 
@@ -20,7 +20,7 @@ Per seed, `OUT/seed<S>/lab_record.json` holds each policy's mean gold reward and
 gold rewards (prompt x sample, read from the evaluate steps' `per_prompt.jsonl`) and, per
 comparison, the paired difference of means recomputed from those samples, the sd of one paired
 difference, the within-prompt correlation rho of the two policies' samples and the intraclass
-correlation c of the paired differences (the power table's inputs). `OUT/report.md` and
+correlation c of the paired differences (the power table's inputs). `OUT/report.md`, `OUT/lab.png` and
 `OUT/lab.json`: the decision per comparison by docs/regimes.md's rule (`prefkit.toy.regimes.decide`)
 and the measured sigma, rho, c next to the power table's assumed ones.
 """
@@ -34,6 +34,7 @@ import statistics
 import time
 from pathlib import Path
 
+from prefkit.code_version import describe
 from prefkit.errors import ConfigError
 from prefkit.pipeline import engine
 from prefkit.toy.demo import results_of_run, run_worlds
@@ -232,6 +233,42 @@ def run_lab(out: str | Path, config: DemoConfig, seeds=None, progress: bool = Tr
 
 # -- the report -----------------------------------------------------------------------------------------
 
+def _seed_code(run_dir: Path) -> dict | None:
+    """The code that ran a seed, from its engine manifest (None for a run before code was recorded)."""
+    try:
+        return json.loads((run_dir / engine.MANIFEST).read_text()).get("code")
+    except (OSError, ValueError):
+        return None
+
+
+def plot_lab(summary: dict, path: Path) -> Path:
+    """One row per comparison: each seed's paired difference d_s (dots), their mean and the 95%
+    interval over seeds (bar; none with fewer than 2 seeds), the decision beside it, 0 marked."""
+    import matplotlib  # noqa: PLC0415  heavy (matplotlib): only when a report is written
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    comps = list(summary["comparisons"].items())
+    fig, ax = plt.subplots(figsize=(8.5, 0.55 * len(comps) + 1.4))
+    for i, (_, c) in enumerate(comps):
+        y = len(comps) - 1 - i
+        ax.scatter(c["d"], [y] * len(c["d"]), s=14, color="0.55", zorder=2)
+        if not math.isnan(c["low"]):
+            ax.plot([c["low"], c["high"]], [y, y], color="C0", lw=2.5, zorder=3)
+        ax.scatter([c["mean"]], [y], s=40, color="C0", zorder=4)
+        ax.annotate(c["decision"], (1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(comps)), [label for label, _ in reversed(comps)])
+    ax.set_xlabel("paired difference in mean gold reward (dots: seeds; bar: 95% interval over seeds)")
+    ax.set_title(f"power lab: {summary['prompts']} prompts x {summary['samples']} samples, "
+                 f"seeds {summary['seeds']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _needed_prompts(sd_diff: float, c: float, m: int) -> float:
     n = Z_SUM_SQ * sd_diff ** 2 / DELTA ** 2
     return n * (1 + (m - 1) * max(c, 0.0)) / m
@@ -284,7 +321,9 @@ def write_lab_report(out: Path, config: DemoConfig) -> Path:
     if not records:
         raise ConfigError(f"{out}: no seed has finished (no seed*/lab_record.json)")
     s = summarize(records, config)
+    s["code"] = {str(r["seed"]): _seed_code(out / f"seed{r['seed']}") for r in records}
     (out / "lab.json").write_text(json.dumps(s, indent=1))
+    plot = plot_lab(s, out / "lab.png")
     f = lambda x: "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"  # noqa: E731
     whole = lambda x: "-" if math.isnan(x) else f"{x:.0f}"  # noqa: E731
     lines = [f"# The power-sized real-model lab ({config.world.name})", "",
@@ -306,7 +345,8 @@ def write_lab_report(out: Path, config: DemoConfig) -> Path:
     for label, c in s["comparisons"].items():
         lines.append(f"| {label} | " + ", ".join(f"{x:+.3f}" for x in c["d"]) + f" | {c['mean']:+.3f} | "
                      f"[{f(c['low'])}, {f(c['high'])}] | {c['positive_seeds']} of {len(c['d'])} | {c['decision']} |")
-    lines += ["", "## Measured spread against the power table's assumptions", "",
+    lines += ["", f"![paired differences per seed and their 95% intervals]({plot.name})", "",
+              "## Measured spread against the power table's assumptions", "",
               "sigma (sd of one sample's gold reward, root mean square over policies and seeds, a policy whose "
               f"samples equal another's counted once): "
               f"measured {f(s['sigma_pooled'])} (largest {f(s['sigma_largest'])}); assumed "
@@ -320,12 +360,16 @@ def write_lab_report(out: Path, config: DemoConfig) -> Path:
     lines += ["", f"Assumed (docs/regimes.md): rho {ASSUMED['rho']}, c {ASSUMED['c']}; the design's 300 prompts "
               "cover sigma 2.26, rho 0, c 0.1.", "", "## Cost", "",
               "Seconds of the seed's steps (each once, across resumed runs); the wall time and load average of "
-              "the invocation that wrote the record.", "",
-              "| seed | step s | wall s | load average start | end |", "|---|---|---|---|---|"]
+              "the invocation that wrote the record; the prefkit code that ran the seed (its run's manifest).", "",
+              "| seed | step s | wall s | load average start | end | code |", "|---|---|---|---|---|---|"]
     for r in records:
         la = r.get("load_average") or {}
         lines.append(f"| {r['seed']} | {r.get('step_seconds')} | {r.get('wall_seconds')} | {la.get('start')} | "
-                     f"{la.get('end')} |")
+                     f"{la.get('end')} | {describe(s['code'][str(r['seed'])])} |")
+    versions = {(c or {}).get("fingerprint") for c in s["code"].values()}
+    if len(versions) > 1:
+        lines += ["", f"**The seeds were run by {len(versions)} code versions** (above): their differences mix "
+                  "code changes with seed-to-seed spread; run them again on one version for a decision."]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

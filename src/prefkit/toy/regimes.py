@@ -1044,7 +1044,8 @@ def add_arguments(p) -> None:
     p.add_argument("--method", choices=METHODS, default=None, help="one method's cells (default: all)")
     p.add_argument("--cells", default=None, help="N (the first N cells), 'default', or a filter "
                    "axis=level[,axis=level] (e.g. slope=0|0.2,length=1ep)")
-    p.add_argument("--report-only", action="store_true", help="write the map from what has run; run nothing")
+    p.add_argument("--report-only", action="store_true", help="write the map from what has run; run nothing "
+                   "(also the power lab's: --model M --lab power --report-only)")
     p.add_argument("--dry-run", action="store_true", help="state the cells and the estimated cost; run nothing")
     p.add_argument("--stop-at", default=None, help="HH:MM (UTC): start no new cell-seed after this time")
     g = p.add_mutually_exclusive_group()
