@@ -14,6 +14,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two workers on two cores: one torch thread each (set before torch is
     # imported; subprocesses the tests start inherit it) instead of two threads each on one core.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The model cache of the session, before any test points PREFKIT_CACHE elsewhere (see smollm2_dir).
+CACHE_AT_START = os.environ.get("PREFKIT_CACHE")
 
 
 @pytest.fixture(scope="session")
@@ -59,8 +61,16 @@ def smollm2_dir():
     from prefkit.errors import ConfigError
     from prefkit.models import resolve_model_path
 
+    # A session fixture is made when a test first asks for it, perhaps while a module's fixture has
+    # PREFKIT_CACHE pointing at a temporary cache (tests/test_generate_engines.py): resolved there,
+    # it would import the model into that cache and give every later test a path no stage uses.
     try:
-        return resolve_model_path("smollm2")
+        with pytest.MonkeyPatch.context() as mp:
+            if CACHE_AT_START is None:
+                mp.delenv("PREFKIT_CACHE", raising=False)
+            else:
+                mp.setenv("PREFKIT_CACHE", CACHE_AT_START)
+            return resolve_model_path("smollm2")
     except ConfigError as exc:
         pytest.fail(f"the real model is not available ({exc}); run `make install`")
 
