@@ -242,7 +242,7 @@ def _seed_code(run_dir: Path) -> dict | None:
 
 
 def plot_lab(summary: dict, path: Path) -> Path:
-    """One row per comparison: each seed's paired difference d_s (dots), their mean and the 95%
+    """One row per comparison: each seed's paired difference d_s (grey dots, just above), their mean and the 95%
     interval over seeds (bar; none with fewer than 2 seeds), the decision beside it, 0 marked."""
     import matplotlib  # noqa: PLC0415  heavy (matplotlib): only when a report is written
 
@@ -253,7 +253,7 @@ def plot_lab(summary: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8.5, 0.55 * len(comps) + 1.4))
     for i, (_, c) in enumerate(comps):
         y = len(comps) - 1 - i
-        ax.scatter(c["d"], [y] * len(c["d"]), s=14, color="0.55", zorder=2)
+        ax.scatter(c["d"], [y + 0.2] * len(c["d"]), s=14, color="0.45", zorder=2)   # above the bar, not under it
         if not math.isnan(c["low"]):
             ax.plot([c["low"], c["high"]], [y, y], color="C0", lw=2.5, zorder=3)
         ax.scatter([c["mean"]], [y], s=40, color="C0", zorder=4)
