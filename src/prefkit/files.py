@@ -2,6 +2,8 @@
 in one line. Every stage that writes (data outputs, training runs, caches) uses these.
 
 - `atomic_write_text(path, text)`: temp file + rename in the same directory.
+- `try_lock(path)`: an exclusive, non-blocking `flock` on `path` (one process at a time in a
+  directory: a request run, an engine run directory), or None when another process holds it.
 - `disk_guard(what, where)`: turns "no space left on device" (ENOSPC, EDQUOT, or EFBIG from a
   file-size limit), however the writing library words it, into a `DiskFullError` naming the
   directory, so the CLI prints one line.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import shutil
@@ -22,6 +25,22 @@ from prefkit.errors import PrefkitError
 
 class DiskFullError(PrefkitError):
     """A write failed because the device (or the file-size limit) is full."""
+
+
+# ---------------------------------------------------------------------------------------------
+# one process at a time
+
+def try_lock(path: str | os.PathLike):
+    """Open `path` (created when missing, never truncated) and take an exclusive `flock` on it
+    without waiting: the open file, whose closing releases the lock (as the kernel does when the
+    process ends however it ends, kill -9 included), or None when another process holds it."""
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    return fh
 
 
 # ---------------------------------------------------------------------------------------------

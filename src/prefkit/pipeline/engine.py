@@ -22,7 +22,6 @@ it; the stages before it keep theirs.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -37,7 +36,7 @@ from prefkit import __version__
 from prefkit.code_version import code, describe
 from prefkit.errors import ConfigError, DataError, PrefkitError
 from prefkit.evaluate.policy import load_prompts
-from prefkit.files import atomic_write_text, sha256_file
+from prefkit.files import atomic_write_text, sha256_file, try_lock
 from prefkit.models import resolve_model_path
 from prefkit.pipeline.recipe import Recipe, load_recipe
 from prefkit.pipeline.report import write_report
@@ -597,15 +596,11 @@ def run_dir_lock(run_dir: Path):
     releases it when the holder exits however it ends (kill -9 included), so a resumed run never
     meets a stale lock. A dry run or `status` takes no lock (they only read)."""
     path = Path(run_dir) / RUN_LOCK
-    fh = open(path, "a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.seek(0)
-        holder = fh.read().strip() or "a process that has not written its pid yet"
-        fh.close()
+    fh = try_lock(path)
+    if fh is None:
+        holder = path.read_text().strip() or "a process that has not written its pid yet"
         raise RunDirInUse(f"run directory {run_dir} is in use by another prefkit run ({holder}); "
-                          "wait for it to finish, or stop it and run again (the run resumes)") from None
+                          "wait for it to finish, or stop it and run again (the run resumes)")
     try:
         fh.seek(0)
         fh.truncate()

@@ -18,7 +18,6 @@ drops the lock when the holder dies, so a killed run can be resumed at once.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import hashlib
 import json
 import os
@@ -33,6 +32,7 @@ from typing import Any, Iterable
 from tqdm.auto import tqdm
 
 from prefkit.errors import ConfigError, PrefkitError
+from prefkit.files import try_lock
 from prefkit.report import progress_enabled
 from prefkit.synth.backends import Backend, RequestFailed, SamplingParams
 
@@ -77,13 +77,9 @@ class RunStore:
     def open(self) -> "RunStore":
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fh = open(self.dir / LOCK_FILE, "a")
-        try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock_fh.close()
-            self._lock_fh = None
-            raise PrefkitError(f"run directory {self.dir} is in use by another prefkit process") from None
+        self._lock_fh = try_lock(self.dir / LOCK_FILE)
+        if self._lock_fh is None:
+            raise PrefkitError(f"run directory {self.dir} is in use by another prefkit process")
         self._load()
         self._fh = open(self.path, "ab", buffering=0)
         return self
