@@ -10,7 +10,11 @@ An example is a code block (indented by four spaces, or fenced with ``` ):
 Shown output is compared line by line with what the example prints: each shown line must appear, in
 order (a README may leave lines out), with runs of spaces counted as one, `...` matching any text
 within a line, durations and rates (`3.3s`, `17.9 req/s`) matching any number, and a cache's hit or miss
-(`cache miss KEY` / `cache hit KEY`: a run on a machine that ran it before hits) matching either.
+(`cache miss KEY` / `cache hit KEY`: a run on a machine that ran it before hits) matching either,
+and a decimal number (`-0.0004305`, `6.1e-05`) matching a printed number within 1% of it or one unit
+of its last shown digit, whichever is larger: training logs are seeded, but their last digits move
+with the CPU's kernels (another order of float sums; docs/toy.md, "Another CPU"). Whole numbers
+(counts, steps, hashes) must match exactly.
 
 A marker, an HTML comment on the line before the block, says how to run it:
   <!-- readme-test: skip: REASON -->      not run (a long or real-model run, a server); REASON is required
@@ -142,10 +146,39 @@ def _normalise(line: str) -> str:
     return " ".join(_CACHE.sub("cache <hit/miss>", _TIMING.sub("<N>", line)).split())
 
 
+# A decimal number standing alone (not part of a word, a hash or a version like 1.2.3).
+_DECIMAL = re.compile(r"(?<![\w.])[-+]?\d+\.\d+(?:[eE][-+]?\d+)?(?![\w.])")
+# Where a printed number may stand: not inside another number or word (so `...` before it cannot
+# take its first digits or its sign).
+_NUMBER = r"(?<![\w.+-])([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)(?![\w.])"
+
+
+def _close(shown: str, printed: str) -> bool:
+    """`printed` within 1% of `shown`, or within one unit of `shown`'s last digit."""
+    mantissa = shown.lower().split("e")[0]
+    exponent = int(shown.lower().split("e")[1]) if "e" in shown.lower() else 0
+    unit = 10.0 ** (exponent - len(mantissa.split(".")[1]))
+    want, got = float(shown), float(printed)
+    return abs(got - want) <= max(0.01 * abs(want), unit) + 1e-12 * unit
+
+
+def _pattern(shown: str) -> tuple[str, list[str]]:
+    """A regex for a shown line: `...` any text, each decimal number a group; and those numbers."""
+    pieces, numbers, pos = [], [], 0
+    for m in _DECIMAL.finditer(shown):
+        pieces.append(".*".join(re.escape(p) for p in shown[pos:m.start()].split("...")))
+        pieces.append(_NUMBER)
+        numbers.append(m.group())
+        pos = m.end()
+    pieces.append(".*".join(re.escape(p) for p in shown[pos:].split("...")))
+    return "".join(pieces), numbers
+
+
 def _matches(shown: str, actual: str) -> bool:
     shown, actual = _normalise(shown), _normalise(actual)
-    parts = [re.escape(p) for p in shown.split("...")]
-    return re.fullmatch(".*".join(parts), actual) is not None
+    pattern, numbers = _pattern(shown)
+    m = re.fullmatch(pattern, actual)
+    return m is not None and all(_close(n, g) for n, g in zip(numbers, m.groups(), strict=True))
 
 
 def missing_lines(expected: list[str], output: str) -> list[str]:

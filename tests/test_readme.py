@@ -88,3 +88,21 @@ def test_readme_example(example, workdir):
     missing = missing_lines(example.expected, output)
     assert not missing, (f"README.md line {example.line}: shown output not printed (in order):\n  "
                          + "\n  ".join(missing) + f"\n--- printed:\n{output[-4000:]}")
+
+
+def test_shown_decimals_match_within_their_precision():
+    from readme_examples import _matches
+
+    shown = "last log: loss=0.6934, rewards/margins=-0.0004305, logps/chosen=-370.1"
+    assert _matches(shown, "last log: loss=0.6934, rewards/margins=-0.0004314, logps/chosen=-370.1")
+    assert not _matches(shown, "last log: loss=0.6934, rewards/margins=-0.0004405, logps/chosen=-370.1")
+    assert not _matches(shown, "last log: loss=0.6934, rewards/margins=+0.0004305, logps/chosen=-370.1")
+    assert _matches("lr 6.1e-05 at step 3", "lr 6.1e-05 at step 3")
+    assert not _matches("lr 6.1e-05 at step 3", "lr 6.1e-04 at step 3")
+    assert not _matches("lr 6.1e-05 at step 3", "lr 6.1e-05 at step 4")     # whole numbers exactly
+    assert _matches("accuracy 0.25 (2 of 8)", "accuracy 0.26 (2 of 8)")        # one unit of the last digit
+    assert not _matches("accuracy 0.25 (2 of 8)", "accuracy 0.27 (2 of 8)")
+    assert _matches("mean ... 12.5 gold", "mean over 3 seeds 12.5 gold")
+    assert not _matches("mean ... 12.5 gold", "mean over 3 seeds 13.5 gold")   # `...` cannot take a digit
+    assert _matches("cache miss 631f094d71db9d2e077c18f338d186e9", "cache hit 631f094d71db9d2e077c18f338d186e9")
+    assert not _matches("version 1.2.3", "version 1.2.4")
