@@ -948,29 +948,41 @@ def _plots(out: Path, method: str, rows: list[dict], axes: list[str]) -> list[Pa
     paths = []
     if not done:
         return paths
+    comparisons = list(dict.fromkeys(r["comparison"] for r in done))   # the table's order: the primary first
     for axis in axes:
         levels = sorted({r["axes"][axis] for r in rows}, key=lambda v: (isinstance(v, str), v))
         xs = {lv: (WORLDS[lv][1] if axis == "slope" else i) for i, lv in enumerate(levels)}
-        fig, ax = plt.subplots(figsize=(7, 4))
-        series: dict = {}
-        for r in done:
-            key = (r["comparison"],) + tuple(f"{a}={_level(r['axes'][a])}" for a in axes if a != axis)
-            series.setdefault(key, []).append(r)
-        for key, rs in sorted(series.items()):
-            rs.sort(key=lambda r: xs[r["axes"][axis]])
-            x = [xs[r["axes"][axis]] for r in rs]
-            y = [r["mean"] for r in rs]
-            err = [[0 if math.isnan(r["low"]) else r["mean"] - r["low"] for r in rs],
-                   [0 if math.isnan(r["high"]) else r["high"] - r["mean"] for r in rs]]
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=" ".join(key))
-        ax.axhline(0, color="gray", lw=0.8)
-        ax.set_xlabel(axis + (" (measured base slope)" if axis == "slope" else ""))
-        if axis != "slope":
-            ax.set_xticks(list(xs.values()), [_level(lv) for lv in levels])
-        ax.set_ylabel("method - baseline (RM accuracy)" if METRIC.get(method) == "accuracy"
-                      else "method - baseline (gold)")
-        ax.set_title(f"{method}: against {axis} (95% paired intervals over seeds)")
-        ax.legend(fontsize=6)
+        # One panel per comparison; in a panel one line per setting of the other axes. A setting
+        # with one level of this axis run (a sweep cell seen along another axis) is no line against
+        # this axis, so it is left out when some setting has two or more.
+        cols = min(2, len(comparisons))
+        nrows = math.ceil(len(comparisons) / cols)
+        fig, panels = plt.subplots(nrows, cols, figsize=(6.5 * cols, 3.8 * nrows), squeeze=False)
+        for ax, comp in zip(panels.flat, comparisons, strict=False):
+            series: dict = {}
+            for r in done:
+                if r["comparison"] == comp:
+                    key = tuple(f"{a}={_level(r['axes'][a])}" for a in axes if a != axis)
+                    series.setdefault(key, []).append(r)
+            if any(len(rs) > 1 for rs in series.values()):
+                series = {k: rs for k, rs in series.items() if len(rs) > 1}
+            for key, rs in sorted(series.items()):
+                rs.sort(key=lambda r: xs[r["axes"][axis]])
+                x = [xs[r["axes"][axis]] for r in rs]
+                y = [r["mean"] for r in rs]
+                err = [[0 if math.isnan(r["low"]) else r["mean"] - r["low"] for r in rs],
+                       [0 if math.isnan(r["high"]) else r["high"] - r["mean"] for r in rs]]
+                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=" ".join(key))
+            ax.axhline(0, color="gray", lw=0.8)
+            ax.set_xlabel(axis + (" (measured base slope)" if axis == "slope" else ""))
+            if axis != "slope":
+                ax.set_xticks(list(xs.values()), [_level(lv) for lv in levels])
+            ax.set_ylabel("difference (RM accuracy)" if METRIC.get(method) == "accuracy" else "difference (gold)")
+            ax.set_title(comp, fontsize=10)
+            ax.legend(fontsize=6)
+        for ax in list(panels.flat)[len(comparisons):]:
+            ax.set_visible(False)
+        fig.suptitle(f"{method}: against {axis} (95% paired intervals over seeds)")
         fig.tight_layout()
         p = out / f"map_{method}_{axis}.png"
         fig.savefig(p, dpi=110)
