@@ -155,22 +155,25 @@ _NUMBER = r"(?<![\w.+-])([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)(?![\w.])"
 
 def _close(shown: str, printed: str) -> bool:
     """`printed` within 1% of `shown`, or within one unit of `shown`'s last digit."""
-    mantissa = shown.lower().split("e")[0]
-    exponent = int(shown.lower().split("e")[1]) if "e" in shown.lower() else 0
-    unit = 10.0 ** (exponent - len(mantissa.split(".")[1]))
+    mantissa, _, exponent = shown.lower().partition("e")
+    unit = 10.0 ** (int(exponent or 0) - len(mantissa.split(".")[1]))
     want, got = float(shown), float(printed)
     return abs(got - want) <= max(0.01 * abs(want), unit) + 1e-12 * unit
+
+
+def _literal(text: str) -> str:
+    """A regex for shown text without numbers: itself, `...` matching any text."""
+    return ".*".join(re.escape(p) for p in text.split("..."))
 
 
 def _pattern(shown: str) -> tuple[str, list[str]]:
     """A regex for a shown line: `...` any text, each decimal number a group; and those numbers."""
     pieces, numbers, pos = [], [], 0
     for m in _DECIMAL.finditer(shown):
-        pieces.append(".*".join(re.escape(p) for p in shown[pos:m.start()].split("...")))
-        pieces.append(_NUMBER)
+        pieces += [_literal(shown[pos:m.start()]), _NUMBER]
         numbers.append(m.group())
         pos = m.end()
-    pieces.append(".*".join(re.escape(p) for p in shown[pos:].split("...")))
+    pieces.append(_literal(shown[pos:]))
     return "".join(pieces), numbers
 
 
